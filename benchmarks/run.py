@@ -1,0 +1,176 @@
+"""reprodiff benchmarks: ratios against baselines measured in the same run.
+
+    python benchmarks/run.py [optimal] [samplers] [--quick]
+
+optimal   D* throughput (GFLOP/s) against a naive implementation (full distance matrix + softmax) and
+          against this machine's own torch.mm rate on the same shapes; peak memory (RSS, each case in a
+          fresh process) against N, to show it is bounded by the chunk, not by N.
+samplers  per-step sampler overhead as a fraction of one denoiser call, for every sampler, on two
+          denoisers (D* of the 1,797 digits, and a small convolutional network).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+
+from reprodiff import sampling
+from reprodiff.data import load_digits
+from reprodiff.kernels import EDM
+from reprodiff.optimal import EmpiricalOptimalDenoiser
+from reprodiff.precond import Precond
+
+
+def timeit(fn: Callable[[], object], repeat: int = 5, min_time: float = 0.2) -> float:
+    """Median seconds per call over ``repeat`` rounds of at least ``min_time`` each (after a warm-up)."""
+    fn()
+    times = []
+    for _ in range(repeat):
+        n, t0 = 0, time.perf_counter()
+        while (elapsed := time.perf_counter() - t0) < min_time or n == 0:
+            fn()
+            n += 1
+        times.append(elapsed / n)
+    return statistics.median(times)
+
+
+def naive_d_star(Y: torch.Tensor, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """The definition: full [B, N] squared-distance matrix, softmax, weighted sum."""
+    Yf = Y.flatten(1)
+    d2 = torch.cdist(x.flatten(1), Yf) ** 2
+    w = torch.softmax(-d2 / (2 * sigma[:, None].float() ** 2), dim=1)
+    return (w @ Yf).reshape(x.shape)
+
+
+def synthetic(n: int, shape: tuple[int, ...]) -> torch.Tensor:
+    return torch.rand((n, *shape), generator=torch.Generator().manual_seed(0)) * 2 - 1
+
+
+# ----------------------------------------------------------------------------------------------- optimal
+def optimal_case(N: int, shape: tuple[int, ...], B: int, chunk: int, quick: bool) -> dict:
+    Y = load_digits().images if N == 1797 else synthetic(N, shape)
+    P = Y[0].numel()
+    D = EmpiricalOptimalDenoiser(Y, chunk_size=chunk)
+    x = torch.randn(B, *shape) * 2
+    sigma = torch.full((B,), 0.5, dtype=torch.float64)
+    flops = 4.0 * B * N * P  # two [B, P] x [P, N] products
+    rep = 3 if quick else 5
+    t_ours = timeit(lambda: D(x, sigma), repeat=rep)
+    t_naive = timeit(lambda: naive_d_star(Y, x, sigma), repeat=rep)
+    a = x.flatten(1)
+    chunks = [D.Y[j : j + chunk] for j in range(0, N, chunk)]
+    weights = [torch.rand(B, c.shape[0]) for c in chunks]
+
+    def mm_only() -> None:  # the same two products per chunk, nothing else
+        for c, w in zip(chunks, weights, strict=True):
+            a @ c.T
+            w @ c
+
+    t_mm = timeit(mm_only, repeat=rep)
+    return {
+        "N": N, "shape": list(shape), "B": B, "chunk": chunk,
+        "ours_gflops": flops / t_ours / 1e9, "naive_gflops": flops / t_naive / 1e9,
+        "mm_gflops": flops / t_mm / 1e9, "of_mm_rate": t_mm / t_ours, "speedup_vs_naive": t_naive / t_ours,
+    }
+
+
+def memory_case(N: int, shape: tuple[int, ...], B: int, chunk: int, naive: bool) -> dict:
+    """Run in a fresh process: peak RSS beyond the stored training set, for one D* call."""
+    Y = synthetic(N, shape)
+    D = EmpiricalOptimalDenoiser(Y, chunk_size=chunk)
+    x, sigma = torch.randn(B, *shape), torch.full((B,), 0.5, dtype=torch.float64)
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    naive_d_star(Y, x, sigma) if naive else D(x, sigma)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"N": N, "naive": naive, "extra_mib": (peak - base) / 1024}
+
+
+def bench_optimal(quick: bool) -> None:
+    print("== D* throughput (float32, 2 GEMMs per chunk: 4 B N P flop) ==")
+    print(f"{'N':>6} {'image':>9} {'B':>4} {'chunk':>5} | {'ours':>7} {'naive':>7} {'mm':>7} GFLOP/s | "
+          f"{'of mm':>6} {'vs naive':>8}")
+    big = 10000 if quick else 50000
+    cases = [(1797, (1, 8, 8), 256, 4096), (1797, (1, 8, 8), 16, 4096), (big, (3, 32, 32), 256, 4096),
+             (big, (3, 32, 32), 16, 4096)]
+    for N, shape, B, chunk in cases:
+        r = optimal_case(N, shape, B, chunk, quick)
+        print(f"{N:>6} {'x'.join(map(str, shape)):>9} {B:>4} {chunk:>5} | {r['ours_gflops']:7.1f} "
+              f"{r['naive_gflops']:7.1f} {r['mm_gflops']:7.1f}         | {r['of_mm_rate']:6.0%} "
+              f"{r['speedup_vs_naive']:7.2f}x")
+    print("== peak memory of one call, beyond the stored training set (3x32x32, B = 256, chunk 4096) ==")
+    for naive in (False, True):
+        for N in (5000, 20000, 50000) if not quick else (5000, 20000):
+            cmd = [sys.executable, __file__, "_memory", json.dumps([N, [3, 32, 32], 256, 4096, naive])]
+            r = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
+            print(f"  {'naive' if naive else 'ours ':>5} N = {N:>6}: {r['extra_mib']:7.1f} MiB")
+
+
+# ---------------------------------------------------------------------------------------------- samplers
+class SmallNet(torch.nn.Module):
+    """A small convolutional stand-in network (three 3x3 convs, width 64)."""
+
+    def __init__(self, c: int = 1, width: int = 64) -> None:
+        super().__init__()
+        self.a = torch.nn.Conv2d(c, width, 3, padding=1)
+        self.b = torch.nn.Conv2d(width, width, 3, padding=1)
+        self.c = torch.nn.Conv2d(width, c, 3, padding=1)
+        self.e = torch.nn.Linear(1, width)
+
+    def forward(self, x: torch.Tensor, c_noise: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        h = torch.nn.functional.silu(self.a(x) + self.e(c_noise[:, None])[:, :, None, None])
+        return self.c(torch.nn.functional.silu(self.b(h)))
+
+
+def bench_samplers(quick: bool) -> None:
+    torch.manual_seed(0)
+    digits = load_digits().images
+    denoisers = {
+        "D* (1797 digits), B=256": (EmpiricalOptimalDenoiser(digits), (256, 1, 8, 8)),
+        "conv net (w=64), B=64, 8x8": (Precond(SmallNet(), EDM()).eval(), (64, 1, 8, 8)),
+    }
+    steps = 10 if quick else 18
+    sigmas = sampling.karras_sigmas(steps)
+    print(f"== sampler overhead per step, as a fraction of one denoiser call ({steps} steps) ==")
+    with torch.no_grad():
+        for label, (D, shape) in denoisers.items():
+            x = torch.randn(shape, dtype=torch.float64) * 80
+            s = torch.full((shape[0],), 1.0, dtype=torch.float64)
+            t_call = timeit(lambda D=D, x=x, s=s: D(x, s), repeat=5 if not quick else 3)
+            print(f"  {label}: one call {t_call * 1e3:.2f} ms")
+            for name, smp in sampling.SAMPLERS.items():
+                nfe = smp.nfe(sigmas)
+                t = timeit(lambda smp=smp, D=D, x=x: smp(D, x, sigmas), repeat=3, min_time=0.1)
+                steps_taken = 1 if name == "onestep" else steps
+                overhead = (t - nfe * t_call) / steps_taken / t_call
+                print(f"    {name:>8}: NFE {nfe:>3}, overhead/step {overhead:+6.1%} of a call")
+
+
+def main() -> None:
+    if len(sys.argv) == 3 and sys.argv[1] == "_memory":
+        N, shape, B, chunk, naive = json.loads(sys.argv[2])
+        print(json.dumps(memory_case(N, tuple(shape), B, chunk, naive)))
+        return
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("which", nargs="*", help="optimal, samplers (default: both)")
+    p.add_argument("--quick", action="store_true", help="smaller sizes, fewer repeats")
+    args = p.parse_args()
+    which = args.which or ["optimal", "samplers"]
+    if unknown := set(which) - {"optimal", "samplers"}:
+        p.error(f"unknown benchmark {sorted(unknown)}; choose optimal, samplers")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    if "optimal" in which:
+        bench_optimal(args.quick)
+    if "samplers" in which:
+        bench_samplers(args.quick)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""The one interface: a denoiser ``D(x, sigma, cond=None)`` in EDM's sigma-space.
+
+A denoiser maps a noisy image ``x = y + sigma * n`` (unscaled, Karras et al. 2022, Eq. 2) to its estimate
+of the clean image ``y``. Samplers, objectives, metrics and studies accept nothing else.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import torch
+from torch import Tensor
+
+__all__ = ["Denoiser", "MicroBatched", "check_denoiser_inputs"]
+
+
+@runtime_checkable
+class Denoiser(Protocol):
+    """``D(x: [B, C, H, W], sigma: [B], cond: [B] | None) -> [B, C, H, W]``."""
+
+    def __call__(self, x: Tensor, sigma: Tensor, cond: Tensor | None = None) -> Tensor: ...
+
+
+def check_denoiser_inputs(
+    x: Tensor, sigma: Tensor, image_shape: tuple[int, ...] | None = None, *, check_finite: bool = True
+) -> None:
+    """Raise a one-line ``ValueError`` unless ``x`` is ``[B, *image_shape]`` and ``sigma`` is ``[B]``, finite, > 0."""
+    if not isinstance(x, Tensor) or not isinstance(sigma, Tensor):
+        raise ValueError("x and sigma must be torch tensors")
+    if x.ndim < 2:
+        raise ValueError(f"x must be a batch [B, C, H, W], got shape {list(x.shape)}")
+    if image_shape is not None and tuple(x.shape[1:]) != tuple(image_shape):
+        raise ValueError(
+            f"image shape {list(x.shape[1:])} differs from the training images' {list(image_shape)}"
+        )
+    if sigma.shape != (x.shape[0],):
+        raise ValueError(
+            f"sigma must have shape [B] = [{x.shape[0]}], got {list(sigma.shape)}; "
+            "pass one noise level per image, e.g. sigma.expand(x.shape[0])"
+        )
+    if check_finite:
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError("x contains NaN or Inf; check the sampler's input and the model's output")
+        if not bool(torch.isfinite(sigma).all()) or not bool((sigma > 0).all()):
+            raise ValueError("sigma must be finite and > 0 (the sampler's last step to sigma = 0 never calls D)")
+
+
+class MicroBatched:
+    """Evaluate a denoiser in fixed-size micro-batches, padding the last one (DESIGN.md, "Known traps").
+
+    BLAS kernels choose their blocking from the batch dimension, so the same row can round differently
+    inside batches of different sizes. Evaluating every call in chunks of exactly ``micro_batch`` rows
+    makes each sample's arithmetic independent of how many samples are processed together.
+    """
+
+    def __init__(self, D: Denoiser, micro_batch: int) -> None:
+        if micro_batch < 1:
+            raise ValueError(f"micro_batch must be >= 1, got {micro_batch}")
+        self.D = D
+        self.micro_batch = micro_batch
+
+    def __call__(self, x: Tensor, sigma: Tensor, cond: Tensor | None = None) -> Tensor:
+        m, B = self.micro_batch, x.shape[0]
+        pad = (-B) % m
+        if pad:  # repeat the last row: rows never influence each other, so any padding is harmless
+            x = torch.cat([x, x[-1:].expand(pad, *x.shape[1:])])
+            sigma = torch.cat([sigma, sigma[-1:].expand(pad)])
+            cond = None if cond is None else torch.cat([cond, cond[-1:].expand(pad, *cond.shape[1:])])
+        out = [
+            self.D(x[i : i + m], sigma[i : i + m], None if cond is None else cond[i : i + m])
+            for i in range(0, x.shape[0], m)
+        ]
+        return torch.cat(out)[:B]

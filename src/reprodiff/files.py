@@ -1,0 +1,78 @@
+"""Atomic artefact writing (DESIGN.md, convention 8): temp file in the same folder, fsync, rename."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from .data import to_uint8
+
+__all__ = ["atomic_write", "image_grid", "save_json", "save_npz", "save_png"]
+
+
+def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], Any]) -> Path:
+    """Call ``write(f)`` on a temporary file beside ``path``, then rename it over ``path``: readers see the
+    old complete file or the new complete file, never a partial one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def save_json(path: str | os.PathLike[str], obj: Any) -> Path:
+    data = (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode()
+    return atomic_write(path, lambda f: f.write(data))
+
+
+def save_npz(path: str | os.PathLike[str], **arrays: np.ndarray | Tensor) -> Path:
+    """Plain numeric arrays only, so they load with ``allow_pickle=False``."""
+    plain = {k: v.detach().cpu().numpy() if isinstance(v, Tensor) else np.asarray(v) for k, v in arrays.items()}
+    buf = io.BytesIO()
+    np.savez(buf, **plain)  # type: ignore[arg-type]
+    return atomic_write(path, lambda f: f.write(buf.getvalue()))
+
+
+def image_grid(images: Tensor, ncol: int, pad: int = 1, scale: int = 1) -> Tensor:
+    """``[N, C, H, W]`` in [-1, 1] -> one uint8 ``[H', W', C]`` grid, row-major, ``pad`` px of white."""
+    if images.ndim != 4 or images.shape[0] == 0:
+        raise ValueError(f"image_grid needs a non-empty [N, C, H, W] batch, got {list(images.shape)}")
+    N, C, H, W = images.shape
+    ncol = max(1, min(ncol, N))
+    nrow = -(-N // ncol)
+    u8 = to_uint8(images)
+    if scale > 1:
+        u8 = u8.repeat_interleave(scale, 2).repeat_interleave(scale, 3)
+        H, W = H * scale, W * scale
+    grid = torch.full((C, nrow * (H + pad) + pad, ncol * (W + pad) + pad), 255, dtype=torch.uint8)
+    for k in range(N):
+        r, c = divmod(k, ncol)
+        grid[:, pad + r * (H + pad) : pad + r * (H + pad) + H, pad + c * (W + pad) : pad + c * (W + pad) + W] = u8[k]
+    return grid.permute(1, 2, 0)
+
+
+def save_png(path: str | os.PathLike[str], grid: Tensor) -> Path:
+    """Write a uint8 ``[H, W, C]`` image (C = 1 or 3) as PNG, atomically."""
+    arr = grid.numpy()
+    img = Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return atomic_write(path, lambda f: f.write(buf.getvalue()))

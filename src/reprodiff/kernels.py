@@ -1,0 +1,232 @@
+"""Perturbation kernels as data: VP, VE, EDM and sub-VP (Karras et al. 2022, Table 1; Song et al. 2021).
+
+Each kernel is a frozen dataclass that gives, as functions of the noise level sigma (EDM's sigma-space,
+``x = y + sigma n``): the preconditioning ``c_skip, c_out, c_in, c_noise``, the training sigma density and
+the loss weight ``lambda(sigma)``, the sigma range it is trained on, and its time parametrisation
+``sigma(t)``, ``s(t)`` (the scale of the kernel's own variables ``x_t = s(t) x``).
+Nothing outside this module branches on the kind of kernel.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from .sampling.schedules import vp_sigma, vp_sigma_inv
+
+__all__ = ["EDM", "KERNELS", "VE", "VP", "Kernel", "Precoefs", "SubVP", "make_kernel"]
+
+Precoefs = tuple[Tensor, Tensor, Tensor, Tensor]
+
+
+@dataclass(frozen=True)
+class Kernel(ABC):
+    """Base class: the formulas every kernel provides. Tensors in, float64-safe tensors out."""
+
+    name: ClassVar[str] = "kernel"
+
+    @property
+    @abstractmethod
+    def sigma_min(self) -> float:
+        """Smallest noise level seen in training (samplers clamp their grid to it)."""
+
+    @property
+    @abstractmethod
+    def sigma_max(self) -> float:
+        """Largest noise level seen in training."""
+
+    @abstractmethod
+    def sigma(self, t: Tensor) -> Tensor:
+        """``sigma(t)``."""
+
+    @abstractmethod
+    def sigma_inv(self, sigma: Tensor) -> Tensor:
+        """``t(sigma)``, the inverse of :meth:`sigma`."""
+
+    def scale(self, t: Tensor) -> Tensor:
+        """``s(t)``; 1 for the variance-exploding kernels."""
+        return torch.ones_like(torch.as_tensor(t, dtype=torch.float64))
+
+    @abstractmethod
+    def precond(self, sigma: Tensor) -> Precoefs:
+        """``(c_skip, c_out, c_in, c_noise)`` at ``sigma`` (Karras et al. 2022, Table 1)."""
+
+    @abstractmethod
+    def sample_sigma(self, n: int, generator: torch.Generator) -> Tensor:
+        """``n`` training noise levels from the kernel's density, drawn on CPU from ``generator``."""
+
+    def loss_weight(self, sigma: Tensor) -> Tensor:
+        """``lambda(sigma)``; ``1 / sigma^2`` makes every kernel's loss the epsilon-prediction MSE."""
+        return 1 / sigma**2
+
+
+@dataclass(frozen=True)
+class VP(Kernel):
+    """Variance preserving (DDPM; Song et al. 2021), epsilon-prediction preconditioning."""
+
+    name: ClassVar[str] = "vp"
+    beta_d: float = 19.9
+    beta_min: float = 0.1
+    eps_t: float = 1e-5
+    M: int = 1000
+
+    @property
+    def sigma_min(self) -> float:
+        return float(vp_sigma(self.eps_t, self.beta_d, self.beta_min))
+
+    @property
+    def sigma_max(self) -> float:
+        return float(vp_sigma(1.0, self.beta_d, self.beta_min))
+
+    def sigma(self, t: Tensor) -> Tensor:
+        return vp_sigma(t, self.beta_d, self.beta_min)
+
+    def sigma_inv(self, sigma: Tensor) -> Tensor:
+        return vp_sigma_inv(sigma, self.beta_d, self.beta_min)
+
+    def scale(self, t: Tensor) -> Tensor:
+        return 1 / (1 + self.sigma(t) ** 2).sqrt()
+
+    def precond(self, sigma: Tensor) -> Precoefs:
+        return (torch.ones_like(sigma), -sigma, 1 / (sigma**2 + 1).sqrt(),
+                (self.M - 1) * self.sigma_inv(sigma))
+
+    def sample_sigma(self, n: int, generator: torch.Generator) -> Tensor:
+        t = self.eps_t + (1 - self.eps_t) * torch.rand(n, generator=generator, dtype=torch.float64)
+        return self.sigma(t)
+
+
+@dataclass(frozen=True)
+class SubVP(Kernel):
+    """Sub-VP (Song et al. 2021, Eq. 29): ``x_t = a y + (1 - a^2) n`` with ``a = exp(-B(t)/2)``,
+    ``B(t) = beta_d t^2 / 2 + beta_min t``; in sigma-space ``sigma = (1 - a^2) / a``, ``s = a``.
+    Epsilon-prediction preconditioning as for VP, with ``c_in = s``."""
+
+    name: ClassVar[str] = "subvp"
+    beta_d: float = 19.9
+    beta_min: float = 0.1
+    eps_t: float = 1e-5
+    M: int = 1000
+
+    def _a(self, t: Tensor) -> Tensor:  # a(t) = exp(-B(t) / 2)
+        t = torch.as_tensor(t, dtype=torch.float64)
+        return torch.exp(-0.5 * (0.5 * self.beta_d * t**2 + self.beta_min * t))
+
+    @property
+    def sigma_min(self) -> float:
+        return float(self.sigma(torch.tensor(self.eps_t)))
+
+    @property
+    def sigma_max(self) -> float:
+        return float(self.sigma(torch.tensor(1.0)))
+
+    def sigma(self, t: Tensor) -> Tensor:
+        t = torch.as_tensor(t, dtype=torch.float64)
+        B = 0.5 * self.beta_d * t**2 + self.beta_min * t
+        return -torch.expm1(-B) * torch.exp(0.5 * B)  # (1 - a^2) / a without cancellation
+
+    def _a_of_sigma(self, sigma: Tensor) -> Tensor:
+        return 2 / (sigma + (sigma**2 + 4).sqrt())  # root of a^2 + sigma a - 1 = 0, cancellation-free
+
+    def sigma_inv(self, sigma: Tensor) -> Tensor:
+        B = -2 * torch.log(self._a_of_sigma(sigma))
+        return ((self.beta_min**2 + 2 * self.beta_d * B).sqrt() - self.beta_min) / self.beta_d
+
+    def scale(self, t: Tensor) -> Tensor:
+        return self._a(t)
+
+    def precond(self, sigma: Tensor) -> Precoefs:
+        return (torch.ones_like(sigma), -sigma, self._a_of_sigma(sigma),
+                (self.M - 1) * self.sigma_inv(sigma))
+
+    def sample_sigma(self, n: int, generator: torch.Generator) -> Tensor:
+        t = self.eps_t + (1 - self.eps_t) * torch.rand(n, generator=generator, dtype=torch.float64)
+        return self.sigma(t)
+
+
+@dataclass(frozen=True)
+class VE(Kernel):
+    """Variance exploding (NCSN++; Song et al. 2021): ``sigma(t) = sqrt(t)``, sigma log-uniform in
+    ``[sigma_lo, sigma_hi]`` for training."""
+
+    name: ClassVar[str] = "ve"
+    sigma_lo: float = 0.02
+    sigma_hi: float = 100.0
+
+    @property
+    def sigma_min(self) -> float:
+        return self.sigma_lo
+
+    @property
+    def sigma_max(self) -> float:
+        return self.sigma_hi
+
+    def sigma(self, t: Tensor) -> Tensor:
+        return torch.as_tensor(t, dtype=torch.float64).sqrt()
+
+    def sigma_inv(self, sigma: Tensor) -> Tensor:
+        return sigma**2
+
+    def precond(self, sigma: Tensor) -> Precoefs:
+        one = torch.ones_like(sigma)
+        return one, sigma, one, torch.log(0.5 * sigma)
+
+    def sample_sigma(self, n: int, generator: torch.Generator) -> Tensor:
+        u = torch.rand(n, generator=generator, dtype=torch.float64)
+        return self.sigma_lo * (self.sigma_hi / self.sigma_lo) ** u
+
+
+@dataclass(frozen=True)
+class EDM(Kernel):
+    """Karras et al. 2022 (EDM): ``ln sigma ~ N(P_mean, P_std^2)``, preconditioning by ``sigma_data``."""
+
+    name: ClassVar[str] = "edm"
+    sigma_data: float = 0.5
+    P_mean: float = -1.2
+    P_std: float = 1.2
+
+    @property
+    def sigma_min(self) -> float:
+        return 0.0
+
+    @property
+    def sigma_max(self) -> float:
+        return math.inf
+
+    def sigma(self, t: Tensor) -> Tensor:
+        return torch.as_tensor(t, dtype=torch.float64)
+
+    def sigma_inv(self, sigma: Tensor) -> Tensor:
+        return sigma
+
+    def precond(self, sigma: Tensor) -> Precoefs:
+        sd2 = self.sigma_data**2
+        c_skip = sd2 / (sigma**2 + sd2)
+        c_out = sigma * self.sigma_data / (sigma**2 + sd2).sqrt()
+        c_in = 1 / (sigma**2 + sd2).sqrt()
+        return c_skip, c_out, c_in, 0.25 * torch.log(sigma)
+
+    def sample_sigma(self, n: int, generator: torch.Generator) -> Tensor:
+        z = torch.randn(n, generator=generator, dtype=torch.float64)
+        return (self.P_mean + self.P_std * z).exp()
+
+    def loss_weight(self, sigma: Tensor) -> Tensor:
+        return (sigma**2 + self.sigma_data**2) / (sigma * self.sigma_data) ** 2
+
+
+KERNELS: dict[str, type[Kernel]] = {k.name: k for k in (VP, VE, EDM, SubVP)}
+
+
+def make_kernel(name: str, **params: float) -> Kernel:
+    """Build a kernel by name with optional parameters, e.g. ``make_kernel("edm", sigma_data=0.5)``."""
+    if name not in KERNELS:
+        raise ValueError(f"unknown kernel {name!r}; choose one of {sorted(KERNELS)}")
+    try:
+        return KERNELS[name](**params)
+    except TypeError as e:
+        raise ValueError(f"bad parameters for kernel {name!r}: {e}") from None

@@ -1,0 +1,90 @@
+"""The empirical optimal denoiser of a finite training set (the paper's memorization-regime model).
+
+``D*(x, sigma) = sum_j w_j y_j``,  ``w = softmax_j(-||x - y_j||^2 / (2 sigma^2))``: the minimiser of the
+denoising score-matching loss on the empirical distribution (Zhang et al. 2023, Sec. 4; Karras et al.
+2022, App. B.3). Sampling it maps every noise to a training image.
+
+Computed in one streamed pass over the training set with a running log-sum-exp (online softmax): memory
+is ``O(batch x chunk)``, never ``O(batch x N x pixels)``. ``||x||^2`` is the same for every ``j`` and drops
+out of the softmax, so each chunk costs two matrix products: logits ``(x . y_j - ||y_j||^2 / 2) / sigma^2``
+and the weighted sum of the chunk's images.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .denoiser import check_denoiser_inputs
+
+__all__ = ["EmpiricalOptimalDenoiser"]
+
+
+class EmpiricalOptimalDenoiser:
+    """Exact ``D*`` over ``train_images`` ``[N, C, H, W]``; a ``Denoiser``.
+
+    ``chunk_size`` training images are processed at a time (memory ``O(batch x chunk_size)``). The
+    training set is stored once, flattened, on ``device`` in ``dtype`` (float32 by default; float64 for
+    reference computations). Calls accept inputs on that device in any float dtype and return that dtype.
+    """
+
+    def __init__(
+        self,
+        train_images: Tensor,
+        *,
+        chunk_size: int = 4096,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        if not isinstance(train_images, Tensor) or train_images.ndim < 2:
+            raise ValueError("train_images must be a tensor [N, C, H, W]")
+        if train_images.shape[0] == 0:
+            raise ValueError("the training set is empty; the optimal denoiser needs at least one image")
+        if not bool(torch.isfinite(train_images).all()):
+            raise ValueError("train_images contain NaN or Inf")
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        self.image_shape = tuple(train_images.shape[1:])
+        self.chunk_size = chunk_size
+        self.dtype = dtype
+        Y = train_images.detach().reshape(train_images.shape[0], -1)
+        self.Y = Y.to(device=device or train_images.device, dtype=dtype).contiguous()  # [N, P]
+        self.half_sq_norms = 0.5 * (self.Y * self.Y).sum(1)  # [N]
+
+    @property
+    def num_images(self) -> int:
+        return self.Y.shape[0]
+
+    def __call__(self, x: Tensor, sigma: Tensor, cond: Tensor | None = None) -> Tensor:
+        return self.denoise(x, sigma)[0]
+
+    def denoise(self, x: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
+        """``(D*(x, sigma), j*)`` where ``j*`` ``[B]`` indexes the training image of largest weight
+        (the nearest one to ``x``: the paper's noise -> training-image map as sigma -> 0)."""
+        check_denoiser_inputs(x, sigma, self.image_shape)
+        xf = x.reshape(x.shape[0], -1).to(self.Y.device, self.dtype)  # [B, P]
+        inv_var = (1.0 / sigma.to(self.Y.device, torch.float64) ** 2).to(self.dtype)[:, None]  # [B, 1]
+        B = xf.shape[0]
+        m = xf.new_full((B, 1), -torch.inf)  # running max logit
+        z = xf.new_zeros((B, 1))  # running sum of exp(logit - m)
+        acc = xf.new_zeros(xf.shape)  # running sum of exp(logit - m) y_j
+        best = torch.zeros(B, dtype=torch.long, device=xf.device)
+        for j0 in range(0, self.num_images, self.chunk_size):
+            Yc = self.Y[j0 : j0 + self.chunk_size]  # [n, P]
+            logits = torch.addmm(self.half_sq_norms[j0 : j0 + self.chunk_size], xf, Yc.T, beta=-1)
+            logits.mul_(inv_var)  # [B, n]
+            cmax, carg = logits.max(1, keepdim=True)
+            m_new = torch.maximum(m, cmax)
+            scale = torch.exp(m - m_new)  # [B, 1]
+            best = torch.where(cmax[:, 0] > m[:, 0], carg[:, 0] + j0, best)
+            w = torch.exp(logits.sub_(m_new))  # [B, n]
+            z = z * scale + w.sum(1, keepdim=True)
+            acc = torch.addmm(acc * scale, w, Yc)
+            m = m_new
+        out = (acc / z).reshape(x.shape).to(x.device, x.dtype)
+        return out, best.to(x.device)
+
+    def nearest(self, x: Tensor) -> Tensor:
+        """Index ``[B]`` of the training image nearest to each row of ``x`` in L2 (``D*``'s limit as
+        sigma -> 0)."""
+        return self.denoise(x, torch.ones(x.shape[0], dtype=torch.float64, device=x.device))[1]

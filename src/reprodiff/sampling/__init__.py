@@ -1,0 +1,29 @@
+"""Shared noise, sigma grids and deterministic ODE solvers (k-diffusion-style pure functions)."""
+
+from .api import SCHEDULES, make_sigmas, sample
+from .noise import noise
+from .schedules import check_sigmas, karras_sigmas, ve_sigmas, vp_sigma, vp_sigma_inv, vp_sigmas
+from .solvers import SAMPLERS, Sampler, ddim, dpm2, dpm3, dpmpp_2m, dpmpp_3m, euler, heun, onestep
+
+__all__ = [
+    "SAMPLERS",
+    "SCHEDULES",
+    "Sampler",
+    "check_sigmas",
+    "ddim",
+    "dpm2",
+    "dpm3",
+    "dpmpp_2m",
+    "dpmpp_3m",
+    "euler",
+    "heun",
+    "karras_sigmas",
+    "make_sigmas",
+    "noise",
+    "onestep",
+    "sample",
+    "ve_sigmas",
+    "vp_sigma",
+    "vp_sigma_inv",
+    "vp_sigmas",
+]

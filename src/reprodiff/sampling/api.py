@@ -1,0 +1,84 @@
+"""``sample``: shared noise -> grid -> solver, in batches, identical at any batch size."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from ..denoiser import Denoiser, MicroBatched
+from .noise import noise
+from .schedules import karras_sigmas, ve_sigmas, vp_sigmas
+from .solvers import SAMPLERS
+
+__all__ = ["SCHEDULES", "make_sigmas", "sample"]
+
+SCHEDULES: dict[str, Callable[..., Tensor]] = {
+    "karras": karras_sigmas,
+    "vp": vp_sigmas,
+    "ve": ve_sigmas,
+}
+
+
+def make_sigmas(
+    D: Denoiser | None,
+    steps: int,
+    *,
+    schedule: str = "karras",
+    sigma_min: float = 0.002,
+    sigma_max: float = 80.0,
+    rho: float = 7.0,
+) -> Tensor:
+    """The sampling grid. For ``karras``, ``[sigma_min, sigma_max]`` is clamped to the range the denoiser
+    was trained on (its ``sigma_min`` / ``sigma_max`` attributes, if any), as EDM's ``generate.py`` does."""
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule {schedule!r}; choose one of {sorted(SCHEDULES)}")
+    if schedule != "karras":
+        return SCHEDULES[schedule](steps)
+    sigma_min = max(sigma_min, float(getattr(D, "sigma_min", 0.0)))
+    sigma_max = min(sigma_max, float(getattr(D, "sigma_max", float("inf"))))
+    return karras_sigmas(steps, sigma_min, sigma_max, rho)
+
+
+def sample(
+    D: Denoiser,
+    seed: int,
+    count: int,
+    shape: tuple[int, ...] | list[int],
+    *,
+    sampler: str = "heun",
+    steps: int = 18,
+    sigmas: Tensor | None = None,
+    start: int = 0,
+    batch_size: int = 256,
+    micro_batch: int = 16,
+    cond: Tensor | None = None,
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+) -> Tensor:
+    """Samples ``start .. start+count-1`` of ``D`` from :func:`noise` ``(seed, i) * sigmas[0]``.
+
+    Returns ``[count, *shape]`` float32 on the CPU. ``D`` is evaluated in fixed micro-batches of
+    ``micro_batch`` rows (the last padded), with batch boundaries at multiples of ``micro_batch``, so the
+    result is bit-identical for every ``batch_size`` (DESIGN.md, "Known traps"). Default grid: EDM's
+    Karras grid (18 steps, sigma in [0.002, 80], rho = 7), clamped to the denoiser's range.
+    """
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; choose one of {sorted(SAMPLERS)}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if cond is not None and cond.shape[0] != count:
+        raise ValueError(f"cond has {cond.shape[0]} rows but count is {count}; pass one label per sample")
+    if sigmas is None:
+        sigmas = make_sigmas(D, steps)
+    solver, Dm = SAMPLERS[sampler], MicroBatched(D, micro_batch)
+    z = noise(seed, count, shape, start)  # [count, *shape], drawn on CPU
+    step = max(micro_batch, batch_size // micro_batch * micro_batch)
+    out = []
+    for b in tqdm(range(0, count, step), disable=not progress, desc=f"sampling ({sampler})", unit="batch"):
+        x = z[b : b + step].to(device, torch.float64) * float(sigmas[0])
+        c = None if cond is None else cond[b : b + step].to(device)
+        out.append(solver(Dm, x, sigmas, cond=c).to("cpu", torch.float32))
+    return torch.cat(out) if out else z.new_empty((0, *z.shape[1:]))

@@ -1,0 +1,92 @@
+"""Noise-level grids for the samplers: float64, descending, ending in 0 (Karras et al. 2022, Table 1).
+
+``steps`` is the number of solver steps, so every grid has ``steps + 1`` entries; EDM's 18-step Heun
+grid is ``karras_sigmas(18)``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "check_sigmas",
+    "karras_sigmas",
+    "ve_sigmas",
+    "vp_sigma",
+    "vp_sigma_inv",
+    "vp_sigmas",
+]
+
+
+def _check_range(steps: int, sigma_min: float, sigma_max: float) -> None:
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    if not (math.isfinite(sigma_min) and math.isfinite(sigma_max)) or sigma_min <= 0:
+        raise ValueError(f"sigma_min and sigma_max must be finite and > 0, got {sigma_min}, {sigma_max}")
+    if sigma_min >= sigma_max:
+        raise ValueError(f"sigma_min ({sigma_min}) must be smaller than sigma_max ({sigma_max})")
+
+
+def _append_zero(sigmas: Tensor) -> Tensor:
+    return torch.cat([sigmas, sigmas.new_zeros(1)])
+
+
+def _ramp(steps: int) -> Tensor:
+    """``i / (steps - 1)`` for ``i = 0..steps-1`` (a single step starts at the top: ``[0]``)."""
+    return torch.arange(steps, dtype=torch.float64) / max(steps - 1, 1)
+
+
+def karras_sigmas(
+    steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0
+) -> Tensor:
+    """Karras et al. 2022, Eq. 5: ``(sigma_max^(1/rho) + i/(N-1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho``."""
+    _check_range(steps, sigma_min, sigma_max)
+    if not rho > 0:
+        raise ValueError(f"rho must be > 0, got {rho}")
+    lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+    return _append_zero((hi + _ramp(steps) * (lo - hi)) ** rho)
+
+
+def ve_sigmas(steps: int, sigma_min: float = 0.02, sigma_max: float = 100.0) -> Tensor:
+    """Song et al. 2021 VE grid: geometric, ``sigma_max (sigma_min / sigma_max)^(i/(N-1))``."""
+    _check_range(steps, sigma_min, sigma_max)
+    return _append_zero(sigma_max * (sigma_min / sigma_max) ** _ramp(steps))
+
+
+def vp_sigma(t: Tensor | float, beta_d: float = 19.9, beta_min: float = 0.1) -> Tensor:
+    """VP noise level ``sigma(t) = sqrt(exp(beta_d t^2 / 2 + beta_min t) - 1)`` (Karras et al. 2022, Table 1)."""
+    t = torch.as_tensor(t, dtype=torch.float64)
+    return torch.expm1(0.5 * beta_d * t**2 + beta_min * t).sqrt()
+
+
+def vp_sigma_inv(sigma: Tensor | float, beta_d: float = 19.9, beta_min: float = 0.1) -> Tensor:
+    """Inverse of :func:`vp_sigma`: ``t = (sqrt(beta_min^2 + 2 beta_d log(1 + sigma^2)) - beta_min) / beta_d``."""
+    sigma = torch.as_tensor(sigma)
+    return ((beta_min**2 + 2 * beta_d * torch.log1p(sigma**2)).sqrt() - beta_min) / beta_d
+
+
+def vp_sigmas(steps: int, beta_d: float = 19.9, beta_min: float = 0.1, eps_s: float = 1e-3) -> Tensor:
+    """Song et al. 2021 VP grid: ``t`` uniform from 1 to ``eps_s``, mapped through :func:`vp_sigma`."""
+    _check_range(steps, eps_s, 1.0)
+    t = 1 + _ramp(steps) * (eps_s - 1)
+    return _append_zero(vp_sigma(t, beta_d, beta_min))
+
+
+def check_sigmas(sigmas: Tensor) -> Tensor:
+    """Validate a solver grid and return it as float64: 1-D, >= 2 entries, finite, strictly decreasing,
+    positive except possibly a final 0."""
+    if not isinstance(sigmas, Tensor):
+        sigmas = torch.as_tensor(sigmas)
+    if sigmas.ndim != 1 or sigmas.numel() < 2:
+        raise ValueError(f"sigmas must be a 1-D grid with at least 2 entries, got shape {list(sigmas.shape)}")
+    sigmas = sigmas.detach().to("cpu", torch.float64)
+    if not bool(torch.isfinite(sigmas).all()):
+        raise ValueError("sigmas contain NaN or Inf")
+    if not bool((sigmas[:-1] > 0).all()) or sigmas[-1] < 0:
+        raise ValueError("sigmas must be > 0 (only the last entry may be 0)")
+    if not bool((sigmas[1:] < sigmas[:-1]).all()):
+        raise ValueError("sigmas must be strictly decreasing (the sampler integrates from noise to data)")
+    return sigmas

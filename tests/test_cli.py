@@ -1,0 +1,57 @@
+"""The ``reprodiff`` command: `optimal` end to end, help, and clean one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from reprodiff.cli import main
+
+
+def test_optimal_writes_artefacts_and_memorizes(tmp_path, capsys) -> None:
+    out = tmp_path / "run"
+    assert main(["optimal", "--n", "32", "--count", "24", "--steps", "10", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "memorized: 1.000" in text
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["memorized"] == 1.0 and summary["nfe"] == 19
+    with np.load(out / "samples.npz", allow_pickle=False) as f:
+        assert f["images"].shape == (24, 1, 8, 8) and f["images"].dtype == np.uint8
+        assert f["nearest"].max() < 32
+    assert (out / "grid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(out.glob(".*.tmp"))  # no temp files left behind
+
+
+def test_same_seed_same_samples(tmp_path) -> None:
+    for name in ("a", "b"):
+        assert main(["optimal", "--n", "16", "--count", "8", "--steps", "5", "--out", str(tmp_path / name)]) == 0
+    a, b = (np.load(tmp_path / n / "samples.npz")["samples"] for n in ("a", "b"))
+    assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        (["--n", "5000"], "exceeds the 1797 images"),
+        (["--steps", "0"], "steps must be"),
+        (["--data", "nope.npz"], "no such file"),
+        (["--threshold", "2"], "threshold"),
+    ],
+)
+def test_bad_input_is_one_clean_line(tmp_path, capsys, args: list[str], match: str) -> None:
+    assert main(["optimal", "--out", str(tmp_path / "x"), *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("reprodiff: error:") and match in err and "\n" not in err
+    assert not (tmp_path / "x" / "summary.json").exists()
+
+
+def test_help_lists_commands_with_examples() -> None:
+    r = subprocess.run([sys.executable, "-m", "reprodiff", "--help"], capture_output=True, text=True, check=True)
+    assert "optimal" in r.stdout and "examples:" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "reprodiff", "optimal", "--sampler", "bogus", "--out", "x"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "invalid choice" in r.stderr

@@ -1,0 +1,87 @@
+"""Datasets: the embedded digits, .npz files (never unpickled), deterministic nested subsets."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from reprodiff.data import load_dataset, load_digits, load_npz, subset, to_uint8
+
+
+def test_digits_are_embedded_and_in_range() -> None:
+    d = load_digits()
+    assert d.images.shape == (1797, 1, 8, 8) and d.images.dtype == torch.float32
+    assert float(d.images.min()) == -1.0 and float(d.images.max()) == 1.0
+    assert d.labels is not None and sorted(set(d.labels.tolist())) == list(range(10))
+    assert load_dataset("digits").images.equal(d.images)
+
+
+def test_subsets_are_deterministic_and_nested() -> None:
+    d = load_digits()
+    a, b = subset(d, 64, seed=3), subset(d, 256, seed=3)
+    assert torch.equal(a.images, subset(d, 64, seed=3).images)
+    assert torch.equal(a.images, b.images[:64])
+    assert not torch.equal(a.images, subset(d, 64, seed=4).images)
+    assert a.labels is not None and len(a) == 64
+    with pytest.raises(ValueError, match="exceeds the 1797 images"):
+        subset(d, 5000)
+    with pytest.raises(ValueError, match="positive integer"):
+        subset(d, 0)
+
+
+@pytest.mark.parametrize("layout", ["nhwc", "nchw", "nhw"])
+def test_npz_round_trip(tmp_path, layout: str) -> None:
+    rng = np.random.default_rng(0)
+    u8 = rng.integers(0, 256, (5, 6, 6, 3), dtype=np.uint8)
+    arr = {"nhwc": u8, "nchw": u8.transpose(0, 3, 1, 2), "nhw": u8[..., 0]}[layout]
+    np.savez(tmp_path / "d.npz", images=arr, labels=np.arange(5))
+    d = load_npz(tmp_path / "d.npz")
+    c = 1 if layout == "nhw" else 3
+    assert d.images.shape == (5, c, 6, 6)
+    back = to_uint8(d.images).numpy()
+    expect = u8[..., :1] if layout == "nhw" else u8
+    assert np.array_equal(back.transpose(0, 2, 3, 1), expect)  # uint8 -> [-1, 1] -> uint8 is exact
+    assert d.labels is not None and d.labels.tolist() == [0, 1, 2, 3, 4]
+
+
+def test_npz_with_object_arrays_is_refused_without_unpickling(tmp_path) -> None:
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    obj = np.empty(1, dtype=object)
+    obj[0] = Payload()
+    np.savez(tmp_path / "evil.npz", images=obj)
+    with pytest.raises(ValueError, match=r"not a plain \.npz"):
+        load_npz(tmp_path / "evil.npz")
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    ("arrays", "match"),
+    [
+        ({"pixels": np.zeros((2, 4, 4), np.uint8)}, "no 'images' array"),
+        ({"images": np.zeros((2, 4, 4), np.float32)}, "must be uint8"),
+        ({"images": np.zeros((2, 4, 4, 5), np.uint8)}, "C = 1 or 3"),
+        ({"images": np.zeros((2, 4, 4), np.uint8), "labels": np.zeros(3, np.int64)}, "labels"),
+    ],
+)
+def test_npz_bad_input(tmp_path, arrays: dict, match: str) -> None:
+    np.savez(tmp_path / "bad.npz", **arrays)
+    with pytest.raises(ValueError, match=match):
+        load_npz(tmp_path / "bad.npz")
+
+
+def test_missing_and_truncated_files(tmp_path) -> None:
+    with pytest.raises(ValueError, match="no such file"):
+        load_npz(tmp_path / "nope.npz")
+    np.savez(tmp_path / "ok.npz", images=np.zeros((2, 4, 4), np.uint8))
+    data = (tmp_path / "ok.npz").read_bytes()
+    (tmp_path / "cut.npz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"cut\.npz"):
+        load_npz(tmp_path / "cut.npz")
+    with pytest.raises(ValueError, match="unknown dataset"):
+        load_dataset("cifar100")

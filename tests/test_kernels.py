@@ -1,0 +1,110 @@
+"""Kernels and preconditioning: Karras et al. 2022 Table 1 identities, and Precond as a Denoiser."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from reprodiff import sampling
+from reprodiff.kernels import EDM, KERNELS, VE, VP, SubVP, make_kernel
+from reprodiff.precond import Precond
+
+ALL = [VP(), VE(), EDM(), SubVP()]
+SIG = torch.logspace(-3, 2, 41, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("k", ALL, ids=lambda k: k.name)
+def test_loss_weight_cancels_c_out(k) -> None:
+    """lambda(sigma) c_out(sigma)^2 = 1 for every kernel: the effective training target has unit weight."""
+    _, c_out, _, _ = k.precond(SIG)
+    torch.testing.assert_close(k.loss_weight(SIG) * c_out**2, torch.ones_like(SIG))
+
+
+@pytest.mark.parametrize("k", ALL, ids=lambda k: k.name)
+def test_sigma_and_its_inverse(k) -> None:
+    lo, hi = max(k.sigma_min, 1e-3), min(k.sigma_max, 100.0)
+    s = torch.logspace(math.log10(lo), math.log10(hi), 30, dtype=torch.float64)
+    torch.testing.assert_close(k.sigma(k.sigma_inv(s)), s, rtol=1e-9, atol=0)
+
+
+@pytest.mark.parametrize("k", ALL, ids=lambda k: k.name)
+def test_training_sigmas_are_deterministic_and_in_range(k) -> None:
+    a = k.sample_sigma(4096, torch.Generator().manual_seed(3))
+    b = k.sample_sigma(4096, torch.Generator().manual_seed(3))
+    assert torch.equal(a, b) and a.dtype == torch.float64
+    assert float(a.min()) >= k.sigma_min * (1 - 1e-9) and float(a.max()) <= k.sigma_max * (1 + 1e-9)
+
+
+def test_training_densities() -> None:
+    g = torch.Generator().manual_seed(0)
+    ln = EDM().sample_sigma(200_000, g).log()
+    assert abs(float(ln.mean()) + 1.2) < 0.01 and abs(float(ln.std()) - 1.2) < 0.01
+    u = (VE().sample_sigma(200_000, g).log() - math.log(0.02)) / math.log(100 / 0.02)
+    assert abs(float(u.mean()) - 0.5) < 0.01 and abs(float(u.var()) - 1 / 12) < 0.002  # log-uniform
+    t = VP().sigma_inv(VP().sample_sigma(200_000, g))
+    assert abs(float(t.mean()) - 0.5) < 0.01  # t ~ U(eps_t, 1)
+
+
+def test_vp_and_subvp_scalings() -> None:
+    t = torch.linspace(1e-3, 1, 20, dtype=torch.float64)
+    vp = VP()
+    torch.testing.assert_close(vp.scale(t) ** 2 * (1 + vp.sigma(t) ** 2), torch.ones_like(t))
+    sub = SubVP()
+    a = sub.scale(t)  # x_t = a y + (1 - a^2) n  <=>  x_t / a = y + sigma n
+    torch.testing.assert_close(sub.sigma(t), (1 - a**2) / a)
+    _, _, c_in, _ = sub.precond(sub.sigma(t))
+    torch.testing.assert_close(c_in, a)
+    assert sub.sigma(torch.tensor(1.0)) < vp.sigma(torch.tensor(1.0))  # sub-VP variance is smaller
+
+
+def test_edm_preconditioning_gives_unit_variance() -> None:
+    """For data of std sigma_data: Var(c_in x) = 1 and Var(target) = 1 (Karras et al. 2022, App. B.6)."""
+    k, sd = EDM(), 0.5
+    c_skip, c_out, c_in, _ = k.precond(SIG)
+    torch.testing.assert_close(c_in**2 * (sd**2 + SIG**2), torch.ones_like(SIG))
+    target_var = ((1 - c_skip) ** 2 * sd**2 + c_skip**2 * SIG**2) / c_out**2
+    torch.testing.assert_close(target_var, torch.ones_like(SIG))
+
+
+class OracleNet(nn.Module):
+    """Returns the F that makes Precond reproduce the closed-form Gaussian denoiser, given sigma."""
+
+    def __init__(self, kernel, sigma: torch.Tensor) -> None:
+        super().__init__()
+        self.kernel, self.sigma = kernel, sigma
+        self.dummy = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x_in, c_noise, cond=None):
+        c_skip, c_out, c_in, c_ns = (c.view(-1, 1, 1, 1) for c in self.kernel.precond(self.sigma))
+        torch.testing.assert_close(c_noise.double(), c_ns.flatten(), rtol=1e-6, atol=1e-6)
+        x = x_in.double() / c_in
+        d = 0.25 / (0.25 + self.sigma.view(-1, 1, 1, 1) ** 2) * x  # N(0, 0.5^2) data
+        return ((d - c_skip * x) / c_out).float()
+
+
+@pytest.mark.parametrize("k", ALL, ids=lambda k: k.name)
+def test_precond_reassembles_the_denoiser(k) -> None:
+    sigma = torch.tensor([0.05, 0.5, 5.0], dtype=torch.float64)
+    D = Precond(OracleNet(k, sigma), k)
+    x = torch.randn(3, 1, 4, 4, dtype=torch.float64)
+    out = D(x, sigma)
+    assert out.dtype == torch.float64
+    torch.testing.assert_close(out, 0.25 / (0.25 + sigma.view(-1, 1, 1, 1) ** 2) * x, rtol=1e-5, atol=1e-5)
+
+
+def test_precond_range_clamps_the_sampling_grid() -> None:
+    D = Precond(nn.Identity(), VE())
+    s = sampling.make_sigmas(D, 10)
+    assert math.isclose(float(s[0]), 80.0) and math.isclose(float(s[-2]), 0.02)
+
+
+def test_make_kernel() -> None:
+    assert make_kernel("edm", sigma_data=0.25) == EDM(sigma_data=0.25)
+    assert set(KERNELS) == {"vp", "ve", "edm", "subvp"}
+    with pytest.raises(ValueError, match="unknown kernel"):
+        make_kernel("vpp")
+    with pytest.raises(ValueError, match="bad parameters"):
+        make_kernel("vp", sigma_data=0.5)
