@@ -65,8 +65,8 @@ def optimal_case(N: int, shape: tuple[int, ...], B: int, chunk: int, quick: bool
     rep = 3 if quick else 5
     t_ours = timeit(lambda: D(x, sigma), repeat=rep)
     t_naive = timeit(lambda: naive_d_star(Y, x, sigma), repeat=rep)
-    a = x.flatten(1)
-    chunks = [D.Y[j : j + chunk] for j in range(0, N, chunk)]
+    a = torch.cat([x.flatten(1), torch.ones(B, 1)], 1)
+    chunks = [D.Y_aug[j : j + chunk] for j in range(0, N, chunk)]
     weights = [torch.rand(B, c.shape[0]) for c in chunks]
 
     def mm_only() -> None:  # the same two products per chunk, nothing else

@@ -24,6 +24,11 @@ EXAMPLES = """examples:
   reprodiff optimal --out runs/optimal                      # D* of 64 digits, 64 samples, EDM Heun 18 steps
   reprodiff optimal --n 1024 --count 256 --sampler dpm++2m --steps 25 --out runs/opt1024
   reprodiff optimal --data my_images.npz --n 500 --out runs/mine
+  reprodiff train --out runs/unet                           # default U-Net on all digits (EDM kernel, DSM)
+  reprodiff train --config configs/uvit_vp.toml --out runs/uvit
+  reprodiff train --out runs/unet --steps 4000              # continue an existing run to 4000 steps
+  torchrun --nproc_per_node=2 -m reprodiff train --config cfg.toml --out runs/ddp
+  reprodiff sample --model runs/unet --seed 100000 --count 64 --out runs/unet/samples
 """
 
 
@@ -73,6 +78,31 @@ def run_optimal(
     return summary
 
 
+def run_sample(model: str | Path, out: str | Path, *, seed: int = 100000, count: int = 64,
+               sampler: str = "heun", steps: int = 18, weights: str = "ema", label: int | None = None,
+               batch_size: int = 256, device: str = "cpu", progress: bool = False) -> dict[str, Any]:
+    """Sample a trained model folder from shared noise; writes ``grid.png`` and ``samples.npz``."""
+    from .train import load_model
+
+    D, cfg, train_data = load_model(model, weights=weights, device=device)
+    cond = None
+    if label is not None:
+        if not cfg.data.conditional:
+            raise ValueError(f"{model} is not class-conditional; drop --class")
+        cond = torch.full((count,), label, dtype=torch.long)
+    with torch.no_grad():
+        x = sampling.sample(D, seed, count, train_data.image_shape, sampler=sampler, steps=steps,
+                            batch_size=batch_size, cond=cond, device=device, progress=progress)
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{model}: the model produced NaN/Inf samples; its weights are broken")
+    out = Path(out)
+    scale = max(1, 64 // max(train_data.image_shape[1:]))
+    save_png(out / "grid.png", image_grid(x, ncol=int(count**0.5 + 0.999), scale=scale))
+    save_npz(out / "samples.npz", images=to_uint8(x), samples=x, seeds=torch.arange(seed, seed + count))
+    return {"model": str(model), "count": count, "seed": seed, "sampler": sampler, "steps": steps,
+            "nfe": sampling.SAMPLERS[sampler].nfe(steps), "out": str(out)}
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="reprodiff",
@@ -94,6 +124,24 @@ def _parser() -> argparse.ArgumentParser:
     o.add_argument("--batch-size", type=int, default=256, help="samples per batch (results do not depend on it)")
     o.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     o.add_argument("--out", required=True, help="output folder")
+
+    t = sub.add_parser("train", help="train a diffusion model (resumes / continues an existing --out folder)",
+                       epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    t.add_argument("--config", help="TOML training config (default: a small U-Net on all digits)")
+    t.add_argument("--out", required=True, help="run folder (config.json, *.safetensors, log.jsonl)")
+    t.add_argument("--steps", type=int, help="train to this many steps (continues an existing run)")
+
+    s = sub.add_parser("sample", help="sample a trained model from shared noise",
+                       epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    s.add_argument("--model", required=True, help="a run folder written by 'reprodiff train'")
+    s.add_argument("--seed", type=int, default=100000, help="noise seed; sample i uses seed + i (default: 100000)")
+    s.add_argument("--count", type=int, default=64, help="number of samples (default: 64)")
+    s.add_argument("--sampler", default="heun", choices=sorted(sampling.SAMPLERS), help="ODE solver (default: heun)")
+    s.add_argument("--steps", type=int, default=18, help="solver steps (default: 18)")
+    s.add_argument("--weights", default="ema", choices=["ema", "net"], help="EMA or raw weights (default: ema)")
+    s.add_argument("--class", dest="label", type=int, help="class label for a class-conditional model")
+    s.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    s.add_argument("--out", required=True, help="output folder")
     return p
 
 
@@ -111,7 +159,25 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"{s['steps']} steps ({s['nfe']} NFE), {s['seconds']:.1f} s")
             print(f"memorized: {s['memorized']:.3f} (pixel similarity to nearest training image > "
                   f"{s['threshold']}; mean {s['mean_similarity']:.3f}) -> {args.out}/grid.png")
-    except ValueError as e:
+        elif args.command == "train":
+            from .train import TrainConfig, train
+
+            cfg = TrainConfig.from_toml(args.config) if args.config else None
+            r = train(cfg, args.out, steps=args.steps, progress=sys.stderr.isatty())
+            if r["resumed_from"] >= r["steps"]:
+                print(f"{args.out} is already trained to step {r['resumed_from']}; pass a larger --steps to continue")
+            else:
+                print(f"trained {args.out} to step {r['steps']} (from step {r['resumed_from']}); "
+                      f"last loss {r['last_loss']:.4f}")
+        elif args.command == "sample":
+            r = run_sample(args.model, args.out, seed=args.seed, count=args.count, sampler=args.sampler,
+                           steps=args.steps, weights=args.weights, label=args.label, device=args.device,
+                           progress=sys.stderr.isatty())
+            print(f"{r['count']} samples of {r['model']} ({r['sampler']}, {r['nfe']} NFE) -> {r['out']}/grid.png")
+    except (ValueError, RuntimeError) as e:  # ConfigError, TrainingError, bad files: one line, no traceback
         print(f"reprodiff: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("reprodiff: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
     return 0

@@ -6,8 +6,9 @@ denoising score-matching loss on the empirical distribution (Zhang et al. 2023, 
 
 Computed in one streamed pass over the training set with a running log-sum-exp (online softmax): memory
 is ``O(batch x chunk)``, never ``O(batch x N x pixels)``. ``||x||^2`` is the same for every ``j`` and drops
-out of the softmax, so each chunk costs two matrix products: logits ``(x . y_j - ||y_j||^2 / 2) / sigma^2``
-and the weighted sum of the chunk's images.
+out of the softmax, so each chunk costs two matrix products: the logits
+``(x . y_j - ||y_j||^2 / 2) / sigma^2 = [x / sigma^2, -1 / sigma^2] . [y_j, ||y_j||^2 / 2]`` (the bias rides
+in an extra column, so no separate pass scales them) and the weighted sum of the chunk's images.
 """
 
 from __future__ import annotations
@@ -48,12 +49,17 @@ class EmpiricalOptimalDenoiser:
         self.chunk_size = chunk_size
         self.dtype = dtype
         Y = train_images.detach().reshape(train_images.shape[0], -1)
-        self.Y = Y.to(device=device or train_images.device, dtype=dtype).contiguous()  # [N, P]
-        self.half_sq_norms = 0.5 * (self.Y * self.Y).sum(1)  # [N]
+        Y = Y.to(device=device or train_images.device, dtype=dtype)
+        self.Y_aug = torch.cat([Y, 0.5 * (Y * Y).sum(1, keepdim=True)], 1).contiguous()  # [N, P + 1]
+
+    @property
+    def Y(self) -> Tensor:  # noqa: N802 (the paper's symbol)
+        """The flattened training images ``[N, P]`` (a view)."""
+        return self.Y_aug[:, :-1]
 
     @property
     def num_images(self) -> int:
-        return self.Y.shape[0]
+        return self.Y_aug.shape[0]
 
     def __call__(self, x: Tensor, sigma: Tensor, cond: Tensor | None = None) -> Tensor:
         return self.denoise(x, sigma)[0]
@@ -62,26 +68,27 @@ class EmpiricalOptimalDenoiser:
         """``(D*(x, sigma), j*)`` where ``j*`` ``[B]`` indexes the training image of largest weight
         (the nearest one to ``x``: the paper's noise -> training-image map as sigma -> 0)."""
         check_denoiser_inputs(x, sigma, self.image_shape)
-        xf = x.reshape(x.shape[0], -1).to(self.Y.device, self.dtype)  # [B, P]
-        inv_var = (1.0 / sigma.to(self.Y.device, torch.float64) ** 2).to(self.dtype)[:, None]  # [B, 1]
-        B = xf.shape[0]
-        m = xf.new_full((B, 1), -torch.inf)  # running max logit
-        z = xf.new_zeros((B, 1))  # running sum of exp(logit - m)
-        acc = xf.new_zeros(xf.shape)  # running sum of exp(logit - m) y_j
-        best = torch.zeros(B, dtype=torch.long, device=xf.device)
+        dev = self.Y_aug.device
+        inv_var = (1.0 / sigma.to(dev, torch.float64) ** 2)[:, None]  # [B, 1]
+        x_aug = torch.cat([x.reshape(x.shape[0], -1).to(dev, torch.float64) * inv_var, -inv_var], 1)
+        x_aug = x_aug.to(self.dtype)  # [B, P + 1]
+        B = x_aug.shape[0]
+        m = x_aug.new_full((B, 1), -torch.inf)  # running max logit
+        z = x_aug.new_zeros((B, 1))  # running sum of exp(logit - m)
+        acc = x_aug.new_zeros(x_aug.shape)  # running sum of exp(logit - m) [y_j, .]
+        best = torch.zeros(B, dtype=torch.long, device=dev)
         for j0 in range(0, self.num_images, self.chunk_size):
-            Yc = self.Y[j0 : j0 + self.chunk_size]  # [n, P]
-            logits = torch.addmm(self.half_sq_norms[j0 : j0 + self.chunk_size], xf, Yc.T, beta=-1)
-            logits.mul_(inv_var)  # [B, n]
+            Yc = self.Y_aug[j0 : j0 + self.chunk_size]  # [n, P + 1]
+            logits = x_aug @ Yc.T  # [B, n]
             cmax, carg = logits.max(1, keepdim=True)
             m_new = torch.maximum(m, cmax)
             scale = torch.exp(m - m_new)  # [B, 1]
             best = torch.where(cmax[:, 0] > m[:, 0], carg[:, 0] + j0, best)
-            w = torch.exp(logits.sub_(m_new))  # [B, n]
+            w = logits.sub_(m_new).exp_()  # [B, n], in place
             z = z * scale + w.sum(1, keepdim=True)
             acc = torch.addmm(acc * scale, w, Yc)
             m = m_new
-        out = (acc / z).reshape(x.shape).to(x.device, x.dtype)
+        out = (acc[:, :-1] / z).reshape(x.shape).to(x.device, x.dtype)
         return out, best.to(x.device)
 
     def nearest(self, x: Tensor) -> Tensor:

@@ -1,0 +1,89 @@
+"""Residual MLP on flattened pixels: a small baseline denoiser network.
+
+Each block adds a projection of the noise (+class) embedding to its input, then applies the
+pre-norm residual branch ``LayerNorm, Linear, SiLU, dropout, Linear`` (He et al. 2016; embedding as
+in Karras et al. 2022, ``SongUNet``). The output layer is zero-initialised.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .layers import (
+    ConditionEmbedding,
+    check_dropout,
+    check_int_fields,
+    check_net_inputs,
+    check_positive,
+    scale_init_,
+)
+
+__all__ = ["MLP", "MLPConfig"]
+
+_NOISE_CHANNELS = 128  # width of the sinusoidal c_noise embedding
+
+
+@dataclass(frozen=True)
+class MLPConfig:
+    """Residual-MLP hyper-parameters; ``dropout > 0`` draws from torch's global RNG in training."""
+
+    img_resolution: int
+    in_channels: int
+    hidden: int = 512
+    depth: int = 4
+    dropout: float = 0.0
+    num_classes: int = 0
+
+    def __post_init__(self) -> None:
+        check_int_fields(
+            "mlp", self, ("img_resolution", "in_channels", "hidden", "depth", "num_classes")
+        )
+        check_positive("mlp", img_resolution=self.img_resolution, in_channels=self.in_channels,
+                       hidden=self.hidden, depth=self.depth)
+        if self.num_classes < 0:
+            raise ValueError(f"mlp: num_classes must be >= 0, got {self.num_classes}")
+        check_dropout("mlp", self.dropout)
+
+
+class ResidualBlock(nn.Module):
+    """``x + emb_proj(emb)``, then ``x + Linear(dropout(silu(Linear(LayerNorm(x)))))``."""
+
+    def __init__(self, hidden: int, emb_channels: int, dropout: float) -> None:
+        super().__init__()
+        self.emb_proj = nn.Linear(emb_channels, hidden)
+        self.norm = nn.LayerNorm(hidden)
+        self.fc0 = nn.Linear(hidden, hidden)
+        self.dropout = nn.Dropout(dropout)
+        self.fc1 = nn.Linear(hidden, hidden)
+
+    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+        x = x + self.emb_proj(emb)  # [B, hidden]
+        return x + self.fc1(self.dropout(F.silu(self.fc0(self.norm(x)))))  # [B, hidden]
+
+
+class MLP(nn.Module):
+    """``F(x_in [B, C, R, R], c_noise [B], cond [B] | None) -> [B, C, R, R]`` on flat pixels."""
+
+    def __init__(self, config: MLPConfig) -> None:
+        super().__init__()
+        self.config = cfg = config
+        dim = cfg.in_channels * cfg.img_resolution**2
+        self.embed = ConditionEmbedding("mlp", _NOISE_CHANNELS, cfg.hidden, cfg.num_classes)
+        self.fc_in = nn.Linear(dim, cfg.hidden)
+        self.blocks = nn.ModuleList(
+            ResidualBlock(cfg.hidden, cfg.hidden, cfg.dropout) for _ in range(cfg.depth)
+        )
+        self.norm_out = nn.LayerNorm(cfg.hidden)
+        self.fc_out = scale_init_(nn.Linear(cfg.hidden, dim), 0.0)
+
+    def forward(self, x_in: Tensor, c_noise: Tensor, cond: Tensor | None = None) -> Tensor:
+        cfg = self.config
+        check_net_inputs("mlp", x_in, c_noise, cfg.in_channels, cfg.img_resolution)
+        emb = self.embed(c_noise, cond)  # [B, hidden]
+        x = self.fc_in(x_in.flatten(1))  # [B, hidden]
+        for blk in self.blocks:
+            x = blk(x, emb)
+        return self.fc_out(F.silu(self.norm_out(x))).view_as(x_in)  # [B, C, R, R]

@@ -1,0 +1,141 @@
+"""U-ViT (Bao et al. 2023, "All are Worth Words: A ViT Backbone for Diffusion Models").
+
+Patches, the noise token and (optionally) a class token form one sequence; ``depth // 2`` pre-norm
+transformer in-blocks, one mid-block and ``depth // 2`` out-blocks, with long skips from in-block
+``i`` to out-block ``depth // 2 - 1 - i`` (Bao et al. 2023, Fig. 1), then LayerNorm, a linear map
+to patch pixels, unpatchify and a 3x3 conv.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .layers import (
+    PositionalEmbedding,
+    SelfAttention,
+    check_int_fields,
+    check_net_inputs,
+    check_positive,
+    label_indices,
+    scale_init_,
+    trunc_normal_init_,
+)
+
+__all__ = ["UViT", "UViTConfig"]
+
+
+@dataclass(frozen=True)
+class UViTConfig:
+    """U-ViT hyper-parameters.
+
+    The defaults keep a batch-128 training step at 1x8x8 under 0.1 s on 2 CPU cores; U-ViT-S/2 for
+    CIFAR-10 uses ``embed_dim=512, depth=12, num_heads=8`` (Bao et al. 2023).
+    """
+
+    img_resolution: int
+    in_channels: int
+    patch_size: int = 2
+    embed_dim: int = 64
+    depth: int = 6
+    num_heads: int = 2
+    mlp_ratio: float = 4.0
+    num_classes: int = 0
+
+    def __post_init__(self) -> None:
+        check_int_fields("uvit", self, ("img_resolution", "in_channels", "patch_size", "embed_dim",
+                                        "depth", "num_heads", "num_classes"))
+        check_positive("uvit", img_resolution=self.img_resolution, in_channels=self.in_channels,
+                       patch_size=self.patch_size, embed_dim=self.embed_dim, depth=self.depth,
+                       num_heads=self.num_heads, mlp_ratio=self.mlp_ratio)
+        if self.num_classes < 0:
+            raise ValueError(f"uvit: num_classes must be >= 0, got {self.num_classes}")
+        if self.img_resolution % self.patch_size:
+            raise ValueError(f"uvit: img_resolution={self.img_resolution} is not divisible by "
+                             f"patch_size={self.patch_size}")
+        if self.depth % 2:
+            raise ValueError(f"uvit: depth must be even (depth/2 in-blocks, a mid-block, depth/2 "
+                             f"out-blocks), got {self.depth}")
+        if self.embed_dim % self.num_heads:
+            raise ValueError(f"uvit: embed_dim={self.embed_dim} is not divisible by "
+                             f"num_heads={self.num_heads}")
+        if self.embed_dim < 4:
+            raise ValueError(f"uvit: embed_dim must be >= 4, got {self.embed_dim}")
+
+    @property
+    def num_patches(self) -> int:
+        return (self.img_resolution // self.patch_size) ** 2
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block; with ``skip``, first ``Linear(concat(x, skip))``.
+
+    Bao et al. 2023, Fig. 1 (long skip branch) and Sec. 3.
+    """
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, skip: bool) -> None:
+        super().__init__()
+        hidden = max(1, round(dim * mlp_ratio))
+        self.skip_linear = nn.Linear(2 * dim, dim) if skip else None
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = SelfAttention(dim, num_heads, qkv_bias=False)
+        self.norm2 = nn.LayerNorm(dim)
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: Tensor, skip: Tensor | None = None) -> Tensor:
+        if self.skip_linear is not None and skip is not None:
+            x = self.skip_linear(torch.cat([x, skip], dim=-1))  # [B, N, D]
+        x = x + self.attn(self.norm1(x))
+        return x + self.fc2(F.gelu(self.fc1(self.norm2(x))))  # [B, N, D]
+
+
+class UViT(nn.Module):
+    """``F(x_in [B, C, R, R], c_noise [B], cond [B] | None) -> [B, C, R, R]`` (Bao et al. 2023)."""
+
+    def __init__(self, config: UViTConfig) -> None:
+        super().__init__()
+        self.config = cfg = config
+        D, p, C = cfg.embed_dim, cfg.patch_size, cfg.in_channels
+        self.patch_embed = nn.Conv2d(C, D, kernel_size=p, stride=p)
+        self.time_pos = PositionalEmbedding(D + D % 2)
+        self.time_embed = nn.Sequential(nn.Linear(D + D % 2, 4 * D), nn.SiLU(), nn.Linear(4 * D, D))
+        self.label_emb = nn.Embedding(cfg.num_classes + 1, D) if cfg.num_classes > 0 else None
+        self.extras = 1 + (cfg.num_classes > 0)
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.extras + cfg.num_patches, D))
+        half, heads, ratio = cfg.depth // 2, cfg.num_heads, cfg.mlp_ratio
+        self.in_blocks = nn.ModuleList(Block(D, heads, ratio, False) for _ in range(half))
+        self.mid_block = Block(D, heads, ratio, False)
+        self.out_blocks = nn.ModuleList(Block(D, heads, ratio, True) for _ in range(half))
+        self.norm = nn.LayerNorm(D)
+        self.decoder_pred = nn.Linear(D, p * p * C)
+        self.final_layer = nn.Conv2d(C, C, 3, padding=1)
+        nn.init.trunc_normal_(self.pos_embed, std=0.02, a=-0.04, b=0.04)
+        trunc_normal_init_(self)
+        scale_init_(self.final_layer, 0.0)
+
+    def forward(self, x_in: Tensor, c_noise: Tensor, cond: Tensor | None = None) -> Tensor:
+        cfg = self.config
+        check_net_inputs("uvit", x_in, c_noise, cfg.in_channels, cfg.img_resolution)
+        B, p, C = x_in.shape[0], cfg.patch_size, cfg.in_channels
+        n = cfg.img_resolution // p  # patches per side
+        x = self.patch_embed(x_in).flatten(2).transpose(1, 2)  # [B, L, D]
+        t = self.time_pos(c_noise).to(x.dtype)  # [B, D]
+        tokens = [self.time_embed(t)[:, None], x]  # time token first (Bao et al. 2023, Sec. 3)
+        idx = label_indices("uvit", cond, cfg.num_classes, B, x.device)
+        if self.label_emb is not None and idx is not None:
+            tokens.insert(1, self.label_emb(idx)[:, None])
+        x = torch.cat(tokens, dim=1) + self.pos_embed  # [B, extras + L, D]
+        skips: list[Tensor] = []
+        for blk in self.in_blocks:
+            x = blk(x)
+            skips.append(x)
+        x = self.mid_block(x)
+        for blk in self.out_blocks:
+            x = blk(x, skips.pop())
+        x = self.decoder_pred(self.norm(x))[:, self.extras:]  # [B, L, p * p * C]
+        x = x.reshape(B, n, n, p, p, C).permute(0, 5, 1, 3, 2, 4).reshape(B, C, n * p, n * p)
+        return self.final_layer(x)  # [B, C, R, R]

@@ -1,0 +1,375 @@
+"""Training: a frozen ``TrainConfig``, a pure ``train_step``, and a resumable loop with EMA, a loss log and
+atomic checkpoints. Every random choice of step ``k`` comes from a generator seeded by ``(seed, k)``, so a
+run resumed from any checkpoint ends bit-identical (CPU) to an uninterrupted one; data-parallel ranks
+(``torchrun``) draw the global batch and train on their rows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from .checkpoint import load_state, load_weights, save_training_state, write_safetensors
+from .config import ConfigError, from_dict, load_toml, suggest, to_dict
+from .data import Dataset, load_dataset, subset
+from .files import atomic_write, save_json
+from .kernels import Kernel, make_kernel
+from .nets import NETS, make_net
+from .objectives import Objective, make_objective
+from .precond import Precond
+
+__all__ = ["DataConfig", "TrainConfig", "TrainingError", "build_model", "load_model", "step_generator",
+           "train", "train_step"]
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which images: ``name`` (``digits`` or a ``.npz``), the first ``n`` of ``randperm(seed)`` (all if 0),
+    and whether the model is class-conditional (labels as ``cond``)."""
+
+    name: str = "digits"
+    n: int = 0
+    seed: int = 0
+    conditional: bool = False
+
+    def __post_init__(self) -> None:
+        if self.n < 0:
+            raise ValueError(f"data.n must be >= 0 (0 = all images), got {self.n}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines a training run (EDM's defaults where they fit small data)."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    net: dict[str, Any] = field(default_factory=lambda: {"name": "unet", "model_channels": 32,
+                                                         "channel_mult": [1, 2], "dropout": 0.0})
+    kernel: dict[str, Any] = field(default_factory=lambda: {"name": "edm"})
+    objective: dict[str, Any] = field(default_factory=lambda: {"name": "dsm"})
+    steps: int = 2000
+    batch_size: int = 64
+    lr: float = 2e-3
+    lr_warmup: int = 100
+    lr_decay: str = "constant"
+    ema_halflife: float = 2000.0
+    grad_clip: float = 0.0
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "fp32"
+    checkpoint_every: int = 500
+    log_every: int = 50
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "checkpoint_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.lr > 0 or self.lr_warmup < 0 or self.ema_halflife < 0 or self.grad_clip < 0:
+            raise ValueError("lr must be > 0; lr_warmup, ema_halflife and grad_clip must be >= 0")
+        if self.lr_decay not in ("constant", "cosine"):
+            raise ValueError(f"lr_decay must be 'constant' or 'cosine', got {self.lr_decay!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        for part, example in (("net", "unet"), ("kernel", "edm"), ("objective", "dsm")):
+            if not isinstance(getattr(self, part).get("name"), str):
+                raise ValueError(f"[{part}] needs a name, e.g. name = {example!r}")
+        check_net_options(self.net)
+        make_kernel(**self.kernel)
+        make_objective(**self.objective)
+
+    @classmethod
+    def from_toml(cls, path: str | os.PathLike[str]) -> TrainConfig:
+        return load_toml(cls, path)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        return from_dict(cls, data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. a non-finite loss); the last good checkpoint is kept."""
+
+
+def check_net_options(net: dict[str, Any]) -> None:
+    """Net name and option names (values are checked when the net is built for the data's shape)."""
+    name = net["name"]
+    if name not in NETS:
+        raise ValueError(f"unknown net {name!r}{suggest(name, NETS)}")
+    fields = {f.name for f in dataclasses.fields(NETS[name][0])} - {"img_resolution", "in_channels", "num_classes"}
+    for key in net:
+        if key != "name" and key not in fields:
+            raise ValueError(f"unknown {name} option {key!r}{suggest(key, fields)}")
+
+
+def _net_kwargs(cfg: TrainConfig, image_shape: tuple[int, ...], num_classes: int) -> dict[str, Any]:
+    kw = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.net.items() if k != "name"}
+    c, h, w = image_shape
+    if h != w:
+        raise ConfigError(f"images must be square, got {h}x{w}")
+    return {"img_resolution": h, "in_channels": c, "num_classes": num_classes, **kw}
+
+
+def build_model(cfg: TrainConfig, image_shape: tuple[int, ...], num_classes: int = 0) -> Precond:
+    """``Precond(net, kernel)`` for the config; weights from the default (seeded) initialisation."""
+    kernel: Kernel = make_kernel(**cfg.kernel)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        try:
+            net = make_net(cfg.net["name"], **_net_kwargs(cfg, image_shape, num_classes))
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"net: {e}") from None
+    return Precond(net, kernel)
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    """The CPU generator for every random choice of step ``step``: seeded by ``SeedSequence([seed, step])``."""
+    s = int(np.random.SeedSequence([seed, step]).generate_state(1, np.uint64)[0])
+    return torch.Generator().manual_seed(s)
+
+
+def lr_at(cfg: TrainConfig, step: int) -> float:
+    """Linear warm-up over ``lr_warmup`` steps, then constant or cosine decay to 0."""
+    lr = cfg.lr * min(1.0, (step + 1) / max(1, cfg.lr_warmup))
+    if cfg.lr_decay == "cosine":
+        lr *= 0.5 * (1 + math.cos(math.pi * min(step, cfg.steps) / cfg.steps))
+    return lr
+
+
+def train_step(model: Precond, objective: Objective, opt: torch.optim.Optimizer, y: Tensor,
+               cond: Tensor | None, draws: dict[str, Tensor], *, lr: float, grad_clip: float = 0.0,
+               autocast: contextlib.AbstractContextManager[Any] | None = None) -> Tensor:
+    """One optimizer step on clean images ``y`` with the batch's random ``draws``; returns the mean loss.
+    Everything it depends on is an argument."""
+    for g in opt.param_groups:
+        g["lr"] = lr
+    opt.zero_grad(set_to_none=True)
+    with autocast or contextlib.nullcontext():
+        loss = objective.loss(model, y, draws, cond).mean()
+    loss.backward()
+    if grad_clip > 0:
+        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    opt.step()
+    return loss.detach()
+
+
+@torch.no_grad()
+def ema_update(ema: nn.Module, net: nn.Module, beta: float) -> None:
+    for p_ema, p in zip(ema.parameters(), net.parameters(), strict=True):
+        p_ema.lerp_(p.detach(), 1 - beta)
+    for b_ema, b in zip(ema.buffers(), net.buffers(), strict=True):
+        b_ema.copy_(b)
+
+
+# ------------------------------------------------------------------------------------------ the loop
+@dataclass
+class _Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+@contextlib.contextmanager
+def _distributed(device: torch.device) -> Iterator[_Dist]:
+    """``torchrun`` sets WORLD_SIZE > 1: join the process group (NCCL on GPU, gloo on CPU)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        yield _Dist()
+        return
+    import torch.distributed as dist
+
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    try:
+        yield _Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+    finally:
+        dist.destroy_process_group()
+
+
+def _device(name: str, local_rank: int = 0) -> torch.device:
+    if name == "auto":
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device: {name!r} is not a torch device; use auto, cpu or cuda") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device: cuda requested but no CUDA GPU is available; use device = \"auto\" or \"cpu\"")
+    return dev
+
+
+def _autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager[Any] | None:
+    if precision == "fp32":
+        return None
+    if precision == "fp16" and device.type != "cuda":
+        raise ConfigError("precision fp16 needs a CUDA device; use bf16 or fp32 on CPU")
+    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+def load_training_data(cfg: TrainConfig) -> Dataset:
+    data = load_dataset(cfg.data.name)
+    data = subset(data, cfg.data.n or len(data), cfg.data.seed)
+    if cfg.batch_size > len(data):
+        raise ConfigError(f"batch_size {cfg.batch_size} exceeds the {len(data)} training images; "
+                          f"use batch_size <= {len(data)}")
+    if cfg.data.conditional and data.labels is None:
+        raise ConfigError(f"data.conditional = true but {cfg.data.name!r} has no labels")
+    return data
+
+
+def _prepare_folder(cfg: TrainConfig | None, out: Path, steps: int | None) -> TrainConfig:
+    """The run's config: new (written to ``out/config.json``) or the folder's own, maybe with more steps."""
+    cfg_path = out / "config.json"
+    if cfg_path.exists():
+        try:
+            existing = TrainConfig.from_dict(json.loads(cfg_path.read_text()))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{cfg_path}: not valid JSON ({e})") from None
+        if cfg is not None and dataclasses.replace(cfg, steps=existing.steps) != existing:
+            raise ConfigError(f"{out} holds a run with a different config; choose another --out or drop --config")
+        cfg = existing
+    cfg = cfg or TrainConfig()
+    if steps is not None:
+        cfg = dataclasses.replace(cfg, steps=steps)
+    return cfg
+
+
+def train(cfg: TrainConfig | None, out: str | os.PathLike[str], *, steps: int | None = None,
+          progress: bool = False, callback: Callable[[int, float], None] | None = None) -> dict[str, Any]:
+    """Train (or resume, or continue to ``steps``) the run in ``out``; returns a summary dict.
+
+    Re-running on the same folder resumes from ``training.safetensors``; ``callback(step, loss)`` is
+    called after every step (tests use it to interrupt a run)."""
+    out = Path(out)
+    cfg = _prepare_folder(cfg, out, steps)
+    data = load_training_data(cfg)
+    num_classes = int(data.labels.max()) + 1 if cfg.data.conditional and data.labels is not None else 0
+    device = _device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
+    with _distributed(device) as dist:
+        if cfg.batch_size % dist.world:
+            raise ConfigError(f"batch_size {cfg.batch_size} must be divisible by the {dist.world} processes")
+        if dist.main:
+            save_json(out / "config.json", cfg.to_dict())
+        return _loop(cfg, out, data, num_classes, device, dist, progress, callback)
+
+
+def _loop(cfg: TrainConfig, out: Path, data: Dataset, num_classes: int, device: torch.device, dist: _Dist,
+          progress: bool, callback: Callable[[int, float], None] | None) -> dict[str, Any]:
+    model = build_model(cfg, data.image_shape, num_classes).to(device)
+    ema = build_model(cfg, data.image_shape, num_classes).to(device).requires_grad_(False)
+    ema.load_state_dict(model.state_dict())
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8)
+    objective = make_objective(**cfg.objective)
+    start = 0
+    if (out / "training.safetensors").exists():
+        start, _ = load_state(out / "training.safetensors", net=model.net, ema=ema.net, opt=opt)
+    _trim_log(out / "log.jsonl", start, dist.main)
+    wrapped: nn.Module = model
+    if dist.world > 1:
+        ids = [device.index] if device.type == "cuda" else None
+        wrapped = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    images = data.images.to(device)
+    labels = data.labels.to(device) if num_classes else None
+    beta = 0.5 ** (cfg.batch_size / cfg.ema_halflife) if cfg.ema_halflife > 0 else 0.0
+    autocast = _autocast(cfg.precision, device)
+    rows = slice(dist.rank * cfg.batch_size // dist.world, (dist.rank + 1) * cfg.batch_size // dist.world)
+    t0, losses, loss = time.perf_counter(), [], float("nan")
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not (progress and dist.main),
+               desc="training", unit="step")
+    model.train()
+    for step in bar:
+        g = step_generator(cfg.seed, step)
+        idx = torch.randperm(len(data), generator=g)[: cfg.batch_size][rows].to(device)
+        draws = objective.draw(model.kernel, cfg.batch_size, data.image_shape, g, step, cfg.steps)
+        draws = {k: v[rows] for k, v in draws.items()}
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(int(g.initial_seed()) ^ dist.rank)  # dropout masks depend on (seed, step, rank)
+            loss_t = train_step(wrapped, objective, opt, images[idx], None if labels is None else labels[idx],
+                                draws, lr=lr_at(cfg, step), grad_clip=cfg.grad_clip, autocast=autocast)
+        loss = float(loss_t)
+        if not math.isfinite(loss):
+            raise TrainingError(f"loss became {loss} at step {step}; the last good checkpoint is kept in {out} "
+                                "(try a lower lr or lr_warmup)")
+        ema_update(ema, model, beta)
+        losses.append(loss)
+        done = step + 1
+        if dist.main and (done % cfg.log_every == 0 or done == cfg.steps):
+            rate = len(losses) * cfg.batch_size / (time.perf_counter() - t0)
+            _append_log(out / "log.jsonl", {"step": done, "loss": sum(losses) / len(losses),
+                                            "lr": lr_at(cfg, step), "images_per_s": rate})
+            bar.set_postfix(loss=f"{sum(losses) / len(losses):.4f}")
+            losses, t0 = [], time.perf_counter()
+        if dist.main and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
+            save_checkpoint(out, done, model, ema, opt)
+        if callback is not None:
+            callback(done, loss)
+    if dist.main and start >= cfg.steps and not (out / "model.safetensors").exists():
+        save_checkpoint(out, start, model, ema, opt)
+    return {"out": str(out), "steps": cfg.steps, "resumed_from": start, "last_loss": loss}
+
+
+def save_checkpoint(out: Path, step: int, model: Precond, ema: Precond, opt: torch.optim.Optimizer) -> None:
+    """The resumable state first (one atomic file), then the weights that sampling reads."""
+    save_training_state(out / "training.safetensors", step=step, net=model.net, ema=ema.net, opt=opt)
+    meta = {"step": str(step)}
+    write_safetensors(out / "model.safetensors", model.net.state_dict(), meta)
+    write_safetensors(out / "ema.safetensors", ema.net.state_dict(), meta)
+
+
+def _append_log(path: Path, record: dict[str, Any]) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _trim_log(path: Path, step: int, main: bool) -> None:
+    """Drop log lines past the resumed step (written after the last checkpoint of a crashed run)."""
+    if not main or not path.exists():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        with contextlib.suppress(json.JSONDecodeError):
+            if json.loads(line).get("step", 0) <= step:
+                keep.append(line)
+    text = "".join(line + "\n" for line in keep).encode()
+    atomic_write(path, lambda f: f.write(text))
+
+
+# ------------------------------------------------------------------------------------------ loading
+def load_model(folder: str | os.PathLike[str], *, weights: str = "ema", device: str | torch.device = "cpu"
+               ) -> tuple[Precond, TrainConfig, Dataset]:
+    """A trained denoiser from a run folder (``config.json`` + ``ema.safetensors`` or ``model.safetensors``),
+    in eval mode, with its config and training data. Never unpickles anything."""
+    folder = Path(folder)
+    if weights not in ("ema", "net"):
+        raise ValueError(f"weights must be 'ema' or 'net', got {weights!r}")
+    cfg_path = folder / "config.json"
+    if not cfg_path.is_file():
+        raise ValueError(f"{folder}: not a reprodiff model folder (no config.json)")
+    try:
+        cfg = TrainConfig.from_dict(json.loads(cfg_path.read_text()))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{cfg_path}: not valid JSON ({e})") from None
+    data = load_training_data(cfg)
+    num_classes = int(data.labels.max()) + 1 if cfg.data.conditional and data.labels is not None else 0
+    model = build_model(cfg, data.image_shape, num_classes)
+    load_weights(model.net, folder / ("ema.safetensors" if weights == "ema" else "model.safetensors"))
+    return model.to(device).eval(), cfg, data

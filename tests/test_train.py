@@ -1,0 +1,184 @@
+"""Training: every (net x kernel x objective), loss goes down, checkpoints, bit-identical resume, bad input."""
+
+from __future__ import annotations
+
+import dataclasses
+import pickle
+
+import pytest
+import torch
+
+from reprodiff import sampling
+from reprodiff.checkpoint import read_safetensors
+from reprodiff.cli import main
+from reprodiff.config import ConfigError
+from reprodiff.data import load_digits, subset
+from reprodiff.objectives import compute_loss, make_objective
+from reprodiff.train import DataConfig, TrainConfig, build_model, load_model, step_generator, train
+
+TINY_NETS = {
+    "unet": {"name": "unet", "model_channels": 8, "channel_mult": [1, 2], "num_blocks": 1, "dropout": 0.0},
+    "uvit": {"name": "uvit", "embed_dim": 32, "depth": 2, "num_heads": 2},
+    "mlp": {"name": "mlp", "hidden": 64, "depth": 2},
+}
+
+
+def tiny(**kw) -> TrainConfig:
+    base = {"data": DataConfig(n=32), "net": TINY_NETS["unet"], "steps": 12, "batch_size": 8,
+            "checkpoint_every": 4, "log_every": 4, "lr_warmup": 2}
+    return TrainConfig(**{**base, **kw})
+
+
+@pytest.mark.parametrize("objective", ["dsm", "ct"])
+@pytest.mark.parametrize("kernel", ["vp", "ve", "edm", "subvp"])
+@pytest.mark.parametrize("net", list(TINY_NETS))
+def test_every_net_kernel_objective(net: str, kernel: str, objective: str) -> None:
+    cfg = tiny(net=TINY_NETS[net], kernel={"name": kernel}, objective={"name": objective})
+    model = build_model(cfg, (1, 8, 8))
+    y = subset(load_digits(), 8).images
+    loss = compute_loss(make_objective(objective), model, y, model.kernel, step_generator(0, 0), step=3,
+                        total_steps=10)
+    assert loss.shape == (8,) and loss.dtype == torch.float32 and bool(torch.isfinite(loss).all())
+    loss.mean().backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    with torch.no_grad():
+        x = sampling.sample(model.eval(), 0, 4, (1, 8, 8), sampler="onestep" if objective == "ct" else "euler",
+                            steps=3)
+    assert x.shape == (4, 1, 8, 8) and x.dtype == torch.float32
+
+
+def test_a_short_run_lowers_the_loss(tmp_path) -> None:
+    losses: list[float] = []
+    train(tiny(steps=120, batch_size=16, lr=2e-3), tmp_path, callback=lambda s, loss: losses.append(loss))
+    assert sum(losses[-30:]) / 30 < 0.7 * sum(losses[:30]) / 30
+
+
+def _state(folder) -> dict[str, torch.Tensor]:
+    return read_safetensors(folder / "training.safetensors")[0]
+
+
+class InterruptError(Exception):
+    pass
+
+
+@pytest.mark.parametrize("stop_at", [3, 4, 9])
+def test_interrupted_run_resumes_bit_identical(tmp_path, stop_at: int) -> None:
+    cfg = tiny(net={**TINY_NETS["unet"], "dropout": 0.2}, lr_decay="cosine")
+    train(cfg, tmp_path / "ref")
+
+    def crash(step: int, loss: float) -> None:
+        if step == stop_at:
+            raise InterruptError
+
+    with pytest.raises(InterruptError):
+        train(cfg, tmp_path / "run", callback=crash)
+    r = train(cfg, tmp_path / "run")
+    assert r["resumed_from"] == stop_at // 4 * 4
+    a, b = _state(tmp_path / "ref"), _state(tmp_path / "run")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    logs = [(tmp_path / d / "log.jsonl").read_text().splitlines() for d in ("ref", "run")]
+    assert [line.split('"lr"')[0] for line in logs[0]] == [line.split('"lr"')[0] for line in logs[1]]
+
+
+def test_continue_with_more_steps(tmp_path) -> None:
+    train(tiny(), tmp_path)
+    r = train(None, tmp_path, steps=16)
+    assert r["resumed_from"] == 12 and read_safetensors(tmp_path / "model.safetensors")[1]["step"] == "16"
+    assert train(None, tmp_path)["resumed_from"] == 16  # nothing left to do
+
+
+def test_checkpoint_round_trip_and_sampling(tmp_path) -> None:
+    train(tiny(), tmp_path)
+    D, cfg, data = load_model(tmp_path)
+    assert cfg == tiny() and len(data) == 32
+    D2, _, _ = load_model(tmp_path)
+    x = torch.randn(3, 1, 8, 8, dtype=torch.float64)
+    s = torch.full((3,), 1.5, dtype=torch.float64)
+    with torch.no_grad():
+        assert torch.equal(D(x, s), D2(x, s))
+        assert not torch.equal(D(x, s), load_model(tmp_path, weights="net")[0](x, s))
+    assert main(["sample", "--model", str(tmp_path), "--count", "4", "--steps", "3", "--out",
+                 str(tmp_path / "s")]) == 0
+    assert (tmp_path / "s" / "grid.png").exists() and (tmp_path / "s" / "samples.npz").exists()
+
+
+def test_class_conditioning_changes_the_output(tmp_path) -> None:
+    train(tiny(data=DataConfig(n=32, conditional=True), steps=20), tmp_path)
+    D, _, _ = load_model(tmp_path, weights="net")
+    x = torch.randn(2, 1, 8, 8, dtype=torch.float64).expand(2, -1, -1, -1).contiguous()
+    s = torch.full((2,), 1.0, dtype=torch.float64)
+    with torch.no_grad():
+        out = D(x, s, torch.tensor([3, 7]))
+    assert not torch.allclose(out[0], out[1])
+
+
+def test_config_json_round_trip() -> None:
+    cfg = tiny(kernel={"name": "vp", "beta_d": 18.0}, objective={"name": "ct", "s1": 640})
+    assert TrainConfig.from_dict(cfg.to_dict()) == dataclasses.replace(cfg)
+
+
+@pytest.mark.parametrize(
+    ("toml", "match"),
+    [
+        ("stepz = 3", "did you mean 'steps'"),
+        ("steps = 'many'", "steps: expected int"),
+        ("[net]\nname = 'unet'\nmodel_chanels = 3", "did you mean 'model_channels'"),
+        ("[net]\nname = 'unt'", "did you mean 'unet'"),
+        ("[kernel]\nname = 'vpp'", "unknown kernel"),
+        ("[objective]\nname = 'ct'\ns9 = 1", "bad parameters for objective"),
+        ("precision = 'fp8'", "precision"),
+        ("[data]\nn = 5000", "exceeds the 1797 images"),
+        ("batch_size = 128\n[data]\nn = 64", "batch_size 128 exceeds the 64 training images"),
+        ("steps = [", "not valid TOML"),
+    ],
+)
+def test_bad_configs_are_one_clean_line(tmp_path, capsys, toml: str, match: str) -> None:
+    (tmp_path / "c.toml").write_text(toml)
+    assert main(["train", "--config", str(tmp_path / "c.toml"), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("reprodiff: error:") and match in err and "\n" not in err
+
+
+def test_broken_and_foreign_checkpoints(tmp_path) -> None:
+    train(tiny(), tmp_path / "run")
+    ema = tmp_path / "run" / "ema.safetensors"
+    good = ema.read_bytes()
+    ema.write_bytes(good[: len(good) // 2])
+    with pytest.raises(ValueError, match="not a valid safetensors"):
+        load_model(tmp_path / "run")
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    ema.write_bytes(pickle.dumps(Payload()))  # a pickle renamed to .safetensors
+    with pytest.raises(ValueError, match="not a valid safetensors"):
+        load_model(tmp_path / "run")
+    assert not marker.exists()
+    ema.write_bytes(good)
+    cfg = tiny(net={**TINY_NETS["unet"], "model_channels": 16}).to_dict()
+    (tmp_path / "run" / "config.json").write_text(__import__("json").dumps(cfg))
+    with pytest.raises(ValueError, match="weights do not match"):
+        load_model(tmp_path / "run")
+    with pytest.raises(ConfigError, match="different config"):
+        train(tiny(), tmp_path / "run")
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path, monkeypatch) -> None:
+    import reprodiff.train as tr
+
+    real, calls = tr.train_step, []
+
+    def poisoned(*args, **kwargs):  # a healthy run whose loss turns NaN at step 7
+        calls.append(1)
+        loss = real(*args, **kwargs)
+        return loss * float("nan") if len(calls) == 7 else loss
+
+    monkeypatch.setattr(tr, "train_step", poisoned)
+    with pytest.raises(tr.TrainingError, match="loss became nan at step 6"):
+        train(tiny(), tmp_path)
+    tensors, meta = read_safetensors(tmp_path / "training.safetensors")
+    assert meta["step"] == "4"
+    assert all(bool(torch.isfinite(v.float()).all()) for v in tensors.values())
+    assert main(["train", "--out", str(tmp_path)]) == 0  # the kept checkpoint resumes cleanly
