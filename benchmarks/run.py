@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -82,15 +81,24 @@ def optimal_case(N: int, shape: tuple[int, ...], B: int, chunk: int, quick: bool
     }
 
 
+def _rss_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field))
+
+
 def memory_case(N: int, shape: tuple[int, ...], B: int, chunk: int, naive: bool) -> dict:
-    """Run in a fresh process: peak RSS beyond the stored training set, for one D* call."""
-    Y = synthetic(N, shape)
-    D = EmpiricalOptimalDenoiser(Y, chunk_size=chunk)
+    """Run in a fresh process: the peak RSS of one call above the RSS before it (Linux: the high-water
+    mark is reset through /proc/self/clear_refs first)."""
+    Y = torch.empty((N, *shape))
+    for j in range(0, N, 4096):  # fill in place: no full-size temporaries
+        Y[j : j + 4096].uniform_(-1, 1, generator=torch.Generator().manual_seed(j))
+    D = None if naive else EmpiricalOptimalDenoiser(Y, chunk_size=chunk)
     x, sigma = torch.randn(B, *shape), torch.full((B,), 0.5, dtype=torch.float64)
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    naive_d_star(Y, x, sigma) if naive else D(x, sigma)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"N": N, "naive": naive, "extra_mib": (peak - base) / 1024}
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset VmHWM to the current RSS
+    before = _rss_kib("VmRSS:")
+    naive_d_star(Y, x, sigma) if D is None else D(x, sigma)
+    return {"N": N, "naive": naive, "extra_mib": (_rss_kib("VmHWM:") - before) / 1024}
 
 
 def bench_optimal(quick: bool) -> None:
@@ -129,28 +137,46 @@ class SmallNet(torch.nn.Module):
         return self.c(torch.nn.functional.silu(self.b(h)))
 
 
+class Timed:
+    """Wraps a denoiser and accumulates the wall time spent inside it."""
+
+    def __init__(self, D: Callable[..., torch.Tensor]) -> None:
+        self.D, self.seconds, self.calls = D, 0.0, 0
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        t0 = time.perf_counter()
+        out = self.D(x, sigma, cond)
+        self.seconds += time.perf_counter() - t0
+        self.calls += 1
+        return out
+
+
 def bench_samplers(quick: bool) -> None:
     torch.manual_seed(0)
     digits = load_digits().images
     denoisers = {
         "D* (1797 digits), B=256": (EmpiricalOptimalDenoiser(digits), (256, 1, 8, 8)),
         "conv net (w=64), B=64, 8x8": (Precond(SmallNet(), EDM()).eval(), (64, 1, 8, 8)),
+        "conv net (w=64), B=16, 3x32x32": (Precond(SmallNet(3), EDM()).eval(), (16, 3, 32, 32)),
     }
     steps = 10 if quick else 18
     sigmas = sampling.karras_sigmas(steps)
-    print(f"== sampler overhead per step, as a fraction of one denoiser call ({steps} steps) ==")
+    print(f"== sampler overhead: time outside the denoiser per step / mean time of one call ({steps} steps) ==")
     with torch.no_grad():
         for label, (D, shape) in denoisers.items():
             x = torch.randn(shape, dtype=torch.float64) * 80
-            s = torch.full((shape[0],), 1.0, dtype=torch.float64)
-            t_call = timeit(lambda D=D, x=x, s=s: D(x, s), repeat=5 if not quick else 3)
-            print(f"  {label}: one call {t_call * 1e3:.2f} ms")
+            print(f"  {label}")
             for name, smp in sampling.SAMPLERS.items():
-                nfe = smp.nfe(sigmas)
-                t = timeit(lambda smp=smp, D=D, x=x: smp(D, x, sigmas), repeat=3, min_time=0.1)
-                steps_taken = 1 if name == "onestep" else steps
-                overhead = (t - nfe * t_call) / steps_taken / t_call
-                print(f"    {name:>8}: NFE {nfe:>3}, overhead/step {overhead:+6.1%} of a call")
+                fracs = []
+                for _ in range(3 if quick else 7):
+                    T = Timed(D)
+                    t0 = time.perf_counter()
+                    smp(T, x, sigmas)
+                    total = time.perf_counter() - t0
+                    per_step = (total - T.seconds) / (1 if name == "onestep" else steps)
+                    fracs.append(per_step / (T.seconds / T.calls))
+                print(f"    {name:>8}: NFE {smp.nfe(sigmas):>3}, one call {T.seconds / T.calls * 1e3:6.2f} ms, "
+                      f"overhead/step {statistics.median(fracs):6.1%} of a call")
 
 
 def main() -> None:
