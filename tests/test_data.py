@@ -85,3 +85,59 @@ def test_missing_and_truncated_files(tmp_path) -> None:
         load_npz(tmp_path / "cut.npz")
     with pytest.raises(ValueError, match="unknown dataset"):
         load_dataset("cifar100")
+
+
+def _cifar_arrays(n: int = 6) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(1)
+    return rng.integers(0, 256, (n, 3072), dtype=np.uint8), rng.integers(0, 10, n)
+
+
+@pytest.mark.parametrize("version", ["binary", "python"])
+def test_cifar10_local_folder(tmp_path, version: str) -> None:
+    import pickle
+
+    data, labels = _cifar_arrays()
+    for i in range(1, 6):
+        if version == "binary":
+            rec = np.concatenate([labels[:, None].astype(np.uint8), data], 1)
+            rec.tofile(tmp_path / f"data_batch_{i}.bin")
+        else:
+            with open(tmp_path / f"data_batch_{i}", "wb") as f:
+                pickle.dump({b"data": data, b"labels": labels.tolist()}, f)
+    d = load_dataset(str(tmp_path))
+    assert d.images.shape == (30, 3, 32, 32) and d.labels is not None and d.labels[:6].tolist() == labels.tolist()
+    assert np.array_equal(to_uint8(d.images[:6]).numpy().reshape(6, -1), data)
+
+
+def test_cifar10_python_batch_with_a_code_executing_pickle_is_refused(tmp_path) -> None:
+    import pickle
+
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    for i in range(1, 6):
+        (tmp_path / f"data_batch_{i}").write_bytes(pickle.dumps({b"data": Payload(), b"labels": [0]}))
+    with pytest.raises(ValueError, match="refused to load global"):
+        load_dataset(str(tmp_path))
+    assert not marker.exists()
+
+
+def test_image_folder_with_classes(tmp_path) -> None:
+    from PIL import Image
+
+    rng = np.random.default_rng(2)
+    for cls in ("cat", "dog"):
+        (tmp_path / cls).mkdir()
+        for k in range(3):
+            Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(tmp_path / cls / f"{k}.png")
+    d = load_dataset(str(tmp_path))
+    assert d.images.shape == (6, 3, 8, 8) and d.labels is not None and d.labels.tolist() == [0, 0, 0, 1, 1, 1]
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "dog" / "small.png")
+    with pytest.raises(ValueError, match="differs from"):
+        load_dataset(str(tmp_path))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no images"):
+        load_dataset(str(tmp_path / "empty"))

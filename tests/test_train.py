@@ -182,3 +182,10 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path, monkeypat
     assert meta["step"] == "4"
     assert all(bool(torch.isfinite(v.float()).all()) for v in tensors.values())
     assert main(["train", "--out", str(tmp_path)]) == 0  # the kept checkpoint resumes cleanly
+
+
+@pytest.mark.parametrize("path", sorted(__import__("pathlib").Path(__file__).parent.parent.glob("configs/*.toml")),
+                         ids=lambda p: p.name)
+def test_shipped_configs_load(path) -> None:
+    cfg = TrainConfig.from_toml(path)
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg

@@ -1,22 +1,27 @@
 """Datasets as ``[N, C, H, W]`` float32 tensors in [-1, 1], and deterministic subsets of size N.
 
 The embedded default ``digits`` is scikit-learn's bundled copy of the UCI optical handwritten digits
-(1,797 real 8x8 images, 17 grey levels; no download). ``.npz`` files are read with
-``allow_pickle=False``: a file can never execute code.
+(1,797 real 8x8 images, 17 grey levels; no download). Local CIFAR-10, image folders and ``.npz`` files
+load too. No file can execute code: ``.npz`` is read with ``allow_pickle=False`` and CIFAR-10's python
+batches with an unpickler that admits numpy arrays only.
 """
 
 from __future__ import annotations
 
 import os
+import pickle
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import Tensor
 
-__all__ = ["DATASETS", "Dataset", "load_dataset", "load_digits", "load_npz", "subset", "to_uint8"]
+__all__ = ["DATASETS", "Dataset", "load_cifar10", "load_dataset", "load_digits", "load_image_folder", "load_npz",
+           "subset", "to_uint8"]
 
 
 @dataclass(frozen=True)
@@ -85,16 +90,107 @@ def load_npz(path: str | os.PathLike[str]) -> Dataset:
     return Dataset(path.stem, images, labels)
 
 
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """Unpickles the CIFAR-10 python batches (dicts of bytes, lists and numpy arrays) and nothing else:
+    any other global (``os.system``, ``builtins.eval``, ...) is refused before it can run."""
+
+    ALLOWED: ClassVar[set[tuple[str, str]]] = {
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"), ("_codecs", "encode"),
+    }
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refused to load global {module}.{name}")
+        return super().find_class(module, name)
+
+
+def _cifar_python_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        with open(path, "rb") as f:
+            d = _NumpyOnlyUnpickler(f, encoding="bytes").load()
+        data, labels = np.asarray(d[b"data"], dtype=np.uint8), np.asarray(d[b"labels"], dtype=np.int64)
+    except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError, AttributeError) as e:
+        raise ValueError(f"{path}: not a CIFAR-10 python batch ({e})") from None
+    return data.reshape(-1, 3, 32, 32), labels
+
+
+def _cifar_binary_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    raw = np.fromfile(path, dtype=np.uint8)
+    if raw.size == 0 or raw.size % 3073:
+        raise ValueError(f"{path}: not a CIFAR-10 binary batch (size {raw.size} is not a multiple of 3073)")
+    rec = raw.reshape(-1, 3073)
+    return rec[:, 1:].reshape(-1, 3, 32, 32), rec[:, 0].astype(np.int64)
+
+
+def load_cifar10(folder: str | os.PathLike[str], split: str = "train") -> Dataset:
+    """CIFAR-10 from a local folder as the official archives unpack it: the binary version
+    (``data_batch_{1..5}.bin``, ``test_batch.bin``) or the python version (``data_batch_{1..5}``,
+    ``test_batch``; read by an unpickler that only admits numpy arrays). Nothing is downloaded."""
+    folder = Path(folder)
+    names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
+    if all((folder / f"{n}.bin").is_file() for n in names):
+        parts = [_cifar_binary_batch(folder / f"{n}.bin") for n in names]
+    elif all((folder / n).is_file() for n in names):
+        parts = [_cifar_python_batch(folder / n) for n in names]
+    else:
+        raise ValueError(f"{folder}: no CIFAR-10 {split} batches ({names[0]}[.bin], ...); unpack "
+                         "cifar-10-binary.tar.gz or cifar-10-python.tar.gz there")
+    images = np.concatenate([p[0] for p in parts])
+    labels = torch.from_numpy(np.concatenate([p[1] for p in parts]))
+    return Dataset(f"cifar10-{split}", _from_uint8(images, str(folder)), labels)
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+
+
+def load_image_folder(folder: str | os.PathLike[str]) -> Dataset:
+    """All images under ``folder`` (sorted paths), which must share one size; a sub-folder per class
+    gives labels (``folder/<class>/*.png``), as torchvision's ImageFolder."""
+    folder = Path(folder)
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise ValueError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) found")
+    arrays, first = [], None
+    for p in files:
+        try:
+            with Image.open(p) as im:
+                a = np.asarray(im.convert("L" if im.mode in ("L", "1", "I;16", "I") else "RGB"))
+        except (OSError, Image.DecompressionBombError) as e:
+            raise ValueError(f"{p}: not a readable image ({e})") from None
+        if first is None:
+            first = a.shape
+        elif a.shape != first:
+            raise ValueError(f"{p}: size {a.shape} differs from {first} of {files[0].name}; resize them first")
+        arrays.append(a)
+    classes = sorted({p.parent.relative_to(folder).as_posix() for p in files})
+    labels = None
+    if len(classes) > 1:
+        index = {c: i for i, c in enumerate(classes)}
+        labels = torch.tensor([index[p.parent.relative_to(folder).as_posix()] for p in files])
+    return Dataset(folder.name, _from_uint8(np.stack(arrays), str(folder)), labels)
+
+
 DATASETS = {"digits": load_digits}
 
 
 def load_dataset(name: str) -> Dataset:
-    """``digits`` (embedded) or a path to an ``.npz`` file."""
+    """``digits`` (embedded), a ``.npz`` file, a CIFAR-10 folder (``cifar10:PATH`` or a folder holding the
+    batches) or a folder of images."""
     if name in DATASETS:
         return DATASETS[name]()
+    if name.startswith("cifar10:"):
+        return load_cifar10(name.removeprefix("cifar10:"))
     if name.endswith(".npz"):
         return load_npz(name)
-    raise ValueError(f"unknown dataset {name!r}; use one of {sorted(DATASETS)} or a path to an .npz file")
+    path = Path(name)
+    if path.is_dir():
+        if any((path / f).is_file() for f in ("data_batch_1", "data_batch_1.bin")):
+            return load_cifar10(path)
+        return load_image_folder(path)
+    raise ValueError(f"unknown dataset {name!r}; use {sorted(DATASETS)}, an .npz file, a CIFAR-10 folder "
+                     "or a folder of images")
 
 
 def subset(data: Dataset, n: int, seed: int = 0) -> Dataset:

@@ -54,7 +54,10 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything that determines a training run (EDM's defaults where they fit small data)."""
+    """Everything that determines a training run (EDM's defaults where they fit small data).
+
+    ``precision`` ``bf16`` autocasts the network (CPU or GPU), ``fp16`` needs CUDA; ``compile`` runs
+    the network through ``torch.compile``. Both trade bit-exactness with fp32 eager for speed."""
 
     data: DataConfig = field(default_factory=DataConfig)
     net: dict[str, Any] = field(default_factory=lambda: {"name": "unet", "model_channels": 32,
@@ -71,6 +74,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     precision: str = "fp32"
+    compile: bool = False
     checkpoint_every: int = 500
     log_every: int = 50
 
@@ -154,18 +158,27 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
 
 def train_step(model: Precond, objective: Objective, opt: torch.optim.Optimizer, y: Tensor,
                cond: Tensor | None, draws: dict[str, Tensor], *, lr: float, grad_clip: float = 0.0,
-               autocast: contextlib.AbstractContextManager[Any] | None = None) -> Tensor:
+               autocast: contextlib.AbstractContextManager[Any] | None = None,
+               scaler: torch.amp.GradScaler | None = None) -> Tensor:
     """One optimizer step on clean images ``y`` with the batch's random ``draws``; returns the mean loss.
-    Everything it depends on is an argument."""
+    Everything it depends on is an argument (``scaler``: fp16 loss scaling on CUDA)."""
     for g in opt.param_groups:
         g["lr"] = lr
     opt.zero_grad(set_to_none=True)
     with autocast or contextlib.nullcontext():
         loss = objective.loss(model, y, draws, cond).mean()
-    loss.backward()
+    if scaler is None:
+        loss.backward()
+    else:
+        scaler.scale(loss).backward()
+        scaler.unscale_(opt)
     if grad_clip > 0:
         nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    opt.step()
+    if scaler is None:
+        opt.step()
+    else:
+        scaler.step(opt)
+        scaler.update()
     return loss.detach()
 
 
@@ -287,10 +300,13 @@ def _loop(cfg: TrainConfig, out: Path, data: Dataset, num_classes: int, device: 
     if dist.world > 1:
         ids = [device.index] if device.type == "cuda" else None
         wrapped = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    if cfg.compile:  # ~+20% steps/s on CPU after 10-40 s of compilation (benchmarks/run.py train)
+        wrapped = torch.compile(wrapped)
     images = data.images.to(device)
     labels = data.labels.to(device) if num_classes else None
     beta = 0.5 ** (cfg.batch_size / cfg.ema_halflife) if cfg.ema_halflife > 0 else 0.0
     autocast = _autocast(cfg.precision, device)
+    scaler = torch.amp.GradScaler(device.type) if cfg.precision == "fp16" else None
     rows = slice(dist.rank * cfg.batch_size // dist.world, (dist.rank + 1) * cfg.batch_size // dist.world)
     t0, losses, loss = time.perf_counter(), [], float("nan")
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not (progress and dist.main),
@@ -304,7 +320,8 @@ def _loop(cfg: TrainConfig, out: Path, data: Dataset, num_classes: int, device: 
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(int(g.initial_seed()) ^ dist.rank)  # dropout masks depend on (seed, step, rank)
             loss_t = train_step(wrapped, objective, opt, images[idx], None if labels is None else labels[idx],
-                                draws, lr=lr_at(cfg, step), grad_clip=cfg.grad_clip, autocast=autocast)
+                                draws, lr=lr_at(cfg, step), grad_clip=cfg.grad_clip, autocast=autocast,
+                                scaler=scaler)
         loss = float(loss_t)
         if not math.isfinite(loss):
             raise TrainingError(f"loss became {loss} at step {step}; the last good checkpoint is kept in {out} "

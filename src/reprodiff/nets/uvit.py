@@ -62,8 +62,9 @@ class UViTConfig:
         if self.embed_dim % self.num_heads:
             raise ValueError(f"uvit: embed_dim={self.embed_dim} is not divisible by "
                              f"num_heads={self.num_heads}")
-        if self.embed_dim < 4:
-            raise ValueError(f"uvit: embed_dim must be >= 4, got {self.embed_dim}")
+        if self.embed_dim < 4 or self.embed_dim % 2:
+            raise ValueError(f"uvit: embed_dim must be even and >= 4 (it carries the sinusoidal time token), "
+                             f"got {self.embed_dim}")
 
     @property
     def num_patches(self) -> int:
@@ -101,8 +102,9 @@ class UViT(nn.Module):
         self.config = cfg = config
         D, p, C = cfg.embed_dim, cfg.patch_size, cfg.in_channels
         self.patch_embed = nn.Conv2d(C, D, kernel_size=p, stride=p)
-        self.time_pos = PositionalEmbedding(D + D % 2)
-        self.time_embed = nn.Sequential(nn.Linear(D + D % 2, 4 * D), nn.SiLU(), nn.Linear(4 * D, D))
+        # The time token is the raw sinusoidal embedding (U-ViT's default, mlp_time_embed=False): behind
+        # a std-0.02 MLP it starts near zero and the net learns the noise level far more slowly.
+        self.time_pos = PositionalEmbedding(D)
         self.label_emb = nn.Embedding(cfg.num_classes + 1, D) if cfg.num_classes > 0 else None
         self.extras = 1 + (cfg.num_classes > 0)
         self.pos_embed = nn.Parameter(torch.zeros(1, self.extras + cfg.num_patches, D))
@@ -124,7 +126,7 @@ class UViT(nn.Module):
         n = cfg.img_resolution // p  # patches per side
         x = self.patch_embed(x_in).flatten(2).transpose(1, 2)  # [B, L, D]
         t = self.time_pos(c_noise).to(x.dtype)  # [B, D]
-        tokens = [self.time_embed(t)[:, None], x]  # time token first (Bao et al. 2023, Sec. 3)
+        tokens = [t[:, None], x]  # time token first (Bao et al. 2023, Sec. 3)
         idx = label_indices("uvit", cond, cfg.num_classes, B, x.device)
         if self.label_emb is not None and idx is not None:
             tokens.insert(1, self.label_emb(idx)[:, None])
