@@ -29,6 +29,9 @@ EXAMPLES = """examples:
   reprodiff train --out runs/unet --steps 4000              # continue an existing run to 4000 steps
   torchrun --nproc_per_node=2 -m reprodiff train --config cfg.toml --out runs/ddp
   reprodiff sample --model runs/unet --seed 100000 --count 64 --out runs/unet/samples
+  reprodiff study --out runs/study                          # the embedded regime study + report.html
+  reprodiff study --config studies/cifar10.toml --out runs/c10
+  reprodiff report --study runs/study                       # re-render the report from results.json
 """
 
 
@@ -142,6 +145,14 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--class", dest="label", type=int, help="class label for a class-conditional model")
     s.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     s.add_argument("--out", required=True, help="output folder")
+
+    st = sub.add_parser("study", help="the regime study: train, sample, RP/GL, report (resumable)",
+                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    st.add_argument("--config", help="study TOML (default: the embedded study on digits)")
+    st.add_argument("--out", required=True, help="study folder (results.json, results.csv, report.html)")
+
+    rp = sub.add_parser("report", help="render report.html from a study folder's results.json")
+    rp.add_argument("--study", required=True, help="a folder written by 'reprodiff study'")
     return p
 
 
@@ -174,6 +185,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                            steps=args.steps, weights=args.weights, label=args.label, device=args.device,
                            progress=sys.stderr.isatty())
             print(f"{r['count']} samples of {r['model']} ({r['sampler']}, {r['nfe']} NFE) -> {r['out']}/grid.png")
+        elif args.command == "study":
+            from .report import build_report
+            from .study import StudyConfig, run_study, summarize
+
+            cfg = StudyConfig.from_toml(args.config) if args.config else None
+            res = run_study(cfg, args.out, progress=sys.stderr.isatty())
+            print(summarize(res))
+            print(f"report: {build_report(args.out)}")
+        elif args.command == "report":
+            from .report import build_report
+
+            print(f"report: {build_report(args.study)}")
     except (ValueError, RuntimeError) as e:  # ConfigError, TrainingError, bad files: one line, no traceback
         print(f"reprodiff: error: {e}", file=sys.stderr)
         return 2

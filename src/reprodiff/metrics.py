@@ -1,11 +1,55 @@
-"""Scores over feature vectors: nearest neighbours (streamed, exact) and, on top, RP and GL."""
+"""The paper's scores over feature vectors (Zhang et al. 2023, Sec. 3; PAPER.md), and what reprodiff adds.
+
+With ``f`` a feature map whose rows are L2-normalised (``similarity``), threshold ``t`` (0.6 in the paper) and
+a strict ``>`` (compared in the features' float32, as the release's numpy code compares):
+
+- RP of models A and B, samples ``x_i^A, x_i^B`` from the same noise ``i = 1..M``:
+  ``RP = (1/M) #{i : <f(x_i^A), f(x_i^B)> > t}``  (:func:`rp_score`);
+- GL of model A against its training set ``{y_j}``: ``GL = 1 - (1/M) #{i : max_j <f(x_i^A), f(y_j)> > t}``
+  (:func:`gl_score`), with an exact streamed nearest-neighbour search (:func:`nearest_neighbors`).
+
+Beyond the paper: 95% percentile-bootstrap intervals, RP's chance level over mismatched pairs, the K x K RP
+matrix (:func:`rp_matrix`).
+
+Inputs are either images ``[N, C, H, W]`` in [-1, 1], embedded by ``features`` (a backend name such as ``"pixel"``
+or a feature map such as ``similarity.SSCD(path)``), or -- with ``features=None``, the default -- precomputed
+L2-normalised feature rows ``[N, F]`` (``f(images)``), so a study embeds each model's samples once and reuses
+them for every pair.
+"""
 
 from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-__all__ = ["nearest_neighbors"]
+from .similarity import FeatureMap, check_images, make_features
+
+__all__ = ["Score", "bootstrap_ci", "gl_score", "nearest_neighbors", "rp_matrix", "rp_score"]
+
+CHANCE_SHIFTS = 8  # RP's chance level averages this many cyclic shifts (fewer when M is small)
+
+
+@dataclass(frozen=True, eq=False)
+class Score:
+    """A score with its uncertainty and per-sample evidence.
+
+    ``value``: the score; ``ci``: its 95% percentile-bootstrap interval over samples (NaNs when ``n_boot=0``);
+    ``similarities`` ``[M]``: per-pair cosine (RP) or the cosine to the nearest training image (GL);
+    ``n``: the number of samples M; ``threshold``: ``t``; ``chance``: RP over mismatched pairs (RP with
+    ``chance=True`` only); ``nearest`` ``[M]``: the index of each sample's nearest training image (GL only).
+    """
+
+    value: float
+    ci: tuple[float, float]
+    similarities: Tensor
+    n: int
+    threshold: float
+    chance: float | None = None
+    nearest: Tensor | None = None
 
 
 def nearest_neighbors(queries: Tensor, refs: Tensor, *, chunk_size: int = 8192) -> tuple[Tensor, Tensor]:
@@ -17,6 +61,8 @@ def nearest_neighbors(queries: Tensor, refs: Tensor, *, chunk_size: int = 8192) 
         )
     if refs.shape[0] == 0:
         raise ValueError("no reference features to search")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     best = queries.new_full((queries.shape[0],), -torch.inf)
     idx = torch.zeros(queries.shape[0], dtype=torch.long, device=queries.device)
     for j0 in range(0, refs.shape[0], chunk_size):
@@ -25,3 +71,161 @@ def nearest_neighbors(queries: Tensor, refs: Tensor, *, chunk_size: int = 8192) 
         best = torch.where(better, sim, best)
         idx = torch.where(better, arg + j0, idx)
     return best, idx
+
+
+def bootstrap_ci(hits: Tensor, *, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``hits.mean()`` (``hits``: ``[M]`` per-sample 0/1 or values):
+    ``n_boot`` resamples of M indices drawn with replacement from a ``torch.Generator`` seeded with ``seed``.
+    ``n_boot = 0`` gives ``(nan, nan)``."""
+    if n_boot < 0 or not 0 < level < 1:
+        raise ValueError(f"need n_boot >= 0 and 0 < level < 1, got n_boot={n_boot}, level={level}")
+    if n_boot == 0:
+        return math.nan, math.nan
+    h = hits.detach().flatten().to("cpu", torch.float64)  # [M]
+    M = h.numel()
+    if M == 0:
+        raise ValueError("cannot bootstrap an empty sample")
+    g = torch.Generator().manual_seed(seed)
+    rows = max(1, 2**21 // M)  # resamples per chunk: at most ~16 MiB of indices at a time
+    means = torch.cat(
+        [h[torch.randint(M, (min(rows, n_boot - b), M), generator=g)].mean(1) for b in range(0, n_boot, rows)]
+    )  # [n_boot]
+    q = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)
+    lo, hi = torch.quantile(means, q).tolist()
+    return lo, hi
+
+
+def _check_options(threshold: float, n_boot: int = 0, chunk_size: int = 1) -> None:
+    """Fail on bad options before any (possibly slow) embedding."""
+    if not -1.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold is a cosine similarity and must be in [-1, 1], got {threshold}")
+    if n_boot < 0 or chunk_size < 1:
+        raise ValueError(f"need n_boot >= 0 and chunk_size >= 1, got n_boot={n_boot}, chunk_size={chunk_size}")
+
+
+def _feature_rows(named: Sequence[tuple[str, Tensor]], features: FeatureMap | str | None, *,
+                  paired: bool) -> list[Tensor]:
+    """Validate the inputs and return their feature rows ``[M, F]``: the inputs themselves when ``features`` is
+    None, else each image input embedded once. ``paired``: all inputs hold one sample per seed, same count."""
+    for what, x in named:
+        if features is None:
+            _check_rows(x, what)
+        else:
+            check_images(x, what)
+    if paired and len({x.shape[0] for _, x in named}) > 1:
+        counts = ", ".join(f"{what} has {x.shape[0]}" for what, x in named)
+        raise ValueError(f"paired scores need the same number of samples (one per seed): {counts}")
+    if len({tuple(x.shape[1:]) for _, x in named}) > 1:
+        shapes = ", ".join(f"{what} {list(x.shape[1:])}" for what, x in named)
+        kind = "feature dimensions" if features is None else "image shapes"
+        raise ValueError(f"{kind} differ: {shapes}")
+    if features is None:
+        return [x.detach().float() for _, x in named]
+    fmap = make_features(features) if isinstance(features, str) else features  # resolved (loaded) once
+    return [fmap(x).float() for _, x in named]
+
+
+def _check_rows(x: Tensor, what: str) -> None:
+    if not isinstance(x, Tensor) or x.ndim != 2:
+        shape = list(x.shape) if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(f"with features=None, {what} must be precomputed feature rows [M, F], got {shape}; "
+                         "for images pass features='pixel' or features=SSCD(path)")
+    if x.numel() == 0:
+        raise ValueError(f"{what} are empty: shape {list(x.shape)}")
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{what} contain NaN or Inf values")
+
+
+def _cosine(fa: Tensor, fb: Tensor) -> Tensor:
+    return (fa * fb).sum(1)  # [M]: <f(a_i), f(b_i)>
+
+
+def _chance(fa: Tensor, fb: Tensor, threshold: float) -> float | None:
+    """RP over mismatched pairs ``(a_i, b_{(i+k) mod M})``, averaged over up to ``CHANCE_SHIFTS`` shifts ``k``
+    spread evenly over ``1..M-1`` (each shift is a derangement). ``None`` when M = 1."""
+    M = fa.shape[0]
+    if M < 2:
+        return None
+    shifts = torch.linspace(1, M - 1, min(CHANCE_SHIFTS, M - 1)).round().long().unique().tolist()
+    hits = sum(int((_cosine(fa, torch.roll(fb, -k, 0)) > threshold).sum()) for k in shifts)
+    return hits / (len(shifts) * M)
+
+
+def rp_score(
+    samples_a: Tensor,
+    samples_b: Tensor,
+    *,
+    features: FeatureMap | str | None = None,
+    threshold: float = 0.6,
+    chance: bool = False,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> Score:
+    """Reproducibility of two models (Zhang et al. 2023, Sec. 3; PAPER.md): the share of seeds ``i`` whose
+    samples agree, ``<f(a_i), f(b_i)> > threshold`` (strict). ``samples_a[i]`` and ``samples_b[i]`` come from
+    the same noise. With ``chance``, also the same score over mismatched pairs ``(a_i, b_{(i+k) mod M})``,
+    averaged over up to 8 shifts ``k`` spread evenly over ``1..M-1`` (no randomness): what RP would be if the
+    models agreed no more than unrelated samples do. ``Score.ci`` resamples the M pairs (:func:`bootstrap_ci`)."""
+    _check_options(threshold, n_boot)
+    fa, fb = _feature_rows([("samples_a", samples_a), ("samples_b", samples_b)], features, paired=True)
+    sim = _cosine(fa, fb)  # [M]
+    hits = sim > threshold
+    return Score(
+        value=int(hits.sum()) / len(hits),
+        ci=bootstrap_ci(hits, n_boot=n_boot, seed=seed),
+        similarities=sim,
+        n=len(hits),
+        threshold=threshold,
+        chance=_chance(fa, fb, threshold) if chance else None,
+    )
+
+
+def gl_score(
+    samples: Tensor,
+    train_images: Tensor,
+    *,
+    features: FeatureMap | str | None = None,
+    threshold: float = 0.6,
+    n_boot: int = 1000,
+    seed: int = 0,
+    chunk_size: int = 8192,
+) -> Score:
+    """Generalizability of a model (Zhang et al. 2023, Sec. 3; PAPER.md): ``1 -`` the share of samples that copy
+    a training image, ``max_j <f(x_i), f(y_j)> > threshold`` (strict). The maximum is an exact search streamed
+    over ``chunk_size`` training images at a time; ``Score.nearest`` holds each sample's argmax ``j``."""
+    _check_options(threshold, n_boot, chunk_size)
+    fx, fy = _feature_rows([("samples", samples), ("train_images", train_images)], features, paired=False)
+    sim, nearest = nearest_neighbors(fx, fy, chunk_size=chunk_size)  # [M], [M]
+    novel = ~(sim > threshold)
+    return Score(
+        value=int(novel.sum()) / len(novel),
+        ci=bootstrap_ci(novel, n_boot=n_boot, seed=seed),
+        similarities=sim,
+        n=len(novel),
+        threshold=threshold,
+        nearest=nearest,
+    )
+
+
+def rp_matrix(
+    samples: Mapping[str, Tensor] | Sequence[Tensor],
+    *,
+    features: FeatureMap | str | None = None,
+    threshold: float = 0.6,
+) -> tuple[list[str], Tensor]:
+    """RP of every pair of K models, ``(names, R)`` with ``R[k, l] = rp_score(samples[k], samples[l]).value``
+    (float64 ``[K, K]``, symmetric; the diagonal is 1 by definition). Each model's samples are embedded once.
+    A sequence's models are named ``"0" .. "K-1"``."""
+    _check_options(threshold)
+    if isinstance(samples, Mapping):
+        names, items = [str(k) for k in samples], list(samples.values())
+    else:
+        names, items = [str(k) for k in range(len(samples))], list(samples)
+    if not items:
+        raise ValueError("rp_matrix needs at least one model's samples")
+    fs = _feature_rows([(f"samples[{n!r}]", x) for n, x in zip(names, items, strict=True)], features, paired=True)
+    R = torch.eye(len(fs), dtype=torch.float64)
+    for k in range(len(fs)):
+        for l in range(k + 1, len(fs)):  # noqa: E741
+            R[k, l] = R[l, k] = int((_cosine(fs[k], fs[l]) > threshold).sum()) / fs[k].shape[0]
+    return names, R

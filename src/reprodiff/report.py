@@ -1,0 +1,551 @@
+"""The study report: figures, sample grids and one self-contained ``report.html`` from a study folder.
+
+It reads only what ``reprodiff study`` wrote (``results.json`` and the ``.npz`` files it lists) and never trains
+or samples. The central figure is Zhang et al. 2023 (arXiv 2310.05264), Fig. 2: RP of every model pair and GL
+of every model against the training-set size n. Everything is written atomically into the study folder:
+``rp_gl.png``, ``rp_matrix.png``, ``grid_n{n}.png`` per size and ``report.html`` (images embedded as base64
+data URIs, inline CSS, no external requests). Plots use matplotlib's Agg canvas, so no display is needed.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+import os
+from dataclasses import dataclass
+from itertools import combinations
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from matplotlib import colormaps
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.image import AxesImage
+from matplotlib.lines import Line2D
+from matplotlib.ticker import NullLocator
+from PIL import Image, ImageDraw, ImageFont
+from torch import Tensor
+
+from .data import load_npz
+from .files import atomic_write, image_grid, save_png
+from .study import OPTIMAL, SCHEMA
+
+__all__ = ["PAPER_CIFAR10", "ScoreRow", "Study", "build_report", "load_study", "plot_rp_gl", "plot_rp_matrix",
+           "render_html", "sample_grid"]
+
+GRID_SAMPLES = 12  # samples per row of grid_n{n}.png
+GRID_PX = 64  # tiny images are upscaled (nearest neighbour) to about this many pixels
+MISSING_Y = -0.06  # where the plots put an "x" for a missing or failed score
+
+# PAPER.md, "The numbers to reproduce": read off the authors' released figures (CIFAR-10, SSCD > 0.6).
+PAPER_CIFAR10: dict[str, Any] = {
+    "log2_sizes": (6, 8, 10, 11, 12, 13, 14, 15),
+    "rows": (
+        ("RP, UNet-64 vs UNet-128", ("0.69", "0.59", "0.46", "0.42", "0.34", "0.18", "0.45", "0.67")),
+        ("RP, UNet-64 vs UNet-256", ("0.62", "0.55", "0.37", "0.30", "0.10", "0.02", "0.49", "0.61")),
+        ("RP, UNet-128 vs UNet-256", ("0.65", "0.56", "0.41", "0.33", "0.17", "0.17", "0.45", "0.85")),
+        ("GL, UNet-64", ("0.00", "0.00", "0.00", "0.22", "0.87", "0.99", "1.00", "1.00")),
+        ("GL, UNet-128", ("0.00", "0.00", "0.00", "0.01", "0.28", "0.82", "0.99", "0.99")),
+        ("GL, UNet-256", ("0.00", "0.00", "0.03", "0.01", "0.05", "0.29", "0.99", "0.99")),
+        ("RP vs D* (range over the three)",
+         ("0.47–0.51", "0.37–0.40", "0.20–0.27", "0.12–0.21", "0.03–0.15", "0.00–0.10", "0.00", "0.00")),
+    ),
+}
+
+
+class ScoreRow(NamedTuple):
+    """One RP or GL row of ``results.json``: the value, its CI (NaN where absent: ``n_boot = 0``) and, for RP,
+    the chance level (None where absent)."""
+
+    value: float
+    lo: float
+    hi: float
+    chance: float | None = None
+
+
+@dataclass(frozen=True)
+class Study:
+    """A parsed ``results.json``. Scores are keyed by ``(n, sampler, frozenset({a, b}))`` (RP) and
+    ``(n, sampler, model)`` (GL); npz paths are absolute."""
+
+    dir: Path
+    config: dict[str, Any]
+    sizes: list[int]
+    models: list[str]
+    samplers: list[str]
+    similarity: dict[str, Any]
+    rp: dict[tuple[int, str, frozenset[str]], ScoreRow]
+    gl: dict[tuple[int, str, str], ScoreRow]
+    samples: dict[tuple[int, str, str], Path]
+    train: dict[int, Path]
+    failed: list[dict[str, Any]]
+    total_s: float | None
+
+    def pairs(self) -> list[tuple[str, str]]:
+        """Every unordered pair of models, pairs between networks first, then each model vs D*."""
+        return sorted(combinations(self.models, 2), key=lambda p: OPTIMAL in p)
+
+    def rp_score(self, n: int, sampler: str, a: str, b: str) -> ScoreRow | None:
+        return self.rp.get((n, sampler, frozenset((a, b))))
+
+    def gl_score(self, n: int, sampler: str, model: str) -> ScoreRow | None:
+        return self.gl.get((n, sampler, model))
+
+    def failed_at(self, n: int, model: str) -> bool:
+        return any(f.get("n") == n and f.get("model") == model for f in self.failed)
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"{path}: not found; is {path.parent} a study folder (reprodiff study --out DIR)?") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: not readable JSON ({type(e).__name__}: {e})".replace("\n", " ")) from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(raw).__name__}")
+    if raw.get("schema") != SCHEMA:
+        raise ValueError(f"{path}: schema {raw.get('schema')!r}, but this reprodiff reads schema {SCHEMA}")
+    return raw
+
+
+def _num(x: Any) -> float:
+    return math.nan if x is None else float(x)
+
+
+def _score(row: dict[str, Any], key: str) -> ScoreRow:
+    lo, hi = row.get("ci") or (None, None)
+    chance = _num(row.get("chance"))
+    return ScoreRow(_num(row[key]), _num(lo), _num(hi), None if math.isnan(chance) else chance)
+
+
+def _parse(root: Path, raw: dict[str, Any]) -> Study:
+    study = Study(
+        dir=root,
+        config=dict(raw.get("config") or {}),
+        sizes=sorted({int(n) for n in raw["sizes"]}),
+        models=[str(m) for m in raw["models"]],
+        samplers=[str(s) for s in raw["samplers"]],
+        similarity=dict(raw.get("similarity") or {}),
+        rp={(int(r["n"]), str(r["sampler"]), frozenset((str(r["a"]), str(r["b"])))): _score(r, "rp")
+            for r in raw["rp"]},
+        gl={(int(r["n"]), str(r["sampler"]), str(r["model"])): _score(r, "gl") for r in raw["gl"]},
+        samples={(int(r["n"]), str(r["sampler"]), str(r["model"])): root / r["path"] for r in raw.get("samples", [])},
+        train={int(r["n"]): root / r["path"] for r in raw.get("train", [])},
+        failed=[dict(f) for f in raw.get("failed", [])],
+        total_s=_num((raw.get("timing") or {}).get("total_s")),
+    )
+    if not (study.sizes and study.models and study.samplers):
+        raise ValueError("sizes, models and samplers must not be empty")
+    return study
+
+
+def load_study(study_dir: str | os.PathLike[str]) -> Study:
+    """Parse ``study_dir/results.json`` and check that every ``.npz`` it lists exists. Bad input raises a
+    one-line ``ValueError`` naming the offending file."""
+    root = Path(study_dir)
+    path = root / "results.json"
+    raw = _read_json(path)
+    try:
+        study = _parse(root, raw)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        detail = f"missing key {e}" if isinstance(e, KeyError) else f"{type(e).__name__}: {e}"
+        raise ValueError(f"{path}: malformed results ({detail})".replace("\n", " ")) from None
+    for file in [*study.samples.values(), *study.train.values()]:
+        if not file.is_file():
+            raise ValueError(f"{file}: missing (listed in {path})")
+    return study
+
+
+# ---------------------------------------------------------------------------------------------- figures
+
+
+def _label(model: str) -> str:
+    return "D*" if model == OPTIMAL else model
+
+
+def _color(study: Study, model: str) -> str:
+    return "k" if model == OPTIMAL else f"C{study.models.index(model) % 10}"
+
+
+def _png(fig: Figure, dpi: int = 100) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, facecolor="white")
+    return buf.getvalue()
+
+
+def _plot_series(ax: Axes, x: np.ndarray, scores: list[ScoreRow | None], *, label: str, color: str,
+                 dashed: bool) -> bool:
+    """One score against n: line + CI error bars + faint CI band; an "x" below 0 where the score is missing.
+    Returns whether any point was missing."""
+    y, lo, hi = (np.array([math.nan if s is None else s[k] for s in scores]) for k in range(3))
+    yerr = np.vstack([np.clip(y - lo, 0, None), np.clip(hi - y, 0, None)])
+    yerr[np.isnan(yerr)] = 0.0
+    ax.errorbar(x, y, yerr=yerr, color=color, ls="--" if dashed else "-", marker="s" if dashed else "o", ms=4,
+                lw=1.6, capsize=3, label=label)
+    ax.fill_between(x, lo, hi, color=color, alpha=0.12, lw=0)
+    missing = np.isnan(y)
+    ax.plot(x[missing], np.full(int(missing.sum()), MISSING_Y), ls="none", marker="x", ms=7, color=color)
+    return bool(missing.any())
+
+
+def _chance_line(ax: Axes, x: np.ndarray, study: Study, sampler: str) -> None:
+    """The mean chance level (RP over mismatched pairs) over the pairs that report one, per n."""
+    means = []
+    for n in study.sizes:
+        vals = [s.chance for p in study.pairs() if (s := study.rp_score(n, sampler, *p)) and s.chance is not None]
+        means.append(sum(vals) / len(vals) if vals else math.nan)
+    if not all(math.isnan(m) for m in means):
+        ax.plot(x, means, color="0.55", lw=1.0, ls=":", label="chance (mismatched noise, mean over pairs)")
+
+
+def _style_axes(ax: Axes, sizes: list[int], title: str, ylabel: str, missing: bool) -> None:
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(sizes, labels=[str(n) for n in sizes])
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xlim(sizes[0] / 1.4, sizes[-1] * 1.4)
+    ax.set_ylim(MISSING_Y - 0.05, 1.05)
+    ax.axhline(0.0, color="0.8", lw=0.8)
+    ax.set(title=title, xlabel="training-set size n (log2 scale)", ylabel=ylabel)
+    ax.grid(alpha=0.3)
+    handles, _ = ax.get_legend_handles_labels()
+    if missing:
+        handles.append(Line2D([], [], ls="none", marker="x", color="0.3", label="missing / failed"))
+    ax.legend(handles=handles, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.17), ncol=2, frameon=False)
+
+
+def _rp_panel(ax: Axes, study: Study, sampler: str) -> None:
+    x, missing = np.array(study.sizes, dtype=float), False
+    for j, (a, b) in enumerate(study.pairs()):
+        vs_optimal = OPTIMAL in (a, b)
+        color = _color(study, b if a == OPTIMAL else a) if vs_optimal else f"C{(len(study.models) + j) % 10}"
+        scores = [study.rp_score(n, sampler, a, b) for n in study.sizes]
+        label = f"{_label(a)} vs {_label(b)}"
+        missing |= _plot_series(ax, x, scores, label=label, color=color, dashed=vs_optimal)
+    _chance_line(ax, x, study, sampler)
+    _style_axes(ax, study.sizes, f"Reproducibility (sampler {sampler})", "RP: same-noise pairs alike", missing)
+
+
+def _gl_panel(ax: Axes, study: Study, sampler: str) -> None:
+    x, missing = np.array(study.sizes, dtype=float), False
+    for model in study.models:
+        scores = [study.gl_score(n, sampler, model) for n in study.sizes]
+        color, dashed = _color(study, model), model == OPTIMAL
+        missing |= _plot_series(ax, x, scores, label=f"GL {_label(model)}", color=color, dashed=dashed)
+    _style_axes(ax, study.sizes, f"Generalizability (sampler {sampler})", "GL: share of samples not copies", missing)
+
+
+def plot_rp_gl(study: Study) -> bytes:
+    """The paper's Fig. 2 as PNG bytes: per sampler a row of two panels, RP of every pair (vs D* dashed) and GL
+    of every model against n on a log2 axis, with CI error bars and bands and the chance level."""
+    fig = Figure(figsize=(12, 5.2 * len(study.samplers)), layout="constrained")
+    axes = fig.subplots(len(study.samplers), 2, squeeze=False)
+    for row, sampler in zip(axes, study.samplers, strict=True):
+        _rp_panel(row[0], study, sampler)
+        _gl_panel(row[1], study, sampler)
+    fig.suptitle(f"RP and GL vs training-set size ({_similarity_text(study)})")
+    return _png(fig)
+
+
+def _rp_matrix(study: Study, n: int, sampler: str) -> np.ndarray:
+    """``[K, K]`` RP matrix at size ``n`` (diagonal 1 by definition, NaN where missing)."""
+    K = len(study.models)
+    R = np.full((K, K), math.nan)
+    np.fill_diagonal(R, 1.0)
+    for (i, a), (j, b) in combinations(enumerate(study.models), 2):
+        if (s := study.rp_score(n, sampler, a, b)) is not None:
+            R[i, j] = R[j, i] = s.value
+    return R
+
+
+def _heatmap(ax: Axes, study: Study, n: int, sampler: str) -> AxesImage:
+    R, K = _rp_matrix(study, n, sampler), len(study.models)
+    cmap = colormaps["viridis"].with_extremes(bad="0.85")
+    im = ax.imshow(np.ma.masked_invalid(R), cmap=cmap, vmin=0.0, vmax=1.0)
+    for i in range(K):
+        for j in range(K):
+            v = R[i, j]
+            text, color = ("–", "0.3") if math.isnan(v) else (f"{v:.2f}", "white" if v < 0.6 else "black")
+            ax.text(j, i, text, ha="center", va="center", color=color, fontsize=max(6, 11 - K))
+    labels = [_label(m) for m in study.models]
+    ax.set_xticks(range(K), labels=labels, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(K), labels=labels, fontsize=8)
+    ax.set_title(f"n = {n}" + (f", {sampler}" if len(study.samplers) > 1 else ""), fontsize=10)
+    return im
+
+
+def plot_rp_matrix(study: Study, max_cols: int = 4) -> bytes:
+    """Small multiples, one ``K x K`` RP heatmap per n (and sampler), values annotated, as PNG bytes."""
+    ncol = min(max_cols, len(study.sizes))
+    per_sampler = -(-len(study.sizes) // ncol)
+    nrow = per_sampler * len(study.samplers)
+    side = 1.2 + 0.45 * len(study.models)
+    fig = Figure(figsize=(side * ncol + 1.2, side * nrow + 0.6), layout="constrained")
+    axes = fig.subplots(nrow, ncol, squeeze=False)
+    for ax in axes.flat:
+        ax.set_axis_off()
+    im: AxesImage | None = None
+    for s, sampler in enumerate(study.samplers):
+        for k, n in enumerate(study.sizes):
+            ax = axes[s * per_sampler + k // ncol, k % ncol]
+            ax.set_axis_on()
+            im = _heatmap(ax, study, n, sampler)
+    fig.colorbar(im, ax=axes, shrink=0.8, label="RP")
+    fig.suptitle(f"RP of every model pair ({_similarity_text(study)}); grey: missing")
+    return _png(fig)
+
+
+# ---------------------------------------------------------------------------------------------- sample grids
+
+
+def _read_nearest(path: Path, count: int) -> np.ndarray:
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return np.asarray(f["nearest"][:count], dtype=np.int64)
+    except (OSError, ValueError, KeyError) as e:
+        raise ValueError(f"{path}: no readable 'nearest' array ({type(e).__name__}: {e})".replace("\n", " ")) from None
+
+
+def _grid_rows(study: Study, n: int) -> list[tuple[str, Tensor | None]]:
+    """``(label, images [m, C, H, W] in [-1, 1] or None if missing)`` per model (and sampler)."""
+    rows = []
+    for sampler in study.samplers:
+        for model in study.models:
+            label = _label(model) + (f" · {sampler}" if len(study.samplers) > 1 else "")
+            path = study.samples.get((n, sampler, model))
+            if path is None:
+                rows.append((label + (" (failed)" if study.failed_at(n, model) else " (missing)"), None))
+            else:
+                rows.append((label, load_npz(path).images[:GRID_SAMPLES]))
+    return rows
+
+
+def _nearest_row(study: Study, n: int, count: int) -> tuple[str, Tensor] | None:
+    """The nearest training image of each of the first available model's samples."""
+    first = next(((m, s) for s in study.samplers for m in study.models if (n, s, m) in study.samples), None)
+    if first is None or n not in study.train:
+        return None
+    model, sampler = first
+    idx = torch.from_numpy(_read_nearest(study.samples[(n, sampler, model)], count))
+    train = load_npz(study.train[n]).images
+    if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= train.shape[0]):
+        raise ValueError(f"{study.samples[(n, sampler, model)]}: 'nearest' indexes past the {train.shape[0]} "
+                         f"images of {study.train[n]}")
+    return f"nearest training image of {_label(model)}", train[idx]
+
+
+def _add_labels(grid: Tensor, labels: list[str], cell: int, pad: int) -> Tensor:
+    """Put a white margin with one right-aligned label per row on the left of a uint8 ``[H, W, C]`` grid."""
+    arr = grid.numpy()
+    img = Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr).convert("RGB")
+    font = ImageFont.load_default(size=max(11, min(16, cell // 4)))
+    probe = ImageDraw.Draw(img)
+    boxes = [probe.textbbox((0, 0), text, font=font) for text in labels]
+    margin = max(b[2] - b[0] for b in boxes) + 16
+    canvas = Image.new("RGB", (margin + img.width, img.height), "white")
+    canvas.paste(img, (margin, 0))
+    draw = ImageDraw.Draw(canvas)
+    for r, (text, box) in enumerate(zip(labels, boxes, strict=True)):
+        y = pad + r * (cell + pad) + cell // 2 - (box[1] + box[3]) // 2
+        draw.text((margin - 8 - (box[2] - box[0]), y), text, fill="black", font=font)
+    return torch.from_numpy(np.asarray(canvas).copy())
+
+
+def sample_grid(study: Study, n: int) -> Tensor | None:
+    """Same-noise samples at size ``n``: one labelled row per model (column i is noise i in every row), the
+    first ``GRID_SAMPLES`` samples, and a last row with the nearest training image of the first model's samples.
+    Missing models get a grey row. Returns uint8 ``[H, W, 3]``, or None when nothing at ``n`` can be shown."""
+    rows = _grid_rows(study, n)
+    present = [x for _, x in rows if x is not None]
+    if not present and n not in study.train:
+        return None
+    shape = present[0].shape[1:] if present else load_npz(study.train[n]).images.shape[1:]
+    count = min([GRID_SAMPLES, *(x.shape[0] for x in present)])
+    nearest = _nearest_row(study, n, count)
+    rows += [nearest] if nearest is not None else []
+    blank = torch.full((count, *shape), 0.7)  # light grey placeholder for a missing row
+    images = torch.cat([blank if x is None else x[:count] for _, x in rows])
+    scale, pad = max(1, GRID_PX // max(shape[1:])), 2
+    grid = image_grid(images, ncol=count, pad=pad, scale=scale)
+    return _add_labels(grid, [label for label, _ in rows], cell=shape[1] * scale, pad=pad)
+
+
+# ---------------------------------------------------------------------------------------------- HTML
+
+CSS = """
+body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #222; max-width: 1240px;
+       margin: 0 auto; padding: 1.5em; background: #fff; }
+h1 { font-size: 1.6em; margin-bottom: 0.2em; } h2 { margin-top: 1.8em; border-bottom: 1px solid #ddd; }
+figure { margin: 1em 0; } figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
+img.grid { image-rendering: pixelated; } figcaption { color: #555; font-size: 0.9em; }
+table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.88em; }
+th, td { border: 1px solid #ddd; padding: 0.3em 0.55em; text-align: center; vertical-align: top; }
+th { background: #f4f4f4; } td.missing { color: #a33; } .ci, .chance { color: #777; font-size: 0.85em; }
+dl.summary { display: grid; grid-template-columns: max-content auto; gap: 0.2em 1.2em; }
+dl.summary dt { font-weight: 600; } dl.summary dd { margin: 0; }
+pre { background: #f7f7f7; padding: 0.8em; overflow-x: auto; font-size: 0.85em; }
+"""
+
+# Lets a headless browser (and the tests) see that every embedded figure decoded: <body data-images-loaded>.
+SCRIPT = """
+addEventListener("load", function () {
+  var imgs = Array.prototype.slice.call(document.images);
+  document.body.dataset.imagesTotal = imgs.length;
+  document.body.dataset.imagesLoaded = imgs.filter(function (i) { return i.complete && i.naturalWidth > 0; }).length;
+});
+"""
+
+GUIDE = """<p>The pattern the paper reports on CIFAR-10 (this study's numbers may or may not follow it): in the
+<b>memorization regime</b> (small n) every model copies training images, so GL &asymp; 0;
+RP between networks is high and RP with D* is substantial but partial: networks copy <i>a</i> training image,
+not always the one D* picks. As n grows GL rises and RP <b>dips</b> &mdash; the larger the model, the later.
+In the <b>generalization regime</b> (large n) GL &asymp; 1 and RP between networks is high again, while RP with
+D* (which can only copy) falls towards 0. An RP within its CI of the chance level means same-noise pairs agree
+no more than mismatched pairs do. With another similarity than SSCD &gt; 0.6 (pixel similarity on tiny images,
+say) the threshold means something else, so compare the shape of the curves with the paper, not the values.</p>"""
+
+
+def _similarity_text(study: Study) -> str:
+    sim = study.similarity
+    return f"{sim.get('backend', '?')} similarity > {sim.get('threshold', '?')}"
+
+
+def _fmt_time(seconds: float | None) -> str:
+    if seconds is None or math.isnan(seconds):
+        return "not recorded"
+    minutes, s = divmod(round(seconds), 60)
+    return f"{seconds:.1f} s" if minutes == 0 else f"{minutes} min {s} s"
+
+
+def _summary_html(study: Study) -> str:
+    cfg, e = study.config, html.escape
+    items = [
+        ("data", json.dumps(cfg["data"]) if isinstance(cfg.get("data"), dict | list) else cfg.get("data", "?")),
+        ("sizes n", ", ".join(map(str, study.sizes))),
+        ("models", ", ".join(f"{m} (empirical optimal denoiser D*)" if m == OPTIMAL else m for m in study.models)),
+        ("samplers", ", ".join(study.samplers) + (f", {cfg['sampler_steps']} steps" if "sampler_steps" in cfg else "")),
+        ("samples per model", f"{cfg.get('count', '?')} (noise seeds from {cfg.get('seed', '?')})"),
+        ("similarity", _similarity_text(study)),
+        ("failed runs", str(len(study.failed))),
+        ("total time", _fmt_time(study.total_s)),
+    ]
+    rows = "".join(f"<dt>{e(k)}</dt><dd>{e(str(v))}</dd>" for k, v in items)
+    return f'<dl class="summary">{rows}</dl>'
+
+
+def _cell(score: ScoreRow | None, failed: bool) -> str:
+    if score is None:
+        return f'<td class="missing">{"failed" if failed else "missing"}</td>'
+    ci = "" if math.isnan(score.lo) else f'<br><span class="ci">[{score.lo:.2f}, {score.hi:.2f}]</span>'
+    chance = "" if score.chance is None else f'<br><span class="chance">chance {score.chance:.2f}</span>'
+    return f"<td>{score.value:.2f}{ci}{chance}</td>"
+
+
+def _table_html(study: Study, sampler: str) -> str:
+    """RP of every pair and GL of every model (value, [CI], chance), one row per n."""
+    e, pairs = html.escape, study.pairs()
+    head = "".join(f"<th>RP {e(_label(a))} vs {e(_label(b))}</th>" for a, b in pairs)
+    head += "".join(f"<th>GL {e(_label(m))}</th>" for m in study.models)
+    body = ""
+    for n in study.sizes:
+        cells = [_cell(study.rp_score(n, sampler, a, b), study.failed_at(n, a) or study.failed_at(n, b))
+                 for a, b in pairs]
+        cells += [_cell(study.gl_score(n, sampler, m), study.failed_at(n, m)) for m in study.models]
+        body += f"<tr><th>{n}</th>{''.join(cells)}</tr>"
+    return f"<h3>Sampler {e(sampler)}</h3><table><tr><th>n</th>{head}</tr>{body}</table>"
+
+
+def _failed_html(study: Study) -> str:
+    if not study.failed:
+        return "<p>None: every run finished.</p>"
+    items = "".join(f"<li>n = {html.escape(str(f.get('n', '?')))}, {html.escape(str(f.get('model', '?')))}: "
+                    f"<code>{html.escape(str(f.get('error', '')))}</code></li>" for f in study.failed)
+    return f"<ul>{items}</ul>"
+
+
+def _paper_html() -> str:
+    head = "".join(f"<th>2<sup>{k}</sup></th>" for k in PAPER_CIFAR10["log2_sizes"])
+    body = "".join(f"<tr><th>{html.escape(name)}</th>{''.join(f'<td>{v}</td>' for v in vals)}</tr>"
+                   for name, vals in PAPER_CIFAR10["rows"])
+    return (f"<table><tr><th>dataset size</th>{head}</tr>{body}</table><p>Zhang et al. 2023 (arXiv 2310.05264), "
+            "read off the authors' released figures: CIFAR-10, SSCD similarity &gt; 0.6, EDM Heun 18 steps, "
+            "10,000 samples. In the generalization regime, seven independently trained CIFAR-10 models agree "
+            "pairwise with RP 0.70&ndash;0.91.</p>")
+
+
+def _figure_html(png: bytes, alt: str, caption: str, css_class: str = "") -> str:
+    data = base64.b64encode(png).decode("ascii")
+    cls = f' class="{css_class}"' if css_class else ""
+    return (f'<figure><img{cls} src="data:image/png;base64,{data}" alt="{html.escape(alt)}">'
+            f"<figcaption>{caption}</figcaption></figure>")
+
+
+def _grids_html(study: Study, grids: dict[int, bytes]) -> str:
+    parts = []
+    for n in study.sizes:
+        if n not in grids:
+            parts.append(f"<p>n = {n}: no samples or training images recorded yet.</p>")
+            continue
+        caption = (f"n = {n}: one row per model; column i of every row comes from the same noise i. Last row: the "
+                   "nearest training image of the first model's samples.")
+        parts.append(_figure_html(grids[n], f"sample grid n={n}", caption, "grid"))
+    return "".join(parts)
+
+
+def render_html(study: Study, figures: dict[str, bytes], grids: dict[int, bytes]) -> str:
+    """The self-contained report: every image inline as a data URI, inline CSS, no external requests."""
+    data = study.config.get("data")
+    title = f"reprodiff study: {html.escape(data if isinstance(data, str) else study.dir.name)}"
+    rp_gl = _figure_html(figures["rp_gl.png"], "RP and GL vs n", "RP (left; pairs with D* dashed) and GL (right) "
+                         "against n, with CI bars and bands; dotted grey: chance level; x: missing or failed.")
+    matrix = _figure_html(figures["rp_matrix.png"], "RP matrices", "RP of every pair of models, one matrix per n.")
+    tables = "".join(_table_html(study, s) for s in study.samplers)
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{title}</title><style>{CSS}</style></head>
+<body>
+<h1>{title}</h1>
+<p>Reproducibility (RP: same noise, same image) and generalizability (GL: samples that are not copies of a
+training image) against training-set size, after Zhang et al. 2023, <i>The Emergence of Reproducibility and
+Generalizability in Diffusion Models</i> (arXiv 2310.05264).</p>
+<h2>Study</h2>{_summary_html(study)}
+<h2>What to look for</h2>{GUIDE}
+<h2>RP and GL against n</h2>{rp_gl}
+<h2>Scores</h2><p>Value, 95% bootstrap CI in brackets, and for RP the chance level.</p>{tables}
+<h2>RP matrices</h2>{matrix}
+<h2>Samples from the same noise</h2>{_grids_html(study, grids)}
+<h2>Failed runs</h2>{_failed_html(study)}
+<h2>The paper's numbers (CIFAR-10)</h2>{_paper_html()}
+<h2>Configuration</h2><details><summary>study config</summary>
+<pre>{html.escape(json.dumps(study.config, indent=2))}</pre></details>
+<script>{SCRIPT}</script>
+</body></html>
+"""
+
+
+# ---------------------------------------------------------------------------------------------- entry point
+
+
+def _write_bytes(path: Path, data: bytes) -> Path:
+    return atomic_write(path, lambda f: f.write(data))
+
+
+def build_report(study_dir: str | os.PathLike[str]) -> Path:
+    """Render ``rp_gl.png``, ``rp_matrix.png``, ``grid_n{n}.png`` and ``report.html`` into ``study_dir`` from
+    its ``results.json`` (atomically, each file); returns the path of ``report.html``."""
+    study = load_study(study_dir)
+    figures = {"rp_gl.png": plot_rp_gl(study), "rp_matrix.png": plot_rp_matrix(study)}
+    grids = {n: grid for n in study.sizes if (grid := sample_grid(study, n)) is not None}
+    # everything is rendered before the first file is written, so bad input leaves the folder as it was
+    for name, png in figures.items():
+        _write_bytes(study.dir / name, png)
+    grid_pngs = {n: save_png(study.dir / f"grid_n{n}.png", grid).read_bytes() for n, grid in grids.items()}
+    return _write_bytes(study.dir / "report.html", render_html(study, figures, grid_pngs).encode("utf-8"))

@@ -1,0 +1,266 @@
+"""The regime study (Zhang et al. 2023, Fig. 2 / Sec. 3): train every model on subsets of growing size N,
+sample all of them and the empirical optimal denoiser D* from the same noise, and measure RP for every pair
+and GL for every model. Results go to ``results.json`` (schema 1) and ``results.csv``, atomically.
+
+Re-running a study on its folder skips finished training runs, resumes interrupted ones and reuses samples
+already written; a model that fails (e.g. a non-finite loss) is recorded in ``failed`` without losing the
+other runs' results.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from itertools import combinations
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from . import metrics, sampling, similarity
+from .config import ConfigError, from_dict, load_toml, to_dict
+from .data import load_dataset, subset, to_uint8
+from .files import atomic_write, save_json, save_npz
+from .optimal import EmpiricalOptimalDenoiser
+from .train import DataConfig, TrainConfig, TrainingError, load_model, train
+
+__all__ = ["SCHEMA", "ModelSpec", "StudyConfig", "default_study", "run_study", "summarize"]
+
+SCHEMA = 1
+OPTIMAL = "optimal"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model of the study: its name and training settings (a subset of ``TrainConfig``).
+    ``seed`` < 0 means "the model's position in the list", so models differ in initialisation and in
+    the noise of their training batches, as independently trained models do."""
+
+    name: str
+    net: dict[str, Any]
+    kernel: dict[str, Any] = field(default_factory=lambda: {"name": "edm"})
+    objective: dict[str, Any] = field(default_factory=lambda: {"name": "dsm"})
+    steps: int = 1000
+    batch_size: int = 64
+    lr: float = 2e-3
+    ema_halflife: float = 2000.0
+    seed: int = -1
+
+    def __post_init__(self) -> None:
+        if not self.name or self.name == OPTIMAL or not self.name.replace("-", "").replace("_", "").isalnum():
+            raise ValueError(f"model name {self.name!r} must be a non-empty word (letters, digits, - or _), "
+                             f"not {OPTIMAL!r}")
+
+
+def _default_models() -> tuple[ModelSpec, ...]:
+    return (
+        ModelSpec("unet", {"name": "unet", "model_channels": 32, "channel_mult": [1, 2], "dropout": 0.0},
+                  steps=800),
+        ModelSpec("mlp", {"name": "mlp", "hidden": 512, "depth": 4}, steps=1000),
+    )
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """What a study runs; loaded from TOML (``[[models]]`` tables), written as ``study.json``."""
+
+    data: str = "digits"
+    sizes: tuple[int, ...] = (16, 64, 256, 1797)
+    subset_seed: int = 0
+    models: tuple[ModelSpec, ...] = field(default_factory=_default_models)
+    samplers: tuple[str, ...] = ("heun",)
+    sampler_steps: int = 18
+    seed: int = 100000
+    count: int = 256
+    similarity: str = "pixel"
+    sscd_path: str = ""
+    threshold: float = 0.9
+    optimal: bool = True
+    n_boot: int = 1000
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if not self.sizes or any(n < 1 for n in self.sizes) or list(self.sizes) != sorted(set(self.sizes)):
+            raise ValueError(f"sizes must be increasing positive integers, got {list(self.sizes)}")
+        names = [m.name for m in self.models]
+        if not names or len(set(names)) != len(names):
+            raise ValueError(f"models need distinct names, got {names}")
+        if len(names) + int(self.optimal) < 2:
+            raise ValueError("a study needs at least two models (or one model and optimal = true)")
+        for s in self.samplers:
+            if s not in sampling.SAMPLERS:
+                raise ValueError(f"unknown sampler {s!r}; choose from {sorted(sampling.SAMPLERS)}")
+        if not -1.0 <= self.threshold <= 1.0:
+            raise ValueError(f"threshold must be in [-1, 1] (a cosine similarity), got {self.threshold}")
+        if self.count < 2 or self.sampler_steps < 1 or self.n_boot < 0:
+            raise ValueError("count must be >= 2, sampler_steps >= 1 and n_boot >= 0")
+        if self.similarity == "sscd" and not self.sscd_path:
+            raise ValueError("similarity = 'sscd' needs sscd_path, the local SSCD model file")
+
+    @classmethod
+    def from_toml(cls, path: str | os.PathLike[str]) -> StudyConfig:
+        return load_toml(cls, path)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StudyConfig:
+        return from_dict(cls, data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+
+def default_study() -> StudyConfig:
+    return StudyConfig()
+
+
+def _train_config(cfg: StudyConfig, spec: ModelSpec, index: int, n: int) -> TrainConfig:
+    """``spec.steps`` count at ``spec.batch_size``; where N is smaller than the batch, the batch shrinks to N
+    and the steps grow so that every run of the model sees the same number of training images."""
+    batch = min(spec.batch_size, n)
+    steps = -(-spec.steps * spec.batch_size // batch)
+    return TrainConfig(
+        data=DataConfig(name=cfg.data, n=n, seed=cfg.subset_seed), net=spec.net, kernel=spec.kernel,
+        objective=spec.objective, steps=steps, batch_size=batch, lr=spec.lr,
+        ema_halflife=spec.ema_halflife, seed=index if spec.seed < 0 else spec.seed, device=cfg.device,
+        checkpoint_every=max(1, steps // 4), log_every=max(1, steps // 20),
+    )
+
+
+def _check_folder(cfg: StudyConfig, out: Path) -> None:
+    path = out / "study.json"
+    if path.exists():
+        try:
+            old = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            old = None
+        if old != cfg.to_dict():
+            raise ConfigError(f"{out} holds another study's results (its study.json differs); "
+                              "choose another --out")
+    save_json(path, cfg.to_dict())
+
+
+def _sample_file(out: Path, model: str, n: int, sampler: str) -> Path:
+    return out / "samples" / f"{model}-n{n}-{sampler}.npz"
+
+
+def _samples(cfg: StudyConfig, D: Any, shape: tuple[int, ...], sampler: str, device: str, path: Path) -> Tensor:
+    """Samples of ``D`` from the study's shared noise, cached in ``path`` (float32 [-1, 1])."""
+    if path.exists():
+        with np.load(path, allow_pickle=False) as f:
+            if f["samples"].shape == (cfg.count, *shape):
+                return torch.from_numpy(f["samples"])
+    with torch.no_grad():
+        x = sampling.sample(D, cfg.seed, cfg.count, shape, sampler=sampler, steps=cfg.sampler_steps, device=device)
+    if not bool(torch.isfinite(x).all()):
+        raise TrainingError("the model produced NaN/Inf samples")
+    save_npz(path, samples=x, images=to_uint8(x))
+    return x
+
+
+def run_study(cfg: StudyConfig | None, out: str | os.PathLike[str], *, progress: bool = False) -> dict[str, Any]:
+    """Run (or resume) the study into ``out``; returns the results dict also written to ``results.json``."""
+    cfg, out, t0 = cfg or default_study(), Path(out), time.perf_counter()
+    data = load_dataset(cfg.data)
+    if cfg.sizes[-1] > len(data):
+        raise ConfigError(f"sizes go up to {cfg.sizes[-1]} but {cfg.data!r} has {len(data)} images")
+    _check_folder(cfg, out)
+    features = similarity.make_features(cfg.similarity, **({"path": cfg.sscd_path} if cfg.sscd_path else {}))
+    device = "cuda" if cfg.device == "auto" and torch.cuda.is_available() else ("cpu" if cfg.device == "auto"
+                                                                               else cfg.device)
+    results: dict[str, Any] = {"schema": SCHEMA, "config": cfg.to_dict(), "sizes": list(cfg.sizes),
+                               "models": [m.name for m in cfg.models] + [OPTIMAL] * cfg.optimal,
+                               "samplers": list(cfg.samplers),
+                               "similarity": {"backend": cfg.similarity, "threshold": cfg.threshold},
+                               "rp": [], "gl": [], "samples": [], "train": [], "failed": []}
+    jobs = [(n, i, m) for n in cfg.sizes for i, m in enumerate(cfg.models)]
+    bar = tqdm(total=len(jobs), disable=not progress, desc="study", unit="run")
+    for n in cfg.sizes:
+        train_set = subset(data, n, cfg.subset_seed)
+        train_path = out / "samples" / f"train-n{n}.npz"
+        save_npz(train_path, images=to_uint8(train_set.images))
+        results["train"].append({"n": n, "path": str(train_path.relative_to(out))})
+        denoisers: dict[str, Any] = {}
+        for _, i, spec in [j for j in jobs if j[0] == n]:
+            run_dir = out / "runs" / f"{spec.name}-n{n}"
+            try:
+                train(_train_config(cfg, spec, i, n), run_dir)
+                denoisers[spec.name] = load_model(run_dir, device=device)[0]
+            except (TrainingError, ValueError) as e:
+                results["failed"].append({"n": n, "model": spec.name, "error": str(e)})
+            bar.update()
+        if cfg.optimal:
+            denoisers[OPTIMAL] = EmpiricalOptimalDenoiser(train_set.images, device=device)
+        _score_size(cfg, out, n, train_set.images, denoisers, features, device, results)
+        _write(out, results, t0)
+    bar.close()
+    return results
+
+
+def _score_size(cfg: StudyConfig, out: Path, n: int, train_images: Tensor, denoisers: dict[str, Any],
+                features: Any, device: str, results: dict[str, Any]) -> None:
+    """Sample every model at size ``n``, then GL for each and RP for each pair (per sampler)."""
+    train_feats = features(train_images)
+    for sampler in cfg.samplers:
+        feats: dict[str, Tensor] = {}
+        for name, D in denoisers.items():
+            path = _sample_file(out, name, n, sampler)
+            try:
+                x = _samples(cfg, D, train_images.shape[1:], sampler, device, path)
+            except TrainingError as e:
+                results["failed"].append({"n": n, "model": name, "error": f"{sampler}: {e}"})
+                continue
+            feats[name] = features(x)
+            gl = metrics.gl_score(feats[name], train_feats, threshold=cfg.threshold, n_boot=cfg.n_boot,
+                                  seed=cfg.seed, features=None)
+            with np.load(path, allow_pickle=False) as f:
+                arrays = {k: f[k] for k in f.files}
+            save_npz(path, **{**arrays, "nearest": gl.nearest, "similarity": gl.similarities})
+            results["samples"].append({"n": n, "model": name, "sampler": sampler,
+                                       "path": str(path.relative_to(out))})
+            results["gl"].append({"n": n, "model": name, "sampler": sampler, "gl": gl.value, "ci": list(gl.ci)})
+        for a, b in combinations(feats, 2):
+            rp = metrics.rp_score(feats[a], feats[b], threshold=cfg.threshold, n_boot=cfg.n_boot,
+                                  seed=cfg.seed, features=None, chance=True)
+            results["rp"].append({"n": n, "a": a, "b": b, "sampler": sampler, "rp": rp.value,
+                                  "chance": rp.chance, "ci": list(rp.ci)})
+
+
+def _write(out: Path, results: dict[str, Any], t0: float) -> None:
+    """``results.json`` and ``results.csv`` (one row per score), each atomically."""
+    results["timing"] = {"total_s": round(time.perf_counter() - t0, 1)}
+    save_json(out / "results.json", results)
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["kind", "n", "a", "b", "sampler", "value", "chance", "ci_low", "ci_high"])
+    for r in results["rp"]:
+        w.writerow(["rp", r["n"], r["a"], r["b"], r["sampler"], r["rp"], r["chance"], *r["ci"]])
+    for r in results["gl"]:
+        w.writerow(["gl", r["n"], r["model"], "", r["sampler"], r["gl"], "", *r["ci"]])
+    data = buf.getvalue().encode()
+    atomic_write(out / "results.csv", lambda f: f.write(data))
+
+
+def summarize(results: dict[str, Any]) -> str:
+    """A plain-text table: GL per model and RP per pair against N (first sampler)."""
+    sampler = results["samplers"][0]
+    lines = [f"{'N':>6}  " + "  ".join(f"GL {m:>8}" for m in results["models"])]
+    gl = {(r["n"], r["model"]): r["gl"] for r in results["gl"] if r["sampler"] == sampler}
+    rp = {(r["n"], r["a"], r["b"]): r["rp"] for r in results["rp"] if r["sampler"] == sampler}
+    pairs = sorted({(a, b) for _, a, b in rp}, key=lambda p: (OPTIMAL in p, p))
+    lines[0] += "  " + "  ".join(f"RP {a}/{b}" for a, b in pairs)
+    for n in results["sizes"]:
+        cells = [f"{gl[(n, m)]:11.2f}" if (n, m) in gl else f"{'-':>11}" for m in results["models"]]
+        cells += [f"{rp[(n, a, b)]:>{len(a) + len(b) + 4}.2f}" if (n, a, b) in rp else "-" for a, b in pairs]
+        lines.append(f"{n:>6}  " + "  ".join(cells))
+    for f in results["failed"]:
+        lines.append(f"failed: {f['model']} at N = {f['n']}: {f['error']}")
+    lines.append(f"({results['similarity']['backend']} similarity > {results['similarity']['threshold']}, "
+                 f"{sampler}; {results['timing']['total_s']:.0f} s)")
+    return "\n".join(lines)

@@ -1,0 +1,172 @@
+"""The study report: figures, grids and a self-contained report.html from a fabricated study folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fake_results import make_fake_study
+from reprodiff.report import GRID_SAMPLES, build_report, load_study, sample_grid
+
+CHROMIUM_TIMEOUT_S = 90
+DATA_URI = '<img src="data:image/png;base64,'
+DATA_URI_GRID = '<img class="grid" src="data:image/png;base64,'
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    root = tmp_path_factory.mktemp("study")
+    results = make_fake_study(root, sizes=(16, 64, 256), failed=((64, "mlp"),))
+    build_report(root)
+    return root, results
+
+
+def _png(path: Path) -> Image.Image:
+    with Image.open(path) as img:
+        img.load()
+        return img
+
+
+def test_every_output_exists_and_decodes(study) -> None:
+    root, results = study
+    for name, min_w, min_h in [("rp_gl.png", 800, 300), ("rp_matrix.png", 600, 200)]:
+        img = _png(root / name)
+        assert img.format == "PNG" and img.width >= min_w and img.height >= min_h, (name, img.size)
+    for n in results["sizes"]:
+        img = _png(root / f"grid_n{n}.png")
+        # 3 model rows + nearest row of 8x8 digits upscaled 8x, 12 per row, plus a label margin
+        assert img.height >= 4 * 64 and img.width >= GRID_SAMPLES * 64 + 50, img.size
+    assert not list(root.glob(".*.tmp")), "temporary files left behind"
+
+
+def test_html_is_self_contained_and_shows_the_numbers(study) -> None:
+    root, results = study
+    text = (root / "report.html").read_text(encoding="utf-8")
+    assert text.count(DATA_URI) == 2 and text.count(DATA_URI_GRID) == len(results["sizes"])
+    assert "http://" not in text and "https://" not in text
+    assert not re.search(r"""(src|href)=["'](?!data:)""", text), "a non-inline resource"
+    for r in results["rp"]:
+        assert f"{r['rp']:.2f}" in text and f"[{r['ci'][0]:.2f}, {r['ci'][1]:.2f}]" in text
+    for r in results["gl"]:
+        assert f"{r['gl']:.2f}" in text
+    assert "loss became nan at step 300 (n=64)" in text and ">failed</td>" in text
+    assert "pixel similarity &gt; 0.9" in text and "4 min 40 s" in text
+    assert "0.47–0.51" in text and "2<sup>15</sup>" in text  # the paper's table
+
+
+def test_grid_rows_share_noise_and_show_nearest_training_image(study) -> None:
+    root, _ = study
+    grid = sample_grid(load_study(root), 16).numpy()  # [H, W, 3]
+    scale, pad = 8, 2
+    left = grid.shape[1] - (GRID_SAMPLES * (8 * scale + pad) + pad)  # the label margin
+    with np.load(root / "samples/unet-n16-heun.npz") as f:
+        unet, nearest = f["images"], f["nearest"]
+    with np.load(root / "samples/train-n16.npz") as f:
+        train = f["images"]
+
+    def cell(row: int, col: int) -> np.ndarray:
+        y, x = pad + row * (8 * scale + pad), left + pad + col * (8 * scale + pad)
+        return grid[y : y + 8 * scale, x : x + 8 * scale, 0]
+
+    def up(img: np.ndarray) -> np.ndarray:
+        return img[0].repeat(scale, 0).repeat(scale, 1)
+
+    for col in (0, 5, GRID_SAMPLES - 1):
+        assert np.array_equal(cell(0, col), up(unet[col]))
+        assert np.array_equal(cell(3, col), up(train[nearest[col]]))
+
+
+def test_partial_study_and_rgb_multi_sampler(tmp_path) -> None:
+    results = make_fake_study(tmp_path, sizes=(16, 64, 256), models=("a", "b", "c", "optimal"),
+                              samplers=("heun", "euler"), shape=(3, 32, 32), failed=((16, "b"),), count=14)
+    # an interrupted study: nothing recorded yet for n = 256
+    for key in ("rp", "gl", "samples", "train"):
+        results[key] = [r for r in results[key] if r["n"] != 256]
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    html = build_report(tmp_path).read_text(encoding="utf-8")
+    assert html.count("<h3>Sampler") == 2 and "n = 256: no samples" in html
+    assert not (tmp_path / "grid_n256.png").exists()
+    img = _png(tmp_path / "grid_n16.png")  # 8 model rows (4 models x 2 samplers) + nearest, 32x32 upscaled 2x
+    assert img.mode == "RGB" and img.height >= 9 * 64
+    assert _png(tmp_path / "rp_gl.png").height > _png(tmp_path / "rp_matrix.png").height / 2
+
+
+@pytest.mark.parametrize(
+    ("damage", "match"),
+    [
+        ("no_results", r"results\.json: not found"),
+        ("schema", r"results\.json: schema 2, but this reprodiff reads schema 1"),
+        ("not_json", r"results\.json: not readable JSON"),
+        ("no_rp", r"results\.json: malformed results \(missing key 'rp'\)"),
+        ("no_npz", r"unet-n16-heun\.npz: missing \(listed in .*results\.json\)"),
+        ("no_train", r"train-n64\.npz: missing"),
+    ],
+)
+def test_bad_input_is_one_line_naming_the_file(tmp_path, damage, match) -> None:
+    results = make_fake_study(tmp_path, sizes=(16, 64))
+    path = tmp_path / "results.json"
+    if damage == "no_results":
+        path.unlink()
+    elif damage == "schema":
+        path.write_text(json.dumps({**results, "schema": 2}))
+    elif damage == "not_json":
+        path.write_text("{ not json")
+    elif damage == "no_rp":
+        path.write_text(json.dumps({k: v for k, v in results.items() if k != "rp"}))
+    elif damage == "no_npz":
+        (tmp_path / "samples/unet-n16-heun.npz").unlink()
+    else:
+        (tmp_path / "samples/train-n64.npz").unlink()
+    with pytest.raises(ValueError, match=match) as info:
+        build_report(tmp_path)
+    assert "\n" not in str(info.value)
+    assert not list(tmp_path.glob("*.png")) and not (tmp_path / "report.html").exists()
+
+
+# ---------------------------------------------------------------------------------------------- a real browser
+
+
+def _chromium() -> str | None:
+    return next((p for name in ("chromium", "chromium-browser") if (p := shutil.which(name))), None)
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _run_chromium(exe: str, profile: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    cmd = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           f"--user-data-dir={profile}", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=CHROMIUM_TIMEOUT_S, check=False)
+
+
+def test_report_renders_in_headless_chromium(study, tmp_path) -> None:
+    exe = _chromium()
+    if exe is None:
+        if _in_ci():
+            pytest.fail("CI is set but chromium is not installed (apt-get install -y chromium)")
+        pytest.skip("chromium not installed (apt-get install -y chromium); this test fails instead when CI is set")
+    root, results = study
+    url = (root / "report.html").resolve().as_uri()
+    dom = _run_chromium(exe, tmp_path / "profile-dom", "--dump-dom", url)
+    body = re.search(r"<body[^>]*>", dom.stdout)
+    assert body, f"no DOM from chromium (rc {dom.returncode}): {dom.stderr[-2000:]}"
+    expected = 2 + len(results["sizes"])
+    assert f'data-images-total="{expected}"' in body[0] and f'data-images-loaded="{expected}"' in body[0], body[0]
+
+    shot = tmp_path / "shot.png"
+    run = _run_chromium(exe, tmp_path / "profile-shot", f"--screenshot={shot}", "--window-size=1200,3000", url)
+    assert shot.is_file(), f"no screenshot (rc {run.returncode}): {run.stderr[-2000:]}"
+    pixels = np.asarray(_png(shot).convert("RGB"), dtype=np.int16)
+    assert pixels.shape == (3000, 1200, 3) and pixels.std() > 20, "blank screenshot"
+    colourful = (pixels.max(-1) - pixels.min(-1) > 60).mean()  # plot lines and heatmaps, not black/grey text
+    assert colourful > 0.01, f"figures not drawn: only {colourful:.4f} of the page is coloured"

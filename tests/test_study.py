@@ -1,0 +1,85 @@
+"""The study runner: a tiny study end to end, its results contract, resume, and bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from reprodiff.cli import main
+from reprodiff.config import ConfigError
+from reprodiff.study import SCHEMA, ModelSpec, StudyConfig, run_study
+
+TINY_UNET = {"name": "unet", "model_channels": 8, "channel_mult": [1, 2], "num_blocks": 1, "dropout": 0.0}
+
+
+def tiny_study(**kw) -> StudyConfig:
+    base = {"sizes": (8, 16), "models": (ModelSpec("unet", TINY_UNET, steps=6, batch_size=8),
+                                         ModelSpec("mlp", {"name": "mlp", "hidden": 32, "depth": 1}, steps=6,
+                                                   batch_size=8)),
+            "count": 8, "sampler_steps": 3, "n_boot": 20, "device": "cpu"}
+    return StudyConfig(**{**base, **kw})
+
+
+def test_tiny_study_results_contract(tmp_path) -> None:
+    res = run_study(tiny_study(), tmp_path)
+    on_disk = json.loads((tmp_path / "results.json").read_text())
+    assert on_disk["schema"] == SCHEMA == res["schema"] and on_disk["models"] == ["unet", "mlp", "optimal"]
+    pairs = {(r["n"], r["a"], r["b"]) for r in on_disk["rp"]}
+    assert pairs == {(n, a, b) for n in (8, 16) for a, b in (("unet", "mlp"), ("unet", "optimal"), ("mlp", "optimal"))}
+    for r in on_disk["rp"]:
+        assert set(r) == {"n", "a", "b", "sampler", "rp", "chance", "ci"} and 0 <= r["rp"] <= 1
+        assert r["ci"][0] <= r["rp"] <= r["ci"][1]
+    gl = {(r["n"], r["model"]): r["gl"] for r in on_disk["gl"]}
+    assert len(gl) == 6 and gl[(8, "optimal")] == 0.0 and gl[(16, "optimal")] == 0.0  # D* only copies
+    rows = list(csv.reader((tmp_path / "results.csv").read_text().splitlines()))
+    assert rows[0][0] == "kind" and len(rows) == 1 + 6 + 6
+    for s in on_disk["samples"]:
+        assert (tmp_path / s["path"]).exists()
+
+
+def test_rerun_skips_finished_work_and_other_study_is_refused(tmp_path) -> None:
+    first = run_study(tiny_study(), tmp_path)
+    stamp = (tmp_path / "runs" / "unet-n8" / "training.safetensors").stat().st_mtime_ns
+    again = run_study(tiny_study(), tmp_path)
+    assert (tmp_path / "runs" / "unet-n8" / "training.safetensors").stat().st_mtime_ns == stamp
+    assert again["rp"] == first["rp"] and again["gl"] == first["gl"]  # deterministic
+    with pytest.raises(ConfigError, match="holds another study"):
+        run_study(tiny_study(count=10), tmp_path)
+    assert json.loads((tmp_path / "results.json").read_text())["rp"] == first["rp"]  # nothing lost
+
+
+@pytest.mark.parametrize(
+    ("toml", "match"),
+    [
+        ("sizez = [8]", "did you mean 'sizes'"),
+        ("threshold = 1.5", "threshold must be in [-1, 1]"),
+        ("sizes = [8, 4096]", "has 1797 images"),
+        ("sizes = [16, 8]", "increasing"),
+        ("samplers = ['plms']", "unknown sampler"),
+        ("similarity = 'sscd'", "sscd_path"),
+        ("[[models]]\nname = 'optimal'\nnet = {name = 'mlp'}", "must be a non-empty word"),
+    ],
+)
+def test_bad_study_configs(tmp_path, capsys, toml: str, match: str) -> None:
+    (tmp_path / "s.toml").write_text(toml)
+    assert main(["study", "--config", str(tmp_path / "s.toml"), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("reprodiff: error:") and match in err and "\n" not in err
+
+
+def test_missing_sscd_file_is_one_line(tmp_path, capsys) -> None:
+    (tmp_path / "s.toml").write_text(f"similarity = 'sscd'\nsscd_path = '{tmp_path / 'nope.pt'}'\nsizes = [8]")
+    assert main(["study", "--config", str(tmp_path / "s.toml"), "--out", str(tmp_path / "out")]) == 2
+    assert "nope.pt" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["default.toml", "cifar10.toml"])
+def test_shipped_studies_load(name: str) -> None:
+    from pathlib import Path
+
+    cfg = StudyConfig.from_toml(Path(__file__).parent.parent / "studies" / name)
+    assert StudyConfig.from_dict(cfg.to_dict()) == cfg
+    if name == "default.toml":
+        assert cfg == StudyConfig()  # the file documents exactly what runs without --config
