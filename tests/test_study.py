@@ -9,7 +9,7 @@ import pytest
 
 from reprodiff.cli import main
 from reprodiff.config import ConfigError
-from reprodiff.study import SCHEMA, ModelSpec, StudyConfig, run_study
+from reprodiff.study import SCHEMA, ModelSpec, StudyConfig, default_study, run_study
 
 TINY_UNET = {"name": "unet", "model_channels": 8, "channel_mult": [1, 2], "num_blocks": 1, "dropout": 0.0}
 
@@ -82,4 +82,24 @@ def test_shipped_studies_load(name: str) -> None:
     cfg = StudyConfig.from_toml(Path(__file__).parent.parent / "studies" / name)
     assert StudyConfig.from_dict(cfg.to_dict()) == cfg
     if name == "default.toml":
-        assert cfg == StudyConfig()  # the file documents exactly what runs without --config
+        assert cfg == default_study()  # the file documents exactly what runs without --config
+
+
+def test_default_thresholds_are_calibrated() -> None:
+    """The embedded study's thresholds follow from the digits themselves (not tuned on results): at the RP
+    threshold at most ~1% of mismatched digit pairs count as "the same image", and at the GL threshold at
+    most 5% of real digits count as copies of the other 1,796 (leave-one-out nearest neighbour)."""
+    import torch
+
+    from reprodiff.data import load_digits
+    from reprodiff.similarity import make_features
+
+    cfg = default_study()
+    f = make_features(cfg.similarity)(load_digits().images)
+    perm = torch.randperm(len(f), generator=torch.Generator().manual_seed(0))
+    a, b = f[perm[: len(f) // 2]], f[perm[len(f) // 2 : 2 * (len(f) // 2)]]
+    assert float(((a * b).sum(1) > cfg.threshold).float().mean()) <= 0.015
+    sims = f @ f.T
+    sims.fill_diagonal_(-2.0)
+    false_copies = float((sims.max(1).values > cfg.gl_threshold).float().mean())
+    assert 0.01 <= false_copies <= 0.05  # strict enough for novel digits, no stricter than needed

@@ -106,6 +106,13 @@ def run_sample(model: str | Path, out: str | Path, *, seed: int = 100000, count:
             "nfe": sampling.SAMPLERS[sampler].nfe(steps), "out": str(out)}
 
 
+def _sampling_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--count", type=int, default=64, help="number of samples (default: 64)")
+    p.add_argument("--seed", type=int, default=100000, help="noise seed; sample i uses seed + i (default: 100000)")
+    p.add_argument("--sampler", default="heun", choices=sorted(sampling.SAMPLERS), help="ODE solver (default: heun)")
+    p.add_argument("--steps", type=int, default=18, help="solver steps (default: 18, EDM's)")
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="reprodiff",
@@ -119,10 +126,7 @@ def _parser() -> argparse.ArgumentParser:
     o.add_argument("--data", default="digits", help="'digits' (embedded) or a .npz file (default: digits)")
     o.add_argument("--n", type=int, default=64, help="training-set size N (default: 64)")
     o.add_argument("--subset-seed", type=int, default=0, help="seed choosing the N images (default: 0)")
-    o.add_argument("--count", type=int, default=64, help="number of samples (default: 64)")
-    o.add_argument("--seed", type=int, default=100000, help="noise seed; sample i uses seed + i (default: 100000)")
-    o.add_argument("--sampler", default="heun", choices=sorted(sampling.SAMPLERS), help="ODE solver (default: heun)")
-    o.add_argument("--steps", type=int, default=18, help="solver steps (default: 18, EDM's)")
+    _sampling_args(o)
     o.add_argument("--threshold", type=float, default=0.6, help="copy threshold on similarity (default: 0.6)")
     o.add_argument("--batch-size", type=int, default=256, help="samples per batch (results do not depend on it)")
     o.add_argument("--device", default="cpu", help="torch device (default: cpu)")
@@ -137,10 +141,7 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("sample", help="sample a trained model from shared noise",
                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     s.add_argument("--model", required=True, help="a run folder written by 'reprodiff train'")
-    s.add_argument("--seed", type=int, default=100000, help="noise seed; sample i uses seed + i (default: 100000)")
-    s.add_argument("--count", type=int, default=64, help="number of samples (default: 64)")
-    s.add_argument("--sampler", default="heun", choices=sorted(sampling.SAMPLERS), help="ODE solver (default: heun)")
-    s.add_argument("--steps", type=int, default=18, help="solver steps (default: 18)")
+    _sampling_args(s)
     s.add_argument("--weights", default="ema", choices=["ema", "net"], help="EMA or raw weights (default: ema)")
     s.add_argument("--class", dest="label", type=int, help="class label for a class-conditional model")
     s.add_argument("--device", default="cpu", help="torch device (default: cpu)")

@@ -11,9 +11,9 @@ import tomllib
 import types
 import typing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
-__all__ = ["ConfigError", "from_dict", "load_toml", "to_dict"]
+__all__ = ["ConfigError", "TomlConfig", "from_dict", "load_toml", "to_dict"]
 
 T = TypeVar("T")
 
@@ -110,3 +110,18 @@ def load_toml(cls: type[T], path: str | os.PathLike[str]) -> T:
         return from_dict(cls, data)
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
+
+
+class TomlConfig:
+    """Mixin for frozen dataclass configs: ``from_toml``, ``from_dict`` (validated) and ``to_dict`` (JSON)."""
+
+    @classmethod
+    def from_toml(cls, path: str | os.PathLike[str]) -> Self:
+        return load_toml(cls, path)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Self:
+        return from_dict(cls, data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)

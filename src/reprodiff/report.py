@@ -415,7 +415,9 @@ say) the threshold means something else, so compare the shape of the curves with
 
 def _similarity_text(study: Study) -> str:
     sim = study.similarity
-    return f"{sim.get('backend', '?')} similarity > {sim.get('threshold', '?')}"
+    text = f"{sim.get('backend', '?')} similarity > {sim.get('threshold', '?')}"
+    gl = sim.get("gl_threshold")
+    return text if gl is None or gl == sim.get("threshold") else f"{text} (RP), > {gl} (GL)"
 
 
 def _fmt_time(seconds: float | None) -> str:

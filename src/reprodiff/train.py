@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .checkpoint import load_state, load_weights, save_training_state, write_safetensors
-from .config import ConfigError, from_dict, load_toml, suggest, to_dict
+from .config import ConfigError, TomlConfig, suggest
 from .data import Dataset, load_dataset, subset
 from .files import atomic_write, save_json
 from .kernels import Kernel, make_kernel
@@ -53,7 +53,7 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(TomlConfig):
     """Everything that determines a training run (EDM's defaults where they fit small data).
 
     ``precision`` ``bf16`` autocasts the network (CPU or GPU), ``fp16`` needs CUDA; ``compile`` runs
@@ -95,16 +95,6 @@ class TrainConfig:
         make_kernel(**self.kernel)
         make_objective(**self.objective)
 
-    @classmethod
-    def from_toml(cls, path: str | os.PathLike[str]) -> TrainConfig:
-        return load_toml(cls, path)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        return from_dict(cls, data)
-
-    def to_dict(self) -> dict[str, Any]:
-        return to_dict(self)
 
 
 class TrainingError(RuntimeError):
