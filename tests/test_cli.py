@@ -39,7 +39,7 @@ def test_same_seed_same_samples(tmp_path) -> None:
         (["--n", "5000"], "exceeds the 1797 images"),
         (["--steps", "0"], "steps must be"),
         (["--data", "nope.npz"], "no such file"),
-        (["--threshold", "2"], "threshold"),
+        (["--threshold", "2"], "must be in [-1, 1]"),
     ],
 )
 def test_bad_input_is_one_clean_line(tmp_path, capsys, args: list[str], match: str) -> None:

@@ -11,12 +11,10 @@ from typing import Any
 
 import torch
 
-from . import __version__, sampling
+from . import __version__, metrics, sampling
 from .data import load_dataset, subset, to_uint8
 from .files import image_grid, save_json, save_npz, save_png
-from .metrics import nearest_neighbors
 from .optimal import EmpiricalOptimalDenoiser
-from .similarity import pixel_features
 
 __all__ = ["main", "run_optimal"]
 
@@ -45,36 +43,37 @@ def run_optimal(
     seed: int = 100000,
     sampler: str = "heun",
     steps: int = 18,
-    threshold: float = 0.6,
+    threshold: float = 0.98,
     batch_size: int = 256,
     device: str = "cpu",
     progress: bool = False,
 ) -> dict[str, Any]:
     """Sample the empirical optimal denoiser of ``n`` training images from shared noise and measure how
-    many samples copy a training image (pixel cosine similarity of the uint8 images > ``threshold``).
+    many samples copy a training image: ``1 - GL`` with pixel similarity > ``threshold`` (0.98: the
+    digits' calibrated copy threshold, see ``StudyConfig``).
     Writes ``grid.png`` (each sample beside its nearest training image), ``samples.npz`` and
     ``summary.json`` into ``out``; returns the summary."""
-    if not 0.0 <= threshold <= 1.0:
-        raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+    if not -1.0 <= threshold <= 1.0:  # before any sampling
+        raise ValueError(f"threshold is a cosine similarity and must be in [-1, 1], got {threshold}")
     train = subset(load_dataset(data), n, subset_seed)
     D = EmpiricalOptimalDenoiser(train.images, device=device)
     t0 = time.perf_counter()
     x = sampling.sample(D, seed, count, train.image_shape, sampler=sampler, steps=steps,
                         batch_size=batch_size, device=device, progress=progress)
     seconds = time.perf_counter() - t0
-    u8 = to_uint8(x)  # what a PNG holds
-    sim, idx = nearest_neighbors(pixel_features(u8.float()), pixel_features(to_uint8(train.images).float()))
-    memorized = sim > threshold
+    gl = metrics.gl_score(x, train.images, features="pixel", threshold=threshold, n_boot=0)
+    sim, idx = gl.similarities, gl.nearest
+    assert idx is not None
     out = Path(out)
     pairs = torch.stack([x, train.images[idx]], 1).flatten(0, 1)  # [2 count, C, H, W]: sample, neighbour
     scale = max(1, 64 // max(train.image_shape[1:]))
     save_png(out / "grid.png", image_grid(pairs, ncol=16, scale=scale))
-    save_npz(out / "samples.npz", images=u8, samples=x, nearest=idx, similarity=sim)
+    save_npz(out / "samples.npz", images=to_uint8(x), samples=x, nearest=idx, similarity=sim)
     summary = {
         "data": data, "n": n, "subset_seed": subset_seed, "count": count, "seed": seed,
         "sampler": sampler, "steps": steps, "nfe": sampling.SAMPLERS[sampler].nfe(steps),
         "similarity": "pixel", "threshold": threshold,
-        "memorized": float(memorized.float().mean()), "mean_similarity": float(sim.mean()),
+        "memorized": 1.0 - gl.value, "mean_similarity": float(sim.mean()),
         "seconds": seconds,
     }
     save_json(out / "summary.json", summary)
@@ -127,7 +126,8 @@ def _parser() -> argparse.ArgumentParser:
     o.add_argument("--n", type=int, default=64, help="training-set size N (default: 64)")
     o.add_argument("--subset-seed", type=int, default=0, help="seed choosing the N images (default: 0)")
     _sampling_args(o)
-    o.add_argument("--threshold", type=float, default=0.6, help="copy threshold on similarity (default: 0.6)")
+    o.add_argument("--threshold", type=float, default=0.98,
+                   help="copy threshold on pixel similarity (default: 0.98, calibrated on the digits)")
     o.add_argument("--batch-size", type=int, default=256, help="samples per batch (results do not depend on it)")
     o.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     o.add_argument("--out", required=True, help="output folder")

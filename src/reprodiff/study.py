@@ -29,7 +29,7 @@ from .config import ConfigError, TomlConfig
 from .data import load_dataset, subset, to_uint8
 from .files import atomic_write, save_json, save_npz
 from .optimal import EmpiricalOptimalDenoiser
-from .train import DataConfig, TrainConfig, TrainingError, load_model, train
+from .train import DataConfig, TrainConfig, TrainingError, load_model, resolve_device, train
 
 __all__ = ["SCHEMA", "ModelSpec", "StudyConfig", "default_study", "run_study", "summarize"]
 
@@ -80,7 +80,7 @@ class StudyConfig(TomlConfig):
     """
 
     data: str = "digits"
-    sizes: tuple[int, ...] = (16, 64, 256, 1797)
+    sizes: tuple[int, ...] = (16, 32, 128, 1797)
     subset_seed: int = 0
     models: tuple[ModelSpec, ...] = field(default_factory=_default_models)
     samplers: tuple[str, ...] = ("heun",)
@@ -178,23 +178,21 @@ def run_study(cfg: StudyConfig | None, out: str | os.PathLike[str], *, progress:
         raise ConfigError(f"sizes go up to {cfg.sizes[-1]} but {cfg.data!r} has {len(data)} images")
     _check_folder(cfg, out)
     features = similarity.make_features(cfg.similarity, **({"path": cfg.sscd_path} if cfg.sscd_path else {}))
-    device = "cuda" if cfg.device == "auto" and torch.cuda.is_available() else ("cpu" if cfg.device == "auto"
-                                                                               else cfg.device)
+    device = str(resolve_device(cfg.device))
     results: dict[str, Any] = {"schema": SCHEMA, "config": cfg.to_dict(), "sizes": list(cfg.sizes),
                                "models": [m.name for m in cfg.models] + [OPTIMAL] * cfg.optimal,
                                "samplers": list(cfg.samplers),
                                "similarity": {"backend": cfg.similarity, "threshold": cfg.threshold,
                                               "gl_threshold": _gl_threshold(cfg)},
                                "rp": [], "gl": [], "samples": [], "train": [], "failed": []}
-    jobs = [(n, i, m) for n in cfg.sizes for i, m in enumerate(cfg.models)]
-    bar = tqdm(total=len(jobs), disable=not progress, desc="study", unit="run")
+    bar = tqdm(total=len(cfg.sizes) * len(cfg.models), disable=not progress, desc="study", unit="run")
     for n in cfg.sizes:
         train_set = subset(data, n, cfg.subset_seed)
         train_path = out / "samples" / f"train-n{n}.npz"
         save_npz(train_path, images=to_uint8(train_set.images))
         results["train"].append({"n": n, "path": str(train_path.relative_to(out))})
         denoisers: dict[str, Any] = {}
-        for _, i, spec in [j for j in jobs if j[0] == n]:
+        for i, spec in enumerate(cfg.models):
             run_dir = out / "runs" / f"{spec.name}-n{n}"
             try:
                 train(_train_config(cfg, spec, i, n), run_dir)

@@ -31,8 +31,8 @@ from .nets import NETS, make_net
 from .objectives import Objective, make_objective
 from .precond import Precond
 
-__all__ = ["DataConfig", "TrainConfig", "TrainingError", "build_model", "load_model", "step_generator",
-           "train", "train_step"]
+__all__ = ["DataConfig", "TrainConfig", "TrainingError", "build_model", "load_model", "resolve_device",
+           "step_generator", "train", "train_step"]
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 
@@ -208,7 +208,8 @@ def _distributed(device: torch.device) -> Iterator[_Dist]:
         dist.destroy_process_group()
 
 
-def _device(name: str, local_rank: int = 0) -> torch.device:
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """``auto`` -> ``cuda:<local_rank>`` when a GPU is there, else ``cpu``; a clear error for a bad name."""
     if name == "auto":
         return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
     try:
@@ -266,7 +267,7 @@ def train(cfg: TrainConfig | None, out: str | os.PathLike[str], *, steps: int | 
     cfg = _prepare_folder(cfg, out, steps)
     data = load_training_data(cfg)
     num_classes = int(data.labels.max()) + 1 if cfg.data.conditional and data.labels is not None else 0
-    device = _device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
+    device = resolve_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
     with _distributed(device) as dist:
         if cfg.batch_size % dist.world:
             raise ConfigError(f"batch_size {cfg.batch_size} must be divisible by the {dist.world} processes")
