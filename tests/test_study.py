@@ -103,3 +103,11 @@ def test_default_thresholds_are_calibrated() -> None:
     sims.fill_diagonal_(-2.0)
     false_copies = float((sims.max(1).values > cfg.gl_threshold).float().mean())
     assert 0.01 <= false_copies <= 0.05  # strict enough for novel digits, no stricter than needed
+
+
+def test_study_folder_in_use_is_refused(tmp_path) -> None:
+    from reprodiff.files import folder_lock
+
+    with folder_lock(tmp_path, "study"), pytest.raises(ValueError, match="in use by another reprodiff study"):
+        run_study(tiny_study(), tmp_path)
+    assert not (tmp_path / "results.json").exists()

@@ -189,3 +189,21 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path, monkeypat
 def test_shipped_configs_load(path) -> None:
     cfg = TrainConfig.from_toml(path)
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_a_second_process_on_the_same_folder_is_refused_and_a_crash_releases_the_lock(tmp_path, capsys) -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, time\nfrom reprodiff.files import folder_lock\n"
+            "with folder_lock(sys.argv[1], 'training run'):\n    print('locked', flush=True)\n    time.sleep(120)\n")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "run")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        assert main(["train", "--out", str(tmp_path / "run"), "--steps", "2"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert f"in use by another reprodiff training run (pid {holder.pid})" in err and "\n" not in err
+    finally:
+        holder.kill()  # SIGKILL: no cleanup runs, the kernel drops the flock
+        holder.communicate()
+    assert train(tiny(), tmp_path / "run")["steps"] == 12

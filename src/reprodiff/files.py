@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import io
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -17,7 +19,7 @@ from torch import Tensor
 
 from .data import to_uint8
 
-__all__ = ["atomic_write", "image_grid", "save_json", "save_npz", "save_png"]
+__all__ = ["atomic_write", "folder_lock", "image_grid", "save_json", "save_npz", "save_png"]
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -40,6 +42,29 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], Any]
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | os.PathLike[str], what: str) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``folder/.lock`` while a run writes there. A second process gets a
+    one-line error instead of corrupting the first; the kernel drops the lock when its holder dies, so a
+    crashed run never leaves the folder locked."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise ValueError(f"{folder} is in use by another reprodiff {what} (pid {holder}); wait for it to finish "
+                         "or choose another --out") from None
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
 
 
 def save_json(path: str | os.PathLike[str], obj: Any) -> Path:

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from . import metrics, sampling, similarity
 from .config import ConfigError, TomlConfig
 from .data import load_dataset, subset, to_uint8
-from .files import atomic_write, save_json, save_npz
+from .files import atomic_write, folder_lock, save_json, save_npz
 from .optimal import EmpiricalOptimalDenoiser
 from .train import DataConfig, TrainConfig, TrainingError, load_model, resolve_device, train
 
@@ -172,7 +172,12 @@ def _samples(cfg: StudyConfig, D: Any, shape: tuple[int, ...], sampler: str, dev
 
 def run_study(cfg: StudyConfig | None, out: str | os.PathLike[str], *, progress: bool = False) -> dict[str, Any]:
     """Run (or resume) the study into ``out``; returns the results dict also written to ``results.json``."""
-    cfg, out, t0 = cfg or default_study(), Path(out), time.perf_counter()
+    with folder_lock(out, "study"):
+        return _run_study_locked(cfg or default_study(), Path(out), progress)
+
+
+def _run_study_locked(cfg: StudyConfig, out: Path, progress: bool) -> dict[str, Any]:
+    t0 = time.perf_counter()
     data = load_dataset(cfg.data)
     if cfg.sizes[-1] > len(data):
         raise ConfigError(f"sizes go up to {cfg.sizes[-1]} but {cfg.data!r} has {len(data)} images")

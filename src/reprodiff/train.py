@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from .checkpoint import load_state, load_weights, save_training_state, write_safetensors
 from .config import ConfigError, TomlConfig, suggest
 from .data import Dataset, load_dataset, subset
-from .files import atomic_write, save_json
+from .files import atomic_write, folder_lock, save_json
 from .kernels import Kernel, make_kernel
 from .nets import NETS, make_net
 from .objectives import Objective, make_objective
@@ -264,6 +264,13 @@ def train(cfg: TrainConfig | None, out: str | os.PathLike[str], *, steps: int | 
     Re-running on the same folder resumes from ``training.safetensors``; ``callback(step, loss)`` is
     called after every step (tests use it to interrupt a run)."""
     out = Path(out)
+    main_rank = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 takes the folder lock
+    with folder_lock(out, "training run") if main_rank else contextlib.nullcontext():
+        return _train_locked(cfg, out, steps, progress, callback)
+
+
+def _train_locked(cfg: TrainConfig | None, out: Path, steps: int | None, progress: bool,
+                  callback: Callable[[int, float], None] | None) -> dict[str, Any]:
     cfg = _prepare_folder(cfg, out, steps)
     data = load_training_data(cfg)
     num_classes = int(data.labels.max()) + 1 if cfg.data.conditional and data.labels is not None else 0
