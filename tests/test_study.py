@@ -111,3 +111,25 @@ def test_study_folder_in_use_is_refused(tmp_path) -> None:
     with folder_lock(tmp_path, "study"), pytest.raises(ValueError, match="in use by another reprodiff study"):
         run_study(tiny_study(), tmp_path)
     assert not (tmp_path / "results.json").exists()
+
+
+def test_a_model_that_outputs_nan_is_reported_failed_and_the_others_kept(tmp_path, monkeypatch) -> None:
+    import torch
+
+    import reprodiff.study as study_mod
+
+    real = study_mod.load_model
+
+    def poisoned(folder, **kw):
+        D, cfg, data = real(folder, **kw)
+        if "mlp-n16" in str(folder):
+            return (lambda x, sigma, cond=None: torch.full_like(x, float("nan"))), cfg, data
+        return D, cfg, data
+
+    monkeypatch.setattr(study_mod, "load_model", poisoned)
+    res = run_study(tiny_study(), tmp_path)
+    assert [(f["n"], f["model"]) for f in res["failed"]] == [(16, "mlp")]
+    assert "NaN" in res["failed"][0]["error"]
+    gl = {(r["n"], r["model"]) for r in res["gl"]}
+    assert gl == {(8, "unet"), (8, "mlp"), (8, "optimal"), (16, "unet"), (16, "optimal")}
+    assert {(r["n"], r["a"], r["b"]) for r in res["rp"] if r["n"] == 16} == {(16, "unet", "optimal")}

@@ -207,3 +207,36 @@ def test_a_second_process_on_the_same_folder_is_refused_and_a_crash_releases_the
         holder.kill()  # SIGKILL: no cleanup runs, the kernel drops the flock
         holder.communicate()
     assert train(tiny(), tmp_path / "run")["steps"] == 12
+
+
+def test_hostile_training_state_and_config_types(tmp_path) -> None:
+    import json
+
+    train(tiny(), tmp_path / "run")
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    state = tmp_path / "run" / "training.safetensors"
+    state.write_bytes(pickle.dumps(Payload()))  # resuming must not unpickle it
+    assert main(["train", "--out", str(tmp_path / "run"), "--steps", "20"]) == 2
+    assert not marker.exists()
+    cfg = json.loads((tmp_path / "run" / "config.json").read_text())
+    cfg["batch_size"] = "eight"
+    (tmp_path / "run" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ConfigError, match="batch_size: expected int"):
+        load_model(tmp_path / "run")
+
+
+def test_weights_lagging_the_training_state_are_rewritten_on_resume(tmp_path) -> None:
+    """A kill between the two checkpoint writes leaves model/EMA weights one checkpoint behind."""
+    from reprodiff.checkpoint import write_safetensors
+
+    train(tiny(), tmp_path)
+    stale, _ = read_safetensors(tmp_path / "ema.safetensors")
+    write_safetensors(tmp_path / "ema.safetensors", {k: v * 0 for k, v in stale.items()}, {"step": "8"})
+    assert train(tiny(), tmp_path)["resumed_from"] == 12
+    again, meta = read_safetensors(tmp_path / "ema.safetensors")
+    assert meta["step"] == "12" and all(torch.equal(again[k], stale[k]) for k in stale)

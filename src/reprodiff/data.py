@@ -180,6 +180,8 @@ def load_dataset(name: str) -> Dataset:
     batches) or a folder of images."""
     if name in DATASETS:
         return DATASETS[name]()
+    if not name.strip():
+        raise ValueError(f"empty dataset name; use one of {sorted(DATASETS)}, an .npz file or a folder")
     if name.startswith("cifar10:"):
         return load_cifar10(name.removeprefix("cifar10:"))
     if name.endswith(".npz"):

@@ -19,7 +19,8 @@ from torch import Tensor
 
 from .data import to_uint8
 
-__all__ = ["atomic_write", "folder_lock", "image_grid", "save_json", "save_npz", "save_png"]
+__all__ = ["atomic_write", "folder_lock", "image_grid", "remove_stale_temp_files", "save_json", "save_npz",
+           "save_png"]
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -62,9 +63,17 @@ def folder_lock(folder: str | os.PathLike[str], what: str) -> Iterator[None]:
     try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        remove_stale_temp_files(folder)
         yield
     finally:
         os.close(fd)  # closing the descriptor releases the lock
+
+
+def remove_stale_temp_files(folder: str | os.PathLike[str]) -> None:
+    """Delete the temp files of :func:`atomic_write` calls that a killed process never renamed. Only call
+    it while holding the folder's lock, so that no live writer's temp file is touched."""
+    for tmp in Path(folder).glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
 
 
 def save_json(path: str | os.PathLike[str], obj: Any) -> Path:

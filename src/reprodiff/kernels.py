@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import ClassVar
 
 import torch
@@ -63,6 +63,20 @@ class Kernel(ABC):
     def loss_weight(self, sigma: Tensor) -> Tensor:
         """``lambda(sigma)``; ``1 / sigma^2`` makes every kernel's loss the epsilon-prediction MSE."""
         return 1 / sigma**2
+
+    def __post_init__(self) -> None:
+        """Every parameter is a finite number; those named below must also be > 0 (P_mean may be < 0)."""
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+                raise ValueError(f"kernel {self.name}: {f.name} must be a finite number, got {v!r}")
+            if f.name != "P_mean" and v <= 0:
+                raise ValueError(f"kernel {self.name}: {f.name} must be > 0, got {v!r}")
+        lo, hi = getattr(self, "sigma_lo", None), getattr(self, "sigma_hi", None)
+        if lo is not None and hi is not None and lo >= hi:
+            raise ValueError(f"kernel {self.name}: sigma_lo ({lo}) must be smaller than sigma_hi ({hi})")
+        if getattr(self, "eps_t", 0.5) >= 1:
+            raise ValueError(f"kernel {self.name}: eps_t must be in (0, 1)")
 
 
 @dataclass(frozen=True)

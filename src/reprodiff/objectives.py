@@ -85,6 +85,18 @@ class ConsistencyTraining:
     sigma_max: float = 80.0
     rho: float = 7.0
 
+    def __post_init__(self) -> None:
+        for k in ("s0", "s1"):
+            v = getattr(self, k)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"objective ct: {k} must be an integer >= 1, got {v!r}")
+        for k in ("P_mean", "P_std", "sigma_min", "sigma_max", "rho"):
+            v = getattr(self, k)
+            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+                raise ValueError(f"objective ct: {k} must be a finite number, got {v!r}")
+        if self.s0 > self.s1 or self.P_std <= 0 or self.rho <= 0 or not 0 < self.sigma_min < self.sigma_max:
+            raise ValueError("objective ct: need s0 <= s1, P_std > 0, rho > 0 and 0 < sigma_min < sigma_max")
+
     def levels(self, step: int, total_steps: int) -> int:
         """``N(k) = min(s0 2^floor(k / K'), s1) + 1`` with ``K' = floor(K / (log2(s1/s0) + 1))``."""
         k_prime = max(1, math.floor(total_steps / (math.log2(self.s1 / self.s0) + 1)))

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from . import metrics, sampling, similarity
 from .config import ConfigError, TomlConfig
 from .data import load_dataset, subset, to_uint8
-from .files import atomic_write, folder_lock, save_json, save_npz
+from .files import atomic_write, folder_lock, remove_stale_temp_files, save_json, save_npz
 from .optimal import EmpiricalOptimalDenoiser
 from .train import DataConfig, TrainConfig, TrainingError, load_model, resolve_device, train
 
@@ -178,6 +178,7 @@ def run_study(cfg: StudyConfig | None, out: str | os.PathLike[str], *, progress:
 
 def _run_study_locked(cfg: StudyConfig, out: Path, progress: bool) -> dict[str, Any]:
     t0 = time.perf_counter()
+    remove_stale_temp_files(out / "samples")  # the study's lock covers its samples folder too
     data = load_dataset(cfg.data)
     if cfg.sizes[-1] > len(data):
         raise ConfigError(f"sizes go up to {cfg.sizes[-1]} but {cfg.data!r} has {len(data)} images")

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .checkpoint import load_state, load_weights, save_training_state, write_safetensors
+from .checkpoint import load_state, load_weights, read_safetensors, save_training_state, write_safetensors
 from .config import ConfigError, TomlConfig, suggest
 from .data import Dataset, load_dataset, subset
 from .files import atomic_write, folder_lock, save_json
@@ -294,6 +294,8 @@ def _loop(cfg: TrainConfig, out: Path, data: Dataset, num_classes: int, device: 
     if (out / "training.safetensors").exists():
         start, _ = load_state(out / "training.safetensors", net=model.net, ema=ema.net, opt=opt)
     _trim_log(out / "log.jsonl", start, dist.main)
+    if dist.main and start > 0 and not _weights_at(out, start):  # killed between the two checkpoint writes
+        save_weights(out, start, model, ema)
     wrapped: nn.Module = model
     if dist.world > 1:
         ids = [device.index] if device.type == "cuda" else None
@@ -337,17 +339,28 @@ def _loop(cfg: TrainConfig, out: Path, data: Dataset, num_classes: int, device: 
             save_checkpoint(out, done, model, ema, opt)
         if callback is not None:
             callback(done, loss)
-    if dist.main and start >= cfg.steps and not (out / "model.safetensors").exists():
-        save_checkpoint(out, start, model, ema, opt)
     return {"out": str(out), "steps": cfg.steps, "resumed_from": start, "last_loss": loss}
 
 
 def save_checkpoint(out: Path, step: int, model: Precond, ema: Precond, opt: torch.optim.Optimizer) -> None:
     """The resumable state first (one atomic file), then the weights that sampling reads."""
     save_training_state(out / "training.safetensors", step=step, net=model.net, ema=ema.net, opt=opt)
+    save_weights(out, step, model, ema)
+
+
+def save_weights(out: Path, step: int, model: Precond, ema: Precond) -> None:
     meta = {"step": str(step)}
     write_safetensors(out / "model.safetensors", model.net.state_dict(), meta)
     write_safetensors(out / "ema.safetensors", ema.net.state_dict(), meta)
+
+
+def _weights_at(out: Path, step: int) -> bool:
+    """Whether model/EMA weights on disk are those of ``step`` (both complete, metadata matching)."""
+    try:
+        return all(read_safetensors(out / f)[1].get("step") == str(step)
+                   for f in ("model.safetensors", "ema.safetensors"))
+    except ValueError:
+        return False
 
 
 def _append_log(path: Path, record: dict[str, Any]) -> None:
