@@ -275,3 +275,20 @@ def test_check_images(images: torch.Tensor, match: str) -> None:
         check_images(images)
     with pytest.raises(ValueError, match=match):
         Pixel()(images)
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".pkl", ".onnx"])
+def test_a_code_executing_pickle_as_a_model_file_is_refused_without_running(tmp_path: Path, suffix: str) -> None:
+    import pickle
+
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    path = tmp_path / f"sscd{suffix}"
+    path.write_bytes(pickle.dumps(Payload()))
+    with pytest.raises(ValueError, match=path.name.replace(".", r"\.")):
+        SSCD(path)(torch.zeros(1, 3, 8, 8))
+    assert not marker.exists()
