@@ -1,6 +1,7 @@
 """Shared noise, sigma grids and deterministic ODE solvers (k-diffusion-style pure functions)."""
 
 from .api import SCHEDULES, make_sigmas, sample
+from .inversion import inversion_sigmas, invert
 from .noise import noise
 from .schedules import check_sigmas, karras_sigmas, ve_sigmas, vp_sigma, vp_sigma_inv, vp_sigmas
 from .solvers import SAMPLERS, Sampler, ddim, dpm2, dpm3, dpmpp_2m, dpmpp_3m, euler, heun, onestep
@@ -17,6 +18,8 @@ __all__ = [
     "dpmpp_3m",
     "euler",
     "heun",
+    "inversion_sigmas",
+    "invert",
     "karras_sigmas",
     "make_sigmas",
     "noise",

@@ -75,9 +75,10 @@ def vp_sigmas(steps: int, beta_d: float = 19.9, beta_min: float = 0.1, eps_s: fl
     return _append_zero(vp_sigma(t, beta_d, beta_min))
 
 
-def check_sigmas(sigmas: Tensor) -> Tensor:
-    """Validate a solver grid and return it as float64: 1-D, >= 2 entries, finite, strictly decreasing,
-    positive except possibly a final 0."""
+def check_sigmas(sigmas: Tensor, *, ascending: bool = False) -> Tensor:
+    """Validate a solver grid and return it as float64: 1-D, >= 2 entries, finite and strictly monotone.
+    Descending (sampling, noise -> data): positive except possibly a final 0. Ascending (inversion,
+    data -> noise): all positive, since the flow is singular at sigma = 0."""
     if not isinstance(sigmas, Tensor):
         sigmas = torch.as_tensor(sigmas)
     if sigmas.ndim != 1 or sigmas.numel() < 2:
@@ -85,8 +86,15 @@ def check_sigmas(sigmas: Tensor) -> Tensor:
     sigmas = sigmas.detach().to("cpu", torch.float64)
     if not bool(torch.isfinite(sigmas).all()):
         raise ValueError("sigmas contain NaN or Inf")
+    if ascending:
+        if not bool((sigmas > 0).all()):
+            raise ValueError("an inversion grid must be > 0: start at sigma_min, not at the singular sigma = 0")
+        if not bool((sigmas[1:] > sigmas[:-1]).all()):
+            raise ValueError("an inversion grid must be strictly ascending (it integrates from data to noise)")
+        return sigmas
     if not bool((sigmas[:-1] > 0).all()) or sigmas[-1] < 0:
         raise ValueError("sigmas must be > 0 (only the last entry may be 0)")
     if not bool((sigmas[1:] < sigmas[:-1]).all()):
-        raise ValueError("sigmas must be strictly decreasing (the sampler integrates from noise to data)")
+        raise ValueError("sigmas must be strictly decreasing (the sampler integrates from noise to data; "
+                         "sampling.invert integrates upwards)")
     return sigmas

@@ -7,7 +7,9 @@ keep the state in float64 and call ``D`` with the float64 state (each denoiser c
 ``SAMPLERS[name].nfe(steps)`` is the exact number of denoiser calls; ``callback`` receives a dict per step.
 
 In multistep and exponential-integrator formulas, ``lambda = -log(sigma)`` (the log-SNR of Lu et al. with
-alpha = 1). A step to sigma = 0 is always the first-order step ``x = D(x, sigma_i)``.
+alpha = 1). A step to sigma = 0 is always the first-order step ``x = D(x, sigma_i)``. Given an ascending
+grid, every ODE solver integrates the same flow upwards, data -> noise (``sampling.invert``); the formulas
+hold for either sign of the step ``h``.
 """
 
 from __future__ import annotations
@@ -53,7 +55,10 @@ class _Eval:
 
 
 def _setup(D: Denoiser, x: Tensor, sigmas: Tensor, cond: Tensor | None) -> tuple[Tensor, list[float], _Eval]:
-    s = check_sigmas(sigmas).tolist()
+    """Validate; an ascending grid (``sigmas[0] < sigmas[-1]``) integrates the same ODE upwards (inversion)."""
+    sigmas = torch.as_tensor(sigmas)
+    ascending = sigmas.ndim == 1 and sigmas.numel() >= 2 and bool(sigmas[0] < sigmas[-1])
+    s = check_sigmas(sigmas, ascending=ascending).tolist()
     if not isinstance(x, Tensor) or x.ndim < 2:
         raise ValueError("x must be a batch tensor [B, C, H, W] at noise level sigmas[0]")
     if not bool(torch.isfinite(x).all()):
@@ -244,6 +249,8 @@ def onestep(D: Denoiser, x: Tensor, sigmas: Tensor, *, cond: Tensor | None = Non
     """One network call ``x -> D(x, sigmas[0])``: the sampler of consistency models (Song et al. 2023)."""
     dtype = x.dtype
     x, s, ev = _setup(D, x, sigmas, cond)
+    if s[0] < s[-1]:
+        raise ValueError("onestep maps noise to data only; invert with an ODE sampler (e.g. heun)")
     denoised = ev(x, s[0])
     _report(callback, 0, [s[0], 0.0], denoised, denoised, ev)
     return denoised.to(dtype)
