@@ -9,6 +9,7 @@ samplers  per-step sampler overhead as a fraction of one denoiser call, for ever
           denoisers (D* of the 1,797 digits, and a small convolutional network).
 train     training images/s of each network of configs/ (the embedded study's sizes) against the plain
           eager fp32 baseline of the same network: channels-last, bf16 autocast, torch.compile.
+invert    round-trip error against NFE per solver beside DDIM inversion; inversion vs sampling time.
 study     the embedded default study end to end, against its 5-minute budget, with its RP/GL table.
 regime    seconds to reach the regime: each network trained for 1,200 steps (about a minute) on 64 and on
           all 1,797 digits; the share of samples that copy a training image (nearest-neighbour L2 ratio
@@ -278,9 +279,47 @@ def bench_study(quick: bool) -> None:
     print(summarize(results))
 
 
+def bench_invert(quick: bool) -> None:
+    """Round-trip (image -> noise -> image) RMS against NFE per direction for each solver, beside DDIM
+    inversion, on a U-Net trained on the digits; and inversion time against sampling time at equal NFE."""
+    import tempfile
+
+    from reprodiff.data import subset
+    from reprodiff.denoiser import MicroBatched
+    from reprodiff.train import DataConfig, TrainConfig, load_model, train
+
+    with tempfile.TemporaryDirectory() as tmp:
+        train(TrainConfig(data=DataConfig(n=0), net=STUDY_NETS["unet"], steps=200 if quick else 800,
+                          batch_size=64, checkpoint_every=10000), tmp)
+        model = load_model(tmp)[0]
+    D = MicroBatched(model, 16)
+    x = subset(load_digits(), 64, seed=7).images.double()
+    per_level = {"ddim": 1, "euler": 1, "dpm++2m": 1, "dpm++3m": 1, "heun": 2, "dpm2": 2, "dpm3": 3}
+    budgets = (12, 24) if quick else (12, 24, 48)
+    print("== round trip image -> noise -> image, RMS (images in [-1, 1]), NFE per direction ==")
+    print("  NFE  " + "  ".join(f"{n:>8}" for n in per_level) + "   ddim / best")
+    with torch.no_grad():
+        for nfe in budgets:
+            row = {}
+            for name, k in per_level.items():
+                levels = max(2, round(nfe / k) + 1 - int(name == "dpm++3m"))
+                up = sampling.inversion_sigmas(model, levels)
+                down = torch.cat([up.flip(0), up.new_zeros(1)])
+                back = sampling.SAMPLERS[name](D, sampling.invert(D, x, up, sampler=name), down)
+                row[name] = float((back - x).pow(2).mean().sqrt())
+            best = min(v for k, v in row.items() if k != "ddim")
+            print(f"  {nfe:>3}  " + "  ".join(f"{v:8.4f}" for v in row.values()) + f"   {row['ddim'] / best:5.1f}x")
+        up = sampling.inversion_sigmas(model, 18)
+        down = torch.cat([up.flip(0), up.new_zeros(1)])
+        t_inv = timeit(lambda: sampling.invert(D, x, up), repeat=3, min_time=0.2)
+        t_smp = timeit(lambda: sampling.heun(D, x * 80, down[:-1]), repeat=3, min_time=0.2)
+    print(f"== inversion vs sampling, Heun, {sampling.SAMPLERS['heun'].nfe(up)} NFE, 64 images: "
+          f"{t_inv * 1e3:.0f} ms vs {t_smp * 1e3:.0f} ms ({t_inv / t_smp - 1:+.1%}) ==")
+
+
 BENCHES: dict[str, Callable[[bool], None]] = {
     "optimal": bench_optimal, "samplers": bench_samplers, "train": bench_train, "regime": bench_regime,
-    "study": bench_study,
+    "study": bench_study, "invert": bench_invert,
 }
 
 if __name__ == "__main__":

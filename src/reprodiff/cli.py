@@ -30,6 +30,7 @@ EXAMPLES = """examples:
   reprodiff study --out runs/study                          # the embedded regime study + report.html
   reprodiff study --config studies/cifar10.toml --out runs/c10
   reprodiff report --study runs/study                       # re-render the report from results.json
+  reprodiff encode --model runs/unet --model runs/mlp --data digits --out runs/encode
 """
 
 
@@ -105,6 +106,36 @@ def run_sample(model: str | Path, out: str | Path, *, seed: int = 100000, count:
             "nfe": sampling.SAMPLERS[sampler].nfe(steps), "out": str(out)}
 
 
+def run_encode(models: list[str], out: str | Path, *, data: str, count: int = 64, sampler: str = "heun",
+               steps: int = 18) -> dict[str, Any]:
+    """Invert ``count`` images of ``data`` with models A and B; write ``encode.json`` and ``panel.png``
+    (rows: image, noise_A, noise_B, A(noise_A), B(noise_A))."""
+    from .encoding import encoding_agreement
+    from .train import load_model
+
+    if len(models) != 2:
+        raise ValueError(f"encode needs exactly two models (--model A --model B), got {len(models)}")
+    if count < 2:
+        raise ValueError(f"count must be >= 2, got {count}")
+    (A, _, train_a), (B, _, train_b) = load_model(models[0]), load_model(models[1])
+    images = subset(load_dataset(data), count, 0).images
+    if images.shape[1:] != train_a.images.shape[1:] or images.shape[1:] != train_b.images.shape[1:]:
+        raise ValueError(f"image shape {list(images.shape[1:])} differs from the models' "
+                         f"{list(train_a.images.shape[1:])} / {list(train_b.images.shape[1:])}")
+    r = encoding_agreement(A, B, images, sampler=sampler, steps=steps)
+    summary = {"models": models, "data": data, "count": count, "sampler": sampler, "steps": steps,
+               "noise_agreement": r.noise_agreement, "mean_cosine": float(r.noise_cosine.mean()),
+               "cross_decode_rp": r.cross_decode_rp, "round_trip_rms_a": r.round_trip_rms_a,
+               "noise_cosine": r.noise_cosine.tolist()}
+    k = min(8, count)
+    rows = [images[:k], (r.noise_a[:k] / 3).clamp(-1, 1), (r.noise_b[:k] / 3).clamp(-1, 1), r.decoded_a[:k],
+            r.decoded_b_from_a[:k]]
+    panel = torch.stack(rows, 1).flatten(0, 1)  # [k * 5, C, H, W], one row per image
+    save_png(Path(out) / "panel.png", image_grid(panel, ncol=5, scale=max(1, 64 // images.shape[-1])))
+    save_json(Path(out) / "encode.json", summary)
+    return summary
+
+
 def _sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--count", type=int, default=64, help="number of samples (default: 64)")
     p.add_argument("--seed", type=int, default=100000, help="noise seed; sample i uses seed + i (default: 100000)")
@@ -152,6 +183,17 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("--config", help="study TOML (default: the embedded study on digits)")
     st.add_argument("--out", required=True, help="study folder (results.json, results.csv, report.html)")
 
+    en = sub.add_parser("encode", help="invert images with two models and compare their noises",
+                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    en.add_argument("--model", action="append", required=True, help="a run folder; give --model twice (A, B)")
+    src = en.add_mutually_exclusive_group(required=True)
+    src.add_argument("--images", help="an .npz or a folder of images")
+    src.add_argument("--data", help="a dataset name, e.g. digits")
+    en.add_argument("--count", type=int, default=64, help="images to encode (default: 64)")
+    en.add_argument("--sampler", default="heun", choices=sorted(set(sampling.SAMPLERS) - {"onestep"}))
+    en.add_argument("--steps", type=int, default=18, help="noise levels of the grid (default: 18)")
+    en.add_argument("--out", required=True, help="output folder (encode.json, panel.png)")
+
     rp = sub.add_parser("report", help="render report.html from a study folder's results.json")
     rp.add_argument("--study", required=True, help="a folder written by 'reprodiff study'")
     return p
@@ -194,6 +236,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             res = run_study(cfg, args.out, progress=sys.stderr.isatty())
             print(summarize(res))
             print(f"report: {build_report(args.out)}")
+        elif args.command == "encode":
+            r = run_encode(args.model, args.out, data=args.images or args.data, count=args.count,
+                           sampler=args.sampler, steps=args.steps)
+            print(f"noise agreement (cosine > 0.9) {r['noise_agreement']:.2f}, mean cosine {r['mean_cosine']:.3f}, "
+                  f"cross-decode RP {r['cross_decode_rp']:.2f} -> {args.out}/panel.png")
         elif args.command == "report":
             from .report import build_report
 
