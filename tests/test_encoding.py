@@ -29,7 +29,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
 def test_a_model_agrees_with_itself_exactly() -> None:
     Y = subset(load_digits(), 16).images
     D = EmpiricalOptimalDenoiser(Y)
-    r = encoding_agreement(D, D, Y[:6], steps=12)
+    _, _, r = encoding_agreement(D, D, Y[:6], steps=12)
     assert r.noise_agreement == 1.0 and r.cross_decode_rp == 1.0
     torch.testing.assert_close(r.noise_cosine, torch.ones(6), rtol=0, atol=1e-6)
     assert r.round_trip_rms_a < 0.01  # D* maps its own training images back to themselves

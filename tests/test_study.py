@@ -37,6 +37,15 @@ def test_tiny_study_results_contract(tmp_path) -> None:
     assert rows[0][0] == "kind" and len(rows) == 1 + 6 + 6
     for s in on_disk["samples"]:
         assert (tmp_path / s["path"]).exists()
+    enc = on_disk["encoding"]  # the encoder direction: every pair, on training and held-out images
+    assert {(r["n"], r["a"], r["b"], r["images"]) for r in enc} == {
+        (n, a, b, s) for n in (8, 16) for a, b in (("unet", "mlp"), ("unet", "optimal"), ("mlp", "optimal"))
+        for s in ("train", "held-out", "samples of unet")}
+    assert all(0 <= r["noise_agreement"] <= 1 and 0 <= r["cross_decode_rp"] <= 1 for r in enc)
+    from reprodiff.report import build_report
+
+    html = build_report(tmp_path).read_text()
+    assert (tmp_path / "encoding.png").exists() and "The encoder direction" in html
 
 
 def test_rerun_skips_finished_work_and_other_study_is_refused(tmp_path) -> None:

@@ -122,13 +122,13 @@ def run_encode(models: list[str], out: str | Path, *, data: str, count: int = 64
     if images.shape[1:] != train_a.images.shape[1:] or images.shape[1:] != train_b.images.shape[1:]:
         raise ValueError(f"image shape {list(images.shape[1:])} differs from the models' "
                          f"{list(train_a.images.shape[1:])} / {list(train_b.images.shape[1:])}")
-    r = encoding_agreement(A, B, images, sampler=sampler, steps=steps)
+    a, b, r = encoding_agreement(A, B, images, sampler=sampler, steps=steps)
     summary = {"models": models, "data": data, "count": count, "sampler": sampler, "steps": steps,
                "noise_agreement": r.noise_agreement, "mean_cosine": float(r.noise_cosine.mean()),
                "cross_decode_rp": r.cross_decode_rp, "round_trip_rms_a": r.round_trip_rms_a,
                "noise_cosine": r.noise_cosine.tolist()}
     k = min(8, count)
-    rows = [images[:k], (r.noise_a[:k] / 3).clamp(-1, 1), (r.noise_b[:k] / 3).clamp(-1, 1), r.decoded_a[:k],
+    rows = [images[:k], (a.noise[:k] / 3).clamp(-1, 1), (b.noise[:k] / 3).clamp(-1, 1), a.decoded[:k],
             r.decoded_b_from_a[:k]]
     panel = torch.stack(rows, 1).flatten(0, 1)  # [k * 5, C, H, W], one row per image
     save_png(Path(out) / "panel.png", image_grid(panel, ncol=5, scale=max(1, 64 // images.shape[-1])))

@@ -4,6 +4,7 @@ the same noise? For the same images, invert with model A and with model B and co
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -11,48 +12,76 @@ from torch import Tensor
 
 from . import metrics, sampling
 from .denoiser import Denoiser, MicroBatched
+from .similarity import FeatureMap
 
-__all__ = ["EncodingAgreement", "encoding_agreement"]
+__all__ = ["Encoded", "EncodingAgreement", "compare_encodings", "encode", "encoding_agreement", "encodings_of"]
+
+
+@dataclass(frozen=True, eq=False)
+class Encoded:
+    """One model's encoding of a batch: unit-variance noise ``[M, ...]``, its own decode of that noise,
+    and the grids used (ascending ``up`` for inversion, descending ``down`` ending in 0 for decoding)."""
+
+    D: Denoiser
+    noise: Tensor
+    decoded: Tensor
+    up: Tensor
+    down: Tensor
+    sampler: str
 
 
 @dataclass(frozen=True, eq=False)
 class EncodingAgreement:
-    """Per-image noise cosines ``[M]`` and the summary scores of :func:`encoding_agreement`."""
+    """Per-image noise cosines ``[M]`` and the summary scores of :func:`compare_encodings`."""
 
     noise_cosine: Tensor
     noise_agreement: float
     cross_decode_rp: float
     round_trip_rms_a: float
-    noise_a: Tensor
-    noise_b: Tensor
-    decoded_a: Tensor
     decoded_b_from_a: Tensor
 
 
 @torch.no_grad()
-def encoding_agreement(D_a: Denoiser, D_b: Denoiser, images: Tensor, *, sampler: str = "heun", steps: int = 18,
-                       noise_threshold: float = 0.9, features: str = "pixel", threshold: float = 0.9,
-                       micro_batch: int = 16) -> EncodingAgreement:
-    """Invert ``images`` with both models on the same grid (EDM's Karras levels without the step into 0),
-    then: cosine of the two unit-variance noises per image and the share above ``noise_threshold``; the
-    RP (``features`` > ``threshold``) between A's decode of A's noise and B's decode of A's noise; and A's
-    round-trip RMS error (what the encoding costs by itself)."""
+def encode(D: Denoiser, images: Tensor, *, sampler: str = "heun", steps: int = 18, micro_batch: int = 16,
+           grid_from: Denoiser | None = None) -> Encoded:
+    """Invert ``images`` with ``D`` (EDM's Karras levels of ``grid_from`` or ``D``, without the step into 0)
+    and decode the noise again on the mirrored grid."""
     if images.ndim != 4 or images.shape[0] < 2:
         raise ValueError("images must be a batch [M >= 2, C, H, W]")
-    up = sampling.inversion_sigmas(D_a, steps)
+    up = sampling.inversion_sigmas(grid_from if grid_from is not None else D, steps)
     down = torch.cat([up.flip(0), up.new_zeros(1)])
-    A, B = MicroBatched(D_a, micro_batch), MicroBatched(D_b, micro_batch)
-    x = images.to(torch.float64)
-    z_a = sampling.invert(A, x, up, sampler=sampler)
-    z_b = sampling.invert(B, x, up, sampler=sampler)
-    za, zb = z_a.flatten(1) / up[-1], z_b.flatten(1) / up[-1]
+    Dm = MicroBatched(D, micro_batch)
+    z = sampling.invert(Dm, images.to(torch.float64), up, sampler=sampler)
+    decoded = sampling.SAMPLERS[sampler](Dm, z, down)
+    return Encoded(Dm, (z / up[-1]).float(), decoded.float(), up, down, sampler)
+
+
+@torch.no_grad()
+def compare_encodings(a: Encoded, b: Encoded, images: Tensor, *, noise_threshold: float = 0.9,
+                      features: FeatureMap | str = "pixel", threshold: float = 0.9) -> EncodingAgreement:
+    """Cosine of the two noises per image and the share above ``noise_threshold``; the RP (``features`` >
+    ``threshold``) between A's decode of A's noise and B's decode of A's noise; A's round-trip RMS."""
+    za, zb = a.noise.flatten(1), b.noise.flatten(1)
     cos = (za * zb).sum(1) / (za.norm(dim=1) * zb.norm(dim=1)).clamp_min(1e-12)  # [M]
-    dec_a = sampling.SAMPLERS[sampler](A, z_a, down)
-    dec_b = sampling.SAMPLERS[sampler](B, z_a, down)
-    rp = metrics.rp_score(dec_a.float(), dec_b.float(), features=features, threshold=threshold, n_boot=0)
+    dec_b = sampling.SAMPLERS[a.sampler](b.D, a.noise.double() * a.up[-1], a.down).float()
+    rp = metrics.rp_score(a.decoded, dec_b, features=features, threshold=threshold, n_boot=0)
     return EncodingAgreement(
-        noise_cosine=cos.float(), noise_agreement=float((cos > noise_threshold).float().mean()),
-        cross_decode_rp=rp.value, round_trip_rms_a=float((dec_a - x).pow(2).mean().sqrt()),
-        noise_a=(z_a / up[-1]).float(), noise_b=(z_b / up[-1]).float(),
-        decoded_a=dec_a.float(), decoded_b_from_a=dec_b.float(),
+        noise_cosine=cos, noise_agreement=float((cos > noise_threshold).float().mean()),
+        cross_decode_rp=rp.value, round_trip_rms_a=float((a.decoded - images.float()).pow(2).mean().sqrt()),
+        decoded_b_from_a=dec_b,
     )
+
+
+def encoding_agreement(D_a: Denoiser, D_b: Denoiser, images: Tensor, *, sampler: str = "heun", steps: int = 18,
+                       **compare: float | str) -> tuple[Encoded, Encoded, EncodingAgreement]:
+    """Encode ``images`` with both models on A's grid and compare (:func:`compare_encodings`)."""
+    a = encode(D_a, images, sampler=sampler, steps=steps)
+    b = encode(D_b, images, sampler=sampler, steps=steps, grid_from=D_a)
+    return a, b, compare_encodings(a, b, images, **compare)  # type: ignore[arg-type]
+
+
+def encodings_of(denoisers: Mapping[str, Denoiser], images: Tensor, *, sampler: str = "heun",
+                 steps: int = 18) -> dict[str, Encoded]:
+    """Every model's encoding of the same images, all on the grid of the first model."""
+    first = next(iter(denoisers.values()))
+    return {name: encode(D, images, sampler=sampler, steps=steps, grid_from=first) for name, D in denoisers.items()}

@@ -15,7 +15,7 @@ import io
 import json
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -85,6 +85,8 @@ class Study:
     train: dict[int, Path]
     failed: list[dict[str, Any]]
     total_s: float | None
+    encoding: list[dict[str, Any]] = field(default_factory=list)
+    encode_panels: list[dict[str, Any]] = field(default_factory=list)
 
     def pairs(self) -> list[tuple[str, str]]:
         """Every unordered pair of models, pairs between networks first, then each model vs D*."""
@@ -142,6 +144,8 @@ def _parse(root: Path, raw: dict[str, Any]) -> Study:
         train={int(r["n"]): root / r["path"] for r in raw.get("train", [])},
         failed=[dict(f) for f in raw.get("failed", [])],
         total_s=_num((raw.get("timing") or {}).get("total_s")),
+        encoding=[dict(r) for r in raw.get("encoding", [])],
+        encode_panels=[dict(r) for r in raw.get("encode_panels", [])],
     )
     if not (study.sizes and study.models and study.samplers):
         raise ValueError("sizes, models and samplers must not be empty")
@@ -253,6 +257,56 @@ def plot_rp_gl(study: Study) -> bytes:
         _gl_panel(row[1], study, sampler)
     fig.suptitle(f"RP and GL vs training-set size ({_similarity_text(study)})")
     return _png(fig)
+
+
+def plot_encoding(study: Study) -> bytes | None:
+    """Mean cosine of the two models' inverted noises and cross-decode RP against n, per pair of models, one
+    column per image set (training images, held-out images, a model's samples)."""
+    if not study.encoding:
+        return None
+    sets = sorted({r["images"] for r in study.encoding}, key=lambda s: s != "train")
+    pairs = sorted({(r["a"], r["b"]) for r in study.encoding}, key=lambda p: OPTIMAL in p)
+    fig = Figure(figsize=(5.5 * len(sets), 7.5))
+    axes = fig.subplots(2, len(sets), squeeze=False)
+    x = np.array(study.sizes, dtype=float)
+    rows = (("mean_cosine", "mean noise cosine"), ("cross_decode_rp", "cross-decode RP"))
+    for col, image_set in enumerate(sets):
+        for row, (key, name) in enumerate(rows):
+            ax = axes[row][col]
+            for a, b in pairs:
+                vals = {r["n"]: r[key] for r in study.encoding if (r["a"], r["b"], r["images"]) == (a, b, image_set)}
+                ys = np.array([vals.get(n, np.nan) for n in study.sizes], dtype=float)
+                ax.plot(x, ys, marker="o", color=_color(study, a if b == OPTIMAL else b),
+                        linestyle="--" if OPTIMAL in (a, b) else "-", label=f"{_label(a)} vs {_label(b)}")
+            _style_axes(ax, study.sizes, f"{name} ({image_set} images)", name, missing=False)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _grid_png(grid: Tensor) -> bytes:
+    arr = grid.numpy()
+    buf = io.BytesIO()
+    Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def encode_panel(study: Study, rows: int = 6) -> tuple[Tensor, int, list[str]] | None:
+    """At the largest n with an encoding: per training image, the image, each model's noise (/3) and each
+    model's decode of its own noise. Returns the uint8 grid, that n and the column labels."""
+    if not study.encode_panels:
+        return None
+    panel = max(study.encode_panels, key=lambda p: p["n"])
+    path, models = study.dir / panel["path"], list(panel["models"])
+    if not path.is_file():
+        raise ValueError(f"{path}: missing (listed in {study.dir / 'results.json'})")
+    with np.load(path, allow_pickle=False) as f:
+        k = min(rows, f["images"].shape[0])
+        cols = [torch.from_numpy(f["images"][:k]).float() / 127.5 - 1]
+        cols += [(torch.from_numpy(f[f"noise_{m}"][:k]) / 3).clamp(-1, 1) for m in models]
+        cols += [torch.from_numpy(f[f"decoded_{m}"][:k]) for m in models]
+    labels = ["image"] + [f"noise {_label(m)}" for m in models] + [f"{_label(m)}(noise)" for m in models]
+    grid = image_grid(torch.stack(cols, 1).flatten(0, 1), ncol=len(cols), scale=max(1, 48 // cols[0].shape[-1]))
+    return grid, int(panel["n"]), labels
 
 
 def _rp_matrix(study: Study, n: int, sampler: str) -> np.ndarray:
@@ -502,6 +556,24 @@ def _grids_html(study: Study, grids: dict[int, bytes]) -> str:
     return "".join(parts)
 
 
+def _encoding_html(study: Study, figures: dict[str, bytes]) -> str:
+    if "encoding.png" not in figures:
+        return ""
+    fig = _figure_html(figures["encoding.png"], "encoding agreement vs n",
+                       "Top: mean cosine between the noises two models invert the same image to (1 = the same "
+                       "encoding; results.json also has the share above 0.9). Bottom: RP between A's decode of A's "
+                       "noise and B's decode of it. Dashed: pairs with D*.")
+    return ("<h2>The encoder direction: image &rarr; noise</h2><p>Each model inverts the same images "
+            "(probability-flow ODE integrated upwards). The paper predicts one shared encoding in the "
+            "generalization regime; D*'s decoder is many-to-one, so its inversion is not unique.</p>" + fig
+            + (_figure_html(figures["encode_panel.png"], "image to noise to image",
+                            "Training images at the largest n, each model's noise (scaled by 1/3) and each "
+                            "model's decode of its own noise; columns: " + html.escape(", ".join(
+                                ["image"] + [f"noise {m}" for m in study.encode_panels[-1]["models"]]
+                                + [f"{m}(noise)" for m in study.encode_panels[-1]["models"]])) + ".")
+               if "encode_panel.png" in figures else ""))
+
+
 def render_html(study: Study, figures: dict[str, bytes], grids: dict[int, bytes]) -> str:
     """The self-contained report: every image inline as a data URI, inline CSS, no external requests."""
     data = study.config.get("data")
@@ -523,6 +595,7 @@ Generalizability in Diffusion Models</i> (arXiv 2310.05264).</p>
 <h2>RP and GL against n</h2>{rp_gl}
 <h2>Scores</h2><p>Value, 95% bootstrap CI in brackets, and for RP the chance level.</p>{tables}
 <h2>RP matrices</h2>{matrix}
+{_encoding_html(study, figures)}
 <h2>Samples from the same noise</h2>{_grids_html(study, grids)}
 <h2>Failed runs</h2>{_failed_html(study)}
 <h2>The paper's numbers (CIFAR-10)</h2>{_paper_html()}
@@ -545,6 +618,10 @@ def build_report(study_dir: str | os.PathLike[str]) -> Path:
     its ``results.json`` (atomically, each file); returns the path of ``report.html``."""
     study = load_study(study_dir)
     figures = {"rp_gl.png": plot_rp_gl(study), "rp_matrix.png": plot_rp_matrix(study)}
+    if (encoding := plot_encoding(study)) is not None:
+        figures["encoding.png"] = encoding
+    if (panel := encode_panel(study)) is not None:
+        figures["encode_panel.png"] = _grid_png(panel[0])
     grids = {n: grid for n in study.sizes if (grid := sample_grid(study, n)) is not None}
     # everything is rendered before the first file is written, so bad input leaves the folder as it was
     for name, png in figures.items():

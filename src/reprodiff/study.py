@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from . import metrics, sampling, similarity
 from .config import ConfigError, TomlConfig
 from .data import load_dataset, subset, to_uint8
+from .encoding import compare_encodings, encodings_of
 from .files import atomic_write, folder_lock, remove_stale_temp_files, save_json, save_npz
 from .optimal import EmpiricalOptimalDenoiser
 from .train import DataConfig, TrainConfig, TrainingError, load_model, resolve_device, train
@@ -93,6 +94,7 @@ class StudyConfig(TomlConfig):
     gl_threshold: float | None = None
     optimal: bool = True
     n_boot: int = 1000
+    encode_count: int = 16
     device: str = "auto"
 
     def __post_init__(self) -> None:
@@ -110,8 +112,10 @@ class StudyConfig(TomlConfig):
             t = getattr(self, name)
             if t is not None and not -1.0 <= t <= 1.0:
                 raise ValueError(f"{name} must be in [-1, 1] (a cosine similarity), got {t}")
-        if self.count < 2 or self.sampler_steps < 1 or self.n_boot < 0:
-            raise ValueError("count must be >= 2, sampler_steps >= 1 and n_boot >= 0")
+        if self.count < 2 or self.sampler_steps < 1 or self.n_boot < 0 or self.encode_count < 0:
+            raise ValueError("count must be >= 2, sampler_steps >= 1, n_boot >= 0 and encode_count >= 0")
+        if self.encode_count == 1:
+            raise ValueError("encode_count must be 0 (off) or >= 2")
         if self.similarity == "sscd" and not self.sscd_path:
             raise ValueError("similarity = 'sscd' needs sscd_path, the local SSCD model file")
 
@@ -190,7 +194,8 @@ def _run_study_locked(cfg: StudyConfig, out: Path, progress: bool) -> dict[str, 
                                "samplers": list(cfg.samplers),
                                "similarity": {"backend": cfg.similarity, "threshold": cfg.threshold,
                                               "gl_threshold": _gl_threshold(cfg)},
-                               "rp": [], "gl": [], "samples": [], "train": [], "failed": []}
+                               "rp": [], "gl": [], "encoding": [], "encode_panels": [], "samples": [], "train": [],
+                               "failed": []}
     bar = tqdm(total=len(cfg.sizes) * len(cfg.models), disable=not progress, desc="study", unit="run")
     for n in cfg.sizes:
         train_set = subset(data, n, cfg.subset_seed)
@@ -209,6 +214,15 @@ def _run_study_locked(cfg: StudyConfig, out: Path, progress: bool) -> dict[str, 
         if cfg.optimal:
             denoisers[OPTIMAL] = EmpiricalOptimalDenoiser(train_set.images, device=device)
         _score_size(cfg, out, n, train_set.images, denoisers, features, device, results)
+        if cfg.encode_count:
+            live = {k: v for k, v in denoisers.items() if k not in _failed_at(results, n)}
+            held_out = subset(data, min(len(data), n + cfg.encode_count), cfg.subset_seed).images[n:]
+            sets = {"train": train_set.images[: cfg.encode_count], "held-out": held_out}
+            first = next((m.name for m in cfg.models if m.name in live), None)
+            if first is not None:  # the first network's own samples, as a PNG would hold them
+                with np.load(_sample_file(out, first, n, cfg.samplers[0]), allow_pickle=False) as f:
+                    sets[f"samples of {first}"] = torch.from_numpy(f["images"][: cfg.encode_count]) / 127.5 - 1
+            _score_encoding(cfg, out, n, sets, live, features, results)
         _write(out, results, t0)
     bar.close()
     return results
@@ -241,6 +255,32 @@ def _score_size(cfg: StudyConfig, out: Path, n: int, train_images: Tensor, denoi
                                   seed=cfg.seed, features=None, chance=True)
             results["rp"].append({"n": n, "a": a, "b": b, "sampler": sampler, "rp": rp.value,
                                   "chance": rp.chance, "ci": list(rp.ci)})
+
+
+def _failed_at(results: dict[str, Any], n: int) -> set[str]:
+    return {f["model"] for f in results["failed"] if f["n"] == n}
+
+
+def _score_encoding(cfg: StudyConfig, out: Path, n: int, image_sets: dict[str, Tensor],
+                    denoisers: dict[str, Any], features: Any, results: dict[str, Any]) -> None:
+    """Noise agreement and cross-decode RP for every pair of models on each set of images (the encoder
+    direction; ``encoding.py``), with the study's first sampler. The training images' noises and decodes
+    go to ``samples/encode-n{n}.npz`` for the report's panel."""
+    for name, images in image_sets.items():
+        if images.shape[0] < 2 or len(denoisers) < 2:
+            continue
+        enc = encodings_of(denoisers, images, sampler=cfg.samplers[0], steps=cfg.sampler_steps)
+        for a, b in combinations(enc, 2):
+            r = compare_encodings(enc[a], enc[b], images, features=features, threshold=cfg.threshold)
+            results["encoding"].append({"n": n, "a": a, "b": b, "images": name, "noise_agreement": r.noise_agreement,
+                                        "mean_cosine": float(r.noise_cosine.mean()),
+                                        "cross_decode_rp": r.cross_decode_rp})
+        if name == "train":
+            path = out / "samples" / f"encode-n{n}.npz"
+            arrays = {f"noise_{m}": e.noise for m, e in enc.items()}
+            arrays |= {f"decoded_{m}": e.decoded for m, e in enc.items()}
+            save_npz(path, images=to_uint8(images), **arrays)
+            results["encode_panels"].append({"n": n, "models": list(enc), "path": str(path.relative_to(out))})
 
 
 def _write(out: Path, results: dict[str, Any], t0: float) -> None:
