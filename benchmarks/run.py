@@ -309,6 +309,17 @@ def bench_invert(quick: bool) -> None:
                 row[name] = float((back - x).pow(2).mean().sqrt())
             best = min(v for k, v in row.items() if k != "ddim")
             print(f"  {nfe:>3}  " + "  ".join(f"{v:8.4f}" for v in row.values()) + f"   {row['ddim'] / best:5.1f}x")
+        print("== round trip noise -> image (to sigma_min) -> noise, RMS of the unit noise, NFE per direction ==")
+        z = sampling.noise(100000, 64, (1, 8, 8), dtype=torch.float64)
+        for nfe in budgets:
+            row = {}
+            for name in ("ddim", "dpm++2m", "heun", "dpm3"):
+                levels = max(2, round(nfe / per_level[name]) + 1)
+                up = sampling.inversion_sigmas(model, levels)
+                img = sampling.SAMPLERS[name](D, z * up[-1], up.flip(0))
+                row[name] = float(((sampling.invert(D, img.clamp(-1.5, 1.5), up, sampler=name) / up[-1]) - z)
+                                  .pow(2).mean().sqrt())
+            print(f"  {nfe:>3}  " + "  ".join(f"{k} {v:.4f}" for k, v in row.items()))
         up = sampling.inversion_sigmas(model, 18)
         down = torch.cat([up.flip(0), up.new_zeros(1)])
         t_inv = timeit(lambda: sampling.invert(D, x, up), repeat=3, min_time=0.2)
