@@ -113,14 +113,20 @@ def torture(argv: list[str], out: Path, seed: int, window: tuple[float, float]) 
     return kills, checked
 
 
+def reference_and_tortured(tmp_path: Path, command: str, toml: str, seed: int,
+                           window: tuple[float, float]) -> tuple[int, int]:
+    """An uninterrupted run into ``ref`` and a tortured one into ``run``, from the same config."""
+    cfg = tmp_path / f"{command}.toml"
+    cfg.write_text(toml)
+    ref = run([command, "--config", str(cfg), "--out", str(tmp_path / "ref")])
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    return torture([command, "--config", str(cfg), "--out", str(tmp_path / "run")], tmp_path / "run",
+                   seed=seed, window=window)
+
+
 @pytest.mark.slow
 def test_train_survives_kills_bit_identical(tmp_path) -> None:
-    cfg = tmp_path / "train.toml"
-    cfg.write_text(TRAIN_TOML)
-    ref = run(["train", "--config", str(cfg), "--out", str(tmp_path / "ref")])
-    assert ref.returncode == 0, ref.stderr[-2000:]
-    kills, checked = torture(["train", "--config", str(cfg), "--out", str(tmp_path / "run")], tmp_path / "run",
-                             seed=1, window=(1.5, 4.0))
+    kills, checked = reference_and_tortured(tmp_path, "train", TRAIN_TOML, seed=1, window=(1.5, 4.0))
     a, b = (read_safetensors(tmp_path / d / "training.safetensors")[0] for d in ("ref", "run"))
     assert a.keys() == b.keys() and all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a)
     for name in ("model.safetensors", "ema.safetensors"):
@@ -131,12 +137,7 @@ def test_train_survives_kills_bit_identical(tmp_path) -> None:
 
 @pytest.mark.slow
 def test_study_survives_kills_bit_identical(tmp_path) -> None:
-    cfg = tmp_path / "study.toml"
-    cfg.write_text(STUDY_TOML)
-    ref = run(["study", "--config", str(cfg), "--out", str(tmp_path / "ref")])
-    assert ref.returncode == 0, ref.stderr[-2000:]
-    kills, checked = torture(["study", "--config", str(cfg), "--out", str(tmp_path / "run")], tmp_path / "run",
-                             seed=2, window=(1.5, 6.0))
+    kills, checked = reference_and_tortured(tmp_path, "study", STUDY_TOML, seed=2, window=(1.5, 6.0))
     a, b = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("ref", "run"))
     a.pop("timing"), b.pop("timing")  # wall time is the one field allowed to differ
     assert a == b

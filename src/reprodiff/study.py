@@ -161,7 +161,8 @@ def _sample_file(out: Path, model: str, n: int, sampler: str) -> Path:
 
 
 def _samples(cfg: StudyConfig, D: Any, shape: tuple[int, ...], sampler: str, device: str, path: Path) -> Tensor:
-    """Samples of ``D`` from the study's shared noise, cached in ``path`` (float32 [-1, 1])."""
+    """Samples of ``D`` from the study's shared noise (float32 [-1, 1]); read from ``path`` when a previous
+    run wrote them there (``_score_size`` writes the file once, with the samples' scores)."""
     if path.exists():
         with np.load(path, allow_pickle=False) as f:
             if f["samples"].shape == (cfg.count, *shape):
@@ -170,7 +171,6 @@ def _samples(cfg: StudyConfig, D: Any, shape: tuple[int, ...], sampler: str, dev
         x = sampling.sample(D, cfg.seed, cfg.count, shape, sampler=sampler, steps=cfg.sampler_steps, device=device)
     if not bool(torch.isfinite(x).all()):
         raise TrainingError("the model produced NaN/Inf samples")
-    save_npz(path, samples=x, images=to_uint8(x))
     return x
 
 
@@ -213,15 +213,14 @@ def _run_study_locked(cfg: StudyConfig, out: Path, progress: bool) -> dict[str, 
             bar.update()
         if cfg.optimal:
             denoisers[OPTIMAL] = EmpiricalOptimalDenoiser(train_set.images, device=device)
-        _score_size(cfg, out, n, train_set.images, denoisers, features, device, results)
+        samples = _score_size(cfg, out, n, train_set.images, denoisers, features, device, results)
         if cfg.encode_count:
             live = {k: v for k, v in denoisers.items() if k not in _failed_at(results, n)}
             held_out = subset(data, min(len(data), n + cfg.encode_count), cfg.subset_seed).images[n:]
             sets = {"train": train_set.images[: cfg.encode_count], "held-out": held_out}
-            first = next((m.name for m in cfg.models if m.name in live), None)
+            first = next((m.name for m in cfg.models if m.name in live and m.name in samples), None)
             if first is not None:  # the first network's own samples, as a PNG would hold them
-                with np.load(_sample_file(out, first, n, cfg.samplers[0]), allow_pickle=False) as f:
-                    sets[f"samples of {first}"] = torch.from_numpy(f["images"][: cfg.encode_count]) / 127.5 - 1
+                sets[f"samples of {first}"] = to_uint8(samples[first][: cfg.encode_count]).float() / 127.5 - 1
             _score_encoding(cfg, out, n, sets, live, features, results)
         _write(out, results, t0)
     bar.close()
@@ -229,9 +228,11 @@ def _run_study_locked(cfg: StudyConfig, out: Path, progress: bool) -> dict[str, 
 
 
 def _score_size(cfg: StudyConfig, out: Path, n: int, train_images: Tensor, denoisers: dict[str, Any],
-                features: Any, device: str, results: dict[str, Any]) -> None:
-    """Sample every model at size ``n``, then GL for each and RP for each pair (per sampler)."""
+                features: Any, device: str, results: dict[str, Any]) -> dict[str, Tensor]:
+    """Sample every model at size ``n``, then GL for each and RP for each pair (per sampler); returns the
+    samples of the first sampler by model."""
     train_feats = features(train_images)
+    first_sampler: dict[str, Tensor] = {}
     for sampler in cfg.samplers:
         feats: dict[str, Tensor] = {}
         for name, D in denoisers.items():
@@ -244,9 +245,9 @@ def _score_size(cfg: StudyConfig, out: Path, n: int, train_images: Tensor, denoi
             feats[name] = features(x)
             gl = metrics.gl_score(feats[name], train_feats, threshold=_gl_threshold(cfg), n_boot=cfg.n_boot,
                                   seed=cfg.seed, features=None)
-            with np.load(path, allow_pickle=False) as f:
-                arrays = {k: f[k] for k in f.files}
-            save_npz(path, **{**arrays, "nearest": gl.nearest, "similarity": gl.similarities})
+            save_npz(path, samples=x, images=to_uint8(x), nearest=gl.nearest, similarity=gl.similarities)
+            if sampler == cfg.samplers[0]:
+                first_sampler[name] = x
             results["samples"].append({"n": n, "model": name, "sampler": sampler,
                                        "path": str(path.relative_to(out))})
             results["gl"].append({"n": n, "model": name, "sampler": sampler, "gl": gl.value, "ci": list(gl.ci)})
@@ -255,6 +256,7 @@ def _score_size(cfg: StudyConfig, out: Path, n: int, train_images: Tensor, denoi
                                   seed=cfg.seed, features=None, chance=True)
             results["rp"].append({"n": n, "a": a, "b": b, "sampler": sampler, "rp": rp.value,
                                   "chance": rp.chance, "ci": list(rp.ci)})
+    return first_sampler
 
 
 def _failed_at(results: dict[str, Any], n: int) -> set[str]:
