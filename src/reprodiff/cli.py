@@ -178,7 +178,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     s.add_argument("--out", required=True, help="output folder")
 
-    st = sub.add_parser("study", help="the regime study: train, sample, RP/GL, report (resumable)",
+    st = sub.add_parser("study", help="a study (kind = regime, conditional, inverse, finetune, ...): train, sample, "
+                        "score, report (resumable)",
                         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     st.add_argument("--config", help="study TOML (default: the embedded study on digits)")
     st.add_argument("--out", required=True, help="study folder (results.json, results.csv, report.html)")
@@ -229,12 +230,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                            progress=sys.stderr.isatty())
             print(f"{r['count']} samples of {r['model']} ({r['sampler']}, {r['nfe']} NFE) -> {r['out']}/grid.png")
         elif args.command == "study":
-            from .report import build_report
-            from .study import StudyConfig, run_study, summarize
+            from .studies import build_report, run
 
-            cfg = StudyConfig.from_toml(args.config) if args.config else None
-            res = run_study(cfg, args.out, progress=sys.stderr.isatty())
-            print(summarize(res))
+            kind, res = run(args.config, args.out, progress=sys.stderr.isatty())
+            print(kind.summarize(res))
             print(f"report: {build_report(args.out)}")
         elif args.command == "encode":
             r = run_encode(args.model, args.out, data=args.images or args.data, count=args.count,
@@ -242,7 +241,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"noise agreement (cosine > 0.9) {r['noise_agreement']:.2f}, mean cosine {r['mean_cosine']:.3f}, "
                   f"cross-decode RP {r['cross_decode_rp']:.2f} -> {args.out}/panel.png")
         elif args.command == "report":
-            from .report import build_report
+            from .studies import build_report
 
             print(f"report: {build_report(args.study)}")
     except (ValueError, RuntimeError) as e:  # ConfigError, TrainingError, bad files: one line, no traceback

@@ -35,8 +35,9 @@ from .data import load_npz
 from .files import atomic_write, image_grid, save_png
 from .study import OPTIMAL, SCHEMA
 
-__all__ = ["PAPER_CIFAR10", "ScoreRow", "Study", "build_report", "load_study", "plot_rp_gl", "plot_rp_matrix",
-           "render_html", "sample_grid"]
+__all__ = ["PAPER_CIFAR10", "ScoreRow", "Study", "build_report", "figure_html", "grid_png", "labelled_grid",
+           "load_study", "page_html", "plot_rp_gl", "plot_rp_matrix", "png_bytes", "render_html", "sample_grid",
+           "table_html"]
 
 GRID_SAMPLES = 12  # samples per row of grid_n{n}.png
 GRID_PX = 64  # tiny images are upscaled (nearest neighbour) to about this many pixels
@@ -413,6 +414,16 @@ def _add_labels(grid: Tensor, labels: list[str], cell: int, pad: int) -> Tensor:
     return torch.from_numpy(np.asarray(canvas).copy())
 
 
+def labelled_grid(rows: list[tuple[str, Tensor]]) -> Tensor:
+    """One labelled row per ``(label, images [K, C, H, W] in [-1, 1])``, every row cut to the shortest;
+    tiny images upscaled (nearest) to about ``GRID_PX`` pixels. Returns uint8 ``[H, W, 3]``."""
+    count = min(x.shape[0] for _, x in rows)
+    shape = rows[0][1].shape[1:]
+    scale, pad = max(1, GRID_PX // max(shape[1:])), 2
+    grid = image_grid(torch.cat([x[:count] for _, x in rows]), ncol=count, pad=pad, scale=scale)
+    return _add_labels(grid, [label for label, _ in rows], cell=shape[1] * scale, pad=pad)
+
+
 def sample_grid(study: Study, n: int) -> Tensor | None:
     """Same-noise samples at size ``n``: one labelled row per model (column i is noise i in every row), the
     first ``GRID_SAMPLES`` samples, and a last row with the nearest training image of the first model's samples.
@@ -426,10 +437,7 @@ def sample_grid(study: Study, n: int) -> Tensor | None:
     nearest = _nearest_row(study, n, count)
     rows += [nearest] if nearest is not None else []
     blank = torch.full((count, *shape), 0.7)  # light grey placeholder for a missing row
-    images = torch.cat([blank if x is None else x[:count] for _, x in rows])
-    scale, pad = max(1, GRID_PX // max(shape[1:])), 2
-    grid = image_grid(images, ncol=count, pad=pad, scale=scale)
-    return _add_labels(grid, [label for label, _ in rows], cell=shape[1] * scale, pad=pad)
+    return labelled_grid([(label, blank if x is None else x[:count]) for label, x in rows])
 
 
 # ---------------------------------------------------------------------------------------------- HTML
@@ -606,6 +614,37 @@ Generalizability in Diffusion Models</i> (arXiv 2310.05264).</p>
 """
 
 
+def table_html(header: list[str], rows: list[list[str]]) -> str:
+    """A plain table; cells are escaped text."""
+    e = html.escape
+    head = "".join(f"<th>{e(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def page_html(title: str, intro: str, sections: list[tuple[str, str]], config: dict[str, Any]) -> str:
+    """A self-contained report page (the extension studies' reports): ``sections`` are ``(heading, html)``
+    pairs; images inline as data URIs (``figure_html``), inline CSS, no external requests."""
+    body = "".join(f"<h2>{html.escape(h)}</h2>{part}" for h, part in sections)
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{html.escape(title)}</title><style>{CSS}</style></head>
+<body>
+<h1>{html.escape(title)}</h1>
+{intro}
+{body}
+<h2>Configuration</h2><details><summary>study config</summary>
+<pre>{html.escape(json.dumps(config, indent=2))}</pre></details>
+<script>{SCRIPT}</script>
+</body></html>
+"""
+
+
+png_bytes = _png
+grid_png = _grid_png
+figure_html = _figure_html
+
+
 # ---------------------------------------------------------------------------------------------- entry point
 
 
@@ -615,7 +654,13 @@ def _write_bytes(path: Path, data: bytes) -> Path:
 
 def build_report(study_dir: str | os.PathLike[str]) -> Path:
     """Render ``rp_gl.png``, ``rp_matrix.png``, ``grid_n{n}.png`` and ``report.html`` into ``study_dir`` from
-    its ``results.json`` (atomically, each file); returns the path of ``report.html``."""
+    its ``results.json`` (atomically, each file); returns the path of ``report.html``. A folder of another
+    kind of study (``results.json`` ``kind``) gets that kind's report (``studies.py``)."""
+    kind = _read_json(Path(study_dir) / "results.json").get("kind", "regime")
+    if kind != "regime":
+        from .studies import build_report as build_any
+
+        return build_any(study_dir)
     study = load_study(study_dir)
     figures = {"rp_gl.png": plot_rp_gl(study), "rp_matrix.png": plot_rp_matrix(study)}
     if (encoding := plot_encoding(study)) is not None:

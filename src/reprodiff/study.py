@@ -32,7 +32,8 @@ from .files import atomic_write, folder_lock, remove_stale_temp_files, save_json
 from .optimal import EmpiricalOptimalDenoiser
 from .train import DataConfig, TrainConfig, TrainingError, load_model, resolve_device, train
 
-__all__ = ["SCHEMA", "ModelSpec", "StudyConfig", "default_study", "run_study", "summarize"]
+__all__ = ["SCHEMA", "ModelSpec", "StudyConfig", "check_folder", "default_study", "run_study", "summarize",
+           "write_csv"]
 
 SCHEMA = 1
 OPTIMAL = "optimal"
@@ -143,17 +144,19 @@ def _train_config(cfg: StudyConfig, spec: ModelSpec, index: int, n: int) -> Trai
     )
 
 
-def _check_folder(cfg: StudyConfig, out: Path) -> None:
+def check_folder(out: Path, config: dict[str, Any]) -> None:
+    """Write ``out/study.json``, or refuse a folder whose ``study.json`` holds another config (so that a resumed
+    study never mixes two configs' runs)."""
     path = out / "study.json"
     if path.exists():
         try:
             old = json.loads(path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError):
             old = None
-        if old != cfg.to_dict():
+        if old != config:
             raise ConfigError(f"{out} holds another study's results (its study.json differs); "
                               "choose another --out")
-    save_json(path, cfg.to_dict())
+    save_json(path, config)
 
 
 def _sample_file(out: Path, model: str, n: int, sampler: str) -> Path:
@@ -186,10 +189,10 @@ def _run_study_locked(cfg: StudyConfig, out: Path, progress: bool) -> dict[str, 
     data = load_dataset(cfg.data)
     if cfg.sizes[-1] > len(data):
         raise ConfigError(f"sizes go up to {cfg.sizes[-1]} but {cfg.data!r} has {len(data)} images")
-    _check_folder(cfg, out)
+    check_folder(out, cfg.to_dict())
     features = similarity.make_features(cfg.similarity, **({"path": cfg.sscd_path} if cfg.sscd_path else {}))
     device = str(resolve_device(cfg.device))
-    results: dict[str, Any] = {"schema": SCHEMA, "config": cfg.to_dict(), "sizes": list(cfg.sizes),
+    results: dict[str, Any] = {"schema": SCHEMA, "kind": "regime", "config": cfg.to_dict(), "sizes": list(cfg.sizes),
                                "models": [m.name for m in cfg.models] + [OPTIMAL] * cfg.optimal,
                                "samplers": list(cfg.samplers),
                                "similarity": {"backend": cfg.similarity, "threshold": cfg.threshold,
@@ -285,19 +288,23 @@ def _score_encoding(cfg: StudyConfig, out: Path, n: int, image_sets: dict[str, T
             results["encode_panels"].append({"n": n, "models": list(enc), "path": str(path.relative_to(out))})
 
 
+def write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
+    """A CSV file, atomically."""
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(header)
+    w.writerows(rows)
+    data = buf.getvalue().encode()
+    atomic_write(path, lambda f: f.write(data))
+
+
 def _write(out: Path, results: dict[str, Any], t0: float) -> None:
     """``results.json`` and ``results.csv`` (one row per score), each atomically."""
     results["timing"] = {"total_s": round(time.perf_counter() - t0, 1)}
     save_json(out / "results.json", results)
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(["kind", "n", "a", "b", "sampler", "value", "chance", "ci_low", "ci_high"])
-    for r in results["rp"]:
-        w.writerow(["rp", r["n"], r["a"], r["b"], r["sampler"], r["rp"], r["chance"], *r["ci"]])
-    for r in results["gl"]:
-        w.writerow(["gl", r["n"], r["model"], "", r["sampler"], r["gl"], "", *r["ci"]])
-    data = buf.getvalue().encode()
-    atomic_write(out / "results.csv", lambda f: f.write(data))
+    rows = [["rp", r["n"], r["a"], r["b"], r["sampler"], r["rp"], r["chance"], *r["ci"]] for r in results["rp"]]
+    rows += [["gl", r["n"], r["model"], "", r["sampler"], r["gl"], "", *r["ci"]] for r in results["gl"]]
+    write_csv(out / "results.csv", ["kind", "n", "a", "b", "sampler", "value", "chance", "ci_low", "ci_high"], rows)
 
 
 def summarize(results: dict[str, Any]) -> str:
