@@ -21,7 +21,7 @@ from PIL import Image
 from torch import Tensor
 
 __all__ = ["DATASETS", "Dataset", "load_cifar10", "load_dataset", "load_digits", "load_image_folder", "load_npz",
-           "subset", "to_uint8"]
+           "select_classes", "subset", "to_uint8"]
 
 
 @dataclass(frozen=True)
@@ -193,6 +193,19 @@ def load_dataset(name: str) -> Dataset:
         return load_image_folder(path)
     raise ValueError(f"unknown dataset {name!r}; use {sorted(DATASETS)}, an .npz file, a CIFAR-10 folder "
                      "or a folder of images")
+
+
+def select_classes(data: Dataset, classes: tuple[int, ...] | list[int]) -> Dataset:
+    """The images whose label is in ``classes`` (all images if empty), in their original order."""
+    if not classes:
+        return data
+    if data.labels is None:
+        raise ValueError(f"data.classes needs labels, but {data.name!r} has none")
+    keep = torch.isin(data.labels, torch.tensor(list(classes), dtype=data.labels.dtype))
+    if not bool(keep.any()):
+        raise ValueError(f"no image of {data.name!r} has a label in {list(classes)}")
+    name = f"{data.name}{{{','.join(map(str, classes))}}}"
+    return Dataset(name, data.images[keep].contiguous(), data.labels[keep].contiguous())
 
 
 def subset(data: Dataset, n: int, seed: int = 0) -> Dataset:

@@ -10,6 +10,7 @@ other runs' results.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import os
@@ -30,10 +31,10 @@ from .data import load_dataset, subset, to_uint8
 from .encoding import compare_encodings, encodings_of
 from .files import atomic_write, folder_lock, remove_stale_temp_files, save_json, save_npz
 from .optimal import EmpiricalOptimalDenoiser
-from .train import DataConfig, TrainConfig, TrainingError, load_model, resolve_device, train
+from .train import DataConfig, TrainConfig, TrainingError, load_model, load_training_data, resolve_device, train
 
-__all__ = ["SCHEMA", "ModelSpec", "StudyConfig", "check_folder", "default_study", "run_study", "summarize",
-           "write_csv"]
+__all__ = ["SCHEMA", "ModelSpec", "StudyConfig", "check_folder", "default_study", "model_train_config", "run_study",
+           "summarize", "train_models", "write_csv"]
 
 SCHEMA = 1
 OPTIMAL = "optimal"
@@ -132,16 +133,36 @@ def _gl_threshold(cfg: StudyConfig) -> float:
 
 
 def _train_config(cfg: StudyConfig, spec: ModelSpec, index: int, n: int) -> TrainConfig:
-    """``spec.steps`` count at ``spec.batch_size``; where N is smaller than the batch, the batch shrinks to N
-    and the steps grow so that every run of the model sees the same number of training images."""
+    return model_train_config(spec, index, DataConfig(name=cfg.data, n=n, seed=cfg.subset_seed), cfg.device)
+
+
+def model_train_config(spec: ModelSpec, index: int, data: DataConfig, device: str, **extra: Any) -> TrainConfig:
+    """``spec.steps`` count at ``spec.batch_size``; where the data are fewer than a batch, the batch shrinks to
+    the data and the steps grow so that every run of the model sees the same number of training images.
+    ``extra``: further ``TrainConfig`` fields (e.g. ``finetune``, ``label_dropout``)."""
+    n = data.n or len(load_training_data(TrainConfig(data=dataclasses.replace(data, n=0), batch_size=1)))
     batch = min(spec.batch_size, n)
     steps = -(-spec.steps * spec.batch_size // batch)
     return TrainConfig(
-        data=DataConfig(name=cfg.data, n=n, seed=cfg.subset_seed), net=spec.net, kernel=spec.kernel,
-        objective=spec.objective, steps=steps, batch_size=batch, lr=spec.lr,
-        ema_halflife=spec.ema_halflife, seed=index if spec.seed < 0 else spec.seed, device=cfg.device,
-        checkpoint_every=max(1, steps // 4), log_every=max(1, steps // 20),
+        data=data, net=spec.net, kernel=spec.kernel, objective=spec.objective, steps=steps, batch_size=batch,
+        lr=spec.lr, ema_halflife=spec.ema_halflife, seed=index if spec.seed < 0 else spec.seed, device=device,
+        checkpoint_every=max(1, steps // 4), log_every=max(1, steps // 20), **extra,
     )
+
+
+def train_models(specs: tuple[ModelSpec, ...] | list[ModelSpec], data: DataConfig, out: Path, device: str,
+                 failed: list[dict[str, Any]], *, prefix: str = "", **extra: Any) -> dict[str, Any]:
+    """Train (or resume, or skip when finished) each model into ``out/runs/{prefix}{name}`` and load its EMA
+    denoiser; a model that fails is appended to ``failed`` and left out."""
+    denoisers: dict[str, Any] = {}
+    for i, spec in enumerate(specs):
+        run_dir = out / "runs" / f"{prefix}{spec.name}"
+        try:
+            train(model_train_config(spec, i, data, device, **extra), run_dir)
+            denoisers[spec.name] = load_model(run_dir, device=device)[0]
+        except (TrainingError, ValueError) as e:
+            failed.append({"model": spec.name, "error": str(e)})
+    return denoisers
 
 
 def check_folder(out: Path, config: dict[str, Any]) -> None:

@@ -24,15 +24,16 @@ from tqdm.auto import tqdm
 
 from .checkpoint import load_state, load_weights, read_safetensors, save_training_state, write_safetensors
 from .config import ConfigError, TomlConfig, suggest
-from .data import Dataset, load_dataset, subset
+from .data import Dataset, load_dataset, select_classes, subset
 from .files import atomic_write, folder_lock, save_json
 from .kernels import Kernel, make_kernel
+from .lora import add_lora, freeze_except
 from .nets import NETS, make_net
 from .objectives import Objective, make_objective
 from .precond import Precond
 
-__all__ = ["DataConfig", "TrainConfig", "TrainingError", "build_model", "load_model", "resolve_device",
-           "step_generator", "train", "train_step"]
+__all__ = ["DataConfig", "FinetuneConfig", "TrainConfig", "TrainingError", "build_model", "load_model",
+           "resolve_device", "step_generator", "train", "train_step"]
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 
@@ -46,10 +47,37 @@ class DataConfig:
     n: int = 0
     seed: int = 0
     conditional: bool = False
+    classes: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if self.n < 0:
             raise ValueError(f"data.n must be >= 0 (0 = all images), got {self.n}")
+        if len(set(self.classes)) != len(self.classes) or any(c < 0 for c in self.classes):
+            raise ValueError(f"data.classes must be distinct labels >= 0, got {list(self.classes)}")
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Start from a trained run and train all, some, or low-rank adapters of its layers.
+
+    ``init``: a run folder whose EMA weights initialise the net ("" = from scratch). ``trainable``: module names
+    (e.g. ``["dec.1", "conv_out"]``) whose parameters train, the rest frozen (empty = all). ``lora_rank`` > 0:
+    freeze the net and train rank-r adapters (``lora.py``) on the Linear/Conv2d layers under ``lora_targets``
+    (empty = all), scaled by ``lora_alpha / lora_rank`` (``lora_alpha`` 0 = rank)."""
+
+    init: str = ""
+    trainable: tuple[str, ...] = ()
+    lora_rank: int = 0
+    lora_alpha: float = 0.0
+    lora_targets: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.lora_rank < 0 or self.lora_alpha < 0:
+            raise ValueError("finetune.lora_rank and lora_alpha must be >= 0")
+        if self.lora_rank and self.trainable:
+            raise ValueError("finetune: give either trainable (partial fine-tuning) or lora_rank, not both")
+        if self.lora_targets and not self.lora_rank:
+            raise ValueError("finetune.lora_targets needs lora_rank >= 1")
 
 
 @dataclass(frozen=True)
@@ -77,6 +105,8 @@ class TrainConfig(TomlConfig):
     compile: bool = False
     checkpoint_every: int = 500
     log_every: int = 50
+    label_dropout: float = 0.0
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "checkpoint_every", "log_every"):
@@ -86,6 +116,10 @@ class TrainConfig(TomlConfig):
             raise ValueError("lr must be > 0; lr_warmup, ema_halflife and grad_clip must be >= 0")
         if self.lr_decay not in ("constant", "cosine"):
             raise ValueError(f"lr_decay must be 'constant' or 'cosine', got {self.lr_decay!r}")
+        if not 0.0 <= self.label_dropout < 1.0:
+            raise ValueError(f"label_dropout must be in [0, 1), got {self.label_dropout}")
+        if self.label_dropout and not self.data.conditional:
+            raise ValueError("label_dropout needs data.conditional = true")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         for part, example in (("net", "unet"), ("kernel", "edm"), ("objective", "dsm")):
@@ -120,16 +154,35 @@ def _net_kwargs(cfg: TrainConfig, image_shape: tuple[int, ...], num_classes: int
     return {"img_resolution": h, "in_channels": c, "num_classes": num_classes, **kw}
 
 
-def build_model(cfg: TrainConfig, image_shape: tuple[int, ...], num_classes: int = 0) -> Precond:
-    """``Precond(net, kernel)`` for the config; weights from the default (seeded) initialisation."""
+def build_model(cfg: TrainConfig, image_shape: tuple[int, ...], num_classes: int = 0, *,
+                init: bool = False) -> Precond:
+    """``Precond(net, kernel)`` for the config; weights from the default (seeded) initialisation, or with
+    ``init`` from ``cfg.finetune.init``'s EMA weights; then the fine-tuning structure (frozen layers, LoRA)."""
     kernel: Kernel = make_kernel(**cfg.kernel)
+    ft = cfg.finetune
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         try:
             net = make_net(cfg.net["name"], **_net_kwargs(cfg, image_shape, num_classes))
         except (TypeError, ValueError) as e:
             raise ConfigError(f"net: {e}") from None
+        if init and ft.init:
+            _load_init(net, Path(ft.init))
+        if ft.lora_rank:
+            add_lora(net, ft.lora_rank, ft.lora_alpha, ft.lora_targets)
+        elif ft.trainable:
+            freeze_except(net, ft.trainable)
     return Precond(net, kernel)
+
+
+def _load_init(net: nn.Module, folder: Path) -> None:
+    path = folder / "ema.safetensors"
+    if not path.is_file():
+        raise ConfigError(f"finetune.init: {folder} has no ema.safetensors; train that run first")
+    try:
+        load_weights(net, path)
+    except ValueError as e:
+        raise ConfigError(f"finetune.init: the pre-trained run does not fit this net ({e})") from None
 
 
 def step_generator(seed: int, step: int) -> torch.Generator:
@@ -230,7 +283,7 @@ def _autocast(precision: str, device: torch.device) -> contextlib.AbstractContex
 
 
 def load_training_data(cfg: TrainConfig) -> Dataset:
-    data = load_dataset(cfg.data.name)
+    data = select_classes(load_dataset(cfg.data.name), cfg.data.classes)
     data = subset(data, cfg.data.n or len(data), cfg.data.seed)
     if cfg.batch_size > len(data):
         raise ConfigError(f"batch_size {cfg.batch_size} exceeds the {len(data)} training images; "
@@ -285,13 +338,15 @@ def _train_locked(cfg: TrainConfig | None, out: Path, steps: int | None, progres
 
 def _loop(cfg: TrainConfig, out: Path, data: Dataset, num_classes: int, device: torch.device, dist: _Dist,
           progress: bool, callback: Callable[[int, float], None] | None) -> dict[str, Any]:
-    model = build_model(cfg, data.image_shape, num_classes).to(device)
+    resuming = (out / "training.safetensors").exists()
+    model = build_model(cfg, data.image_shape, num_classes, init=not resuming).to(device)
     ema = build_model(cfg, data.image_shape, num_classes).to(device).requires_grad_(False)
     ema.load_state_dict(model.state_dict())
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8)
     objective = make_objective(**cfg.objective)
     start = 0
-    if (out / "training.safetensors").exists():
+    if resuming:
         start, _ = load_state(out / "training.safetensors", net=model.net, ema=ema.net, opt=opt)
     _trim_log(out / "log.jsonl", start, dist.main)
     if dist.main and start > 0 and not _weights_at(out, start):  # killed between the two checkpoint writes
@@ -317,10 +372,14 @@ def _loop(cfg: TrainConfig, out: Path, data: Dataset, num_classes: int, device: 
         idx = torch.randperm(len(data), generator=g)[: cfg.batch_size][rows].to(device)
         draws = objective.draw(model.kernel, cfg.batch_size, data.image_shape, g, step, cfg.steps)
         draws = {k: v[rows] for k, v in draws.items()}
+        cond = None if labels is None else labels[idx]
+        if cond is not None and cfg.label_dropout > 0:  # the unconditional branch of classifier-free guidance
+            drop = (torch.rand(cfg.batch_size, generator=g) < cfg.label_dropout)[rows].to(device)
+            cond = torch.where(drop, torch.full_like(cond, -1), cond)
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(int(g.initial_seed()) ^ dist.rank)  # dropout masks depend on (seed, step, rank)
-            loss_t = train_step(wrapped, objective, opt, images[idx], None if labels is None else labels[idx],
-                                draws, lr=lr_at(cfg, step), grad_clip=cfg.grad_clip, autocast=autocast,
+            loss_t = train_step(wrapped, objective, opt, images[idx], cond, draws, lr=lr_at(cfg, step),
+                                grad_clip=cfg.grad_clip, autocast=autocast,
                                 scaler=scaler)
         loss = float(loss_t)
         if not math.isfinite(loss):

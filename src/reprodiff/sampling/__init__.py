@@ -4,11 +4,25 @@ from .api import SCHEDULES, make_sigmas, sample
 from .inversion import inversion_sigmas, invert
 from .noise import noise
 from .schedules import check_sigmas, karras_sigmas, ve_sigmas, vp_sigma, vp_sigma_inv, vp_sigmas
-from .solvers import SAMPLERS, Sampler, ddim, dpm2, dpm3, dpmpp_2m, dpmpp_3m, euler, heun, onestep
+from .solvers import (
+    SAMPLERS,
+    STOCHASTIC_SAMPLERS,
+    Sampler,
+    ddim,
+    dpm2,
+    dpm3,
+    dpmpp_2m,
+    dpmpp_3m,
+    euler,
+    euler_ancestral,
+    heun,
+    onestep,
+)
 
 __all__ = [
     "SAMPLERS",
     "SCHEDULES",
+    "STOCHASTIC_SAMPLERS",
     "Sampler",
     "check_sigmas",
     "ddim",
@@ -17,6 +31,7 @@ __all__ = [
     "dpmpp_2m",
     "dpmpp_3m",
     "euler",
+    "euler_ancestral",
     "heun",
     "inversion_sigmas",
     "invert",

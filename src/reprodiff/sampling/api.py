@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 from ..denoiser import Denoiser, MicroBatched
 from .noise import noise
 from .schedules import karras_sigmas, ve_sigmas, vp_sigmas
-from .solvers import SAMPLERS
+from .solvers import SAMPLERS, STOCHASTIC_SAMPLERS
 
 __all__ = ["SCHEDULES", "make_sigmas", "sample"]
 
@@ -55,6 +55,7 @@ def sample(
     batch_size: int = 256,
     micro_batch: int = 16,
     cond: Tensor | None = None,
+    noise_seed: int | None = None,
     device: torch.device | str = "cpu",
     progress: bool = False,
 ) -> Tensor:
@@ -64,21 +65,32 @@ def sample(
     ``micro_batch`` rows (the last padded), with batch boundaries at multiples of ``micro_batch``, so the
     result is bit-identical for every ``batch_size`` (DESIGN.md, "Known traps"). Default grid: EDM's
     Karras grid (18 steps, sigma in [0.002, 80], rho = 7), clamped to the denoiser's range.
+
+    A stochastic sampler (``STOCHASTIC_SAMPLERS``, e.g. ``"ancestral"``) takes its per-step noise for sample
+    ``i`` from ``noise(noise_seed, ...)`` row ``i``, so it too is identical at any batch size.
     """
-    if sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}; choose one of {sorted(SAMPLERS)}")
+    stochastic = sampler in STOCHASTIC_SAMPLERS
+    if sampler not in SAMPLERS and not stochastic:
+        raise ValueError(f"unknown sampler {sampler!r}; choose one of {sorted(SAMPLERS) + sorted(STOCHASTIC_SAMPLERS)}")
+    if stochastic and noise_seed is None:
+        raise ValueError(f"sampler {sampler!r} is stochastic: pass noise_seed for its per-step noise")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if cond is not None and cond.shape[0] != count:
         raise ValueError(f"cond has {cond.shape[0]} rows but count is {count}; pass one label per sample")
     if sigmas is None:
         sigmas = make_sigmas(D, steps)
-    solver, Dm = SAMPLERS[sampler], MicroBatched(D, micro_batch)
+    Dm = MicroBatched(D, micro_batch)
     z = noise(seed, count, shape, start)  # [count, *shape], drawn on CPU
     step = max(micro_batch, batch_size // micro_batch * micro_batch)
     out = []
     for b in tqdm(range(0, count, step), disable=not progress, desc=f"sampling ({sampler})", unit="batch"):
         x = z[b : b + step].to(device, torch.float64) * float(sigmas[0])
         c = None if cond is None else cond[b : b + step].to(device)
-        out.append(solver(Dm, x, sigmas, cond=c).to("cpu", torch.float32))
+        if stochastic:
+            steps_noise = noise(int(noise_seed or 0), x.shape[0], (len(sigmas) - 1, *shape), start + b)
+            x = STOCHASTIC_SAMPLERS[sampler](Dm, x, sigmas, noise=steps_noise.to(device), cond=c)
+        else:
+            x = SAMPLERS[sampler](Dm, x, sigmas, cond=c)
+        out.append(x.to("cpu", torch.float32))
     return torch.cat(out) if out else z.new_empty((0, *z.shape[1:]))

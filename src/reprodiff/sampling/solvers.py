@@ -25,8 +25,8 @@ from torch import Tensor
 from ..denoiser import Denoiser
 from .schedules import check_sigmas
 
-__all__ = ["SAMPLERS", "Sampler", "SolverFn", "ddim", "dpm2", "dpm3", "dpmpp_2m", "dpmpp_3m",
-           "euler", "heun", "onestep"]
+__all__ = ["SAMPLERS", "STOCHASTIC_SAMPLERS", "Sampler", "SolverFn", "ddim", "dpm2", "dpm3", "dpmpp_2m",
+           "dpmpp_3m", "euler", "euler_ancestral", "heun", "onestep"]
 
 Callback = Callable[[dict[str, Any]], None]
 
@@ -256,6 +256,32 @@ def onestep(D: Denoiser, x: Tensor, sigmas: Tensor, *, cond: Tensor | None = Non
     return denoised.to(dtype)
 
 
+def euler_ancestral(D: Denoiser, x: Tensor, sigmas: Tensor, *, noise: Tensor, eta: float = 1.0,
+                    cond: Tensor | None = None, callback: Callback | None = None) -> Tensor:
+    """Stochastic ancestral sampling (Ho et al. 2020's DDPM step in sigma-space; k-diffusion's
+    ``sample_euler_ancestral``): step down to ``sigma_down`` along the ODE, then add fresh noise of std
+    ``sigma_up``, with ``sigma_up^2 + sigma_down^2 = sigma_{i+1}^2``; ``eta = 0`` is DDIM.
+
+    The randomness is passed in: ``noise[:, i]`` (shape ``[B, steps, *x.shape[1:]]``) is step ``i``'s draw,
+    so with ``sampling.noise``'s per-sample streams a sample is identical at any batch size."""
+    dtype = x.dtype
+    x, s, ev = _setup(D, x, sigmas, cond)
+    if noise.shape[:2] != (x.shape[0], len(s) - 1) or noise.shape[2:] != x.shape[1:]:
+        raise ValueError(f"noise must have shape [B, steps, ...] = {[x.shape[0], len(s) - 1, *x.shape[1:]]}, "
+                         f"got {list(noise.shape)}")
+    if not 0.0 <= eta <= 1.0:
+        raise ValueError(f"eta must be in [0, 1], got {eta}")
+    for i in range(len(s) - 1):
+        denoised = ev(x, s[i])
+        up = min(s[i + 1], eta * math.sqrt(max(s[i + 1] ** 2 * (s[i] ** 2 - s[i + 1] ** 2), 0.0)) / s[i])
+        down = math.sqrt(s[i + 1] ** 2 - up**2)
+        x = denoised + (down / s[i]) * (x - denoised)
+        if up > 0:
+            x = x + up * noise[:, i].to(x)
+        _report(callback, i, s, x, denoised, ev)
+    return x.to(dtype)
+
+
 def _nfe(per_step: int, into_zero: int = 1, extra: int = 0) -> Callable[[int, bool], int]:
     """``steps`` steps of ``per_step`` calls, ``into_zero`` calls for a final step into 0, and ``extra``
     start-up calls when the first step does not go into 0."""
@@ -298,3 +324,6 @@ SAMPLERS: dict[str, Sampler] = {
         Sampler("onestep", onestep, 1, lambda steps, ends_in_zero: 1),
     )
 }
+
+# Samplers that take per-step noise (``noise=[B, steps, ...]``) besides the common arguments.
+STOCHASTIC_SAMPLERS: dict[str, Callable[..., Tensor]] = {"ancestral": euler_ancestral}
