@@ -17,7 +17,8 @@ SHAPE = (2, 8, 8)
 
 
 def operators():
-    return [Inpaint.box(SHAPE, 4), Inpaint.random(SHAPE, 0.5, seed=3), SuperResolution(SHAPE, 2), Blur(SHAPE, 1.0, cutoff=1e-6)]
+    return [Inpaint.box(SHAPE, 4), Inpaint.random(SHAPE, 0.5, seed=3), SuperResolution(SHAPE, 2),
+            Blur(SHAPE, 1.0, cutoff=1e-6)]
 
 
 @pytest.mark.parametrize("op", operators(), ids=lambda o: type(o).__name__)
@@ -41,7 +42,7 @@ def test_adjoint_pinv_and_gram(op) -> None:
 def test_operator_errors_are_one_line() -> None:
     with pytest.raises(ConfigError, match="does not fit the 8x8 image"):
         make_operator({"name": "inpaint_box", "size": 9}, SHAPE)
-    with pytest.raises(ConfigError, match="unknown operator 'superess'.*superres"):
+    with pytest.raises(ConfigError, match=r"unknown operator 'superess'.*superres"):
         make_operator({"name": "superess"}, SHAPE)
     with pytest.raises(ConfigError, match="factor"):
         make_operator({"name": "superres", "factor": 3}, SHAPE)
@@ -57,7 +58,7 @@ def test_operator_errors_are_one_line() -> None:
         measure(Inpaint.box(SHAPE, 2), torch.zeros(1, *SHAPE), 0.1)
 
 
-def gaussian_D(x, sigma, cond=None):
+def gaussian_denoiser(x, sigma, cond=None):
     """Exact denoiser of N(0, I) data: E[x0 | x] = x / (1 + sigma^2)."""
     return x / (1 + sigma.to(x).reshape(-1, 1, 1, 1) ** 2)
 
@@ -65,12 +66,12 @@ def gaussian_D(x, sigma, cond=None):
 @pytest.mark.parametrize("method", ["dps", "pigdm"])
 def test_guided_denoiser_without_measurement_is_the_prior(method) -> None:
     op = Inpaint.box(SHAPE, 4)
-    G = DPS(gaussian_D, op, zeta=3.0) if method == "dps" else PiGDM(gaussian_D, op, sigma_y=0.1)
+    G = DPS(gaussian_denoiser, op, zeta=3.0) if method == "dps" else PiGDM(gaussian_denoiser, op, sigma_y=0.1)
     x, s = torch.randn(4, *SHAPE, dtype=torch.float64), torch.full((4,), 2.0, dtype=torch.float64)
-    assert torch.equal(G(x, s, None), gaussian_D(x, s))
+    assert torch.equal(G(x, s, None), gaussian_denoiser(x, s))
     y = op.forward(torch.randn(4, *SHAPE, dtype=torch.float64))
-    zero = DPS(gaussian_D, op, zeta=0.0) if method == "dps" else PiGDM(gaussian_D, op, weight=0.0)
-    assert torch.allclose(zero(x, s, y), gaussian_D(x, s))  # no guidance strength: the prior again
+    zero = DPS(gaussian_denoiser, op, zeta=0.0) if method == "dps" else PiGDM(gaussian_denoiser, op, weight=0.0)
+    assert torch.allclose(zero(x, s, y), gaussian_denoiser(x, s))  # no guidance strength: the prior again
     with pytest.raises(ValueError, match="measurement y has shape"):
         G(x, s, y[:, :1])
 
@@ -92,7 +93,7 @@ def test_pigdm_samples_the_gaussian_posterior(case) -> None:
     mean = C @ A.T @ y1.flatten() / sy**2
     count = 3000
     y = y1.expand(count, *y1.shape).clone()
-    G = PiGDM(gaussian_D, op, sigma_y=sy, sigma_data=1.0)
+    G = PiGDM(gaussian_denoiser, op, sigma_y=sy, sigma_data=1.0)
     x = sampling.sample(G, 7, count, shape, sampler="heun", steps=40, cond=y, batch_size=1024,
                         micro_batch=1024).double().flatten(1)
     emp_mean, emp_cov = x.mean(0), torch.cov(x.T)
@@ -105,13 +106,13 @@ def test_dps_moves_towards_the_measurement_and_stochastic_variant_is_seeded() ->
     op = Inpaint.box((1, 4, 4), 2)
     x_true = torch.linspace(-1, 1, 16, dtype=torch.float64).reshape(1, 1, 4, 4)
     y = op.forward(x_true).expand(8, 1, 4, 4).clone()
-    prior = sampling.sample(gaussian_D, 1, 8, (1, 4, 4), steps=18)
-    guided = sampling.sample(DPS(gaussian_D, op, zeta=3.0), 1, 8, (1, 4, 4), steps=18, cond=y)
+    prior = sampling.sample(gaussian_denoiser, 1, 8, (1, 4, 4), steps=18)
+    guided = sampling.sample(DPS(gaussian_denoiser, op, zeta=3.0), 1, 8, (1, 4, 4), steps=18, cond=y)
     err = lambda x: (op.forward(x.double()) - y).flatten(1).norm(dim=1).mean()  # noqa: E731
     assert err(guided) < 0.1 * err(prior)
-    a = sampling.sample(PiGDM(gaussian_D, op), 1, 8, (1, 4, 4), sampler="ancestral", steps=18, cond=y, noise_seed=5)
-    b = sampling.sample(PiGDM(gaussian_D, op), 1, 8, (1, 4, 4), sampler="ancestral", steps=18, cond=y, noise_seed=5,
-                        batch_size=3)
-    c = sampling.sample(PiGDM(gaussian_D, op), 1, 8, (1, 4, 4), sampler="ancestral", steps=18, cond=y, noise_seed=6)
+    G = PiGDM(gaussian_denoiser, op)
+    a = sampling.sample(G, 1, 8, (1, 4, 4), sampler="ancestral", steps=18, cond=y, noise_seed=5)
+    b = sampling.sample(G, 1, 8, (1, 4, 4), sampler="ancestral", steps=18, cond=y, noise_seed=5, batch_size=3)
+    c = sampling.sample(G, 1, 8, (1, 4, 4), sampler="ancestral", steps=18, cond=y, noise_seed=6)
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert math.isfinite(float(err(a)))

@@ -60,7 +60,7 @@ class Inpaint:
     def box(cls, shape: tuple[int, int, int], size: int | tuple[int, int], top: int = -1, left: int = -1
             ) -> Inpaint:
         """Hide a ``size`` box (centred unless ``top``/``left`` are given)."""
-        c, h, w = shape
+        _, h, w = shape
         bh, bw = (size, size) if isinstance(size, int) else size
         top = max(0, (h - bh) // 2) if top < 0 else top
         left = max(0, (w - bw) // 2) if left < 0 else left
@@ -98,7 +98,7 @@ class SuperResolution:
     """Average pooling by ``factor``; ``A A^T = I / factor^2``, ``A^+`` = nearest upsampling."""
 
     def __init__(self, shape: tuple[int, int, int], factor: int) -> None:
-        c, h, w = shape
+        _, h, w = shape
         if factor < 2 or h % factor or w % factor:
             raise ConfigError(f"superres: factor must be >= 2 and divide the {h}x{w} image, got {factor}")
         self.shape, self.factor = shape, factor
@@ -125,7 +125,7 @@ class Blur:
     adjoint, pseudo-inverse and Gram solve are exact); frequencies with ``|H| < cutoff`` count as lost."""
 
     def __init__(self, shape: tuple[int, int, int], sigma: float, cutoff: float = 1e-3) -> None:
-        c, h, w = shape
+        _, h, w = shape
         if not sigma > 0 or not math.isfinite(sigma):
             raise ConfigError(f"deblur: sigma must be a positive number of pixels, got {sigma}")
         dy = torch.minimum(torch.arange(h), h - torch.arange(h)).to(torch.float64)
