@@ -112,7 +112,8 @@ def test_dps_moves_towards_the_measurement_and_stochastic_variant_is_seeded() ->
     assert err(guided) < 0.1 * err(prior)
     G = PiGDM(gaussian_denoiser, op)
     a = sampling.sample(G, 1, 8, (1, 4, 4), sampler="ancestral", steps=18, cond=y, noise_seed=5)
-    b = sampling.sample(G, 1, 8, (1, 4, 4), sampler="ancestral", steps=18, cond=y, noise_seed=5, batch_size=4, micro_batch=4)
+    b = sampling.sample(G, 1, 8, (1, 4, 4), sampler="ancestral", steps=18, cond=y, noise_seed=5, batch_size=4,
+                        micro_batch=4)
     c = sampling.sample(G, 1, 8, (1, 4, 4), sampler="ancestral", steps=18, cond=y, noise_seed=6)
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert math.isfinite(float(err(a)))

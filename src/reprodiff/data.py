@@ -20,8 +20,19 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-__all__ = ["DATASETS", "Dataset", "load_cifar10", "load_dataset", "load_digits", "load_image_folder", "load_npz",
-           "select_classes", "subset", "to_uint8"]
+__all__ = [
+    "DATASETS",
+    "Dataset",
+    "held_out",
+    "load_cifar10",
+    "load_dataset",
+    "load_digits",
+    "load_image_folder",
+    "load_npz",
+    "select_classes",
+    "subset",
+    "to_uint8",
+]
 
 
 @dataclass(frozen=True)
@@ -218,6 +229,16 @@ def subset(data: Dataset, n: int, seed: int = 0) -> Dataset:
     idx = torch.randperm(N, generator=torch.Generator().manual_seed(seed))[:n]
     labels = None if data.labels is None else data.labels[idx]
     return Dataset(f"{data.name}[{n}]", data.images[idx].contiguous(), labels)
+
+
+def held_out(data: Dataset, n: int, count: int, seed: int = 0) -> Dataset:
+    """``count`` images that ``subset(data, n, seed)`` does not contain (the next ones of the same permutation)."""
+    N = len(data)
+    if n + count > N:
+        raise ValueError(f"{n} training + {count} held-out images exceed the {N} images of {data.name!r}")
+    idx = torch.randperm(N, generator=torch.Generator().manual_seed(seed))[n : n + count]
+    labels = None if data.labels is None else data.labels[idx]
+    return Dataset(f"{data.name}[held-out {count}]", data.images[idx].contiguous(), labels)
 
 
 def to_uint8(x: Tensor) -> Tensor:

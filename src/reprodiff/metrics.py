@@ -28,7 +28,7 @@ from torch import Tensor
 
 from .similarity import FeatureMap, check_images, make_features
 
-__all__ = ["Score", "bootstrap_ci", "gl_score", "nearest_neighbors", "rp_matrix", "rp_score"]
+__all__ = ["Score", "bootstrap_ci", "gl_score", "nearest_labels", "nearest_neighbors", "rp_matrix", "rp_score"]
 
 CHANCE_SHIFTS = 8  # RP's chance level averages this many cyclic shifts (fewer when M is small)
 
@@ -71,6 +71,11 @@ def nearest_neighbors(queries: Tensor, refs: Tensor, *, chunk_size: int = 8192) 
         best = torch.where(better, sim, best)
         idx = torch.where(better, arg + j0, idx)
     return best, idx
+
+
+def nearest_labels(queries: Tensor, refs: Tensor, ref_labels: Tensor, *, chunk_size: int = 8192) -> Tensor:
+    """A 1-nearest-neighbour classifier: the label of each query's nearest reference (features as for RP/GL)."""
+    return ref_labels[nearest_neighbors(queries, refs, chunk_size=chunk_size)[1]]
 
 
 def bootstrap_ci(hits: Tensor, *, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:

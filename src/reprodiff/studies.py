@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import os
 import tomllib
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,35 +18,17 @@ from .config import ConfigError, from_dict, suggest
 from .files import atomic_write
 from .report import build_report as build_regime_report
 from .report import page_html
-from .study import StudyConfig, run_study, summarize
+from .study import Kind, Report, StudyConfig, run_study, summarize
 
 __all__ = ["KINDS", "Kind", "Report", "build_report", "load_config", "run"]
 
 
-@dataclass(frozen=True)
-class Report:
-    """What a kind's report renders: the page title, an intro (HTML), ``(heading, html)`` sections and the
-    files (name -> bytes, e.g. PNG figures) written beside ``report.html``."""
-
-    title: str
-    intro: str
-    sections: list[tuple[str, str]]
-    files: dict[str, bytes] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Kind:
-    name: str
-    config: type[Any]
-    run: Callable[..., dict[str, Any]]
-    summarize: Callable[[dict[str, Any]], str]
-    report: Callable[[Path, dict[str, Any]], Report] | None = None
-    doc: str = ""
-
-
 def _kinds() -> dict[str, Kind]:
+    from . import conditional, finetune, inverse_study
+
     kinds = [Kind("regime", StudyConfig, run_study, summarize, None,
-                  "RP/GL against training-set size (Zhang et al. 2023, Fig. 2)")]
+                  "RP/GL against training-set size (Zhang et al. 2023, Fig. 2)"),
+             conditional.KIND, inverse_study.KIND, finetune.KIND]
     return {k.name: k for k in kinds}
 
 

@@ -15,6 +15,7 @@ import io
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
@@ -33,11 +34,32 @@ from .files import atomic_write, folder_lock, remove_stale_temp_files, save_json
 from .optimal import EmpiricalOptimalDenoiser
 from .train import DataConfig, TrainConfig, TrainingError, load_model, load_training_data, resolve_device, train
 
-__all__ = ["SCHEMA", "ModelSpec", "StudyConfig", "check_folder", "default_study", "model_train_config", "run_study",
-           "summarize", "train_models", "write_csv"]
+__all__ = ["SCHEMA", "Kind", "ModelSpec", "Report", "StudyConfig", "cached_samples", "check_folder", "default_study",
+           "model_train_config", "run_study", "summarize", "train_models", "write_csv"]
 
 SCHEMA = 1
 OPTIMAL = "optimal"
+
+
+@dataclass(frozen=True)
+class Report:
+    """What a kind's report renders: the page title, an intro (HTML), ``(heading, html)`` sections and the
+    files (name -> bytes, e.g. PNG figures) written beside ``report.html``."""
+
+    title: str
+    intro: str
+    sections: list[tuple[str, str]]
+    files: dict[str, bytes] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Kind:
+    name: str
+    config: type[Any]
+    run: Callable[..., dict[str, Any]]
+    summarize: Callable[[dict[str, Any]], str]
+    report: Callable[[Path, dict[str, Any]], Report] | None = None
+    doc: str = ""
 
 
 @dataclass(frozen=True)
@@ -281,6 +303,24 @@ def _score_size(cfg: StudyConfig, out: Path, n: int, train_images: Tensor, denoi
             results["rp"].append({"n": n, "a": a, "b": b, "sampler": sampler, "rp": rp.value,
                                   "chance": rp.chance, "ci": list(rp.ci)})
     return first_sampler
+
+
+def cached_samples(path: Path, D: Any, seed: int, count: int, shape: tuple[int, ...], *, sampler: str, steps: int,
+                   device: str, cond: Tensor | None = None, noise_seed: int | None = None) -> Tensor:
+    """``sampling.sample`` from the shared noise, cached in ``path`` (``samples`` float32 and ``images`` uint8);
+    a cached file is reused when its shape matches (the study's ``study.json`` guards the rest). Non-finite
+    samples raise ``TrainingError``."""
+    if path.exists():
+        with np.load(path, allow_pickle=False) as f:
+            if f["samples"].shape == (count, *shape):
+                return torch.from_numpy(f["samples"])
+    with torch.no_grad():
+        x = sampling.sample(D, seed, count, shape, sampler=sampler, steps=steps, cond=cond, noise_seed=noise_seed,
+                            device=device)
+    if not bool(torch.isfinite(x).all()):
+        raise TrainingError("the model produced NaN/Inf samples")
+    save_npz(path, samples=x, images=to_uint8(x))
+    return x
 
 
 def _failed_at(results: dict[str, Any], n: int) -> set[str]:

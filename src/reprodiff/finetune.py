@@ -1,0 +1,337 @@
+"""The fine-tuning study (Zhang et al. 2023, Sec. 5; the summary's "ablation on fine-tuning depth"): does a
+model fine-tuned to new data reproduce a model trained on that data from scratch, and how does that depend on
+how much of the network is fine-tuned?
+
+A model is pre-trained on the ``source_classes`` (digits 0-4 by default), then fine-tuned on the
+``target_classes`` (5-9) in several ways (``variants``): all layers, only some blocks (``trainable`` module
+names, e.g. the output side of the U-Net), or low-rank adapters (``lora.py``). Models of the same architecture
+are trained from scratch on the target data with different seeds. Everything is sampled from the same noise.
+Measured per variant, against its share of trainable parameters (the fine-tuning depth): RP with each scratch
+model, RP with the pre-trained model, and the share of samples whose nearest labelled image is of a target
+class. References: RP between the scratch models (what full reproducibility looks like here) and between the
+pre-trained model and a scratch model. The paper's finding: partial fine-tuning keeps less reproducibility
+(with the scratch models) than full fine-tuning.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import html
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from torch import Tensor
+
+from . import metrics, sampling, similarity
+from .config import ConfigError, TomlConfig
+from .data import load_dataset, select_classes
+from .files import folder_lock, remove_stale_temp_files, save_json
+from .report import figure_html, grid_png, labelled_grid, png_bytes, table_html
+from .study import SCHEMA, Kind, ModelSpec, Report, cached_samples, check_folder, model_train_config, write_csv
+from .train import DataConfig, FinetuneConfig, TrainingError, build_model, load_model, resolve_device, train
+
+__all__ = ["KIND", "FinetuneStudyConfig", "FinetuneVariant", "run_finetune_study"]
+
+
+@dataclass(frozen=True)
+class FinetuneVariant:
+    """One way to fine-tune: ``trainable`` module names (empty = all), or a LoRA of ``lora_rank`` on the
+    Linear/Conv2d layers under ``lora_targets`` (empty = all)."""
+
+    name: str
+    trainable: tuple[str, ...] = ()
+    lora_rank: int = 0
+    lora_alpha: float = 0.0
+    lora_targets: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.name.replace("-", "").replace("_", "").replace("+", "").isalnum():
+            raise ValueError(f"variant name {self.name!r} must be a word (letters, digits, -, _ or +)")
+        FinetuneConfig(trainable=self.trainable, lora_rank=self.lora_rank, lora_alpha=self.lora_alpha,
+                       lora_targets=self.lora_targets)
+
+
+def _variants() -> tuple[FinetuneVariant, ...]:
+    out = ("norm_out", "conv_out")
+    return (FinetuneVariant("full"),
+            FinetuneVariant("decoder+mid", trainable=("mid", "dec", "up", *out)),
+            FinetuneVariant("decoder", trainable=("dec", "up", *out)),
+            FinetuneVariant("last-level", trainable=("dec.1", *out)),
+            FinetuneVariant("output", trainable=out),
+            FinetuneVariant("lora-r4", lora_rank=4))
+
+
+def _model() -> ModelSpec:
+    return ModelSpec("unet", {"name": "unet", "model_channels": 32, "channel_mult": [1, 2], "dropout": 0.0},
+                     steps=600, seed=0)
+
+
+@dataclass(frozen=True)
+class FinetuneStudyConfig(TomlConfig):
+    """Pre-train ``model`` on ``source_classes``, fine-tune it on ``target_classes`` for ``finetune_steps`` at
+    ``finetune_lr`` per variant, and train it from scratch on the target data once per ``scratch_seeds``."""
+
+    data: str = "digits"
+    source_classes: tuple[int, ...] = (0, 1, 2, 3, 4)
+    target_classes: tuple[int, ...] = (5, 6, 7, 8, 9)
+    model: ModelSpec = field(default_factory=_model)
+    variants: tuple[FinetuneVariant, ...] = field(default_factory=_variants)
+    finetune_steps: int = 300
+    finetune_lr: float = 1e-3
+    scratch_seeds: tuple[int, ...] = (100, 101)
+    sampler: str = "heun"
+    sampler_steps: int = 18
+    seed: int = 100000
+    count: int = 256
+    similarity: str = "pixel"
+    sscd_path: str = ""
+    threshold: float = 0.9
+    n_boot: int = 1000
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if not self.source_classes or not self.target_classes:
+            raise ValueError("source_classes and target_classes must not be empty")
+        if set(self.source_classes) & set(self.target_classes):
+            raise ValueError("source_classes and target_classes must not overlap")
+        names = [v.name for v in self.variants]
+        if not names or len(set(names)) != len(names):
+            raise ValueError(f"variants need distinct names, got {names}")
+        if not self.scratch_seeds or len(set(self.scratch_seeds)) != len(self.scratch_seeds):
+            raise ValueError("scratch_seeds must be distinct and not empty")
+        if self.finetune_steps < 1 or not self.finetune_lr > 0:
+            raise ValueError("finetune_steps must be >= 1 and finetune_lr > 0")
+        if self.sampler not in sampling.SAMPLERS:
+            raise ValueError(f"unknown sampler {self.sampler!r}; choose from {sorted(sampling.SAMPLERS)}")
+        if self.count < 2 or self.sampler_steps < 1 or self.n_boot < 0:
+            raise ValueError("count must be >= 2, sampler_steps >= 1 and n_boot >= 0")
+        if not -1 <= self.threshold <= 1:
+            raise ValueError(f"threshold must be in [-1, 1] (a cosine similarity), got {self.threshold}")
+        if self.similarity == "sscd" and not self.sscd_path:
+            raise ValueError("similarity = 'sscd' needs sscd_path, the local SSCD model file")
+
+
+def run_finetune_study(cfg: FinetuneStudyConfig | None, out: str | os.PathLike[str], *,
+                       progress: bool = False) -> dict[str, Any]:
+    """Run (or resume) the fine-tuning study into ``out``; returns the results also in ``results.json``."""
+    cfg = cfg or FinetuneStudyConfig()
+    with folder_lock(out, "study"):
+        return _run(cfg, Path(out))
+
+
+def _finetune_config(v: FinetuneVariant, init: Path) -> FinetuneConfig:
+    return FinetuneConfig(init=str(init.resolve()), trainable=v.trainable, lora_rank=v.lora_rank,
+                          lora_alpha=v.lora_alpha, lora_targets=v.lora_targets)
+
+
+def _check_variants(cfg: FinetuneStudyConfig, image_shape: tuple[int, int, int]) -> None:
+    """Build each variant's network once (no weights), so a layer name that does not exist fails before any
+    training, with the nearest valid name."""
+    for v in cfg.variants:
+        tc = model_train_config(cfg.model, 0, DataConfig(name=cfg.data, n=1), "cpu",
+                                finetune=dataclasses.replace(_finetune_config(v, Path(".")), init=""))
+        build_model(tc, image_shape)
+
+
+def _trainable_share(D: Any) -> float:
+    net = D.net
+    lora = sum(p.numel() for n, p in net.named_parameters() if ".lora_" in n)
+    base = sum(p.numel() for n, p in net.named_parameters() if ".lora_" not in n)
+    trainable = lora if lora else sum(p.numel() for p in net.parameters() if p.requires_grad)
+    return trainable / base
+
+
+def _run(cfg: FinetuneStudyConfig, out: Path) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    remove_stale_temp_files(out / "samples")
+    data = load_dataset(cfg.data)
+    if data.labels is None:
+        raise ConfigError(f"the fine-tuning study splits the data by class; {cfg.data!r} has no labels")
+    for name in ("source_classes", "target_classes"):
+        select_classes(data, getattr(cfg, name))  # a one-line error for classes the data do not have
+    _check_variants(cfg, data.image_shape)
+    check_folder(out, {"kind": "finetune", **cfg.to_dict()})
+    features = similarity.make_features(cfg.similarity, **({"path": cfg.sscd_path} if cfg.sscd_path else {}))
+    device = str(resolve_device(cfg.device))
+    source = DataConfig(name=cfg.data, classes=cfg.source_classes)
+    target = DataConfig(name=cfg.data, classes=cfg.target_classes)
+    failed: list[dict[str, Any]] = []
+    runs: dict[str, tuple[Path, Any]] = {}
+
+    def run(name: str, spec: ModelSpec, data_cfg: DataConfig, **extra: Any) -> None:
+        folder = out / "runs" / name
+        try:
+            train(model_train_config(spec, 0, data_cfg, device, **extra), folder)
+            runs[name] = (folder, load_model(folder, device=device)[0])
+        except (TrainingError, ValueError) as e:
+            failed.append({"model": name, "error": str(e)})
+
+    run("pretrained", cfg.model, source)
+    for s in cfg.scratch_seeds:
+        run(f"scratch-{s}", dataclasses.replace(cfg.model, seed=s), target)
+    if "pretrained" in runs:
+        ft_spec = dataclasses.replace(cfg.model, steps=cfg.finetune_steps, lr=cfg.finetune_lr)
+        for v in cfg.variants:
+            run(f"ft-{v.name}", ft_spec, target, finetune=_finetune_config(v, runs["pretrained"][0]))
+    shape = data.image_shape
+    feats: dict[str, Tensor] = {}
+    sample_paths: dict[str, str] = {}
+    for name, (_, D) in runs.items():
+        path = out / "samples" / f"{name}.npz"
+        try:
+            x = cached_samples(path, D, cfg.seed, cfg.count, shape, sampler=cfg.sampler, steps=cfg.sampler_steps,
+                               device=device)
+        except TrainingError as e:
+            failed.append({"model": name, "error": str(e)})
+            continue
+        feats[name] = features(x)
+        sample_paths[name] = str(path.relative_to(out))
+    ref_feats = features(data.images)
+    target_set = torch.tensor(cfg.target_classes)
+
+    def rp(a: str, b: str) -> dict[str, Any] | None:
+        if a not in feats or b not in feats:
+            return None
+        s = metrics.rp_score(feats[a], feats[b], threshold=cfg.threshold, n_boot=cfg.n_boot, seed=cfg.seed,
+                             chance=True)
+        return {"a": a, "b": b, "rp": s.value, "chance": s.chance, "ci": list(s.ci)}
+
+    scratch = [f"scratch-{s}" for s in cfg.scratch_seeds]
+    results: dict[str, Any] = {
+        "schema": SCHEMA, "kind": "finetune", "config": cfg.to_dict(), "samples": sample_paths, "failed": failed,
+        "target_share": {k: float(torch.isin(metrics.nearest_labels(f, ref_feats, data.labels), target_set)
+                                         .float().mean()) for k, f in feats.items()},
+        "variants": [], "references": [r for r in (*(rp(a, b) for i, a in enumerate(scratch) for b in scratch[i + 1:]),
+                                                   *(rp("pretrained", s) for s in scratch)) if r is not None],
+    }
+    for v in cfg.variants:
+        name = f"ft-{v.name}"
+        if name not in runs:
+            continue
+        results["variants"].append({
+            "variant": v.name, "trainable_share": _trainable_share(runs[name][1]),
+            "lora_rank": v.lora_rank, "trainable": list(v.trainable),
+            "vs_scratch": [r for s in scratch if (r := rp(name, s)) is not None],
+            "vs_pretrained": rp(name, "pretrained"),
+        })
+    results["timing"] = {"total_s": round(time.perf_counter() - t0, 1)}
+    save_json(out / "results.json", results)
+    rows = [[v["variant"], v["trainable_share"], r["b"], r["rp"], r["chance"], *r["ci"]]
+            for v in results["variants"] for r in [*v["vs_scratch"], *([v["vs_pretrained"]] if v["vs_pretrained"]
+                                                                        else [])]]
+    rows += [["reference", "", f"{r['a']} / {r['b']}", r["rp"], r["chance"], *r["ci"]] for r in results["references"]]
+    write_csv(out / "results.csv", ["variant", "trainable_share", "versus", "rp", "chance", "ci_low", "ci_high"], rows)
+    return results
+
+
+def _mean_rp(rows: list[dict[str, Any]]) -> float | None:
+    return float(np.mean([r["rp"] for r in rows])) if rows else None
+
+
+def _fmt(v: Any, spec: str = ".2f") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def summarize(results: dict[str, Any]) -> str:
+    share = results["target_share"]
+    lines = [f"{'variant':<14}{'trainable':>10}{'RP vs scratch':>15}{'RP vs pretrained':>18}{'target share':>14}"]
+    for v in results["variants"]:
+        pre = v["vs_pretrained"]["rp"] if v["vs_pretrained"] else None
+        lines.append(f"{v['variant']:<14}{v['trainable_share']:>10.3f}{_fmt(_mean_rp(v['vs_scratch'])):>15}"
+                     f"{_fmt(pre):>18}{_fmt(share.get('ft-' + v['variant'])):>14}")
+    for r in results["references"]:
+        lines.append(f"reference {r['a']} / {r['b']}: RP {r['rp']:.2f} (chance {r['chance']:.2f})")
+    lines.append("target share: " + ", ".join(f"{k} {v:.2f}" for k, v in share.items() if not k.startswith("ft-")))
+    for f in results["failed"]:
+        lines.append(f"failed: {f['model']}: {f['error']}")
+    lines.append(f"({results['timing']['total_s']:.0f} s)")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------- report
+
+
+def _plot(results: dict[str, Any]) -> bytes:
+    fig = Figure(figsize=(6.4, 4.0), layout="constrained")
+    ax = fig.add_subplot()
+    vs = sorted(results["variants"], key=lambda v: v["trainable_share"])
+    partial = [v for v in vs if not v["lora_rank"]]
+    for key, color, label in (("vs_scratch", "#1f77b4", "RP with the scratch models"),
+                              ("vs_pretrained", "#ff7f0e", "RP with the pre-trained model")):
+        xs = [v["trainable_share"] for v in partial]
+        ys = [_mean_rp(v[key]) if key == "vs_scratch" else (v[key] or {}).get("rp") for v in partial]
+        ax.plot(xs, [math.nan if y is None else y for y in ys], "o-", color=color, label=label)
+        for v in vs:
+            if v["lora_rank"]:
+                y = _mean_rp(v[key]) if key == "vs_scratch" else (v[key] or {}).get("rp")
+                ax.plot([v["trainable_share"]], [math.nan if y is None else y], "D", color=color, ms=7)
+    for v in vs:
+        ax.annotate(v["variant"], (v["trainable_share"], 1.0), rotation=60, fontsize=7, ha="left", va="bottom",
+                    xytext=(0, 2), textcoords="offset points")
+    styles = iter([("#2ca02c", "--"), ("#7f7f7f", ":"), ("#9467bd", "-."), ("#8c564b", "--")])
+    for r in results["references"][:4]:
+        color, ls = next(styles)
+        ax.axhline(r["rp"], color=color, ls=ls, lw=1.2, label=f"{r['a']} / {r['b']}")
+    ax.set_xscale("log")
+    ax.set_ylim(0, 1.25)
+    ax.set_xlabel("trainable parameters / network parameters (fine-tuning depth; diamonds: LoRA)")
+    ax.set_ylabel("RP")
+    ax.legend(fontsize=7, loc="lower right")
+    return png_bytes(fig)
+
+
+def _grid(root: Path, results: dict[str, Any]) -> bytes | None:
+    rows = []
+    for name, path in results["samples"].items():
+        if (root / path).is_file():
+            with np.load(root / path, allow_pickle=False) as f:
+                rows.append((name, torch.from_numpy(f["images"][:12]).float() / 127.5 - 1))
+    return grid_png(labelled_grid(rows)) if rows else None
+
+
+def report(root: Path, results: dict[str, Any]) -> Report:
+    files = {"finetune_rp.png": _plot(results)}
+    if (grid := _grid(root, results)) is not None:
+        files["finetune_grid.png"] = grid
+    share = results["target_share"]
+    table = table_html(
+        ["variant", "trainable share", "layers", "RP vs scratch (each)", "RP vs pre-trained", "target-class share"],
+        [[v["variant"], f"{v['trainable_share']:.4f}",
+          f"LoRA rank {v['lora_rank']}" if v["lora_rank"] else (", ".join(v["trainable"]) or "all"),
+          ", ".join(f"{r['rp']:.2f}" for r in v["vs_scratch"]),
+          _fmt((v["vs_pretrained"] or {}).get("rp")), _fmt(share.get("ft-" + v["variant"]))]
+         for v in results["variants"]])
+    refs = table_html(["reference pair", "RP", "95% CI", "chance"],
+                      [[f"{r['a']} / {r['b']}", f"{r['rp']:.2f}", f"[{r['ci'][0]:.2f}, {r['ci'][1]:.2f}]"
+                        if r["ci"][0] is not None and not math.isnan(r["ci"][0]) else "-", f"{r['chance']:.2f}"]
+                       for r in results["references"]])
+    cfg = results["config"]
+    intro = (f"<p>Zhang et al. 2023, Sec. 5 (fine-tuned diffusion models): pre-trained on classes "
+             f"{cfg['source_classes']}, fine-tuned on {cfg['target_classes']} for {cfg['finetune_steps']} steps in "
+             "several ways, compared with models trained from scratch on the target classes, all from the same "
+             "noise. The paper's finding: partial fine-tuning keeps less reproducibility (with the scratch models) "
+             "than full fine-tuning. Target-class share: samples whose nearest labelled image is of a target "
+             "class.</p>")
+    sections = [("RP against fine-tuning depth",
+                 figure_html(files["finetune_rp.png"], "RP vs depth", "RP of each fine-tuned model with the scratch "
+                             "models (mean over seeds) and with the pre-trained model, against its share of trainable "
+                             "parameters; horizontal lines: reference pairs.") + table + refs)]
+    if "finetune_grid.png" in files:
+        sections.append(("Samples from the same noise", figure_html(files["finetune_grid.png"], "samples",
+                                                                    "One row per model; column i: noise i.", "grid")))
+    if results["failed"]:
+        sections.append(("Failed", "<ul>" + "".join(f"<li>{html.escape(str(f['model']))}: "
+                                                    f"{html.escape(str(f['error']))}</li>"
+                                                    for f in results["failed"]) + "</ul>"))
+    return Report("reprodiff: fine-tuned diffusion models", intro, sections, files)
+
+
+KIND = Kind("finetune", FinetuneStudyConfig, run_finetune_study, summarize, report,
+            "fine-tuning depth (full, partial, LoRA) vs reproducibility with models trained from scratch")

@@ -1,0 +1,310 @@
+"""The inverse-problem study (Zhang et al. 2023, Sec. 5): with the same measurement and the same noise, do
+posterior samplers built on different unconditional models return the same solution?
+
+Models are trained on ``n`` images; ``count`` held-out images are measured with every operator
+(``y = A(x) + sigma_y n``, the measurement noise from its own seed) and solved with every method (DPS, PiGDM;
+``inverse.py``) and every sampler (an ODE solver: deterministic; ``ancestral``: stochastic, its per-step noise
+from ``noise_seed``). Measured per (operator, method, sampler): RP for every pair of models, grouped into
+pairs of the same architecture (same ``net.name``: different seeds, kernels or objectives) and pairs across
+architectures, and for every model the measurement consistency ``||A(x) - y||`` (RMS per entry) and the
+similarity to the true image. The paper's finding: reproducible within, not across, architectures.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from itertools import combinations
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from torch import Tensor
+
+from . import metrics, sampling, similarity
+from .config import ConfigError, TomlConfig
+from .data import held_out, load_dataset, to_uint8
+from .files import folder_lock, remove_stale_temp_files, save_json, save_npz
+from .inverse import make_method, make_operator, measure, operator_name
+from .report import figure_html, grid_png, labelled_grid, png_bytes, table_html
+from .study import SCHEMA, Kind, ModelSpec, Report, cached_samples, check_folder, train_models, write_csv
+from .train import DataConfig, TrainingError, resolve_device
+
+__all__ = ["KIND", "InverseStudyConfig", "run_inverse_study"]
+
+_UNET = {"name": "unet", "model_channels": 32, "channel_mult": [1, 2], "dropout": 0.0}
+
+
+def _models() -> tuple[ModelSpec, ...]:
+    return (ModelSpec("unet-a", _UNET, steps=600, seed=0),
+            ModelSpec("unet-b", _UNET, steps=600, seed=1),
+            ModelSpec("unet-vp", _UNET, kernel={"name": "vp"}, steps=600, seed=2),
+            ModelSpec("mlp", {"name": "mlp", "hidden": 512, "depth": 4}, steps=800, seed=3))
+
+
+def _operators() -> tuple[dict[str, Any], ...]:
+    return ({"name": "inpaint_box", "size": 4}, {"name": "inpaint_random", "keep": 0.3},
+            {"name": "superres", "factor": 2}, {"name": "deblur", "sigma": 1.0})
+
+
+def _methods() -> tuple[dict[str, Any], ...]:
+    return ({"name": "dps", "zeta": 0.5}, {"name": "pigdm"})
+
+
+@dataclass(frozen=True)
+class InverseStudyConfig(TomlConfig):
+    """Models, operators (``inverse.OPERATORS``), methods (``inverse.METHODS``) and samplers (ODE solvers of
+    ``sampling.SAMPLERS`` and ``"ancestral"``); ``count`` held-out images from the same permutation as the
+    ``n`` training images."""
+
+    data: str = "digits"
+    n: int = 1500
+    subset_seed: int = 0
+    models: tuple[ModelSpec, ...] = field(default_factory=_models)
+    operators: tuple[dict[str, Any], ...] = field(default_factory=_operators)
+    methods: tuple[dict[str, Any], ...] = field(default_factory=_methods)
+    samplers: tuple[str, ...] = ("heun", "ancestral")
+    sampler_steps: int = 18
+    sigma_y: float = 0.05
+    count: int = 64
+    seed: int = 100000
+    noise_seed: int = 200000
+    measurement_seed: int = 300000
+    similarity: str = "pixel"
+    sscd_path: str = ""
+    threshold: float = 0.9
+    n_boot: int = 1000
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        names = [m.name for m in self.models]
+        if len(names) < 2 or len(set(names)) != len(names):
+            raise ValueError(f"an inverse study needs at least two models with distinct names, got {names}")
+        for s in self.samplers:
+            if s not in sampling.SAMPLERS and s not in sampling.STOCHASTIC_SAMPLERS:
+                raise ValueError(f"unknown sampler {s!r}; choose from "
+                                 f"{sorted(sampling.SAMPLERS) + sorted(sampling.STOCHASTIC_SAMPLERS)}")
+        if not self.operators or not self.methods or not self.samplers:
+            raise ValueError("operators, methods and samplers must not be empty")
+        for op in self.operators:  # names and options now; shapes when the data are known
+            make_operator(op, (1, 64, 64))
+        for m in self.methods:
+            make_method(m, lambda x, s, c=None: x, make_operator({"name": "superres"}, (1, 8, 8)), 0.0)
+        if not (self.sigma_y >= 0 and math.isfinite(self.sigma_y)):
+            raise ValueError(f"sigma_y must be a finite number >= 0, got {self.sigma_y}")
+        if self.count < 2 or self.sampler_steps < 1 or self.n < 1 or self.n_boot < 0:
+            raise ValueError("count must be >= 2, sampler_steps >= 1, n >= 1 and n_boot >= 0")
+        if not -1 <= self.threshold <= 1:
+            raise ValueError(f"threshold must be in [-1, 1] (a cosine similarity), got {self.threshold}")
+        if self.similarity == "sscd" and not self.sscd_path:
+            raise ValueError("similarity = 'sscd' needs sscd_path, the local SSCD model file")
+
+
+def run_inverse_study(cfg: InverseStudyConfig | None, out: str | os.PathLike[str], *,
+                      progress: bool = False) -> dict[str, Any]:
+    """Run (or resume) the inverse-problem study into ``out``; returns the results also in ``results.json``."""
+    cfg = cfg or InverseStudyConfig()
+    with folder_lock(out, "study"):
+        return _run(cfg, Path(out))
+
+
+def _arch(cfg: InverseStudyConfig) -> dict[str, str]:
+    return {m.name: str(m.net["name"]) for m in cfg.models}
+
+
+def _run(cfg: InverseStudyConfig, out: Path) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    remove_stale_temp_files(out / "samples")
+    data = load_dataset(cfg.data)
+    if cfg.n + cfg.count > len(data):
+        raise ConfigError(f"n + count = {cfg.n + cfg.count} exceeds the {len(data)} images of {cfg.data!r}")
+    shape = data.image_shape
+    ops = [make_operator(spec, shape) for spec in cfg.operators]  # shape errors before any training
+    check_folder(out, {"kind": "inverse", **cfg.to_dict()})
+    features = similarity.make_features(cfg.similarity, **({"path": cfg.sscd_path} if cfg.sscd_path else {}))
+    device = str(resolve_device(cfg.device))
+    truth = held_out(data, cfg.n, cfg.count, cfg.subset_seed).images  # [count, C, H, W]
+    failed: list[dict[str, Any]] = []
+    models = train_models(cfg.models, DataConfig(name=cfg.data, n=cfg.n, seed=cfg.subset_seed), out, device, failed)
+    arch = _arch(cfg)
+    results: dict[str, Any] = {"schema": SCHEMA, "kind": "inverse", "config": cfg.to_dict(), "models": list(models),
+                               "architectures": arch, "operators": [operator_name(o) for o in cfg.operators],
+                               "methods": [m["name"] for m in cfg.methods], "samplers": list(cfg.samplers),
+                               "problems": [], "rp": [], "consistency": [], "failed": failed}
+    truth_feats = features(truth)
+    for i, (spec, op) in enumerate(zip(cfg.operators, ops, strict=True)):
+        n_y = sampling.noise(cfg.measurement_seed, cfg.count, op.measurement_shape())
+        y = measure(op, truth.double(), cfg.sigma_y, n_y).float()
+        prob = out / "samples" / f"problem{i}.npz"
+        save_npz(prob, truth=to_uint8(truth), y=y, y_image=to_uint8(op.pinv(y.double()).float().clamp(-1, 1)))
+        results["problems"].append({"operator": operator_name(spec), "path": str(prob.relative_to(out))})
+        for mspec in cfg.methods:
+            for sampler in cfg.samplers:
+                feats = _solve_all(cfg, out, i, op, mspec, sampler, y, models, truth, truth_feats, features,
+                                   device, results)
+                for a, b in combinations(feats, 2):
+                    s = metrics.rp_score(feats[a], feats[b], threshold=cfg.threshold, n_boot=cfg.n_boot,
+                                         seed=cfg.seed, chance=True)
+                    results["rp"].append({"operator": operator_name(spec), "method": mspec["name"],
+                                          "sampler": sampler, "a": a, "b": b,
+                                          "group": "within" if arch[a] == arch[b] else "across",
+                                          "rp": s.value, "chance": s.chance, "ci": list(s.ci)})
+        results["timing"] = {"total_s": round(time.perf_counter() - t0, 1)}
+        _write(out, results)
+    return results
+
+
+def _solve_all(cfg: InverseStudyConfig, out: Path, i: int, op: Any, mspec: dict[str, Any], sampler: str, y: Tensor,
+               models: dict[str, Any], truth: Tensor, truth_feats: Tensor, features: Any, device: str,
+               results: dict[str, Any]) -> dict[str, Tensor]:
+    """Solve problem ``i`` with every model; records consistency rows; returns the solutions' features."""
+    shape = tuple(truth.shape[1:])
+    feats: dict[str, Tensor] = {}
+    stochastic = sampler in sampling.STOCHASTIC_SAMPLERS
+    for name, D in models.items():
+        path = out / "samples" / f"problem{i}-{mspec['name']}-{sampler}-{name}.npz"
+        G = make_method(mspec, D, op, cfg.sigma_y)
+        try:
+            x = cached_samples(path, G, cfg.seed, cfg.count, shape, sampler=sampler, steps=cfg.sampler_steps,
+                               device=device, cond=y, noise_seed=cfg.noise_seed if stochastic else None)
+        except TrainingError as e:
+            results["failed"].append({"model": name, "error": f"{operator_name(cfg.operators[i])} {mspec['name']} "
+                                                               f"{sampler}: {e}"})
+            continue
+        feats[name] = features(x)
+        residual = (op.forward(x.double()) - y.double()).flatten(1)
+        results["consistency"].append({
+            "operator": operator_name(cfg.operators[i]), "method": mspec["name"], "sampler": sampler, "model": name,
+            "residual_rms": float(residual.pow(2).mean(1).sqrt().mean()),
+            "truth_similarity": float((feats[name] * truth_feats).sum(1).mean()),
+            "path": str(path.relative_to(out))})
+    return feats
+
+
+def _write(out: Path, results: dict[str, Any]) -> None:
+    save_json(out / "results.json", results)
+    write_csv(out / "results.csv", ["operator", "method", "sampler", "a", "b", "group", "rp", "chance", "ci_low",
+                                    "ci_high"],
+              [[r["operator"], r["method"], r["sampler"], r["a"], r["b"], r["group"], r["rp"], r["chance"], *r["ci"]]
+               for r in results["rp"]])
+
+
+def _group_means(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Mean RP of the within- and across-architecture pairs per (operator, method, sampler)."""
+    rows = []
+    for op in results["operators"]:
+        for m in results["methods"]:
+            for s in results["samplers"]:
+                sel = [r for r in results["rp"] if (r["operator"], r["method"], r["sampler"]) == (op, m, s)]
+                row: dict[str, Any] = {"operator": op, "method": m, "sampler": s}
+                for g in ("within", "across"):
+                    vals = [r["rp"] for r in sel if r["group"] == g]
+                    row[g] = float(np.mean(vals)) if vals else None
+                row["chance"] = float(np.mean([r["chance"] for r in sel])) if sel else None
+                cons = [c["residual_rms"] for c in results["consistency"]
+                        if (c["operator"], c["method"], c["sampler"]) == (op, m, s)]
+                row["residual_rms"] = float(np.mean(cons)) if cons else None
+                rows.append(row)
+    return rows
+
+
+def _fmt(v: Any, spec: str = ".2f") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def summarize(results: dict[str, Any]) -> str:
+    lines = [f"{'operator':<28}{'method':>7}{'sampler':>11}{'RP within':>11}{'RP across':>11}{'chance':>8}"
+             f"{'|Ax-y| rms':>12}"]
+    for r in _group_means(results):
+        lines.append(f"{r['operator']:<28}{r['method']:>7}{r['sampler']:>11}{_fmt(r['within']):>11}"
+                     f"{_fmt(r['across']):>11}{_fmt(r['chance']):>8}{_fmt(r['residual_rms'], '.4f'):>12}")
+    for f in results["failed"]:
+        lines.append(f"failed: {f['model']}: {f['error']}")
+    lines.append(f"(within: pairs of the same architecture {sorted(set(results['architectures'].values()))}; "
+                 f"{results.get('timing', {}).get('total_s', 0):.0f} s)")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------- report
+
+
+def _plot(results: dict[str, Any]) -> bytes:
+    rows = _group_means(results)
+    fig = Figure(figsize=(max(6.0, 0.55 * len(rows) + 2), 3.8), layout="constrained")
+    ax = fig.add_subplot()
+    x = np.arange(len(rows))
+    for off, g, color in ((-0.2, "within", "#1f77b4"), (0.2, "across", "#ff7f0e")):
+        vals = [math.nan if r[g] is None else r[g] for r in rows]
+        ax.bar(x + off, vals, width=0.4, color=color, label=f"{g} architectures")
+    for i, r in enumerate(rows):
+        if r["chance"] is not None:
+            ax.plot([i - 0.4, i + 0.4], [r["chance"]] * 2, color="grey", ls=":", lw=1.5)
+    ax.set_xticks(x, [f"{r['operator']}\n{r['method']}, {r['sampler']}" for r in rows], fontsize=6.5, rotation=35,
+                  ha="right")
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("mean RP of the pairs")
+    ax.legend(fontsize=8)
+    return png_bytes(fig)
+
+
+def _panel(root: Path, results: dict[str, Any], problem: int = 0) -> bytes | None:
+    if not results["problems"]:
+        return None
+    with np.load(root / results["problems"][problem]["path"], allow_pickle=False) as f:
+        truth, y_img = f["truth"], f["y_image"]
+    rows = [("truth", torch.from_numpy(truth[:12]).float() / 127.5 - 1),
+            ("measurement (A+ y)", torch.from_numpy(y_img[:12]).float() / 127.5 - 1)]
+    op, m, s = results["operators"][problem], results["methods"][-1], results["samplers"][0]
+    for c in results["consistency"]:
+        if (c["operator"], c["method"], c["sampler"]) == (op, m, s) and (root / c["path"]).is_file():
+            with np.load(root / c["path"], allow_pickle=False) as f:
+                rows.append((c["model"], torch.from_numpy(f["images"][:12]).float() / 127.5 - 1))
+    return grid_png(labelled_grid(rows))
+
+
+def report(root: Path, results: dict[str, Any]) -> Report:
+    files = {"inverse_rp.png": _plot(results)}
+    panels = {}
+    for i in range(len(results["problems"])):
+        if (p := _panel(root, results, i)) is not None:
+            files[f"inverse_panel{i}.png"] = panels[i] = p
+    means = _group_means(results)
+    table = table_html(["operator", "method", "sampler", "RP within", "RP across", "chance", "||A(x) - y|| rms"],
+                       [[r["operator"], r["method"], r["sampler"], _fmt(r["within"]), _fmt(r["across"]),
+                         _fmt(r["chance"]), _fmt(r["residual_rms"], ".4f")] for r in means])
+    pairs = table_html(["operator", "method", "sampler", "pair", "group", "RP", "95% CI", "chance"],
+                       [[r["operator"], r["method"], r["sampler"], f"{r['a']} / {r['b']}", r["group"],
+                         _fmt(r["rp"]), "-" if r["ci"][0] is None or math.isnan(r["ci"][0])
+                         else f"[{r['ci'][0]:.2f}, {r['ci'][1]:.2f}]", _fmt(r["chance"])] for r in results["rp"]])
+    cons = table_html(["operator", "method", "sampler", "model", "||A(x) - y|| rms", "cosine to the truth"],
+                      [[c["operator"], c["method"], c["sampler"], c["model"], f"{c['residual_rms']:.4f}",
+                        f"{c['truth_similarity']:.3f}"] for c in results["consistency"]])
+    arch = ", ".join(f"{m}: {a}" for m, a in results["architectures"].items())
+    cfg = results["config"]
+    intro = (f"<p>Zhang et al. 2023, Sec. 5: posterior samplers built on different unconditional models, the same "
+             f"measurement y = A(x) + {cfg['sigma_y']:g}&middot;n of {cfg['count']} held-out images and the same "
+             f"noise. Architectures: {html.escape(arch)}. The paper's finding: solutions are reproducible among "
+             "models of one architecture (different seeds, kernels, objectives), not across architectures.</p>")
+    sections = [("RP within and across architectures",
+                 figure_html(files["inverse_rp.png"], "inverse RP", "Mean RP of the model pairs of the same "
+                             "architecture (blue) and of different architectures (orange); dotted: chance.") + table),
+                ("Every pair", pairs), ("Measurement consistency", cons)]
+    for i, p in panels.items():
+        sections.append((f"Solutions: {results['problems'][i]['operator']}", figure_html(
+            p, f"problem {i}", f"Rows: the true held-out image, the measurement mapped back by the pseudo-inverse, "
+                               f"and each model's solution ({results['methods'][-1]}, {results['samplers'][0]}); "
+                               "column i: the same image and the same noise.", "grid")))
+    if results["failed"]:
+        sections.append(("Failed", "<ul>" + "".join(f"<li>{html.escape(str(f['model']))}: "
+                                                    f"{html.escape(str(f['error']))}</li>"
+                                                    for f in results["failed"]) + "</ul>"))
+    return Report("reprodiff: inverse problems", intro, sections, files)
+
+
+KIND = Kind("inverse", InverseStudyConfig, run_inverse_study, summarize, report,
+            "posterior samplers (DPS, PiGDM) on different models: RP within vs across architectures")
