@@ -93,13 +93,34 @@ def test_pigdm_samples_the_gaussian_posterior(case) -> None:
     mean = C @ A.T @ y1.flatten() / sy**2
     count = 3000
     y = y1.expand(count, *y1.shape).clone()
-    G = PiGDM(gaussian_denoiser, op, sigma_y=sy, sigma_data=1.0)
+    G = PiGDM(gaussian_denoiser, op, sigma_y=sy, sigma_data=1.0, scale="sigma2")
     x = sampling.sample(G, 7, count, shape, sampler="heun", steps=40, cond=y, batch_size=1024,
                         micro_batch=1024).double().flatten(1)
     emp_mean, emp_cov = x.mean(0), torch.cov(x.T)
     se = torch.sqrt(torch.diag(C) / count)
     assert torch.all((emp_mean - mean).abs() < 5 * se), (emp_mean, mean)
     assert torch.allclose(emp_cov, C, atol=0.08), (emp_cov, C)
+
+
+def test_damped_scale_matches_tweedie_at_low_noise_and_is_bounded_at_high_noise() -> None:
+    """``scale = "r2"`` (default) weights the likelihood score by r^2 instead of sigma^2: equal as sigma -> 0,
+    bounded by sigma_data^2 at high noise, where a network's Jacobian is least precise."""
+    op = Inpaint.box(SHAPE, 4)
+
+    def bad_jacobian(x, sigma, cond=None):  # an epsilon-net whose dF/dx is off by 5%: D = x - sigma F
+        return x - sigma.to(x).reshape(-1, 1, 1, 1) * 0.95 * x / (1 + sigma.to(x).reshape(-1, 1, 1, 1) ** 2) ** 0.5
+
+    y = op.forward(torch.ones(2, *SHAPE, dtype=torch.float64))
+    x = torch.zeros(2, *SHAPE, dtype=torch.float64)
+    for sig, close in ((1e-3, True), (80.0, False)):
+        s = torch.full((2,), sig, dtype=torch.float64)
+        exact = PiGDM(bad_jacobian, op, sigma_y=0.05, scale="sigma2")(x, s, y) - bad_jacobian(x, s)
+        damped = PiGDM(bad_jacobian, op, sigma_y=0.05)(x, s, y) - bad_jacobian(x, s)
+        assert torch.allclose(exact, damped, rtol=1e-4) == close
+        if not close:
+            assert damped.abs().max() < 1.0 < 100 * 1.0 < exact.abs().max()
+    with pytest.raises(ConfigError, match="guidance scale must be one of"):
+        PiGDM(bad_jacobian, op, scale="sigma")
 
 
 def test_dps_moves_towards_the_measurement_and_stochastic_variant_is_seeded() -> None:

@@ -48,8 +48,8 @@ def _models() -> tuple[ModelSpec, ...]:
 
 
 def _operators() -> tuple[dict[str, Any], ...]:
-    return ({"name": "inpaint_box", "size": 4}, {"name": "inpaint_random", "keep": 0.3},
-            {"name": "superres", "factor": 2}, {"name": "deblur", "sigma": 1.0})
+    return ({"name": "inpaint_box", "size": 4}, {"name": "inpaint_random", "keep": 0.2},
+            {"name": "superres", "factor": 4}, {"name": "deblur", "sigma": 1.5})
 
 
 def _methods() -> tuple[dict[str, Any], ...]:

@@ -85,7 +85,9 @@ class TrainConfig(TomlConfig):
     """Everything that determines a training run (EDM's defaults where they fit small data).
 
     ``precision`` ``bf16`` autocasts the network (CPU or GPU), ``fp16`` needs CUDA; ``compile`` runs
-    the network through ``torch.compile``. Both trade bit-exactness with fp32 eager for speed."""
+    the network through ``torch.compile``. Both trade bit-exactness with fp32 eager for speed. On the CPU runs
+    are bit-identical anyway; on a GPU ``deterministic`` makes them so (``torch.use_deterministic_algorithms``,
+    cuDNN without autotuning, cuBLAS's fixed workspace), at a cost measured in ``benchmarks/gpu.py``."""
 
     data: DataConfig = field(default_factory=DataConfig)
     net: dict[str, Any] = field(default_factory=lambda: {"name": "unet", "model_channels": 32,
@@ -106,6 +108,7 @@ class TrainConfig(TomlConfig):
     checkpoint_every: int = 500
     log_every: int = 50
     label_dropout: float = 0.0
+    deterministic: bool = False
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
     def __post_init__(self) -> None:
@@ -282,6 +285,15 @@ def _autocast(precision: str, device: torch.device) -> contextlib.AbstractContex
     return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
+def _set_deterministic(cfg: TrainConfig, device: torch.device) -> None:
+    """PyTorch's reproducibility switches for CUDA (its "Reproducibility" notes); no effect on CPU results."""
+    if cfg.deterministic and device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read by cuBLAS at each call
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+        torch.use_deterministic_algorithms(True)
+
+
 def load_training_data(cfg: TrainConfig) -> Dataset:
     data = select_classes(load_dataset(cfg.data.name), cfg.data.classes)
     data = subset(data, cfg.data.n or len(data), cfg.data.seed)
@@ -328,6 +340,7 @@ def _train_locked(cfg: TrainConfig | None, out: Path, steps: int | None, progres
     data = load_training_data(cfg)
     num_classes = int(data.labels.max()) + 1 if cfg.data.conditional and data.labels is not None else 0
     device = resolve_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
+    _set_deterministic(cfg, device)
     with _distributed(device) as dist:
         if cfg.batch_size % dist.world:
             raise ConfigError(f"batch_size {cfg.batch_size} must be divisible by the {dist.world} processes")

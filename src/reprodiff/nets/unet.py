@@ -114,6 +114,17 @@ class ResBlock(nn.Module):
         return x
 
 
+def upsample2x(x: Tensor) -> Tensor:
+    """Nearest-neighbour x2 upsampling. CUDA's backward of ``F.interpolate`` uses atomic adds, so under
+    ``torch.use_deterministic_algorithms`` (``TrainConfig.deterministic``) a broadcast copy with a plain-sum
+    backward is used there instead; the forward is identical. Elsewhere ``F.interpolate``, which keeps CPU
+    results bit-identical with earlier runs (the two backward sums round differently, ~1e-7)."""
+    if x.is_cuda and torch.are_deterministic_algorithms_enabled():
+        B, C, H, W = x.shape
+        return x[:, :, :, None, :, None].expand(B, C, H, 2, W, 2).reshape(B, C, 2 * H, 2 * W)
+    return F.interpolate(x, scale_factor=2.0, mode="nearest")
+
+
 class UNet(nn.Module):
     """``F(x_in [B, C, R, R], c_noise [B], cond [B] | None) -> [B, C, R, R]`` (DDPM++)."""
 
@@ -188,5 +199,5 @@ class UNet(nn.Module):
             for blk in blocks:
                 x = blk(torch.cat([x, skips.pop()], dim=1), emb)
             if level < len(self.up):
-                x = self.up[level](F.interpolate(x, scale_factor=2.0, mode="nearest"))
+                x = self.up[level](upsample2x(x))
         return self.conv_out(F.silu(self.norm_out(x)))  # [B, C, R, R]
