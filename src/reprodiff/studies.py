@@ -18,6 +18,9 @@ from typing import Any
 
 from .config import ConfigError, from_dict, suggest
 from .files import atomic_write
+from .gan_vae import GanVaeConfig, run_gan_vae
+from .gan_vae import report as gan_vae_report
+from .gan_vae import summarize as gan_vae_summarize
 from .report import build_report as build_regime_report
 from .report import page_html
 from .study import StudyConfig, run_study, summarize
@@ -48,7 +51,9 @@ class Kind:
 
 def _kinds() -> dict[str, Kind]:
     kinds = [Kind("regime", StudyConfig, run_study, summarize, None,
-                  "RP/GL against training-set size (Zhang et al. 2023, Fig. 2)")]
+                  "RP/GL against training-set size (Zhang et al. 2023, Fig. 2)"),
+             Kind("gan_vae", GanVaeConfig, run_gan_vae, gan_vae_summarize, gan_vae_report,
+                  "RP within and across GANs, VAEs and diffusion models trained on the same data")]
     return {k.name: k for k in kinds}
 
 
