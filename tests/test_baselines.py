@@ -186,6 +186,8 @@ def test_tiny_study_end_to_end(tmp_path, capsys) -> None:
     within = {r["within"]: (r["a"], r["b"]) for r in res["rp"] if r["within"]}
     assert within == {"gan": ("gan-conv", "gan-mlp"), "vae": ("vae-conv", "vae-mlp"), "diffusion": ("unet", "mlp")}
     for r in res["rp"]:
+        assert set(r) == {"n", "a", "b", "family_a", "family_b", "within", "rp", "chance", "ci", "mean_similarity",
+                          "mean_similarity_mismatched"}
         assert 0 <= r["rp"] <= 1 and 0 <= r["chance"] <= 1 and r["ci"][0] <= r["rp"] <= r["ci"][1]
     assert {r["model"] for r in res["gl"]} == {m["name"] for m in res["models"]}
     rows = list(csv.reader((out / "results.csv").read_text().splitlines()))

@@ -13,6 +13,7 @@ pixel similarity and thresholds. Results: ``results.json`` (schema 1, ``kind = "
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 from dataclasses import dataclass, field
 from itertools import combinations
@@ -176,7 +177,7 @@ def _sample_all(cfg: GanVaeConfig, out: Path, n: int, shape: tuple[int, ...], re
         run_dir, path = out / "runs" / f"{spec.name}-n{n}", _sample_file(out, spec.name, n)
         try:
             if progress:
-                print(f"[gan_vae] n = {n}: {spec.name} ({spec.family}, {spec.arch})", flush=True)
+                print(f"[gan_vae] n = {n}: {spec.name} ({spec.family}, {spec.arch})", file=sys.stderr)
             train_baseline(_baseline_config(cfg, spec, n), run_dir)
             samples[spec.name] = _read_samples(path, (cfg.count, *shape))
             if samples[spec.name] is None:
@@ -188,7 +189,7 @@ def _sample_all(cfg: GanVaeConfig, out: Path, n: int, shape: tuple[int, ...], re
         run_dir, path = out / "runs" / f"{spec.name}-n{n}", _sample_file(out, spec.name, n)
         try:
             if progress:
-                print(f"[gan_vae] n = {n}: {spec.name} (diffusion)", flush=True)
+                print(f"[gan_vae] n = {n}: {spec.name} (diffusion)", file=sys.stderr)
             train(_train_config(cfg, spec, cfg.train_seed, n), run_dir)  # type: ignore[arg-type]
             D = load_model(run_dir, device=device)[0]
             samples[spec.name] = _samples(cfg, D, shape, cfg.sampler, device, path)  # type: ignore[arg-type]
@@ -231,7 +232,15 @@ def _score(cfg: GanVaeConfig, out: Path, n: int, train_images: Tensor, samples: 
                               features=None, chance=True)
         results["rp"].append({"n": n, "a": a, "b": b, "family_a": fam[a], "family_b": fam[b],
                               "within": fam[a] if fam[a] == fam[b] else None, "rp": rp.value, "chance": rp.chance,
-                              "ci": list(rp.ci), "mean_similarity": float(rp.similarities.mean())})
+                              "ci": list(rp.ci), "mean_similarity": float(rp.similarities.mean()),
+                              "mean_similarity_mismatched": _mismatched_mean(feats[a], feats[b])})
+
+
+def _mismatched_mean(fa: Tensor, fb: Tensor) -> float:
+    """Mean similarity over all mismatched pairs ``(a_i, b_j)``, ``i != j``: what the same-input mean would be if
+    the input carried no shared information."""
+    M = fa.shape[0]
+    return float((fa.sum(0) @ fb.sum(0) - (fa * fb).sum()) / (M * (M - 1)))
 
 
 def _write(out: Path, results: dict[str, Any], t0: float) -> None:
@@ -266,7 +275,8 @@ def summarize(results: dict[str, Any]) -> str:
         rp = [r for r in results["rp"] if r["n"] == n]
         for r in (r for r in rp if r["within"]):
             lines.append(f"  RP {r['within']:>9} {r['a']}/{r['b']}: {r['rp']:.2f}{_fmt_ci(r['ci'])} "
-                         f"(chance {r['chance']:.3f}; {_verdict(r)})")
+                         f"(chance {r['chance']:.3f}; {_verdict(r)}); mean similarity {r['mean_similarity']:.2f}, "
+                         f"mismatched {r['mean_similarity_mismatched']:.2f}")
         across = [r for r in rp if not r["within"]]
         if across:
             top = max(across, key=lambda r: r["rp"])
@@ -287,7 +297,9 @@ FAMILY_COLOR = {"gan": "C3", "vae": "C2", DIFFUSION: "C0"}
 def _plot(results: dict[str, Any], n: int) -> bytes:
     """Left: RP per pair (within-family pairs coloured by family, across pairs grey) with CI bars and the
     chance level (black tick); right: GL per model with CI bars."""
-    rp = sorted((r for r in results["rp"] if r["n"] == n), key=lambda r: (r["within"] is None, r["a"], r["b"]))
+    order = list(FAMILY_COLOR)
+    rp = sorted((r for r in results["rp"] if r["n"] == n),
+                key=lambda r: (r["within"] is None, order.index(r["within"]) if r["within"] in order else 0))
     gl = [r for r in results["gl"] if r["n"] == n]
     fig = Figure(figsize=(11, 4.2))
     ax1, ax2 = fig.subplots(1, 2, gridspec_kw={"width_ratios": [max(3, len(rp)), max(2, len(gl))]})
@@ -329,7 +341,9 @@ def _findings(results: dict[str, Any], n: int) -> str:
     if not within:
         return "<p>No family has two models with samples at this size.</p>"
     parts = [f"{r['within']} ({r['a']} vs {r['b']}): RP {r['rp']:.2f}{_fmt_ci(r['ci'])}, chance "
-             f"{r['chance']:.3f} &mdash; {_verdict(r)}" for r in within]
+             f"{r['chance']:.3f} &mdash; {_verdict(r)}; mean similarity of same-input pairs "
+             f"{r['mean_similarity']:.2f} against {r['mean_similarity_mismatched']:.2f} for mismatched pairs"
+             for r in within]
     repro = sorted({r["within"] for r in within if _verdict(r) == "above chance"})
     gist = (f"Only {repro[0]} models reproduce each other here." if len(repro) == 1 else
             f"Reproducible above chance: {', '.join(repro)}." if repro else "No family is reproducible above chance.")
@@ -357,10 +371,12 @@ def report(folder: Path, results: dict[str, Any]) -> Any:
                 grid, f"samples N = {n}", "One row per model; within a column, GANs and VAEs decode the same "
                 "latent z_i and diffusion models integrate the same noise i.", "grid")))
     rows = [[str(r["n"]), f"{r['a']} vs {r['b']}", r["within"] or "across", f"{r['rp']:.3f}",
-             _fmt_ci(r["ci"]).strip(), f"{r['chance']:.3f}", f"{r['mean_similarity']:.3f}"] for r in results["rp"]]
+             _fmt_ci(r["ci"]).strip(), f"{r['chance']:.3f}", f"{r['mean_similarity']:.3f}",
+             f"{r['mean_similarity_mismatched']:.3f}"] for r in results["rp"]]
     gl_rows = [[str(r["n"]), r["model"], r["family"], f"{r['gl']:.3f}", _fmt_ci(r["ci"]).strip()]
                for r in results["gl"]]
-    sections.append(("Scores", table_html(["N", "pair", "family", "RP", "95% CI", "chance", "mean similarity"], rows)
+    sections.append(("Scores", table_html(["N", "pair", "family", "RP", "95% CI", "chance", "mean similarity",
+                                         "mean similarity, mismatched"], rows)
                      + table_html(["N", "model", "family", "GL", "95% CI"], gl_rows)))
     if results["failed"]:
         sections.append(("Failed runs", table_html(["N", "model", "error"],
