@@ -347,7 +347,11 @@ def _findings(results: dict[str, Any], n: int) -> str:
     repro = sorted({r["within"] for r in within if _verdict(r) == "above chance"})
     gist = (f"Only {repro[0]} models reproduce each other here." if len(repro) == 1 else
             f"Reproducible above chance: {', '.join(repro)}." if repro else "No family is reproducible above chance.")
-    return f"<p>N = {n}: {gist}</p><ul>" + "".join(f"<li>{p}</li>" for p in parts) + "</ul>"
+    gl = ", ".join(f"{r['model']} {r['gl']:.2f}" for r in results["gl"] if r["n"] == n)
+    parts.append(f"GL (share of samples that copy no training image): {gl}")
+    return (f"<p>N = {n}: {gist} The mean similarity needs no threshold: a family whose same-input pairs are "
+            "no more alike than mismatched pairs does not reproduce at all.</p><ul>"
+            + "".join(f"<li>{p}</li>" for p in parts) + "</ul>")
 
 
 def report(folder: Path, results: dict[str, Any]) -> Any:
@@ -387,5 +391,6 @@ def report(folder: Path, results: dict[str, Any]) -> Any:
              "the same latents, diffusion models integrate the probability-flow ODE from the same noise. RP: share of "
              f"same-input pairs with {sim['backend']} similarity &gt; {sim['threshold']}; GL: share of samples whose "
              f"nearest training image has similarity &le; {sim['gl_threshold']} (Zhang et al. 2023, "
-             f"arXiv 2310.05264). {results['timing']['total_s']:.0f} s.</p>")
+             f"arXiv 2310.05264). The last run took {results['timing']['total_s']:.0f} s (a re-run skips finished "
+             "training runs).</p>")
     return Report("GAN / VAE / diffusion: reproducibility contrast", intro, sections, files)
