@@ -1,0 +1,399 @@
+"""The GAN/VAE contrast study (study kind ``gan_vae``): is reproducibility special to diffusion models?
+
+Zhang et al. 2023 (arXiv 2310.05264) find that two diffusion models trained on the same data map the same noise
+to nearly the same image, while GANs and VAEs do not. This study trains, on the same subsets and from the same
+seed, two GANs and two VAEs (``baselines.py``: conv + MLP) and two diffusion models (the regime study's
+``ModelSpec``: U-Net + MLP), samples every model from the shared noise (baselines: latents
+``noise(seed, count, (latent_dim,))``; diffusion: Heun from ``noise(seed, count, image_shape)``), and measures RP
+for every pair -- within each family and across families -- and GL for every model, with the regime study's
+pixel similarity and thresholds. Results: ``results.json`` (schema 1, ``kind = "gan_vae"``) and
+``results.csv``, atomically; a re-run skips finished runs and reuses samples already written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from dataclasses import dataclass, field
+from itertools import combinations
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from torch import Tensor
+
+from . import metrics, sampling, similarity
+from .baselines import BaselineConfig, load_baseline, train_baseline
+from .baselines import sample as sample_baseline
+from .config import ConfigError, TomlConfig
+from .data import load_dataset, subset, to_uint8
+from .files import folder_lock, remove_stale_temp_files, save_json, save_npz
+from .report import figure_html, grid_png, labelled_grid, png_bytes, table_html
+from .study import SCHEMA, Kind, ModelSpec, Report, _default_models, _samples, _train_config, check_folder, write_csv
+from .train import DataConfig, TrainingError, load_model, resolve_device, train
+
+__all__ = ["DIFFUSION", "KIND", "BaselineSpec", "GanVaeConfig", "default_gan_vae", "report", "run_gan_vae", "summarize"]
+
+DIFFUSION = "diffusion"
+NAME = "gan_vae"
+
+
+@dataclass(frozen=True)
+class BaselineSpec:
+    """One GAN or VAE of the study: its name and training settings (a subset of ``BaselineConfig``).
+    ``seed`` < 0 means the study's ``train_seed``."""
+
+    name: str
+    family: str
+    arch: str
+    latent_dim: int = 16
+    width: int = 64
+    steps: int = 1500
+    batch_size: int = 64
+    lr: float = 2e-4
+    adam_beta1: float = 0.5
+    beta: float = 1.0
+    decoder_std: float = 0.2
+    ema_halflife: float = 0.0
+    seed: int = -1
+
+    def __post_init__(self) -> None:
+        if not self.name or not self.name.replace("-", "").replace("_", "").isalnum():
+            raise ValueError(f"model name {self.name!r} must be a non-empty word (letters, digits, - or _)")
+        BaselineConfig(**{k: v for k, v in dataclasses.asdict(self).items() if k != "name"} | {"seed": 0})
+
+
+def _default_baselines() -> tuple[BaselineSpec, ...]:
+    """Defaults that train on the 1,797 digits in ~3-20 s each on one core (see studies/gan_vae.toml)."""
+    return (
+        BaselineSpec("gan-conv", "gan", "conv", width=32, ema_halflife=5000.0),
+        BaselineSpec("gan-mlp", "gan", "mlp", width=256, batch_size=128, adam_beta1=0.0, ema_halflife=5000.0),
+        BaselineSpec("vae-conv", "vae", "conv", width=32, lr=1e-3, adam_beta1=0.9),
+        BaselineSpec("vae-mlp", "vae", "mlp", width=256, lr=1e-3, adam_beta1=0.9),
+    )
+
+
+@dataclass(frozen=True)
+class GanVaeConfig(TomlConfig):
+    """What the GAN/VAE contrast study runs (``studies/gan_vae.toml``, ``[[baselines]]`` and ``[[diffusion]]``
+    tables). Within a family the latent dimensions must agree, so that its models decode the same latents.
+    Thresholds as in the regime study's default (pixel similarity: RP > 0.9, GL > 0.98)."""
+
+    data: str = "digits"
+    sizes: tuple[int, ...] = (1797,)
+    subset_seed: int = 0
+    baselines: tuple[BaselineSpec, ...] = field(default_factory=_default_baselines)
+    diffusion: tuple[ModelSpec, ...] = field(default_factory=_default_models)
+    train_seed: int = 0
+    sampler: str = "heun"
+    sampler_steps: int = 18
+    seed: int = 100000
+    count: int = 256
+    similarity: str = "pixel"
+    sscd_path: str = ""
+    threshold: float = 0.9
+    gl_threshold: float = 0.98
+    n_boot: int = 1000
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if not self.sizes or any(n < 1 for n in self.sizes) or list(self.sizes) != sorted(set(self.sizes)):
+            raise ValueError(f"sizes must be increasing positive integers, got {list(self.sizes)}")
+        names = [m.name for m in self.baselines] + [m.name for m in self.diffusion]
+        if len(names) < 2 or len(set(names)) != len(names):
+            raise ValueError(f"the study needs at least two models with distinct names, got {names}")
+        for fam in sorted({b.family for b in self.baselines}):
+            dims = {b.name: b.latent_dim for b in self.baselines if b.family == fam}
+            if len(set(dims.values())) > 1:
+                raise ValueError(f"the {fam} models must share latent_dim (they decode the same latents), got {dims}")
+        if self.sampler not in sampling.SAMPLERS:
+            raise ValueError(f"unknown sampler {self.sampler!r}; choose from {sorted(sampling.SAMPLERS)}")
+        for name in ("threshold", "gl_threshold"):
+            if not -1.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [-1, 1] (a cosine similarity), got {getattr(self, name)}")
+        if self.count < 2 or self.sampler_steps < 1 or self.n_boot < 0:
+            raise ValueError("count must be >= 2, sampler_steps >= 1 and n_boot >= 0")
+        if self.similarity == "sscd" and not self.sscd_path:
+            raise ValueError("similarity = 'sscd' needs sscd_path, the local SSCD model file")
+
+    def families(self) -> dict[str, str]:
+        """Model name -> family (``gan``, ``vae`` or ``diffusion``), in the study's order."""
+        return {b.name: b.family for b in self.baselines} | {m.name: DIFFUSION for m in self.diffusion}
+
+
+def default_gan_vae() -> GanVaeConfig:
+    """The shipped study (``studies/gan_vae.toml``): the class defaults."""
+    return GanVaeConfig()
+
+
+def _baseline_config(cfg: GanVaeConfig, spec: BaselineSpec, n: int) -> BaselineConfig:
+    batch = min(spec.batch_size, n)
+    return BaselineConfig(
+        family=spec.family, arch=spec.arch, data=DataConfig(name=cfg.data, n=n, seed=cfg.subset_seed),
+        latent_dim=spec.latent_dim, width=spec.width, steps=spec.steps, batch_size=batch, lr=spec.lr,
+        adam_beta1=spec.adam_beta1, beta=spec.beta, decoder_std=spec.decoder_std, ema_halflife=spec.ema_halflife,
+        seed=cfg.train_seed if spec.seed < 0 else spec.seed, device=cfg.device,
+        checkpoint_every=max(1, spec.steps // 2), log_every=max(1, spec.steps // 20))
+
+
+# ------------------------------------------------------------------------------------------ running
+def run_gan_vae(cfg: GanVaeConfig | None, out: str | Path, *, progress: bool = False) -> dict[str, Any]:
+    """Run (or resume) the study into ``out``; returns the results dict also written to ``results.json``."""
+    cfg = cfg or default_gan_vae()
+    out = Path(out)
+    with folder_lock(out, "study"):
+        t0 = time.perf_counter()
+        remove_stale_temp_files(out / "samples")
+        data = load_dataset(cfg.data)
+        if cfg.sizes[-1] > len(data):
+            raise ConfigError(f"sizes go up to {cfg.sizes[-1]} but {cfg.data!r} has {len(data)} images")
+        check_folder(out, {"kind": NAME, **cfg.to_dict()})
+        features = similarity.make_features(cfg.similarity, **({"path": cfg.sscd_path} if cfg.sscd_path else {}))
+        results: dict[str, Any] = {
+            "schema": SCHEMA, "kind": NAME, "config": cfg.to_dict(), "sizes": list(cfg.sizes),
+            "models": [{"name": k, "family": f} for k, f in cfg.families().items()],
+            "similarity": {"backend": cfg.similarity, "threshold": cfg.threshold, "gl_threshold": cfg.gl_threshold},
+            "rp": [], "gl": [], "samples": [], "train": [], "failed": []}
+        for n in cfg.sizes:
+            train_set = subset(data, n, cfg.subset_seed)
+            train_path = out / "samples" / f"train-n{n}.npz"
+            save_npz(train_path, images=to_uint8(train_set.images))
+            results["train"].append({"n": n, "path": str(train_path.relative_to(out))})
+            samples = _sample_all(cfg, out, n, tuple(train_set.images.shape[1:]), results, progress)
+            _score(cfg, out, n, train_set.images, samples, features, results)
+            _write(out, results, t0)
+        return results
+
+
+def _sample_all(cfg: GanVaeConfig, out: Path, n: int, shape: tuple[int, ...], results: dict[str, Any],
+                progress: bool) -> dict[str, Tensor]:
+    """Train (or skip finished) and sample every model at size ``n``; failures go to ``results["failed"]``."""
+    device = str(resolve_device(cfg.device))
+    samples: dict[str, Tensor] = {}
+    for spec in cfg.baselines:
+        run_dir, path = out / "runs" / f"{spec.name}-n{n}", _sample_file(out, spec.name, n)
+        try:
+            if progress:
+                print(f"[gan_vae] n = {n}: {spec.name} ({spec.family}, {spec.arch})", file=sys.stderr)
+            train_baseline(_baseline_config(cfg, spec, n), run_dir)
+            samples[spec.name] = _read_samples(path, (cfg.count, *shape))
+            if samples[spec.name] is None:
+                model, _ = load_baseline(run_dir, device=device)
+                samples[spec.name] = sample_baseline(model, cfg.seed, cfg.count)
+        except (TrainingError, ValueError) as e:
+            results["failed"].append({"n": n, "model": spec.name, "error": str(e)})
+    for spec in cfg.diffusion:
+        run_dir, path = out / "runs" / f"{spec.name}-n{n}", _sample_file(out, spec.name, n)
+        try:
+            if progress:
+                print(f"[gan_vae] n = {n}: {spec.name} (diffusion)", file=sys.stderr)
+            train(_train_config(cfg, spec, cfg.train_seed, n), run_dir)  # type: ignore[arg-type]
+            D = load_model(run_dir, device=device)[0]
+            samples[spec.name] = _samples(cfg, D, shape, cfg.sampler, device, path)  # type: ignore[arg-type]
+        except (TrainingError, ValueError) as e:
+            results["failed"].append({"n": n, "model": spec.name, "error": str(e)})
+    return {k: v for k, v in samples.items() if v is not None}
+
+
+def _sample_file(out: Path, model: str, n: int) -> Path:
+    return out / "samples" / f"{model}-n{n}.npz"
+
+
+def _read_samples(path: Path, shape: tuple[int, ...]) -> Tensor | None:
+    """Samples a previous run wrote to ``path`` (with their scores), or None."""
+    if not path.exists():
+        return None
+    with np.load(path, allow_pickle=False) as f:
+        return torch.from_numpy(f["samples"]) if f["samples"].shape == shape else None
+
+
+def _score(cfg: GanVaeConfig, out: Path, n: int, train_images: Tensor, samples: dict[str, Tensor],
+           features: Any, results: dict[str, Any]) -> None:
+    """GL for every model (its samples file written once, with the scores) and RP for every pair."""
+    fam = cfg.families()
+    train_feats = features(train_images)
+    feats: dict[str, Tensor] = {}
+    for name, x in samples.items():
+        if not bool(torch.isfinite(x).all()):
+            results["failed"].append({"n": n, "model": name, "error": "the model produced NaN/Inf samples"})
+            continue
+        feats[name] = features(x)
+        gl = metrics.gl_score(feats[name], train_feats, threshold=cfg.gl_threshold, n_boot=cfg.n_boot,
+                              seed=cfg.seed, features=None)
+        path = _sample_file(out, name, n)
+        save_npz(path, samples=x, images=to_uint8(x), nearest=gl.nearest, similarity=gl.similarities)
+        results["samples"].append({"n": n, "model": name, "path": str(path.relative_to(out))})
+        results["gl"].append({"n": n, "model": name, "family": fam[name], "gl": gl.value, "ci": list(gl.ci)})
+    for a, b in combinations(feats, 2):
+        rp = metrics.rp_score(feats[a], feats[b], threshold=cfg.threshold, n_boot=cfg.n_boot, seed=cfg.seed,
+                              features=None, chance=True)
+        results["rp"].append({"n": n, "a": a, "b": b, "family_a": fam[a], "family_b": fam[b],
+                              "within": fam[a] if fam[a] == fam[b] else None, "rp": rp.value, "chance": rp.chance,
+                              "ci": list(rp.ci), "mean_similarity": float(rp.similarities.mean()),
+                              "mean_similarity_mismatched": _mismatched_mean(feats[a], feats[b])})
+
+
+def _mismatched_mean(fa: Tensor, fb: Tensor) -> float:
+    """Mean similarity over all mismatched pairs ``(a_i, b_j)``, ``i != j``: what the same-input mean would be if
+    the input carried no shared information."""
+    M = fa.shape[0]
+    return float((fa.sum(0) @ fb.sum(0) - (fa * fb).sum()) / (M * (M - 1)))
+
+
+def _write(out: Path, results: dict[str, Any], t0: float) -> None:
+    results["timing"] = {"total_s": round(time.perf_counter() - t0, 1)}
+    save_json(out / "results.json", results)
+    rows = [["rp", r["n"], r["a"], r["b"], r["within"] or "across", r["rp"], r["chance"], *r["ci"]]
+            for r in results["rp"]]
+    rows += [["gl", r["n"], r["model"], "", r["family"], r["gl"], "", *r["ci"]] for r in results["gl"]]
+    write_csv(out / "results.csv", ["kind", "n", "a", "b", "family", "value", "chance", "ci_low", "ci_high"], rows)
+
+
+# ------------------------------------------------------------------------------------------ summary, report
+def _fmt_ci(ci: list[Any]) -> str:
+    lo, hi = (float(c) if c is not None else float("nan") for c in ci)
+    return "" if np.isnan(lo) else f" [{lo:.2f}, {hi:.2f}]"
+
+
+def _verdict(r: dict[str, Any]) -> str:
+    """Whether an RP is clearly above its chance level: its CI's lower end above chance + 0.05 (or, without
+    a CI, the value above chance + 0.1)."""
+    lo = r["ci"][0]
+    above = (lo is not None and not np.isnan(float(lo)) and float(lo) > r["chance"] + 0.05) or \
+        ((lo is None or np.isnan(float(lo))) and r["rp"] > r["chance"] + 0.1)
+    return "above chance" if above else "at chance level"
+
+
+def summarize(results: dict[str, Any]) -> str:
+    """Plain text: RP within each family (with CI and chance), the largest across-family RP, GL per model."""
+    lines = []
+    for n in results["sizes"]:
+        lines.append(f"N = {n}")
+        rp = [r for r in results["rp"] if r["n"] == n]
+        for r in (r for r in rp if r["within"]):
+            lines.append(f"  RP {r['within']:>9} {r['a']}/{r['b']}: {r['rp']:.2f}{_fmt_ci(r['ci'])} "
+                         f"(chance {r['chance']:.3f}; {_verdict(r)}); mean similarity {r['mean_similarity']:.2f}, "
+                         f"mismatched {r['mean_similarity_mismatched']:.2f}")
+        across = [r for r in rp if not r["within"]]
+        if across:
+            top = max(across, key=lambda r: r["rp"])
+            lines.append(f"  RP across families: max {top['rp']:.2f} ({top['a']}/{top['b']}) over {len(across)} pairs")
+        gl = [r for r in results["gl"] if r["n"] == n]
+        lines.append("  GL " + "  ".join(f"{r['model']} {r['gl']:.2f}" for r in gl))
+    for f in results["failed"]:
+        lines.append(f"failed: {f['model']} at N = {f['n']}: {f['error']}")
+    sim = results["similarity"]
+    lines.append(f"({sim['backend']} similarity > {sim['threshold']} for RP, > {sim['gl_threshold']} for GL; "
+                 f"{results['timing']['total_s']:.0f} s)")
+    return "\n".join(lines)
+
+
+FAMILY_COLOR = {"gan": "C3", "vae": "C2", DIFFUSION: "C0"}
+
+
+def _plot(results: dict[str, Any], n: int) -> bytes:
+    """Left: RP per pair (within-family pairs coloured by family, across pairs grey) with CI bars and the
+    chance level (black tick); right: GL per model with CI bars."""
+    order = list(FAMILY_COLOR)
+    rp = sorted((r for r in results["rp"] if r["n"] == n),
+                key=lambda r: (r["within"] is None, order.index(r["within"]) if r["within"] in order else 0))
+    gl = [r for r in results["gl"] if r["n"] == n]
+    fig = Figure(figsize=(11, 4.2))
+    ax1, ax2 = fig.subplots(1, 2, gridspec_kw={"width_ratios": [max(3, len(rp)), max(2, len(gl))]})
+    for ax, rows, labels, colors in (
+        (ax1, rp, [f"{r['a']}\nvs {r['b']}" for r in rp], [FAMILY_COLOR.get(r["within"], "0.7") for r in rp]),
+        (ax2, gl, [r["model"] for r in gl], [FAMILY_COLOR.get(r["family"], "0.5") for r in gl]),
+    ):
+        key = "rp" if ax is ax1 else "gl"
+        x = np.arange(len(rows))
+        vals = np.array([r[key] for r in rows], dtype=float)
+        ci = np.array([[float(c) if c is not None else np.nan for c in r["ci"]] for r in rows]).reshape(-1, 2)
+        err = np.nan_to_num(np.abs(ci - vals[:, None]).T)
+        ax.bar(x, vals, color=colors, yerr=err, capsize=3)
+        ax.set_xticks(x, labels, rotation=90 if ax is ax1 else 30, fontsize=7 if ax is ax1 else 9)
+        ax.set_ylim(0, 1.05)
+        ax.grid(axis="y", alpha=0.3)
+    ax1.scatter(np.arange(len(rp)), [r["chance"] for r in rp], marker="_", s=200, color="k", zorder=3,
+                label="chance (mismatched pairs)")
+    ax1.legend(loc="upper right", fontsize=8)
+    ax1.set_title(f"RP (same noise / same latent), N = {n}")
+    ax1.set_ylabel(f"RP (similarity > {results['similarity']['threshold']})")
+    ax2.set_title(f"GL, N = {n}")
+    ax2.set_ylabel(f"GL (nearest-training similarity <= {results['similarity']['gl_threshold']})")
+    fig.tight_layout()
+    return png_bytes(fig)
+
+
+def _grid(folder: Path, results: dict[str, Any], n: int, cols: int = 12) -> bytes | None:
+    rows = []
+    for s in results["samples"]:
+        if s["n"] == n:
+            with np.load(folder / s["path"], allow_pickle=False) as f:
+                rows.append((s["model"], torch.from_numpy(f["images"][:cols]).float() / 127.5 - 1))
+    return grid_png(labelled_grid(rows)) if rows else None
+
+
+def _findings(results: dict[str, Any], n: int) -> str:
+    within = [r for r in results["rp"] if r["n"] == n and r["within"]]
+    if not within:
+        return "<p>No family has two models with samples at this size.</p>"
+    parts = [f"{r['within']} ({r['a']} vs {r['b']}): RP {r['rp']:.2f}{_fmt_ci(r['ci'])}, chance "
+             f"{r['chance']:.3f} &mdash; {_verdict(r)}; mean similarity of same-input pairs "
+             f"{r['mean_similarity']:.2f} against {r['mean_similarity_mismatched']:.2f} for mismatched pairs"
+             for r in within]
+    repro = sorted({r["within"] for r in within if _verdict(r) == "above chance"})
+    gist = (f"Only {repro[0]} models reproduce each other here." if len(repro) == 1 else
+            f"Reproducible above chance: {', '.join(repro)}." if repro else "No family is reproducible above chance.")
+    gl = ", ".join(f"{r['model']} {r['gl']:.2f}" for r in results["gl"] if r["n"] == n)
+    parts.append(f"GL (share of samples that copy no training image): {gl}")
+    return (f"<p>N = {n}: {gist} The mean similarity needs no threshold: a family whose same-input pairs are "
+            "no more alike than mismatched pairs does not reproduce at all.</p><ul>"
+            + "".join(f"<li>{p}</li>" for p in parts) + "</ul>")
+
+
+def report(folder: Path, results: dict[str, Any]) -> Any:
+    """The kind's report (``studies.Report``), from ``results.json`` and the sample files it lists."""
+
+    files: dict[str, bytes] = {}
+    sections: list[tuple[str, str]] = []
+    for n in results["sizes"]:
+        files[f"rp_gl_n{n}.png"] = _plot(results, n)
+        finding = _findings(results, n)
+        fig = figure_html(files[f"rp_gl_n{n}.png"], f"RP and GL, N = {n}",
+                          "Left: RP of every pair; coloured bars are pairs within a family (red GAN, green VAE, "
+                          "blue diffusion), grey bars pairs across families; error bars: 95% bootstrap CI; black "
+                          "ticks: chance level. Right: GL of every model.")
+        sections.append((f"What we found, N = {n}", finding + fig))
+        grid = _grid(folder, results, n)
+        if grid is not None:
+            files[f"grid_n{n}.png"] = grid
+            sections.append((f"Samples, N = {n}", figure_html(
+                grid, f"samples N = {n}", "One row per model; within a column, GANs and VAEs decode the same "
+                "latent z_i and diffusion models integrate the same noise i.", "grid")))
+    rows = [[str(r["n"]), f"{r['a']} vs {r['b']}", r["within"] or "across", f"{r['rp']:.3f}",
+             _fmt_ci(r["ci"]).strip(), f"{r['chance']:.3f}", f"{r['mean_similarity']:.3f}",
+             f"{r['mean_similarity_mismatched']:.3f}"] for r in results["rp"]]
+    gl_rows = [[str(r["n"]), r["model"], r["family"], f"{r['gl']:.3f}", _fmt_ci(r["ci"]).strip()]
+               for r in results["gl"]]
+    sections.append(("Scores", table_html(["N", "pair", "family", "RP", "95% CI", "chance", "mean similarity",
+                                         "mean similarity, mismatched"], rows)
+                     + table_html(["N", "model", "family", "GL", "95% CI"], gl_rows)))
+    if results["failed"]:
+        sections.append(("Failed runs", table_html(["N", "model", "error"],
+                                                   [[str(f["n"]), f["model"], f["error"]] for f in results["failed"]])))
+    sim = results["similarity"]
+    intro = ("<p>Is reproducibility special to diffusion models? Two GANs, two VAEs and two diffusion models "
+             "(one convolutional, one MLP each) trained on the same images from the same seed; GANs and VAEs decode "
+             "the same latents, diffusion models integrate the probability-flow ODE from the same noise. RP: share of "
+             f"same-input pairs with {sim['backend']} similarity &gt; {sim['threshold']}; GL: share of samples whose "
+             f"nearest training image has similarity &le; {sim['gl_threshold']} (Zhang et al. 2023, "
+             f"arXiv 2310.05264). The last run took {results['timing']['total_s']:.0f} s (a re-run skips finished "
+             "training runs).</p>")
+    return Report("GAN / VAE / diffusion: reproducibility contrast", intro, sections, files)
+
+
+KIND = Kind(NAME, GanVaeConfig, run_gan_vae, summarize, report,
+            "RP within and across GANs, VAEs and diffusion models trained on the same data")
