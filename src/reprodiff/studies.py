@@ -21,6 +21,7 @@ from .files import atomic_write
 from .report import build_report as build_regime_report
 from .report import page_html
 from .study import StudyConfig, run_study, summarize
+from .text2image import Text2ImageConfig, report_text2image, run_text2image, summarize_text2image
 
 __all__ = ["KINDS", "Kind", "Report", "build_report", "load_config", "run"]
 
@@ -48,7 +49,9 @@ class Kind:
 
 def _kinds() -> dict[str, Kind]:
     kinds = [Kind("regime", StudyConfig, run_study, summarize, None,
-                  "RP/GL against training-set size (Zhang et al. 2023, Fig. 2)")]
+                  "RP/GL against training-set size (Zhang et al. 2023, Fig. 2)"),
+             Kind("text2image", Text2ImageConfig, run_text2image, summarize_text2image, report_text2image,
+                  "RP per prompt of text-to-image checkpoints from the same latent noise (open question 2)")]
     return {k.name: k for k in kinds}
 
 

@@ -176,7 +176,8 @@ def check_folder(out: Path, config: dict[str, Any]) -> None:
 def _with_model_defaults(config: Any) -> Any:
     """A ``study.json`` written before models had ``source``/``path`` names the same study with the defaults."""
     if isinstance(config, dict) and isinstance(config.get("models"), list):
-        models = [{"source": "train", "path": ""} | m if isinstance(m, dict) else m for m in config["models"]]
+        models = [{"source": "train", "path": ""} | m if isinstance(m, dict) and "net" in m else m
+                  for m in config["models"]]
         return config | {"models": models}
     return config
 
