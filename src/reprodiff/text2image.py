@@ -47,7 +47,7 @@ def check_pipeline_folder(path: str | os.PathLike[str]) -> Path:
     missing = [p + "/" for p in PIPELINE_PARTS if not (root / p).is_dir()]
     if missing:
         raise ValueError(f"{root} is not a Stable-Diffusion pipeline folder: missing {', '.join(missing)} "
-                         "(save one with pipe.save_pretrained(DIR) or huggingface-cli download --local-dir DIR)")
+                         "(save one with pipe.save_pretrained(DIR) or hf download REPO --local-dir DIR)")
     return root
 
 
