@@ -24,11 +24,11 @@ __all__ = ["KINDS", "Kind", "Report", "build_report", "load_config", "run"]
 
 
 def _kinds() -> dict[str, Kind]:
-    from . import conditional, finetune, gan_vae, inverse_study
+    from . import conditional, finetune, gan_vae, inverse_study, text2image
 
     kinds = [Kind("regime", StudyConfig, run_study, summarize, None,
                   "RP/GL against training-set size (Zhang et al. 2023, Fig. 2)"),
-             conditional.KIND, inverse_study.KIND, finetune.KIND, gan_vae.KIND]
+             conditional.KIND, inverse_study.KIND, finetune.KIND, gan_vae.KIND, text2image.KIND]
     return {k.name: k for k in kinds}
 
 

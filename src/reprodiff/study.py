@@ -39,6 +39,7 @@ __all__ = ["SCHEMA", "Kind", "ModelSpec", "Report", "StudyConfig", "cached_sampl
 
 SCHEMA = 1
 OPTIMAL = "optimal"
+SOURCES = ("train", "diffusers")
 
 
 @dataclass(frozen=True)
@@ -66,10 +67,15 @@ class Kind:
 class ModelSpec:
     """One model of the study: its name and training settings (a subset of ``TrainConfig``).
     ``seed`` < 0 means "the model's position in the list", so models differ in initialisation and in
-    the noise of their training batches, as independently trained models do."""
+    the noise of their training batches, as independently trained models do.
+
+    ``source = "diffusers"`` with ``path`` (a local ``save_pretrained`` folder of a ``UNet2DModel`` and its
+    scheduler, see ``adapters.py``) brings in an outside checkpoint instead: it is not trained, it is loaded
+    once and sampled from the same noise at every size N next to the trained models (GL against each subset);
+    the training settings are then ignored."""
 
     name: str
-    net: dict[str, Any]
+    net: dict[str, Any] = field(default_factory=dict)
     kernel: dict[str, Any] = field(default_factory=lambda: {"name": "edm"})
     objective: dict[str, Any] = field(default_factory=lambda: {"name": "dsm"})
     steps: int = 1000
@@ -77,11 +83,19 @@ class ModelSpec:
     lr: float = 2e-3
     ema_halflife: float = 2000.0
     seed: int = -1
+    source: str = "train"
+    path: str = ""
 
     def __post_init__(self) -> None:
         if not self.name or self.name == OPTIMAL or not self.name.replace("-", "").replace("_", "").isalnum():
             raise ValueError(f"model name {self.name!r} must be a non-empty word (letters, digits, - or _), "
                              f"not {OPTIMAL!r}")
+        if self.source not in SOURCES:
+            raise ValueError(f"model {self.name!r}: unknown source {self.source!r}; choose from {list(SOURCES)}")
+        if self.source == "train" and not self.net:
+            raise ValueError(f"model {self.name!r}: a trained model needs net (e.g. net = {{ name = \"unet\" }})")
+        if self.source == "diffusers" and not self.path:
+            raise ValueError(f"model {self.name!r}: source = \"diffusers\" needs path, a local model folder")
 
 
 def _default_models() -> tuple[ModelSpec, ...]:
@@ -196,10 +210,42 @@ def check_folder(out: Path, config: dict[str, Any]) -> None:
             old = json.loads(path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError):
             old = None
-        if old != config:
+        if _with_model_defaults(old) != config:
             raise ConfigError(f"{out} holds another study's results (its study.json differs); "
                               "choose another --out")
     save_json(path, config)
+
+
+def _with_model_defaults(config: Any) -> Any:
+    """A ``study.json`` written before models had ``source``/``path`` names the same study with the defaults."""
+    if isinstance(config, dict) and isinstance(config.get("models"), list):
+        models = [{"source": "train", "path": ""} | m if isinstance(m, dict) and "net" in m else m
+                  for m in config["models"]]
+        return config | {"models": models}
+    return config
+
+
+def _load_outside_models(cfg: StudyConfig, image_shape: tuple[int, ...], device: str) -> dict[str, Any]:
+    """The study's ``source = "diffusers"`` models, loaded once; a bad folder or a model that does not fit the
+    data is a one-line ``ConfigError``."""
+    from .adapters import image_shape_of, load_unet_denoiser
+
+    loaded = {}
+    for i, spec in enumerate(cfg.models):
+        if spec.source != "diffusers":
+            continue
+        where = f"models[{i}] ({spec.name})"
+        try:
+            D = load_unet_denoiser(spec.path, device=device)
+        except (ImportError, ValueError) as e:
+            raise ConfigError(f"{where}: {e}") from None
+        if D.cond_key != "class_labels":
+            raise ConfigError(f"{where}: {spec.path} holds a text-conditioned UNet; use the text2image study")
+        if image_shape_of(D) != tuple(image_shape):
+            raise ConfigError(f"{where}: the model makes images of shape {list(image_shape_of(D))} (channels, "
+                              f"height, width) but {cfg.data!r} has {list(image_shape)}")
+        loaded[spec.name] = D
+    return loaded
 
 
 def _sample_file(out: Path, model: str, n: int, sampler: str) -> Path:
@@ -232,7 +278,9 @@ def _run_study_locked(cfg: StudyConfig, out: Path, progress: bool) -> dict[str, 
     data = load_dataset(cfg.data)
     if cfg.sizes[-1] > len(data):
         raise ConfigError(f"sizes go up to {cfg.sizes[-1]} but {cfg.data!r} has {len(data)} images")
+    outside = _load_outside_models(cfg, data.image_shape, str(resolve_device(cfg.device)))
     check_folder(out, cfg.to_dict())
+    fixed: dict[tuple[str, str], Tensor] = {}  # samples of the outside models (the same at every N)
     features = similarity.make_features(cfg.similarity, **({"path": cfg.sscd_path} if cfg.sscd_path else {}))
     device = str(resolve_device(cfg.device))
     results: dict[str, Any] = {"schema": SCHEMA, "kind": "regime", "config": cfg.to_dict(), "sizes": list(cfg.sizes),
@@ -250,6 +298,10 @@ def _run_study_locked(cfg: StudyConfig, out: Path, progress: bool) -> dict[str, 
         results["train"].append({"n": n, "path": str(train_path.relative_to(out))})
         denoisers: dict[str, Any] = {}
         for i, spec in enumerate(cfg.models):
+            if spec.name in outside:
+                denoisers[spec.name] = outside[spec.name]
+                bar.update()
+                continue
             run_dir = out / "runs" / f"{spec.name}-n{n}"
             try:
                 train(_train_config(cfg, spec, i, n), run_dir)
@@ -259,7 +311,7 @@ def _run_study_locked(cfg: StudyConfig, out: Path, progress: bool) -> dict[str, 
             bar.update()
         if cfg.optimal:
             denoisers[OPTIMAL] = EmpiricalOptimalDenoiser(train_set.images, device=device)
-        samples = _score_size(cfg, out, n, train_set.images, denoisers, features, device, results)
+        samples = _score_size(cfg, out, n, train_set.images, denoisers, features, device, results, fixed)
         if cfg.encode_count:
             live = {k: v for k, v in denoisers.items() if k not in _failed_at(results, n)}
             held_out = subset(data, min(len(data), n + cfg.encode_count), cfg.subset_seed).images[n:]
@@ -274,9 +326,13 @@ def _run_study_locked(cfg: StudyConfig, out: Path, progress: bool) -> dict[str, 
 
 
 def _score_size(cfg: StudyConfig, out: Path, n: int, train_images: Tensor, denoisers: dict[str, Any],
-                features: Any, device: str, results: dict[str, Any]) -> dict[str, Tensor]:
+                features: Any, device: str, results: dict[str, Any],
+                fixed: dict[tuple[str, str], Tensor] | None = None) -> dict[str, Tensor]:
     """Sample every model at size ``n``, then GL for each and RP for each pair (per sampler); returns the
-    samples of the first sampler by model."""
+    samples of the first sampler by model. Outside (untrained) models are sampled once: ``fixed`` keeps their
+    samples by ``(model, sampler)`` for the other sizes."""
+    outside = {s.name for s in cfg.models if s.source != "train"}
+    fixed = {} if fixed is None else fixed
     train_feats = features(train_images)
     first_sampler: dict[str, Tensor] = {}
     for sampler in cfg.samplers:
@@ -284,7 +340,12 @@ def _score_size(cfg: StudyConfig, out: Path, n: int, train_images: Tensor, denoi
         for name, D in denoisers.items():
             path = _sample_file(out, name, n, sampler)
             try:
-                x = _samples(cfg, D, train_images.shape[1:], sampler, device, path)
+                if (name, sampler) in fixed:
+                    x = fixed[(name, sampler)]
+                else:
+                    x = _samples(cfg, D, train_images.shape[1:], sampler, device, path)
+                if name in outside:
+                    fixed[(name, sampler)] = x
             except TrainingError as e:
                 results["failed"].append({"n": n, "model": name, "error": f"{sampler}: {e}"})
                 continue

@@ -1,0 +1,149 @@
+"""Text-to-image reproducibility (``text2image.py``): the mechanics end to end on a tiny random Stable-Diffusion-
+shaped pipeline built and saved locally (UNet2DConditionModel, CLIP text encoder + tokenizer, AutoencoderKL)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from tiny_diffusers import need, save_sd_pipeline
+
+need("diffusers")
+need("transformers")
+
+from reprodiff import sampling, studies  # noqa: E402
+from reprodiff.cli import main  # noqa: E402
+from reprodiff.config import ConfigError, from_dict  # noqa: E402
+from reprodiff.text2image import Text2ImageConfig, TextToImage  # noqa: E402
+
+PROMPTS = ("a red cat", "an old boat")
+
+
+@pytest.fixture(scope="module")
+def pipelines(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("sd")
+    return save_sd_pipeline(root / "a", seed=0), save_sd_pipeline(root / "b", seed=1)
+
+
+@pytest.fixture(scope="module")
+def pipe(pipelines) -> TextToImage:
+    return TextToImage(pipelines[0])
+
+
+def test_components_in_our_terms(pipe) -> None:
+    emb = pipe.embed(list(PROMPTS))
+    assert emb.shape == (2, 12, 16) and not torch.equal(emb[0], emb[1])
+    assert torch.equal(pipe.null, pipe.embed([""])[0])
+    assert pipe.latent_shape(8) == (4, 4, 4)
+    with pytest.raises(ValueError, match="multiple of the VAE's factor 2"):
+        pipe.latent_shape(7)
+    assert 0 < pipe.unet.sigma_min < 0.1 and 10 < pipe.unet.sigma_max < 20  # SD's scaled_linear range
+
+
+def test_guidance_scale_one_is_the_conditional_denoiser(pipe) -> None:
+    x = torch.randn(3, 4, 4, 4, dtype=torch.float64) * 5
+    sigma = torch.tensor([5.0, 1.3, 0.2], dtype=torch.float64)
+    cond = pipe.embed(["a red cat"]).expand(3, -1, -1)
+    torch.testing.assert_close(pipe.denoiser(1.0)(x, sigma, cond), pipe.unet(x, sigma, cond), rtol=0, atol=0)
+    uncond, c = pipe.unet(x, sigma, pipe.null.expand(3, -1, -1)), pipe.unet(x, sigma, cond)
+    guided = pipe.denoiser(3.0)(x, sigma, cond)  # one batch of 6 rows vs two of 3: BLAS rounding only
+    torch.testing.assert_close(guided, uncond + 3.0 * (c - uncond), rtol=1e-5, atol=1e-4)
+    assert not torch.allclose(c, uncond)  # the prompt matters
+
+
+def test_same_seed_same_images_and_decode_scaling(pipe) -> None:
+    kw = {"seed": 5, "count": 3, "sampler": "dpm++2m", "steps": 4, "guidance": 4.0, "resolution": 8}
+    z1, x1 = pipe.generate("a red cat", **kw)
+    z2, x2 = pipe.generate("a red cat", **kw)
+    assert torch.equal(z1, z2) and torch.equal(x1, x2) and x1.shape == (3, 3, 8, 8)
+    z4, x4 = pipe.generate("a red cat", **(kw | {"count": 2}))  # fewer samples: the same first ones, bit for bit
+    assert torch.equal(z4, z1[:2]) and torch.equal(x4, x1[:2])
+    assert float(x1.min()) >= -1 and float(x1.max()) <= 1
+    _, x3 = pipe.generate("a red cat", **(kw | {"seed": 6}))
+    assert not torch.equal(x1, x3)
+    with torch.no_grad():  # decode divides by the VAE's scaling factor
+        ref = pipe.vae.decode(z1[:1] / 0.18215).sample.clamp(-1, 1)
+    torch.testing.assert_close(pipe.decode(z1[:1]), ref)
+    # the latent starts from sampling.noise(seed, i) at the clamped grid's first sigma
+    sigmas = sampling.make_sigmas(pipe.denoiser(4.0), 4)
+    assert float(sigmas[0]) == pytest.approx(pipe.unet.sigma_max)
+
+
+def _config(pipelines, **kw) -> Text2ImageConfig:
+    base = {"models": [{"name": "a", "path": str(pipelines[0])}, {"name": "b", "path": str(pipelines[1])},
+                       {"name": "a2", "path": str(pipelines[0])}],
+            "prompts": list(PROMPTS), "seed": 3, "count": 4, "sampler": "ddim", "steps": 3, "guidance": 2.0,
+            "resolution": 8, "n_boot": 10, "device": "cpu"}
+    return from_dict(Text2ImageConfig, base | kw)
+
+
+def test_text2image_study_and_report(pipelines, tmp_path, capsys) -> None:
+    cfg_file = tmp_path / "t2i.toml"
+    models = "\n".join(f"[[models]]\nname = '{n}'\npath = '{p}'" for n, p in
+                       (("a", pipelines[0]), ("b", pipelines[1]), ("a2", pipelines[0])))
+    cfg_file.write_text(f"kind = 'text2image'\nprompts = {list(PROMPTS)}\nseed = 3\ncount = 4\nsampler = 'ddim'\n"
+                        f"steps = 3\nguidance = 2.0\nresolution = 8\nn_boot = 10\ndevice = 'cpu'\n{models}\n")
+    out = tmp_path / "out"
+    assert main(["study", "--config", str(cfg_file), "--out", str(out)]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["schema"] == 1 and res["kind"] == "text2image" and res["models"] == ["a", "b", "a2"]
+    per = {(r["prompt"], r["a"], r["b"]): r["rp"] for r in res["rp"]}
+    assert set(per) == {(p, a, b) for p in (0, 1) for a, b in (("a", "b"), ("a", "a2"), ("b", "a2"))}
+    assert per[(0, "a", "a2")] == per[(1, "a", "a2")] == 1.0  # the same checkpoint twice reproduces itself
+    assert {(r["a"], r["b"]) for r in res["rp_pairs"]} == {("a", "b"), ("a", "a2"), ("b", "a2")}
+    assert [r["prompt"] for r in res["rp_prompts"]] == [0, 1]
+    rows = list(csv.reader((out / "results.csv").read_text().splitlines()))
+    assert rows[0][:2] == ["scope", "prompt"] and len(rows) == 1 + 6 + 3
+    assert "RP per prompt" in capsys.readouterr().out  # the CLI prints the summary and writes the report
+    assert main(["report", "--study", str(out)]) == 0
+    page = studies.build_report(out).read_text()
+    assert "Text-to-image reproducibility" in page and "a red cat" in page and "data:image/png" in page
+    for name in ("rp_prompts.png", "grid_p0.png", "grid_p1.png"):
+        assert (out / name).read_bytes()[:4] == b"\x89PNG"
+    again = studies.run(cfg_file, out)[1]  # resumed: samples read back, same scores
+    assert again["rp"] == res["rp"]
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"models": [{"name": "a", "path": "x"}]}, "at least two models"),
+        ({"prompts": []}, "at least one prompt"),
+        ({"sampler": "plms"}, "unknown sampler"),
+        ({"dtype": "float8"}, "dtype must be one of"),
+        ({"count": 1}, "count must be >= 2"),
+        ({"similarity": "sscd"}, "sscd_path"),
+    ],
+)
+def test_bad_text2image_configs(pipelines, change, match) -> None:
+    with pytest.raises(ConfigError, match=match):
+        _config(pipelines, **change)
+
+
+def test_bad_pipeline_folders_are_one_line(pipelines, tmp_path, capsys) -> None:
+    with pytest.raises(ValueError, match="missing unet/, text_encoder/, tokenizer/, vae/, scheduler/ "):
+        TextToImage(tmp_path)
+    with pytest.raises(ValueError, match="missing tokenizer/ "):
+        TextToImage(_without(pipelines[0], tmp_path / "p", "tokenizer"))
+    cfg = tmp_path / "t.toml"
+    cfg.write_text(f"kind = 'text2image'\nprompts = ['x']\nresolution = 8\ndevice = 'cpu'\n"
+                   f"[[models]]\nname = 'a'\npath = '{pipelines[0]}'\n[[models]]\nname = 'b'\npath = '{tmp_path}'\n")
+    assert main(["study", "--config", str(cfg), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("reprodiff: error:") and "not a Stable-Diffusion pipeline folder" in err and "\n" not in err
+
+
+def _without(src: Path, dst: Path, part: str) -> Path:
+    import shutil
+
+    shutil.copytree(src, dst, ignore=lambda d, names: [part] if Path(d) == src else [])
+    return dst
+
+
+def test_shipped_template_loads() -> None:
+    kind, cfg = studies.load_config(Path(__file__).parent.parent / "studies" / "text2image.toml")
+    assert kind.name == "text2image" and len(cfg.models) >= 2 and cfg.prompts
