@@ -103,13 +103,57 @@ def check_extensions(tmp: Path) -> None:
         record(f"cuda_finetune_{name}_ok", (tmp / name / "ema.safetensors").exists())
 
 
+def check_determinism(tmp: Path) -> None:
+    """``TrainConfig.deterministic``: two runs and an interrupted-and-resumed run end bit-identical on CUDA."""
+    base = dict(data=DataConfig(n=256), batch_size=64, device="cuda", checkpoint_every=100, deterministic=True)
+    train(TrainConfig(**base, steps=200), tmp / "det-a")
+    train(TrainConfig(**base, steps=200), tmp / "det-b")
+    train(TrainConfig(**base, steps=100), tmp / "det-c")
+    train(None, tmp / "det-c", steps=200)
+    w = [load_model(tmp / f"det-{k}", weights="net")[0].net.state_dict() for k in "abc"]
+    record("cuda_deterministic_runs_bit_identical", all(torch.equal(w[0][k], w[1][k]) for k in w[0]))
+    record("cuda_deterministic_resume_bit_identical", all(torch.equal(w[0][k], w[2][k]) for k in w[0]))
+    torch.use_deterministic_algorithms(False)
+    torch.backends.cudnn.deterministic = False
+
+
+def check_diffusers(tmp: Path) -> None:
+    """The diffusers adapter on CUDA (our DDIM vs diffusers' DDIM loop) and a tiny text-to-image pipeline in fp16."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    import diffusers
+
+    from reprodiff import adapters
+    from reprodiff.text2image import TextToImage
+    from tiny_diffusers import save_sd_pipeline, save_unet_model
+
+    folder = save_unet_model(tmp / "ddpm", prediction_type="epsilon")
+    unet = diffusers.UNet2DModel.from_pretrained(folder, local_files_only=True).to("cuda")
+    sched = diffusers.DDIMScheduler.from_pretrained(folder, local_files_only=True)
+    D = adapters.load_unet_denoiser(folder, device="cuda")
+    z = sampling.noise(7, 16, (1, 8, 8)).to("cuda")
+    sched.set_timesteps(10)
+    ref = z.clone()
+    with torch.no_grad():
+        for t in sched.timesteps:
+            ref = sched.step(unet(ref, t).sample, t, ref).prev_sample
+        sig = adapters.scheduler_sigmas(sched, 10)
+        ours = sampling.SAMPLERS["ddim"](D, z.double() * float(sig[0]), sig).float()
+    record("cuda_adapter_vs_diffusers_ddim_rel_err", float((ours - ref).abs().max() / ref.abs().max()))
+    sd = TextToImage(save_sd_pipeline(tmp / "sd"), device="cuda", dtype=torch.float16)
+    _, img = sd.generate("a cat", seed=0, count=4, steps=10, guidance=7.5, resolution=8, batch_size=4)
+    _, img2 = sd.generate("a cat", seed=0, count=4, steps=10, guidance=7.5, resolution=8, batch_size=4)
+    record("cuda_text2image_fp16_finite_and_repeatable", bool(torch.isfinite(img).all() and torch.equal(img, img2)))
+
+
 def bench_train() -> None:
     """Images/s of one training step (DSM, VP), CIFAR-10 shape, the paper's UNet-64 and UNet-128."""
     dev = torch.device("cuda")
     for mc in (64, 128):
         for batch in (128,):
             rates = {}
-            for precision in ("fp32", "bf16", "fp16", "compile-bf16"):
+            for precision in ("fp32", "deterministic-fp32", "bf16", "fp16", "compile-bf16"):
+                torch.use_deterministic_algorithms(precision.startswith("deterministic"))
+                torch.backends.cudnn.deterministic = precision.startswith("deterministic")
                 torch.manual_seed(0)
                 net = make_net("unet", img_resolution=32, in_channels=3, model_channels=mc, channel_mult=(1, 2, 2),
                                attn_resolutions=(16,), dropout=0.1).to(dev)
@@ -133,6 +177,8 @@ def bench_train() -> None:
                 first = time.perf_counter() - t0
                 dt = cuda_time(lambda: [step() for _ in range(10)], repeat=3) / 10
                 rates[precision] = {"images_per_s": round(batch / dt, 1), "first_step_s": round(first, 2)}
+            torch.use_deterministic_algorithms(False)
+            torch.backends.cudnn.deterministic = False
             base = rates["fp32"]["images_per_s"]
             for r in rates.values():
                 r["vs_fp32"] = round(r["images_per_s"] / base, 2)
@@ -176,21 +222,22 @@ def bench_optimal() -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=os.environ.get("OUT", "."))
-    p.add_argument("--skip", nargs="*", default=[], help="parts to skip: sampling extensions train sample optimal")
+    p.add_argument("--skip", nargs="*", default=[],
+                   help="parts to skip: sampling extensions determinism diffusers train sample optimal")
     args = p.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("benchmarks/gpu.py needs a CUDA GPU")
     record("device", torch.cuda.get_device_name(0))
     record("torch", torch.__version__)
-    parts = {"sampling": check_sampling, "extensions": check_extensions, "train": bench_train,
-             "sample": bench_sampling, "optimal": bench_optimal}
+    parts = {"sampling": check_sampling, "extensions": check_extensions, "determinism": check_determinism,
+             "diffusers": check_diffusers, "train": bench_train, "sample": bench_sampling, "optimal": bench_optimal}
     with tempfile.TemporaryDirectory() as tmp:
         for name, fn in parts.items():
             if name in args.skip:
                 continue
             t = time.perf_counter()
             try:
-                fn(Path(tmp)) if name in ("sampling", "extensions") else fn()  # type: ignore[operator]
+                fn(Path(tmp)) if name in ("sampling", "extensions", "determinism", "diffusers") else fn()  # type: ignore[operator]
             except Exception as e:  # report and go on: one broken part must not hide the others
                 record(f"{name}_error", f"{type(e).__name__}: {e}"[:500])
             record(f"{name}_seconds", round(time.perf_counter() - t, 1))
