@@ -29,6 +29,8 @@ EXAMPLES = """examples:
   reprodiff sample --model runs/unet --seed 100000 --count 64 --out runs/unet/samples
   reprodiff study --out runs/study                          # the embedded regime study + report.html
   reprodiff study --config studies/cifar10.toml --out runs/c10
+  reprodiff study --config studies/conditional.toml --out runs/cond   # kind = conditional (also inverse,
+  reprodiff study --config studies/inverse.toml --out runs/inverse    #   finetune, gan_vae, text2image)
   reprodiff report --study runs/study                       # re-render the report from results.json
   reprodiff encode --model runs/unet --model runs/mlp --data digits --out runs/encode
 """
@@ -178,8 +180,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     s.add_argument("--out", required=True, help="output folder")
 
-    st = sub.add_parser("study", help="a study (kind = regime, conditional, inverse, finetune, ...): train, sample, "
-                        "score, report (resumable)",
+    st = sub.add_parser("study", help="a study (its TOML's kind: regime, conditional, inverse, finetune, gan_vae, "
+                        "text2image): train, sample, score, report (resumable)",
                         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     st.add_argument("--config", help="study TOML (default: the embedded study on digits)")
     st.add_argument("--out", required=True, help="study folder (results.json, results.csv, report.html)")

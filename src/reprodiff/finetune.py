@@ -244,7 +244,7 @@ def summarize(results: dict[str, Any]) -> str:
     lines = [f"{'variant':<14}{'trainable':>10}{'RP vs scratch':>15}{'RP vs pretrained':>18}{'target share':>14}"]
     for v in results["variants"]:
         pre = v["vs_pretrained"]["rp"] if v["vs_pretrained"] else None
-        lines.append(f"{v['variant']:<14}{v['trainable_share']:>10.3f}{_fmt(_mean_rp(v['vs_scratch'])):>15}"
+        lines.append(f"{v['variant']:<14}{v['trainable_share']:>10.4f}{_fmt(_mean_rp(v['vs_scratch'])):>15}"
                      f"{_fmt(pre):>18}{_fmt(share.get('ft-' + v['variant'])):>14}")
     for r in results["references"]:
         lines.append(f"reference {r['a']} / {r['b']}: RP {r['rp']:.2f} (chance {r['chance']:.2f})")

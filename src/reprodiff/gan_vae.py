@@ -32,7 +32,7 @@ from .config import ConfigError, TomlConfig
 from .data import load_dataset, subset, to_uint8
 from .files import folder_lock, remove_stale_temp_files, save_json, save_npz
 from .report import figure_html, grid_png, labelled_grid, png_bytes, table_html
-from .study import SCHEMA, Kind, ModelSpec, Report, _default_models, _samples, _train_config, check_folder, write_csv
+from .study import SCHEMA, Kind, ModelSpec, Report, _default_models, check_folder, model_train_config, write_csv
 from .train import DataConfig, TrainingError, load_model, resolve_device, train
 
 __all__ = ["DIFFUSION", "KIND", "BaselineSpec", "GanVaeConfig", "default_gan_vae", "report", "run_gan_vae", "summarize"]
@@ -190,9 +190,14 @@ def _sample_all(cfg: GanVaeConfig, out: Path, n: int, shape: tuple[int, ...], re
         try:
             if progress:
                 print(f"[gan_vae] n = {n}: {spec.name} (diffusion)", file=sys.stderr)
-            train(_train_config(cfg, spec, cfg.train_seed, n), run_dir)  # type: ignore[arg-type]
-            D = load_model(run_dir, device=device)[0]
-            samples[spec.name] = _samples(cfg, D, shape, cfg.sampler, device, path)  # type: ignore[arg-type]
+            data = DataConfig(name=cfg.data, n=n, seed=cfg.subset_seed)
+            train(model_train_config(spec, cfg.train_seed, data, cfg.device), run_dir)
+            samples[spec.name] = _read_samples(path, (cfg.count, *shape))
+            if samples[spec.name] is None:
+                D = load_model(run_dir, device=device)[0]
+                with torch.no_grad():
+                    samples[spec.name] = sampling.sample(D, cfg.seed, cfg.count, shape, sampler=cfg.sampler,
+                                                         steps=cfg.sampler_steps, device=device)
         except (TrainingError, ValueError) as e:
             results["failed"].append({"n": n, "model": spec.name, "error": str(e)})
     return {k: v for k, v in samples.items() if v is not None}
