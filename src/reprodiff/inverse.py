@@ -28,6 +28,7 @@ level, as Chung et al.'s constant step does.
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -40,7 +41,7 @@ from .config import ConfigError, suggest
 from .denoiser import Denoiser
 
 __all__ = ["DPS", "METHODS", "OPERATORS", "Blur", "Inpaint", "Operator", "PiGDM", "SuperResolution",
-           "make_method", "make_operator", "measure"]
+           "check_operator_spec", "make_method", "make_operator", "measure", "operator_name"]
 
 
 class Operator(Protocol):
@@ -189,14 +190,25 @@ OPERATORS: dict[str, Any] = {"inpaint_box": _box, "inpaint_random": _random, "su
 
 def make_operator(spec: dict[str, Any], shape: tuple[int, int, int]) -> Operator:
     """An operator from ``{"name": ..., **params}`` for images of ``shape``; one-line errors for bad input."""
+    check_operator_spec(spec)
+    spec = dict(spec)
+    name = spec.pop("name")
+    try:
+        return OPERATORS[name](tuple(shape), **spec)  # type: ignore[no-any-return]
+    except TypeError as e:  # a value of the wrong type
+        raise ConfigError(f"operator {name!r}: {e}") from None
+
+
+def check_operator_spec(spec: dict[str, Any]) -> None:
+    """Name and option names of an operator spec (values need the image shape: ``make_operator``)."""
     spec = dict(spec)
     name = spec.pop("name", None)
     if name not in OPERATORS:
         raise ConfigError(f"unknown operator {name!r}{suggest(str(name), OPERATORS)}; choose from {sorted(OPERATORS)}")
-    try:
-        return OPERATORS[name](tuple(shape), **spec)  # type: ignore[no-any-return]
-    except TypeError as e:
-        raise ConfigError(f"operator {name!r}: {e}".replace("_box()", "").replace("_random()", "")) from None
+    params = [p for p in inspect.signature(OPERATORS[name]).parameters if p != "shape"]
+    for k in spec:
+        if k not in params:
+            raise ConfigError(f"operator {name!r} has no option {k!r}{suggest(k, params)}; options: {params}")
 
 
 def operator_name(spec: dict[str, Any]) -> str:

@@ -30,7 +30,7 @@ from . import metrics, sampling, similarity
 from .config import ConfigError, TomlConfig
 from .data import held_out, load_dataset, to_uint8
 from .files import folder_lock, remove_stale_temp_files, save_json, save_npz
-from .inverse import make_method, make_operator, measure, operator_name
+from .inverse import check_operator_spec, make_method, make_operator, measure, operator_name
 from .report import figure_html, grid_png, labelled_grid, png_bytes, table_html
 from .study import SCHEMA, Kind, ModelSpec, Report, cached_samples, check_folder, train_models, write_csv
 from .train import DataConfig, TrainingError, resolve_device
@@ -91,8 +91,8 @@ class InverseStudyConfig(TomlConfig):
                                  f"{sorted(sampling.SAMPLERS) + sorted(sampling.STOCHASTIC_SAMPLERS)}")
         if not self.operators or not self.methods or not self.samplers:
             raise ValueError("operators, methods and samplers must not be empty")
-        for op in self.operators:  # names and options now; shapes when the data are known
-            make_operator(op, (1, 64, 64))
+        for op in self.operators:  # names and options now; values against the image shape at run time
+            check_operator_spec(op)
         for m in self.methods:
             make_method(m, lambda x, s, c=None: x, make_operator({"name": "superres"}, (1, 8, 8)), 0.0)
         if not (self.sigma_y >= 0 and math.isfinite(self.sigma_y)):
