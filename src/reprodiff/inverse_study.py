@@ -248,7 +248,7 @@ def _plot(results: dict[str, Any]) -> bytes:
                   ha="right")
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("mean RP of the pairs")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, frameon=False)
     return png_bytes(fig)
 
 
