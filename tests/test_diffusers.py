@@ -186,3 +186,15 @@ def test_study_folders_written_before_model_sources_still_resume(tmp_path) -> No
     check_folder(tmp_path, config)  # the same study: no error
     with pytest.raises(ConfigError, match="holds another study"):
         check_folder(tmp_path, config | {"count": 3})
+
+
+def test_posterior_guidance_works_through_the_adapter(tmp_path) -> None:
+    """DPS/PiGDM need dD/dx: the adapter's weights are frozen but gradients reach x."""
+    from reprodiff.inverse import Inpaint, PiGDM
+
+    D = adapters.load_unet_denoiser(save_unet_model(tmp_path / "m"))
+    op = Inpaint.box((1, 8, 8), 4)
+    y = op.forward(torch.zeros(3, 1, 8, 8))
+    x = sampling.sample(PiGDM(D, op, sigma_y=0.05), 0, 3, (1, 8, 8), steps=4, cond=y)
+    assert bool(torch.isfinite(x).all())
+    assert not any(p.requires_grad for p in D.unet.parameters())

@@ -110,7 +110,8 @@ class DiffusersDenoiser:
         if prediction_type not in PREDICTION_TYPES:
             raise ValueError(f"unknown prediction type {prediction_type!r}; this adapter supports "
                              f"{', '.join(PREDICTION_TYPES)}")
-        self.unet, self.prediction_type = unet.eval(), prediction_type
+        # frozen weights: no autograd graph unless x itself requires grad (DPS/PiGDM take dD/dx through it)
+        self.unet, self.prediction_type = unet.eval().requires_grad_(False), prediction_type
         self.schedule = DiscreteVP(alphas_cumprod)
         self.sigma_min, self.sigma_max = self.schedule.sigma_min, self.schedule.sigma_max
         self.cond_key = cond_key or ("encoder_hidden_states" if _is_conditional(unet) else "class_labels")
@@ -127,8 +128,7 @@ class DiffusersDenoiser:
         t = self.schedule.timestep(sigma.detach().to("cpu", torch.float64)).to(p.device, torch.float32)
         kwargs = {} if cond is None else {self.cond_key: cond.to(p.device, p.dtype if cond.is_floating_point()
                                                                    else cond.dtype)}
-        with torch.no_grad():
-            out = self.unet(x_in, t, **kwargs, return_dict=False)[0]
+        out = self.unet(x_in, t, **kwargs, return_dict=False)[0]
         out = out[:, : x.shape[1]].to(x.device, torch.float64)  # learned-variance models: first C channels
         if self.prediction_type == "epsilon":
             return x64 - s * out
