@@ -238,3 +238,13 @@ def test_full_scale_configs_load_and_fit_cifar(name) -> None:
             make_operator(op, (3, 32, 32))
     if kind.name == "finetune":
         _check_variants(cfg, (3, 32, 32))
+
+
+def test_lora_initialisation_comes_from_the_passed_generator() -> None:
+    def adapted(seed: int) -> dict[str, torch.Tensor]:
+        net = make_net("unet", img_resolution=8, in_channels=1, **{k: v for k, v in TINY.items() if k != "name"})
+        add_lora(net, 2, generator=torch.Generator().manual_seed(seed))
+        return {k: v for k, v in net.state_dict().items() if ".lora_a" in k}
+
+    a, b, c = adapted(1), adapted(1), adapted(2)
+    assert all(torch.equal(a[k], b[k]) for k in a) and not all(torch.equal(a[k], c[k]) for k in a)

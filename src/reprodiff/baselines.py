@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .checkpoint import load_state, load_weights, read_safetensors, save_training_state, write_safetensors
-from .config import ConfigError, TomlConfig, suggest
+from .config import ConfigError, TomlConfig, read_run_config, suggest
 from .data import load_dataset, subset
 from .files import folder_lock, save_json
 from .sampling.noise import noise
@@ -348,13 +348,7 @@ def load_baseline(folder: str | os.PathLike[str], *, weights: str = "ema", devic
     folder = Path(folder)
     if weights not in ("ema", "net"):
         raise ValueError(f"weights must be 'ema' or 'net', got {weights!r}")
-    path = folder / "config.json"
-    if not path.is_file():
-        raise ValueError(f"{folder}: not a baseline run folder (no config.json)")
-    try:
-        cfg = BaselineConfig.from_dict(json.loads(path.read_text()))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    cfg = read_run_config(BaselineConfig, folder, "baseline run")
     wpath = folder / ("ema.safetensors" if weights == "ema" else "model.safetensors")
     meta = read_safetensors(wpath)[1]
     model = build_baseline(cfg, tuple(json.loads(meta.get("image_shape", "[]"))))

@@ -31,14 +31,25 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from . import metrics, similarity
+from . import metrics
 from .config import ConfigError, TomlConfig
 from .data import load_dataset, subset
 from .files import folder_lock, remove_stale_temp_files, save_json
 from .guidance import ClassifierFreeGuidance
 from .report import figure_html, grid_png, labelled_grid, png_bytes, table_html
 from .sampling import SAMPLERS
-from .study import SCHEMA, Kind, ModelSpec, Report, cached_samples, check_folder, train_models, write_csv
+from .study import (
+    SCHEMA,
+    Kind,
+    ModelSpec,
+    Report,
+    cached_samples,
+    check_folder,
+    check_scoring,
+    scoring_features,
+    train_models,
+    write_csv,
+)
 from .train import DataConfig, TrainingError, resolve_device
 
 __all__ = ["KIND", "ConditionalStudyConfig", "run_conditional_study"]
@@ -96,10 +107,7 @@ class ConditionalStudyConfig(TomlConfig):
             raise ValueError(f"unknown sampler {self.sampler!r}; choose from {sorted(SAMPLERS)}")
         if self.count < 2 or self.sampler_steps < 1 or self.n < 0 or self.n_boot < 0:
             raise ValueError("count must be >= 2, sampler_steps >= 1, n >= 0 and n_boot >= 0")
-        if not -1 <= self.threshold <= 1:
-            raise ValueError(f"threshold must be in [-1, 1] (a cosine similarity), got {self.threshold}")
-        if self.similarity == "sscd" and not self.sscd_path:
-            raise ValueError("similarity = 'sscd' needs sscd_path, the local SSCD model file")
+        check_scoring(self)
 
 
 def _leave_one_out_accuracy(feats: Tensor, labels: Tensor) -> float:
@@ -133,7 +141,7 @@ def _run(cfg: ConditionalStudyConfig, out: Path) -> dict[str, Any]:
     if n > len(data):
         raise ConfigError(f"n = {n} exceeds the {len(data)} images of {cfg.data!r}")
     check_folder(out, {"kind": "conditional", **cfg.to_dict()})
-    features = similarity.make_features(cfg.similarity, **({"path": cfg.sscd_path} if cfg.sscd_path else {}))
+    features = scoring_features(cfg)
     device = str(resolve_device(cfg.device))
     train_set = subset(data, n, cfg.subset_seed)
     classes = int(data.labels.max()) + 1

@@ -14,7 +14,8 @@ import typing
 from pathlib import Path
 from typing import Any, Self, TypeVar
 
-__all__ = ["ConfigError", "TomlConfig", "from_dict", "load_toml", "to_dict"]
+__all__ = ["ConfigError", "TomlConfig", "from_dict", "from_file_dict", "load_toml", "read_run_config", "read_toml",
+           "to_dict"]
 
 T = TypeVar("T")
 
@@ -101,18 +102,38 @@ def to_dict(obj: Any) -> Any:
     return json.loads(json.dumps(dataclasses.asdict(obj)))
 
 
-def load_toml(cls: type[T], path: str | os.PathLike[str]) -> T:
+def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A TOML file as a dict; a missing or malformed file is a one-line ``ConfigError``."""
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such config file") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: not valid TOML ({e})") from None
+
+
+def from_file_dict(cls: type[T], data: Any, path: str | os.PathLike[str]) -> T:
+    """``from_dict`` with the file's path in front of any error."""
     try:
         return from_dict(cls, data)
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
+
+
+def load_toml(cls: type[T], path: str | os.PathLike[str]) -> T:
+    return from_file_dict(cls, read_toml(path), path)
+
+
+def read_run_config(cls: type[T], folder: str | os.PathLike[str], what: str) -> T:
+    """A run folder's ``config.json`` as ``cls`` (``what`` names the folder kind in the error)."""
+    path = Path(folder) / "config.json"
+    if not path.is_file():
+        raise ValueError(f"{folder}: not a {what} folder (no config.json)")
+    try:
+        return from_dict(cls, json.loads(path.read_text()))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
 
 
 class TomlConfig:

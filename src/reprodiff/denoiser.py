@@ -11,7 +11,7 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
-__all__ = ["Denoiser", "MicroBatched", "check_denoiser_inputs"]
+__all__ = ["Denoiser", "MicroBatched", "check_denoiser_inputs", "inherit_sigma_range"]
 
 
 @runtime_checkable
@@ -43,6 +43,14 @@ def check_denoiser_inputs(
             raise ValueError("x contains NaN or Inf; check the sampler's input and the model's output")
         if not bool(torch.isfinite(sigma).all()) or not bool((sigma > 0).all()):
             raise ValueError("sigma must be finite and > 0 (the sampler's last step to sigma = 0 never calls D)")
+
+
+def inherit_sigma_range(wrapper: object, D: object) -> None:
+    """A wrapper around ``D`` keeps its trained range (``sigma_min``/``sigma_max``, where ``D`` has them), so that
+    ``sampling.make_sigmas`` clamps the grid for the wrapper as it would for ``D``."""
+    for name in ("sigma_min", "sigma_max"):
+        if hasattr(D, name):
+            setattr(wrapper, name, getattr(D, name))
 
 
 class MicroBatched:

@@ -29,12 +29,23 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from . import metrics, sampling, similarity
+from . import metrics, sampling
 from .config import ConfigError, TomlConfig
 from .data import load_dataset, select_classes
 from .files import folder_lock, remove_stale_temp_files, save_json
 from .report import figure_html, grid_png, labelled_grid, png_bytes, table_html
-from .study import SCHEMA, Kind, ModelSpec, Report, cached_samples, check_folder, model_train_config, write_csv
+from .study import (
+    SCHEMA,
+    Kind,
+    ModelSpec,
+    Report,
+    cached_samples,
+    check_folder,
+    check_scoring,
+    model_train_config,
+    scoring_features,
+    write_csv,
+)
 from .train import DataConfig, FinetuneConfig, TrainingError, build_model, load_model, resolve_device, train
 
 __all__ = ["KIND", "FinetuneStudyConfig", "FinetuneVariant", "run_finetune_study"]
@@ -112,10 +123,7 @@ class FinetuneStudyConfig(TomlConfig):
             raise ValueError(f"unknown sampler {self.sampler!r}; choose from {sorted(sampling.SAMPLERS)}")
         if self.count < 2 or self.sampler_steps < 1 or self.n_boot < 0:
             raise ValueError("count must be >= 2, sampler_steps >= 1 and n_boot >= 0")
-        if not -1 <= self.threshold <= 1:
-            raise ValueError(f"threshold must be in [-1, 1] (a cosine similarity), got {self.threshold}")
-        if self.similarity == "sscd" and not self.sscd_path:
-            raise ValueError("similarity = 'sscd' needs sscd_path, the local SSCD model file")
+        check_scoring(self)
 
 
 def run_finetune_study(cfg: FinetuneStudyConfig | None, out: str | os.PathLike[str], *,
@@ -158,7 +166,7 @@ def _run(cfg: FinetuneStudyConfig, out: Path) -> dict[str, Any]:
         select_classes(data, getattr(cfg, name))  # a one-line error for classes the data do not have
     _check_variants(cfg, data.image_shape)
     check_folder(out, {"kind": "finetune", **cfg.to_dict()})
-    features = similarity.make_features(cfg.similarity, **({"path": cfg.sscd_path} if cfg.sscd_path else {}))
+    features = scoring_features(cfg)
     device = str(resolve_device(cfg.device))
     source = DataConfig(name=cfg.data, classes=cfg.source_classes)
     target = DataConfig(name=cfg.data, classes=cfg.target_classes)

@@ -25,14 +25,27 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from . import metrics, sampling, similarity
+from . import metrics, sampling
 from .baselines import BaselineConfig, load_baseline, train_baseline
 from .baselines import sample as sample_baseline
 from .config import ConfigError, TomlConfig
 from .data import load_dataset, subset, to_uint8
 from .files import folder_lock, remove_stale_temp_files, save_json, save_npz
 from .report import figure_html, grid_png, labelled_grid, png_bytes, table_html
-from .study import SCHEMA, Kind, ModelSpec, Report, _default_models, check_folder, model_train_config, write_csv
+from .study import (
+    SCHEMA,
+    Kind,
+    ModelSpec,
+    Report,
+    _default_models,
+    cached_samples,
+    check_folder,
+    check_scoring,
+    model_train_config,
+    read_samples,
+    scoring_features,
+    write_csv,
+)
 from .train import DataConfig, TrainingError, load_model, resolve_device, train
 
 __all__ = ["DIFFUSION", "KIND", "BaselineSpec", "GanVaeConfig", "default_gan_vae", "report", "run_gan_vae", "summarize"]
@@ -111,13 +124,9 @@ class GanVaeConfig(TomlConfig):
                 raise ValueError(f"the {fam} models must share latent_dim (they decode the same latents), got {dims}")
         if self.sampler not in sampling.SAMPLERS:
             raise ValueError(f"unknown sampler {self.sampler!r}; choose from {sorted(sampling.SAMPLERS)}")
-        for name in ("threshold", "gl_threshold"):
-            if not -1.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} must be in [-1, 1] (a cosine similarity), got {getattr(self, name)}")
+        check_scoring(self)
         if self.count < 2 or self.sampler_steps < 1 or self.n_boot < 0:
             raise ValueError("count must be >= 2, sampler_steps >= 1 and n_boot >= 0")
-        if self.similarity == "sscd" and not self.sscd_path:
-            raise ValueError("similarity = 'sscd' needs sscd_path, the local SSCD model file")
 
     def families(self) -> dict[str, str]:
         """Model name -> family (``gan``, ``vae`` or ``diffusion``), in the study's order."""
@@ -151,7 +160,7 @@ def run_gan_vae(cfg: GanVaeConfig | None, out: str | Path, *, progress: bool = F
         if cfg.sizes[-1] > len(data):
             raise ConfigError(f"sizes go up to {cfg.sizes[-1]} but {cfg.data!r} has {len(data)} images")
         check_folder(out, {"kind": NAME, **cfg.to_dict()})
-        features = similarity.make_features(cfg.similarity, **({"path": cfg.sscd_path} if cfg.sscd_path else {}))
+        features = scoring_features(cfg)
         results: dict[str, Any] = {
             "schema": SCHEMA, "kind": NAME, "config": cfg.to_dict(), "sizes": list(cfg.sizes),
             "models": [{"name": k, "family": f} for k, f in cfg.families().items()],
@@ -179,7 +188,7 @@ def _sample_all(cfg: GanVaeConfig, out: Path, n: int, shape: tuple[int, ...], re
             if progress:
                 print(f"[gan_vae] n = {n}: {spec.name} ({spec.family}, {spec.arch})", file=sys.stderr)
             train_baseline(_baseline_config(cfg, spec, n), run_dir)
-            samples[spec.name] = _read_samples(path, (cfg.count, *shape))
+            samples[spec.name] = read_samples(path, (cfg.count, *shape))
             if samples[spec.name] is None:
                 model, _ = load_baseline(run_dir, device=device)
                 samples[spec.name] = sample_baseline(model, cfg.seed, cfg.count)
@@ -192,12 +201,9 @@ def _sample_all(cfg: GanVaeConfig, out: Path, n: int, shape: tuple[int, ...], re
                 print(f"[gan_vae] n = {n}: {spec.name} (diffusion)", file=sys.stderr)
             data = DataConfig(name=cfg.data, n=n, seed=cfg.subset_seed)
             train(model_train_config(spec, cfg.train_seed, data, cfg.device), run_dir)
-            samples[spec.name] = _read_samples(path, (cfg.count, *shape))
-            if samples[spec.name] is None:
-                D = load_model(run_dir, device=device)[0]
-                with torch.no_grad():
-                    samples[spec.name] = sampling.sample(D, cfg.seed, cfg.count, shape, sampler=cfg.sampler,
-                                                         steps=cfg.sampler_steps, device=device)
+            D = load_model(run_dir, device=device)[0]  # samples written once by _score, with their scores
+            samples[spec.name] = cached_samples(path, D, cfg.seed, cfg.count, shape, sampler=cfg.sampler,
+                                                steps=cfg.sampler_steps, device=device, save=False)
         except (TrainingError, ValueError) as e:
             results["failed"].append({"n": n, "model": spec.name, "error": str(e)})
     return {k: v for k, v in samples.items() if v is not None}
@@ -205,14 +211,6 @@ def _sample_all(cfg: GanVaeConfig, out: Path, n: int, shape: tuple[int, ...], re
 
 def _sample_file(out: Path, model: str, n: int) -> Path:
     return out / "samples" / f"{model}-n{n}.npz"
-
-
-def _read_samples(path: Path, shape: tuple[int, ...]) -> Tensor | None:
-    """Samples a previous run wrote to ``path`` (with their scores), or None."""
-    if not path.exists():
-        return None
-    with np.load(path, allow_pickle=False) as f:
-        return torch.from_numpy(f["samples"]) if f["samples"].shape == shape else None
 
 
 def _score(cfg: GanVaeConfig, out: Path, n: int, train_images: Tensor, samples: dict[str, Tensor],

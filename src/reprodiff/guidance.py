@@ -13,7 +13,7 @@ import math
 import torch
 from torch import Tensor
 
-from .denoiser import Denoiser
+from .denoiser import Denoiser, inherit_sigma_range
 
 __all__ = ["ClassifierFreeGuidance", "null_labels"]
 
@@ -31,9 +31,7 @@ class ClassifierFreeGuidance:
         if not isinstance(scale, int | float) or not math.isfinite(scale):
             raise ValueError(f"guidance scale must be a finite number, got {scale!r}")
         self.D, self.scale, self.null = D, float(scale), null
-        for name in ("sigma_min", "sigma_max"):
-            if hasattr(D, name):
-                setattr(self, name, getattr(D, name))
+        inherit_sigma_range(self, D)
 
     def _null(self, cond: Tensor) -> Tensor:
         if self.null is None:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import inspect
 import math
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -38,7 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .config import ConfigError, suggest
-from .denoiser import Denoiser
+from .denoiser import Denoiser, inherit_sigma_range
 
 __all__ = ["DPS", "METHODS", "OPERATORS", "Blur", "Inpaint", "Operator", "PiGDM", "SuperResolution",
            "check_operator_spec", "make_method", "make_operator", "measure", "operator_name"]
@@ -237,7 +238,7 @@ def _broadcast(sigma: Tensor, like: Tensor) -> Tensor:
 SCALES = ("r2", "sigma2")
 
 
-class _Guided:
+class _Guided(ABC):
     """Shared by both methods: ``D(x)`` with its VJP; ``cond`` is the measurement ``y`` (None: unguided);
     ``D'(x) = D(x) + w(sigma) g`` with ``w = r^2`` (``scale = "r2"``) or ``sigma^2`` (module docstring)."""
 
@@ -247,17 +248,16 @@ class _Guided:
         if not sigma_data > 0 or not math.isfinite(sigma_data):
             raise ConfigError(f"sigma_data must be a positive number, got {sigma_data}")
         self.D, self.op, self.scale, self.sigma_data = D, op, scale, sigma_data
-        for name in ("sigma_min", "sigma_max"):
-            if hasattr(D, name):
-                setattr(self, name, getattr(D, name))
+        inherit_sigma_range(self, D)
 
     def _check(self, x: Tensor, y: Tensor) -> None:
         want = (x.shape[0], *self.op.measurement_shape())
         if tuple(y.shape) != want:
             raise ValueError(f"measurement y has shape {list(y.shape)}, the operator gives {list(want)}")
 
+    @abstractmethod
     def score(self, x: Tensor, x0: Tensor, y: Tensor, sigma: Tensor) -> Tensor:
-        raise NotImplementedError
+        """The likelihood score ``grad_x log p(y | x)`` of the method, from ``x0 = D(x)`` (``x`` requires grad)."""
 
     def __call__(self, x: Tensor, sigma: Tensor, cond: Tensor | None = None) -> Tensor:
         if cond is None:

@@ -26,13 +26,24 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from . import metrics, sampling, similarity
+from . import metrics, sampling
 from .config import ConfigError, TomlConfig
 from .data import held_out, load_dataset, to_uint8
 from .files import folder_lock, remove_stale_temp_files, save_json, save_npz
 from .inverse import check_operator_spec, make_method, make_operator, measure, operator_name
 from .report import figure_html, grid_png, labelled_grid, png_bytes, table_html
-from .study import SCHEMA, Kind, ModelSpec, Report, cached_samples, check_folder, train_models, write_csv
+from .study import (
+    SCHEMA,
+    Kind,
+    ModelSpec,
+    Report,
+    cached_samples,
+    check_folder,
+    check_scoring,
+    scoring_features,
+    train_models,
+    write_csv,
+)
 from .train import DataConfig, TrainingError, resolve_device
 
 __all__ = ["KIND", "InverseStudyConfig", "run_inverse_study"]
@@ -99,10 +110,7 @@ class InverseStudyConfig(TomlConfig):
             raise ValueError(f"sigma_y must be a finite number >= 0, got {self.sigma_y}")
         if self.count < 2 or self.sampler_steps < 1 or self.n < 1 or self.n_boot < 0:
             raise ValueError("count must be >= 2, sampler_steps >= 1, n >= 1 and n_boot >= 0")
-        if not -1 <= self.threshold <= 1:
-            raise ValueError(f"threshold must be in [-1, 1] (a cosine similarity), got {self.threshold}")
-        if self.similarity == "sscd" and not self.sscd_path:
-            raise ValueError("similarity = 'sscd' needs sscd_path, the local SSCD model file")
+        check_scoring(self)
 
 
 def run_inverse_study(cfg: InverseStudyConfig | None, out: str | os.PathLike[str], *,
@@ -126,7 +134,7 @@ def _run(cfg: InverseStudyConfig, out: Path) -> dict[str, Any]:
     shape = data.image_shape
     ops = [make_operator(spec, shape) for spec in cfg.operators]  # shape errors before any training
     check_folder(out, {"kind": "inverse", **cfg.to_dict()})
-    features = similarity.make_features(cfg.similarity, **({"path": cfg.sscd_path} if cfg.sscd_path else {}))
+    features = scoring_features(cfg)
     device = str(resolve_device(cfg.device))
     truth = held_out(data, cfg.n, cfg.count, cfg.subset_seed).images  # [count, C, H, W]
     failed: list[dict[str, Any]] = []

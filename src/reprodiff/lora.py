@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 
+import torch
 from torch import Tensor, nn
 
 from .config import ConfigError, suggest
@@ -35,12 +36,12 @@ class _Adapter(nn.Module):
 
 
 class LoRALinear(_Adapter):
-    def __init__(self, base: nn.Linear, rank: int, alpha: float) -> None:
+    def __init__(self, base: nn.Linear, rank: int, alpha: float, generator: torch.Generator | None = None) -> None:
         super().__init__()
         self.base, self.scale = base, alpha / rank
         self.lora_a = nn.Linear(base.in_features, rank, bias=False)
         self.lora_b = nn.Linear(rank, base.out_features, bias=False)
-        nn.init.kaiming_uniform_(self.lora_a.weight, a=math.sqrt(5))
+        nn.init.kaiming_uniform_(self.lora_a.weight, a=math.sqrt(5), generator=generator)
         nn.init.zeros_(self.lora_b.weight)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -48,7 +49,7 @@ class LoRALinear(_Adapter):
 
 
 class LoRAConv2d(_Adapter):
-    def __init__(self, base: nn.Conv2d, rank: int, alpha: float) -> None:
+    def __init__(self, base: nn.Conv2d, rank: int, alpha: float, generator: torch.Generator | None = None) -> None:
         super().__init__()
         if base.groups != 1:
             raise ConfigError("LoRA supports ungrouped convolutions only")
@@ -56,7 +57,7 @@ class LoRAConv2d(_Adapter):
         self.lora_a = nn.Conv2d(base.in_channels, rank, base.kernel_size, base.stride, base.padding,  # type: ignore[arg-type]
                                 base.dilation, bias=False, padding_mode=base.padding_mode)
         self.lora_b = nn.Conv2d(rank, base.out_channels, 1, bias=False)
-        nn.init.kaiming_uniform_(self.lora_a.weight, a=math.sqrt(5))
+        nn.init.kaiming_uniform_(self.lora_a.weight, a=math.sqrt(5), generator=generator)
         nn.init.zeros_(self.lora_b.weight)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -86,9 +87,11 @@ def _under(name: str, prefixes: tuple[str, ...]) -> bool:
     return not prefixes or any(name == p or name.startswith(p + ".") for p in prefixes)
 
 
-def add_lora(net: nn.Module, rank: int, alpha: float = 0.0, targets: tuple[str, ...] = ()) -> int:
+def add_lora(net: nn.Module, rank: int, alpha: float = 0.0, targets: tuple[str, ...] = (), *,
+             generator: torch.Generator | None = None) -> int:
     """Replace every ``Linear``/``Conv2d`` of ``net`` under ``targets`` (module names; all if empty) by its LoRA
-    version (``alpha = 0`` means ``alpha = rank``) and freeze everything else; returns the parameters added."""
+    version (``alpha = 0`` means ``alpha = rank``) and freeze everything else; returns the parameters added.
+    ``A`` is drawn from ``generator`` (None: torch's global generator, which ``train.build_model`` seeds)."""
     if rank < 1:
         raise ConfigError(f"lora rank must be >= 1, got {rank}")
     _check_prefixes(net, targets, "finetune.lora_targets")
@@ -102,7 +105,8 @@ def add_lora(net: nn.Module, rank: int, alpha: float = 0.0, targets: tuple[str, 
     for name, layer in chosen:
         parent_name, _, attr = name.rpartition(".")
         parent = net.get_submodule(parent_name) if parent_name else net
-        lora = LoRALinear(layer, rank, alpha) if isinstance(layer, nn.Linear) else LoRAConv2d(layer, rank, alpha)
+        adapter = LoRALinear if isinstance(layer, nn.Linear) else LoRAConv2d
+        lora = adapter(layer, rank, alpha, generator)  # type: ignore[arg-type]
         setattr(parent, attr, lora)
         added += lora_parameter_count(layer, rank)
     return added

@@ -10,11 +10,10 @@ files to write. The regime study keeps its own richer report (``report.py``).
 from __future__ import annotations
 
 import os
-import tomllib
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError, from_dict, suggest
+from .config import ConfigError, from_file_dict, read_toml, suggest
 from .files import atomic_write
 from .report import build_report as build_regime_report
 from .report import page_html
@@ -39,21 +38,12 @@ def load_config(path: str | os.PathLike[str] | None) -> tuple[Kind, Any]:
     """The kind and validated config of a study TOML (``None``: the embedded default regime study)."""
     if path is None:
         return KINDS["regime"], None
-    path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such config file") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{path}: not valid TOML ({e})") from None
+    data = read_toml(path)
     name = data.pop("kind", "regime")
     if name not in KINDS:
         raise ConfigError(f"{path}: unknown study kind {name!r}{suggest(str(name), KINDS)}; "
                           f"choose from {sorted(KINDS)}")
-    try:
-        return KINDS[name], from_dict(KINDS[name].config, data)
-    except ConfigError as e:
-        raise ConfigError(f"{path}: {e}") from None
+    return KINDS[name], from_file_dict(KINDS[name].config, data, path)
 
 
 def run(path: str | os.PathLike[str] | None, out: str | os.PathLike[str], *, progress: bool = False

@@ -34,8 +34,9 @@ from .files import atomic_write, folder_lock, remove_stale_temp_files, save_json
 from .optimal import EmpiricalOptimalDenoiser
 from .train import DataConfig, TrainConfig, TrainingError, load_model, load_training_data, resolve_device, train
 
-__all__ = ["SCHEMA", "Kind", "ModelSpec", "Report", "StudyConfig", "cached_samples", "check_folder", "default_study",
-           "model_train_config", "run_study", "summarize", "train_models", "write_csv"]
+__all__ = ["SCHEMA", "Kind", "ModelSpec", "Report", "StudyConfig", "cached_samples", "check_folder", "check_scoring",
+           "default_study", "model_train_config", "read_samples", "run_study", "scoring_features", "summarize",
+           "train_models", "write_csv"]
 
 SCHEMA = 1
 OPTIMAL = "optimal"
@@ -146,17 +147,28 @@ class StudyConfig(TomlConfig):
         for s in self.samplers:
             if s not in sampling.SAMPLERS:
                 raise ValueError(f"unknown sampler {s!r}; choose from {sorted(sampling.SAMPLERS)}")
-        for name in ("threshold", "gl_threshold"):
-            t = getattr(self, name)
-            if t is not None and not -1.0 <= t <= 1.0:
-                raise ValueError(f"{name} must be in [-1, 1] (a cosine similarity), got {t}")
+        check_scoring(self)
         if self.count < 2 or self.sampler_steps < 1 or self.n_boot < 0 or self.encode_count < 0:
             raise ValueError("count must be >= 2, sampler_steps >= 1, n_boot >= 0 and encode_count >= 0")
         if self.encode_count == 1:
             raise ValueError("encode_count must be 0 (off) or >= 2")
-        if self.similarity == "sscd" and not self.sscd_path:
-            raise ValueError("similarity = 'sscd' needs sscd_path, the local SSCD model file")
 
+
+
+def check_scoring(cfg: Any) -> None:
+    """The scoring fields every study config has: ``threshold`` (and ``gl_threshold`` where present) are cosine
+    similarities in [-1, 1]; ``similarity = "sscd"`` needs ``sscd_path``."""
+    for name in ("threshold", "gl_threshold"):
+        t = getattr(cfg, name, None)
+        if t is not None and not -1.0 <= t <= 1.0:
+            raise ValueError(f"{name} must be in [-1, 1] (a cosine similarity), got {t}")
+    if cfg.similarity == "sscd" and not cfg.sscd_path:
+        raise ValueError("similarity = 'sscd' needs sscd_path, the local SSCD model file")
+
+
+def scoring_features(cfg: Any) -> similarity.FeatureMap:
+    """The study's feature map (``similarity`` and, for SSCD, ``sscd_path``)."""
+    return similarity.make_features(cfg.similarity, **({"path": cfg.sscd_path} if cfg.sscd_path else {}))
 
 
 def default_study() -> StudyConfig:
@@ -252,20 +264,6 @@ def _sample_file(out: Path, model: str, n: int, sampler: str) -> Path:
     return out / "samples" / f"{model}-n{n}-{sampler}.npz"
 
 
-def _samples(cfg: StudyConfig, D: Any, shape: tuple[int, ...], sampler: str, device: str, path: Path) -> Tensor:
-    """Samples of ``D`` from the study's shared noise (float32 [-1, 1]); read from ``path`` when a previous
-    run wrote them there (``_score_size`` writes the file once, with the samples' scores)."""
-    if path.exists():
-        with np.load(path, allow_pickle=False) as f:
-            if f["samples"].shape == (cfg.count, *shape):
-                return torch.from_numpy(f["samples"])
-    with torch.no_grad():
-        x = sampling.sample(D, cfg.seed, cfg.count, shape, sampler=sampler, steps=cfg.sampler_steps, device=device)
-    if not bool(torch.isfinite(x).all()):
-        raise TrainingError("the model produced NaN/Inf samples")
-    return x
-
-
 def run_study(cfg: StudyConfig | None, out: str | os.PathLike[str], *, progress: bool = False) -> dict[str, Any]:
     """Run (or resume) the study into ``out``; returns the results dict also written to ``results.json``."""
     with folder_lock(out, "study"):
@@ -281,7 +279,7 @@ def _run_study_locked(cfg: StudyConfig, out: Path, progress: bool) -> dict[str, 
     outside = _load_outside_models(cfg, data.image_shape, str(resolve_device(cfg.device)))
     check_folder(out, cfg.to_dict())
     fixed: dict[tuple[str, str], Tensor] = {}  # samples of the outside models (the same at every N)
-    features = similarity.make_features(cfg.similarity, **({"path": cfg.sscd_path} if cfg.sscd_path else {}))
+    features = scoring_features(cfg)
     device = str(resolve_device(cfg.device))
     results: dict[str, Any] = {"schema": SCHEMA, "kind": "regime", "config": cfg.to_dict(), "sizes": list(cfg.sizes),
                                "models": [m.name for m in cfg.models] + [OPTIMAL] * cfg.optimal,
@@ -343,7 +341,9 @@ def _score_size(cfg: StudyConfig, out: Path, n: int, train_images: Tensor, denoi
                 if (name, sampler) in fixed:
                     x = fixed[(name, sampler)]
                 else:
-                    x = _samples(cfg, D, train_images.shape[1:], sampler, device, path)
+                    # written once below, with the samples' scores
+                    x = cached_samples(path, D, cfg.seed, cfg.count, tuple(train_images.shape[1:]), sampler=sampler,
+                                       steps=cfg.sampler_steps, device=device, save=False)
                 if name in outside:
                     fixed[(name, sampler)] = x
             except TrainingError as e:
@@ -366,21 +366,29 @@ def _score_size(cfg: StudyConfig, out: Path, n: int, train_images: Tensor, denoi
     return first_sampler
 
 
+def read_samples(path: Path, shape: tuple[int, ...]) -> Tensor | None:
+    """The ``samples`` array a previous run wrote to ``path`` if it has ``shape`` ``[count, C, H, W]``, else None."""
+    if not path.exists():
+        return None
+    with np.load(path, allow_pickle=False) as f:
+        return torch.from_numpy(f["samples"]) if f["samples"].shape == shape else None
+
+
 def cached_samples(path: Path, D: Any, seed: int, count: int, shape: tuple[int, ...], *, sampler: str, steps: int,
-                   device: str, cond: Tensor | None = None, noise_seed: int | None = None) -> Tensor:
-    """``sampling.sample`` from the shared noise, cached in ``path`` (``samples`` float32 and ``images`` uint8);
-    a cached file is reused when its shape matches (the study's ``study.json`` guards the rest). Non-finite
-    samples raise ``TrainingError``."""
-    if path.exists():
-        with np.load(path, allow_pickle=False) as f:
-            if f["samples"].shape == (count, *shape):
-                return torch.from_numpy(f["samples"])
+                   device: str, cond: Tensor | None = None, noise_seed: int | None = None,
+                   save: bool = True) -> Tensor:
+    """``sampling.sample`` from the shared noise, reused from ``path`` when a previous run wrote samples of this
+    shape there (the study's ``study.json`` guards the rest); with ``save``, new samples are written to ``path``
+    (``samples`` float32 and ``images`` uint8). Non-finite samples raise ``TrainingError``."""
+    if (x := read_samples(path, (count, *shape))) is not None:
+        return x
     with torch.no_grad():
         x = sampling.sample(D, seed, count, shape, sampler=sampler, steps=steps, cond=cond, noise_seed=noise_seed,
                             device=device)
     if not bool(torch.isfinite(x).all()):
         raise TrainingError("the model produced NaN/Inf samples")
-    save_npz(path, samples=x, images=to_uint8(x))
+    if save:
+        save_npz(path, samples=x, images=to_uint8(x))
     return x
 
 

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .checkpoint import load_state, load_weights, read_safetensors, save_training_state, write_safetensors
-from .config import ConfigError, TomlConfig, suggest
+from .config import ConfigError, TomlConfig, read_run_config, suggest
 from .data import Dataset, load_dataset, select_classes, subset
 from .files import atomic_write, folder_lock, save_json
 from .kernels import Kernel, make_kernel
@@ -461,13 +461,7 @@ def load_model(folder: str | os.PathLike[str], *, weights: str = "ema", device: 
     folder = Path(folder)
     if weights not in ("ema", "net"):
         raise ValueError(f"weights must be 'ema' or 'net', got {weights!r}")
-    cfg_path = folder / "config.json"
-    if not cfg_path.is_file():
-        raise ValueError(f"{folder}: not a reprodiff model folder (no config.json)")
-    try:
-        cfg = TrainConfig.from_dict(json.loads(cfg_path.read_text()))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{cfg_path}: not valid JSON ({e})") from None
+    cfg = read_run_config(TrainConfig, folder, "reprodiff model")
     data = load_training_data(cfg)
     num_classes = int(data.labels.max()) + 1 if cfg.data.conditional and data.labels is not None else 0
     model = build_model(cfg, data.image_shape, num_classes)
