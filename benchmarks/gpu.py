@@ -33,7 +33,7 @@ from reprodiff.nets import make_net
 from reprodiff.objectives import make_objective
 from reprodiff.optimal import EmpiricalOptimalDenoiser
 from reprodiff.precond import Precond
-from reprodiff.train import DataConfig, FinetuneConfig, TrainConfig, _autocast, load_model, train, train_step
+from reprodiff.training.train import DataConfig, FinetuneConfig, TrainConfig, _autocast, load_model, train, train_step
 
 RESULTS: dict[str, object] = {}
 
@@ -123,7 +123,7 @@ def check_diffusers(tmp: Path) -> None:
     import diffusers
 
     from reprodiff import adapters
-    from reprodiff.text2image import TextToImage
+    from reprodiff.studies.text2image import TextToImage
     from tiny_diffusers import save_sd_pipeline, save_unet_model
 
     folder = save_unet_model(tmp / "ddpm", prediction_type="epsilon")

@@ -195,7 +195,7 @@ STUDY_NETS = {
 
 def bench_train(quick: bool) -> None:
     from reprodiff.objectives import make_objective
-    from reprodiff.train import TrainConfig, build_model, step_generator, train_step
+    from reprodiff.training.train import TrainConfig, build_model, step_generator, train_step
 
     images, B = load_digits().images, 64
     print(f"== training throughput, images/s (batch {B}, 1x8x8, DSM, EDM kernel), ratio to eager fp32 ==")
@@ -227,7 +227,7 @@ def bench_train(quick: bool) -> None:
 def bench_regime(quick: bool) -> None:
     import tempfile
 
-    from reprodiff.train import DataConfig, TrainConfig, load_model, train
+    from reprodiff.training.train import DataConfig, TrainConfig, load_model, train
 
     steps = 300 if quick else 1200
     print(f"== regime after {steps} steps (batch 64): share of 256 samples that copy a training image ==")
@@ -267,8 +267,8 @@ def bench_study(quick: bool) -> None:
     """The embedded default study end to end (budget: 5 minutes on 2 cores), then its table."""
     import tempfile
 
-    from reprodiff.report import build_report
-    from reprodiff.study import run_study, summarize
+    from reprodiff.studies.regime import run_study, summarize
+    from reprodiff.studies.regime_report import build_report
 
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
@@ -286,7 +286,7 @@ def bench_invert(quick: bool) -> None:
 
     from reprodiff.data import subset
     from reprodiff.denoiser import MicroBatched
-    from reprodiff.train import DataConfig, TrainConfig, load_model, train
+    from reprodiff.training.train import DataConfig, TrainConfig, load_model, train
 
     with tempfile.TemporaryDirectory() as tmp:
         train(TrainConfig(data=DataConfig(n=0), net=STUDY_NETS["unet"], steps=200 if quick else 800,

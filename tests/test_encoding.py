@@ -12,7 +12,7 @@ from reprodiff.cli import main
 from reprodiff.data import load_digits, subset
 from reprodiff.encoding import encoding_agreement
 from reprodiff.optimal import EmpiricalOptimalDenoiser
-from reprodiff.train import DataConfig, TrainConfig, train
+from reprodiff.training.train import DataConfig, TrainConfig, train
 
 TINY = {"name": "unet", "model_channels": 8, "channel_mult": [1, 2], "num_blocks": 1, "dropout": 0.0}
 

@@ -11,16 +11,16 @@ import torch
 from torch import nn
 
 from reprodiff.cli import main
-from reprodiff.conditional import ConditionalStudyConfig, run_conditional_study
 from reprodiff.config import ConfigError
-from reprodiff.finetune import FinetuneStudyConfig, FinetuneVariant, run_finetune_study
 from reprodiff.guidance import ClassifierFreeGuidance
-from reprodiff.inverse_study import InverseStudyConfig, run_inverse_study
 from reprodiff.lora import LoRAConv2d, LoRALinear, add_lora, freeze_except, lora_parameter_count
 from reprodiff.nets import make_net
 from reprodiff.studies import KINDS, build_report, load_config
-from reprodiff.study import ModelSpec
-from reprodiff.train import DataConfig, FinetuneConfig, TrainConfig, load_model, train
+from reprodiff.studies.conditional import ConditionalStudyConfig, run_conditional_study
+from reprodiff.studies.finetune import FinetuneStudyConfig, FinetuneVariant, run_finetune_study
+from reprodiff.studies.inverse import InverseStudyConfig, run_inverse_study
+from reprodiff.studies.regime import ModelSpec
+from reprodiff.training.train import DataConfig, FinetuneConfig, TrainConfig, load_model, train
 
 TINY = {"name": "unet", "model_channels": 8, "channel_mult": [1, 2], "num_blocks": 1, "dropout": 0.0}
 MLP = {"name": "mlp", "hidden": 32, "depth": 1}
@@ -228,8 +228,8 @@ def test_every_kind_is_registered() -> None:
 def test_full_scale_configs_load_and_fit_cifar(name) -> None:
     """The CIFAR-10 configs validate now; what needs the data's shape (operators, fine-tuning layer names) is
     checked against 3x32x32 here, since the tests have no CIFAR-10."""
-    from reprodiff.finetune import _check_variants
     from reprodiff.inverse import make_operator
+    from reprodiff.studies.finetune import _check_variants
 
     kind, cfg = load_config(f"studies/{name}.toml")
     assert kind.name == name.split("_")[0] and cfg.data.startswith("cifar10:")

@@ -87,7 +87,7 @@ def run_sample(model: str | Path, out: str | Path, *, seed: int = 100000, count:
                sampler: str = "heun", steps: int = 18, weights: str = "ema", label: int | None = None,
                batch_size: int = 256, device: str = "cpu", progress: bool = False) -> dict[str, Any]:
     """Sample a trained model folder from shared noise; writes ``grid.png`` and ``samples.npz``."""
-    from .train import load_model
+    from .training.train import load_model
 
     D, cfg, train_data = load_model(model, weights=weights, device=device)
     cond = None
@@ -113,7 +113,7 @@ def run_encode(models: list[str], out: str | Path, *, data: str, count: int = 64
     """Invert ``count`` images of ``data`` with models A and B; write ``encode.json`` and ``panel.png``
     (rows: image, noise_A, noise_B, A(noise_A), B(noise_A))."""
     from .encoding import encoding_agreement
-    from .train import load_model
+    from .training.train import load_model
 
     if len(models) != 2:
         raise ValueError(f"encode needs exactly two models (--model A --model B), got {len(models)}")
@@ -217,7 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"memorized: {s['memorized']:.3f} (pixel similarity to nearest training image > "
                   f"{s['threshold']}; mean {s['mean_similarity']:.3f}) -> {args.out}/grid.png")
         elif args.command == "train":
-            from .train import TrainConfig, train
+            from .training.train import TrainConfig, train
 
             cfg = TrainConfig.from_toml(args.config) if args.config else None
             r = train(cfg, args.out, steps=args.steps, progress=sys.stderr.isatty())

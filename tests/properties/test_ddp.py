@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from reprodiff.checkpoint import read_safetensors
-from reprodiff.train import DataConfig, TrainConfig, build_model, train
+from reprodiff.training.train import DataConfig, TrainConfig, build_model, train
 
 
 @pytest.mark.slow

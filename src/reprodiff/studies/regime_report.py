@@ -31,9 +31,9 @@ from matplotlib.ticker import NullLocator
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
-from .data import load_npz
-from .files import atomic_write, image_grid, save_png
-from .study import OPTIMAL, SCHEMA
+from ..data import load_npz
+from ..files import atomic_write, image_grid, save_png
+from .regime import OPTIMAL, SCHEMA
 
 __all__ = ["PAPER_CIFAR10", "ScoreRow", "Study", "build_report", "figure_html", "grid_png", "labelled_grid",
            "load_study", "page_html", "plot_rp_gl", "plot_rp_matrix", "png_bytes", "render_html", "sample_grid",
@@ -658,7 +658,7 @@ def build_report(study_dir: str | os.PathLike[str]) -> Path:
     kind of study (``results.json`` ``kind``) gets that kind's report (``studies.py``)."""
     kind = _read_json(Path(study_dir) / "results.json").get("kind", "regime")
     if kind != "regime":
-        from .studies import build_report as build_any
+        from . import build_report as build_any
 
         return build_any(study_dir)
     study = load_study(study_dir)

@@ -14,10 +14,11 @@ from tiny_diffusers import need, save_unet_model, tiny_unet
 
 diffusers = need("diffusers")
 
-from reprodiff import adapters, sampling  # noqa: E402
+from reprodiff import sampling  # noqa: E402
+from reprodiff.adapters import diffusers as adapters  # noqa: E402
 from reprodiff.cli import main  # noqa: E402
 from reprodiff.config import ConfigError  # noqa: E402
-from reprodiff.study import ModelSpec, StudyConfig, run_study  # noqa: E402
+from reprodiff.studies.regime import ModelSpec, StudyConfig, run_study  # noqa: E402
 
 
 def diffusers_ddim(unet, scheduler, z: torch.Tensor, steps: int) -> torch.Tensor:
@@ -141,7 +142,7 @@ def _study(path, **kw) -> StudyConfig:
 
 
 def test_regime_study_with_a_diffusers_model(tmp_path) -> None:
-    from reprodiff.report import build_report
+    from reprodiff.studies.regime_report import build_report
 
     folder = save_unet_model(tmp_path / "ddpm")
     res = run_study(_study(folder, optimal=True), tmp_path / "out")
@@ -178,7 +179,7 @@ def test_diffusers_model_spec_errors(tmp_path, capsys) -> None:
 
 def test_study_folders_written_before_model_sources_still_resume(tmp_path) -> None:
     from reprodiff.files import save_json
-    from reprodiff.study import check_folder, default_study
+    from reprodiff.studies.regime import check_folder, default_study
 
     config = default_study().to_dict()
     old = config | {"models": [{k: v for k, v in m.items() if k not in ("source", "path")} for m in config["models"]]}

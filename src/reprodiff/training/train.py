@@ -22,15 +22,15 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .checkpoint import load_state, load_weights, read_safetensors, save_training_state, write_safetensors
-from .config import ConfigError, TomlConfig, read_run_config, suggest
-from .data import Dataset, load_dataset, select_classes, subset
-from .files import atomic_write, folder_lock, save_json
-from .kernels import Kernel, make_kernel
-from .lora import add_lora, freeze_except
-from .nets import NETS, make_net
-from .objectives import Objective, make_objective
-from .precond import Precond
+from ..checkpoint import load_state, load_weights, read_safetensors, save_training_state, write_safetensors
+from ..config import ConfigError, TomlConfig, read_run_config, suggest
+from ..data import Dataset, load_dataset, select_classes, subset
+from ..files import atomic_write, folder_lock, save_json
+from ..kernels import Kernel, make_kernel
+from ..lora import add_lora, freeze_except
+from ..nets import NETS, make_net
+from ..objectives import Objective, make_objective
+from ..precond import Precond
 
 __all__ = ["DataConfig", "FinetuneConfig", "TrainConfig", "TrainingError", "build_model", "load_model",
            "resolve_device", "step_generator", "train", "train_step"]

@@ -31,14 +31,14 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from . import metrics
-from .config import ConfigError, TomlConfig
-from .data import load_dataset, subset
-from .files import folder_lock, remove_stale_temp_files, save_json
-from .guidance import ClassifierFreeGuidance
-from .report import figure_html, grid_png, labelled_grid, png_bytes, table_html
-from .sampling import SAMPLERS
-from .study import (
+from .. import metrics
+from ..config import ConfigError, TomlConfig
+from ..data import load_dataset, subset
+from ..files import folder_lock, remove_stale_temp_files, save_json
+from ..guidance import ClassifierFreeGuidance
+from ..sampling import SAMPLERS
+from ..training.train import DataConfig, TrainingError, resolve_device
+from .regime import (
     SCHEMA,
     Kind,
     ModelSpec,
@@ -50,7 +50,7 @@ from .study import (
     train_models,
     write_csv,
 )
-from .train import DataConfig, TrainingError, resolve_device
+from .regime_report import figure_html, grid_png, labelled_grid, png_bytes, table_html
 
 __all__ = ["KIND", "ConditionalStudyConfig", "run_conditional_study"]
 

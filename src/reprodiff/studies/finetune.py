@@ -29,12 +29,12 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from . import metrics, sampling
-from .config import ConfigError, TomlConfig
-from .data import load_dataset, select_classes
-from .files import folder_lock, remove_stale_temp_files, save_json
-from .report import figure_html, grid_png, labelled_grid, png_bytes, table_html
-from .study import (
+from .. import metrics, sampling
+from ..config import ConfigError, TomlConfig
+from ..data import load_dataset, select_classes
+from ..files import folder_lock, remove_stale_temp_files, save_json
+from ..training.train import DataConfig, FinetuneConfig, TrainingError, build_model, load_model, resolve_device, train
+from .regime import (
     SCHEMA,
     Kind,
     ModelSpec,
@@ -46,7 +46,7 @@ from .study import (
     scoring_features,
     write_csv,
 )
-from .train import DataConfig, FinetuneConfig, TrainingError, build_model, load_model, resolve_device, train
+from .regime_report import figure_html, grid_png, labelled_grid, png_bytes, table_html
 
 __all__ = ["KIND", "FinetuneStudyConfig", "FinetuneVariant", "run_finetune_study"]
 

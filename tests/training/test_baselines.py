@@ -10,7 +10,14 @@ import pytest
 import torch
 
 from reprodiff import metrics
-from reprodiff.baselines import (
+from reprodiff.checkpoint import read_safetensors
+from reprodiff.cli import main
+from reprodiff.config import ConfigError
+from reprodiff.data import load_dataset, subset
+from reprodiff.sampling import noise
+from reprodiff.studies import KINDS, load_config
+from reprodiff.studies.gan_vae import GanVaeConfig, default_gan_vae
+from reprodiff.training.baselines import (
     ARCHS,
     FAMILIES,
     GAN,
@@ -21,16 +28,9 @@ from reprodiff.baselines import (
     train_baseline,
     vae_terms,
 )
-from reprodiff.checkpoint import read_safetensors
-from reprodiff.cli import main
-from reprodiff.config import ConfigError
-from reprodiff.data import load_dataset, subset
-from reprodiff.gan_vae import GanVaeConfig, default_gan_vae
-from reprodiff.sampling import noise
-from reprodiff.studies import KINDS, load_config
-from reprodiff.train import DataConfig
+from reprodiff.training.train import DataConfig
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ALL = [(f, a) for f in FAMILIES for a in ARCHS]
 
 

@@ -24,14 +24,14 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from . import metrics, sampling, similarity
-from .adapters import DiffusersDenoiser, load_unet_denoiser, require
-from .config import ConfigError, TomlConfig
-from .data import to_uint8
-from .files import folder_lock, remove_stale_temp_files, save_json, save_npz
-from .guidance import ClassifierFreeGuidance
-from .study import Kind, Report, check_folder, write_csv
-from .train import resolve_device
+from .. import metrics, sampling, similarity
+from ..adapters.diffusers import DiffusersDenoiser, load_unet_denoiser, require
+from ..config import ConfigError, TomlConfig
+from ..data import to_uint8
+from ..files import folder_lock, remove_stale_temp_files, save_json, save_npz
+from ..guidance import ClassifierFreeGuidance
+from ..training.train import resolve_device
+from .regime import Kind, Report, check_folder, write_csv
 
 __all__ = ["DTYPES", "KIND", "SCHEMA", "Text2ImageConfig", "Text2ImageModel", "TextToImage", "check_pipeline_folder",
            "report_text2image", "run_text2image", "summarize_text2image"]
@@ -291,7 +291,7 @@ def _rp_figure(results: dict[str, Any]) -> bytes:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .report import png_bytes
+    from .regime_report import png_bytes
 
     P = len(results["prompts"])
     pairs = [(r["a"], r["b"]) for r in results["rp_pairs"]]
@@ -316,7 +316,7 @@ def report_text2image(folder: Path, results: dict[str, Any]) -> Any:
     model; column ``i`` is latent noise ``i`` in every row)."""
     from html import escape
 
-    from .report import figure_html, grid_png, labelled_grid, table_html
+    from .regime_report import figure_html, grid_png, labelled_grid, table_html
 
     prompts, models = results["prompts"], results["models"]
     pairs = [(r["a"], r["b"]) for r in results["rp_pairs"]]

@@ -13,21 +13,21 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError, from_file_dict, read_toml, suggest
-from .files import atomic_write
-from .report import build_report as build_regime_report
-from .report import page_html
-from .study import Kind, Report, StudyConfig, run_study, summarize
+from ..config import ConfigError, from_file_dict, read_toml, suggest
+from ..files import atomic_write
+from .regime import Kind, Report, StudyConfig, run_study, summarize
+from .regime_report import build_report as build_regime_report
+from .regime_report import page_html
 
 __all__ = ["KINDS", "Kind", "Report", "build_report", "load_config", "run"]
 
 
 def _kinds() -> dict[str, Kind]:
-    from . import conditional, finetune, gan_vae, inverse_study, text2image
+    from . import conditional, finetune, gan_vae, inverse, text2image
 
     kinds = [Kind("regime", StudyConfig, run_study, summarize, None,
                   "RP/GL against training-set size (Zhang et al. 2023, Fig. 2)"),
-             conditional.KIND, inverse_study.KIND, finetune.KIND, gan_vae.KIND, text2image.KIND]
+             conditional.KIND, inverse.KIND, finetune.KIND, gan_vae.KIND, text2image.KIND]
     return {k.name: k for k in kinds}
 
 
@@ -55,7 +55,7 @@ def run(path: str | os.PathLike[str] | None, out: str | os.PathLike[str], *, pro
 
 def build_report(study_dir: str | os.PathLike[str]) -> Path:
     """``report.html`` (and its figures) for a study folder of any kind; returns its path."""
-    from .report import _read_json
+    from .regime_report import _read_json
 
     root = Path(study_dir)
     results = _read_json(root / "results.json")

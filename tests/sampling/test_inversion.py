@@ -124,7 +124,7 @@ def test_round_trip_through_a_trained_model(tmp_path) -> None:
     """A small U-Net trained briefly on digits: image -> noise -> image at the default NFE (Heun, 18 levels)
     stays within 0.05 RMS of the image, and two loaded copies of the model invert bit for bit alike."""
     from reprodiff.data import load_digits, subset
-    from reprodiff.train import DataConfig, TrainConfig, load_model, train
+    from reprodiff.training.train import DataConfig, TrainConfig, load_model, train
 
     cfg = TrainConfig(data=DataConfig(n=32), steps=60, batch_size=16, checkpoint_every=60, log_every=60,
                       net={"name": "unet", "model_channels": 8, "channel_mult": [1, 2], "num_blocks": 1,

@@ -18,7 +18,7 @@ need("transformers")
 from reprodiff import sampling, studies  # noqa: E402
 from reprodiff.cli import main  # noqa: E402
 from reprodiff.config import ConfigError, from_dict  # noqa: E402
-from reprodiff.text2image import Text2ImageConfig, TextToImage  # noqa: E402
+from reprodiff.studies.text2image import Text2ImageConfig, TextToImage  # noqa: E402
 
 PROMPTS = ("a red cat", "an old boat")
 
@@ -145,5 +145,5 @@ def _without(src: Path, dst: Path, part: str) -> Path:
 
 
 def test_shipped_template_loads() -> None:
-    kind, cfg = studies.load_config(Path(__file__).parent.parent / "studies" / "text2image.toml")
+    kind, cfg = studies.load_config(Path(__file__).parents[2] / "studies" / "text2image.toml")
     assert kind.name == "text2image" and len(cfg.models) >= 2 and cfg.prompts

@@ -20,8 +20,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from reprodiff.cli import main
-from reprodiff.study import ModelSpec, StudyConfig
-from reprodiff.train import DataConfig, TrainConfig
+from reprodiff.studies.regime import ModelSpec, StudyConfig
+from reprodiff.training.train import DataConfig, TrainConfig
 
 EXAMPLES = int(os.environ.get("REPRODIFF_FUZZ_EXAMPLES", "150"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=True,

@@ -25,14 +25,14 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from . import metrics, sampling
-from .baselines import BaselineConfig, load_baseline, train_baseline
-from .baselines import sample as sample_baseline
-from .config import ConfigError, TomlConfig
-from .data import load_dataset, subset, to_uint8
-from .files import folder_lock, remove_stale_temp_files, save_json, save_npz
-from .report import figure_html, grid_png, labelled_grid, png_bytes, table_html
-from .study import (
+from .. import metrics, sampling
+from ..config import ConfigError, TomlConfig
+from ..data import load_dataset, subset, to_uint8
+from ..files import folder_lock, remove_stale_temp_files, save_json, save_npz
+from ..training.baselines import BaselineConfig, load_baseline, train_baseline
+from ..training.baselines import sample as sample_baseline
+from ..training.train import DataConfig, TrainingError, load_model, resolve_device, train
+from .regime import (
     SCHEMA,
     Kind,
     ModelSpec,
@@ -46,7 +46,7 @@ from .study import (
     scoring_features,
     write_csv,
 )
-from .train import DataConfig, TrainingError, load_model, resolve_device, train
+from .regime_report import figure_html, grid_png, labelled_grid, png_bytes, table_html
 
 __all__ = ["DIFFUSION", "KIND", "BaselineSpec", "GanVaeConfig", "default_gan_vae", "report", "run_gan_vae", "summarize"]
 

@@ -14,7 +14,7 @@ from reprodiff.cli import main
 from reprodiff.config import ConfigError
 from reprodiff.data import load_digits, subset
 from reprodiff.objectives import compute_loss, make_objective
-from reprodiff.train import DataConfig, TrainConfig, build_model, load_model, step_generator, train
+from reprodiff.training.train import DataConfig, TrainConfig, build_model, load_model, step_generator, train
 
 TINY_NETS = {
     "unet": {"name": "unet", "model_channels": 8, "channel_mult": [1, 2], "num_blocks": 1, "dropout": 0.0},
@@ -166,7 +166,7 @@ def test_broken_and_foreign_checkpoints(tmp_path) -> None:
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path, monkeypatch) -> None:
-    import reprodiff.train as tr
+    import reprodiff.training.train as tr
 
     real, calls = tr.train_step, []
 
@@ -184,7 +184,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path, monkeypat
     assert main(["train", "--out", str(tmp_path)]) == 0  # the kept checkpoint resumes cleanly
 
 
-@pytest.mark.parametrize("path", sorted(__import__("pathlib").Path(__file__).parent.parent.glob("configs/*.toml")),
+@pytest.mark.parametrize("path", sorted(__import__("pathlib").Path(__file__).parents[2].glob("configs/*.toml")),
                          ids=lambda p: p.name)
 def test_shipped_configs_load(path) -> None:
     cfg = TrainConfig.from_toml(path)

@@ -9,7 +9,7 @@ import pytest
 
 from reprodiff.cli import main
 from reprodiff.config import ConfigError
-from reprodiff.study import SCHEMA, ModelSpec, StudyConfig, default_study, run_study
+from reprodiff.studies.regime import SCHEMA, ModelSpec, StudyConfig, default_study, run_study
 
 TINY_UNET = {"name": "unet", "model_channels": 8, "channel_mult": [1, 2], "num_blocks": 1, "dropout": 0.0}
 
@@ -42,7 +42,7 @@ def test_tiny_study_results_contract(tmp_path) -> None:
         (n, a, b, s) for n in (8, 16) for a, b in (("unet", "mlp"), ("unet", "optimal"), ("mlp", "optimal"))
         for s in ("train", "held-out", "samples of unet")}
     assert all(0 <= r["noise_agreement"] <= 1 and 0 <= r["cross_decode_rp"] <= 1 for r in enc)
-    from reprodiff.report import build_report
+    from reprodiff.studies.regime_report import build_report
 
     html = build_report(tmp_path).read_text()
     assert (tmp_path / "encoding.png").exists() and "The encoder direction" in html
@@ -88,7 +88,7 @@ def test_missing_sscd_file_is_one_line(tmp_path, capsys) -> None:
 def test_shipped_studies_load(name: str) -> None:
     from pathlib import Path
 
-    cfg = StudyConfig.from_toml(Path(__file__).parent.parent / "studies" / name)
+    cfg = StudyConfig.from_toml(Path(__file__).parents[2] / "studies" / name)
     assert StudyConfig.from_dict(cfg.to_dict()) == cfg
     if name == "default.toml":
         assert cfg == default_study()  # the file documents exactly what runs without --config
@@ -125,7 +125,7 @@ def test_study_folder_in_use_is_refused(tmp_path) -> None:
 def test_a_model_that_outputs_nan_is_reported_failed_and_the_others_kept(tmp_path, monkeypatch) -> None:
     import torch
 
-    import reprodiff.study as study_mod
+    import reprodiff.studies.regime as study_mod
 
     real = study_mod.load_model
 

@@ -26,13 +26,21 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from . import metrics, sampling, similarity
-from .config import ConfigError, TomlConfig
-from .data import load_dataset, subset, to_uint8
-from .encoding import compare_encodings, encodings_of
-from .files import atomic_write, folder_lock, remove_stale_temp_files, save_json, save_npz
-from .optimal import EmpiricalOptimalDenoiser
-from .train import DataConfig, TrainConfig, TrainingError, load_model, load_training_data, resolve_device, train
+from .. import metrics, sampling, similarity
+from ..config import ConfigError, TomlConfig
+from ..data import load_dataset, subset, to_uint8
+from ..encoding import compare_encodings, encodings_of
+from ..files import atomic_write, folder_lock, remove_stale_temp_files, save_json, save_npz
+from ..optimal import EmpiricalOptimalDenoiser
+from ..training.train import (
+    DataConfig,
+    TrainConfig,
+    TrainingError,
+    load_model,
+    load_training_data,
+    resolve_device,
+    train,
+)
 
 __all__ = ["SCHEMA", "Kind", "ModelSpec", "Report", "StudyConfig", "cached_samples", "check_folder", "check_scoring",
            "default_study", "model_train_config", "read_samples", "run_study", "scoring_features", "summarize",
@@ -240,7 +248,7 @@ def _with_model_defaults(config: Any) -> Any:
 def _load_outside_models(cfg: StudyConfig, image_shape: tuple[int, ...], device: str) -> dict[str, Any]:
     """The study's ``source = "diffusers"`` models, loaded once; a bad folder or a model that does not fit the
     data is a one-line ``ConfigError``."""
-    from .adapters import image_shape_of, load_unet_denoiser
+    from ..adapters.diffusers import image_shape_of, load_unet_denoiser
 
     loaded = {}
     for i, spec in enumerate(cfg.models):

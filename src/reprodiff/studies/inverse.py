@@ -26,13 +26,13 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from . import metrics, sampling
-from .config import ConfigError, TomlConfig
-from .data import held_out, load_dataset, to_uint8
-from .files import folder_lock, remove_stale_temp_files, save_json, save_npz
-from .inverse import check_operator_spec, make_method, make_operator, measure, operator_name
-from .report import figure_html, grid_png, labelled_grid, png_bytes, table_html
-from .study import (
+from .. import metrics, sampling
+from ..config import ConfigError, TomlConfig
+from ..data import held_out, load_dataset, to_uint8
+from ..files import folder_lock, remove_stale_temp_files, save_json, save_npz
+from ..inverse import check_operator_spec, make_method, make_operator, measure, operator_name
+from ..training.train import DataConfig, TrainingError, resolve_device
+from .regime import (
     SCHEMA,
     Kind,
     ModelSpec,
@@ -44,7 +44,7 @@ from .study import (
     train_models,
     write_csv,
 )
-from .train import DataConfig, TrainingError, resolve_device
+from .regime_report import figure_html, grid_png, labelled_grid, png_bytes, table_html
 
 __all__ = ["KIND", "InverseStudyConfig", "run_inverse_study"]
 

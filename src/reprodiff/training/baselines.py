@@ -30,11 +30,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .checkpoint import load_state, load_weights, read_safetensors, save_training_state, write_safetensors
-from .config import ConfigError, TomlConfig, read_run_config, suggest
-from .data import load_dataset, subset
-from .files import folder_lock, save_json
-from .sampling.noise import noise
+from ..checkpoint import load_state, load_weights, read_safetensors, save_training_state, write_safetensors
+from ..config import ConfigError, TomlConfig, read_run_config, suggest
+from ..data import load_dataset, subset
+from ..files import folder_lock, save_json
+from ..sampling.noise import noise
 from .train import DataConfig, TrainingError, ema_update, resolve_device, step_generator
 
 __all__ = ["ARCHS", "FAMILIES", "GAN", "VAE", "BaselineConfig", "build_baseline", "load_baseline", "sample",

@@ -1,0 +1,1 @@
+"""Outside models as denoisers: diffusers UNets (``diffusers.py``)."""

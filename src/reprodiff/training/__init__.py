@@ -1,0 +1,1 @@
+"""Training loops: diffusion models (``train.py``) and the GAN/VAE baselines (``baselines.py``)."""
