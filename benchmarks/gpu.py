@@ -123,7 +123,7 @@ def check_diffusers(tmp: Path) -> None:
     import diffusers
 
     from reprodiff import adapters
-    from reprodiff.studies.text2image import TextToImage
+    from reprodiff.adapters.text2image import TextToImage
     from tiny_diffusers import save_sd_pipeline, save_unet_model
 
     folder = save_unet_model(tmp / "ddpm", prediction_type="epsilon")

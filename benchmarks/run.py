@@ -267,8 +267,8 @@ def bench_study(quick: bool) -> None:
     """The embedded default study end to end (budget: 5 minutes on 2 cores), then its table."""
     import tempfile
 
+    from reprodiff.studies import build_report
     from reprodiff.studies.regime import run_study, summarize
-    from reprodiff.studies.regime_report import build_report
 
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()

@@ -16,10 +16,10 @@ from reprodiff.guidance import ClassifierFreeGuidance
 from reprodiff.lora import LoRAConv2d, LoRALinear, add_lora, freeze_except, lora_parameter_count
 from reprodiff.nets import make_net
 from reprodiff.studies import KINDS, build_report, load_config
+from reprodiff.studies.base import ModelSpec
 from reprodiff.studies.conditional import ConditionalStudyConfig, run_conditional_study
 from reprodiff.studies.finetune import FinetuneStudyConfig, FinetuneVariant, run_finetune_study
 from reprodiff.studies.inverse import InverseStudyConfig, run_inverse_study
-from reprodiff.studies.regime import ModelSpec
 from reprodiff.training.train import DataConfig, FinetuneConfig, TrainConfig, load_model, train
 
 TINY = {"name": "unet", "model_channels": 8, "channel_mult": [1, 2], "num_blocks": 1, "dropout": 0.0}

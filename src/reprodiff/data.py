@@ -29,6 +29,7 @@ __all__ = [
     "load_digits",
     "load_image_folder",
     "load_npz",
+    "npz_images",
     "select_classes",
     "subset",
     "to_uint8",
@@ -77,18 +78,32 @@ def _from_uint8(a: np.ndarray, source: str) -> Tensor:
     return torch.from_numpy(np.ascontiguousarray(a)).float().div_(127.5).sub_(1.0)
 
 
-def load_npz(path: str | os.PathLike[str]) -> Dataset:
-    """An ``.npz`` with uint8 ``images`` (or ``x``) and optional integer ``labels`` (or ``y``)."""
-    path = Path(path)
+def _read_npz(path: Path, keys: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
+    """The arrays of an ``.npz`` (only ``keys`` where given), never unpickling; one-line ``ValueError``s."""
     if not path.is_file():
         raise ValueError(f"{path}: no such file")
     try:
         with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as f:
-            arrays = {k: f[k] for k in f.files}
+            return {k: f[k] for k in f.files if keys is None or k in keys}
     except ValueError as e:
         raise ValueError(f"{path}: not a plain .npz of numeric arrays ({e})") from None
     except (OSError, EOFError, zipfile.BadZipFile, KeyError, AttributeError, TypeError) as e:
         raise ValueError(f"{path}: not a readable .npz file ({type(e).__name__}: {e})") from None
+
+
+def npz_images(path: str | os.PathLike[str], key: str = "images") -> Tensor:
+    """One uint8 image array of an ``.npz`` (a study's samples, say) as float32 ``[N, C, H, W]`` in [-1, 1]."""
+    path = Path(path)
+    arrays = _read_npz(path, (key,))
+    if key not in arrays:
+        raise ValueError(f"{path}: no {key!r} array")
+    return _from_uint8(arrays[key], str(path))
+
+
+def load_npz(path: str | os.PathLike[str]) -> Dataset:
+    """An ``.npz`` with uint8 ``images`` (or ``x``) and optional integer ``labels`` (or ``y``)."""
+    path = Path(path)
+    arrays = _read_npz(path)
     key = next((k for k in ("images", "x") if k in arrays), None)
     if key is None:
         raise ValueError(f"{path}: no 'images' array; found {sorted(arrays)}")

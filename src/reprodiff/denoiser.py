@@ -11,7 +11,7 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
-__all__ = ["Denoiser", "MicroBatched", "check_denoiser_inputs", "inherit_sigma_range"]
+__all__ = ["Denoiser", "MicroBatched", "check_denoiser_inputs", "inherit_sigma_range", "pad_rows"]
 
 
 @runtime_checkable
@@ -53,6 +53,12 @@ def inherit_sigma_range(wrapper: object, D: object) -> None:
             setattr(wrapper, name, getattr(D, name))
 
 
+def pad_rows(x: Tensor, pad: int) -> Tensor:
+    """``x`` with its last row repeated ``pad`` more times: padding for a fixed-size micro-batch (rows never
+    influence each other, so any padding is harmless; DESIGN.md, "Known traps")."""
+    return torch.cat([x, x[-1:].expand(pad, *x.shape[1:])]) if pad else x
+
+
 class MicroBatched:
     """Evaluate a denoiser in fixed-size micro-batches, padding the last one (DESIGN.md, "Known traps").
 
@@ -70,10 +76,8 @@ class MicroBatched:
     def __call__(self, x: Tensor, sigma: Tensor, cond: Tensor | None = None) -> Tensor:
         m, B = self.micro_batch, x.shape[0]
         pad = (-B) % m
-        if pad:  # repeat the last row: rows never influence each other, so any padding is harmless
-            x = torch.cat([x, x[-1:].expand(pad, *x.shape[1:])])
-            sigma = torch.cat([sigma, sigma[-1:].expand(pad)])
-            cond = None if cond is None else torch.cat([cond, cond[-1:].expand(pad, *cond.shape[1:])])
+        x, sigma = pad_rows(x, pad), pad_rows(sigma, pad)
+        cond = None if cond is None else pad_rows(cond, pad)
         out = [
             self.D(x[i : i + m], sigma[i : i + m], None if cond is None else cond[i : i + m])
             for i in range(0, x.shape[0], m)

@@ -18,7 +18,8 @@ from reprodiff import sampling  # noqa: E402
 from reprodiff.adapters import diffusers as adapters  # noqa: E402
 from reprodiff.cli import main  # noqa: E402
 from reprodiff.config import ConfigError  # noqa: E402
-from reprodiff.studies.regime import ModelSpec, StudyConfig, run_study  # noqa: E402
+from reprodiff.studies.base import ModelSpec  # noqa: E402
+from reprodiff.studies.regime import StudyConfig, run_study  # noqa: E402
 
 
 def diffusers_ddim(unet, scheduler, z: torch.Tensor, steps: int) -> torch.Tensor:
@@ -142,7 +143,7 @@ def _study(path, **kw) -> StudyConfig:
 
 
 def test_regime_study_with_a_diffusers_model(tmp_path) -> None:
-    from reprodiff.studies.regime_report import build_report
+    from reprodiff.studies import build_report
 
     folder = save_unet_model(tmp_path / "ddpm")
     res = run_study(_study(folder, optimal=True), tmp_path / "out")
@@ -179,7 +180,8 @@ def test_diffusers_model_spec_errors(tmp_path, capsys) -> None:
 
 def test_study_folders_written_before_model_sources_still_resume(tmp_path) -> None:
     from reprodiff.files import save_json
-    from reprodiff.studies.regime import check_folder, default_study
+    from reprodiff.studies.base import check_folder
+    from reprodiff.studies.regime import default_study
 
     config = default_study().to_dict()
     old = config | {"models": [{k: v for k, v in m.items() if k not in ("source", "path")} for m in config["models"]]}

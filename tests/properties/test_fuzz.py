@@ -20,7 +20,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from reprodiff.cli import main
-from reprodiff.studies.regime import ModelSpec, StudyConfig
+from reprodiff.studies.base import ModelSpec
+from reprodiff.studies.regime import StudyConfig
 from reprodiff.training.train import DataConfig, TrainConfig
 
 EXAMPLES = int(os.environ.get("REPRODIFF_FUZZ_EXAMPLES", "150"))

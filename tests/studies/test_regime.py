@@ -9,7 +9,8 @@ import pytest
 
 from reprodiff.cli import main
 from reprodiff.config import ConfigError
-from reprodiff.studies.regime import SCHEMA, ModelSpec, StudyConfig, default_study, run_study
+from reprodiff.studies.base import SCHEMA, ModelSpec
+from reprodiff.studies.regime import StudyConfig, default_study, run_study
 
 TINY_UNET = {"name": "unet", "model_channels": 8, "channel_mult": [1, 2], "num_blocks": 1, "dropout": 0.0}
 
@@ -42,7 +43,7 @@ def test_tiny_study_results_contract(tmp_path) -> None:
         (n, a, b, s) for n in (8, 16) for a, b in (("unet", "mlp"), ("unet", "optimal"), ("mlp", "optimal"))
         for s in ("train", "held-out", "samples of unet")}
     assert all(0 <= r["noise_agreement"] <= 1 and 0 <= r["cross_decode_rp"] <= 1 for r in enc)
-    from reprodiff.studies.regime_report import build_report
+    from reprodiff.studies import build_report
 
     html = build_report(tmp_path).read_text()
     assert (tmp_path / "encoding.png").exists() and "The encoder direction" in html
@@ -125,7 +126,7 @@ def test_study_folder_in_use_is_refused(tmp_path) -> None:
 def test_a_model_that_outputs_nan_is_reported_failed_and_the_others_kept(tmp_path, monkeypatch) -> None:
     import torch
 
-    import reprodiff.studies.regime as study_mod
+    import reprodiff.studies.base as study_mod
 
     real = study_mod.load_model
 

@@ -14,7 +14,8 @@ import pytest
 from PIL import Image
 
 from fake_results import make_fake_study
-from reprodiff.studies.regime_report import GRID_SAMPLES, build_report, load_study, sample_grid
+from reprodiff.studies import build_report
+from reprodiff.studies.regime_report import GRID_SAMPLES, load_study, sample_grid
 
 CHROMIUM_TIMEOUT_S = 90
 DATA_URI = '<img src="data:image/png;base64,'

@@ -16,9 +16,10 @@ need("diffusers")
 need("transformers")
 
 from reprodiff import sampling, studies  # noqa: E402
+from reprodiff.adapters.text2image import TextToImage  # noqa: E402
 from reprodiff.cli import main  # noqa: E402
 from reprodiff.config import ConfigError, from_dict  # noqa: E402
-from reprodiff.studies.text2image import Text2ImageConfig, TextToImage  # noqa: E402
+from reprodiff.studies.text2image import Text2ImageConfig  # noqa: E402
 
 PROMPTS = ("a red cat", "an old boat")
 

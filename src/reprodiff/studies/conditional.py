@@ -17,7 +17,6 @@ the condition ``i mod classes``. Measured:
 from __future__ import annotations
 
 import dataclasses
-import html
 import math
 import os
 import time
@@ -32,47 +31,48 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from .. import metrics
-from ..config import ConfigError, TomlConfig
-from ..data import load_dataset, subset
-from ..files import folder_lock, remove_stale_temp_files, save_json
+from ..config import ConfigError
+from ..data import Dataset, load_dataset, subset
 from ..guidance import ClassifierFreeGuidance
-from ..sampling import SAMPLERS
-from ..training.train import DataConfig, TrainingError, resolve_device
-from .regime import (
+from ..training.train import DataConfig, TrainingError
+from .base import (
+    MLP,
     SCHEMA,
+    UNET,
+    Context,
     Kind,
     ModelSpec,
     Report,
-    cached_samples,
-    check_folder,
-    check_scoring,
-    scoring_features,
+    StudyFields,
+    check_samplers,
+    open_study,
+    rp_fields,
+    rp_pair,
+    sample_file,
+    study_folder,
     train_models,
-    write_csv,
+    write_results,
 )
-from .regime_report import figure_html, grid_png, labelled_grid, png_bytes, table_html
+from .render import failed_html, figure_html, grid_section, npz_rows, png_bytes, table_html
 
 __all__ = ["KIND", "ConditionalStudyConfig", "run_conditional_study"]
 
 
 def _cond_models() -> tuple[ModelSpec, ...]:
-    return (ModelSpec("unet", {"name": "unet", "model_channels": 32, "channel_mult": [1, 2], "dropout": 0.0},
-                      steps=600),
-            ModelSpec("mlp", {"name": "mlp", "hidden": 512, "depth": 4}, steps=800))
+    return ModelSpec("unet", UNET, steps=600), ModelSpec("mlp", MLP, steps=800)
 
 
 def _uncond_models() -> tuple[ModelSpec, ...]:
-    return (ModelSpec("unet-uncond", {"name": "unet", "model_channels": 32, "channel_mult": [1, 2], "dropout": 0.0},
-                      steps=600, seed=10),)
+    return (ModelSpec("unet-uncond", UNET, steps=600, seed=10),)
 
 
 @dataclass(frozen=True)
-class ConditionalStudyConfig(TomlConfig):
+class ConditionalStudyConfig(StudyFields):
     """``conditional`` models train with labels (and ``label_dropout``), ``unconditional`` ones without; every
     model samples ``count`` images from the shared noise with sampler ``sampler``; the conditional ones at each
     classifier-free ``guidance`` scale (1 = the plain conditional model)."""
 
-    data: str = "digits"
+    count: int = 500
     n: int = 0
     subset_seed: int = 0
     conditional: tuple[ModelSpec, ...] = field(default_factory=_cond_models)
@@ -80,16 +80,9 @@ class ConditionalStudyConfig(TomlConfig):
     label_dropout: float = 0.1
     guidance: tuple[float, ...] = (1.0, 2.0)
     sampler: str = "heun"
-    sampler_steps: int = 18
-    seed: int = 100000
-    count: int = 500
-    similarity: str = "pixel"
-    sscd_path: str = ""
-    threshold: float = 0.9
-    n_boot: int = 1000
-    device: str = "auto"
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         names = [m.name for m in (*self.conditional, *self.unconditional)]
         if len(set(names)) != len(names):
             raise ValueError(f"models need distinct names across conditional and unconditional, got {names}")
@@ -103,11 +96,9 @@ class ConditionalStudyConfig(TomlConfig):
             raise ValueError("guidance scales other than 1 need label_dropout > 0 (the unconditional branch)")
         if not 0 <= self.label_dropout < 1:
             raise ValueError(f"label_dropout must be in [0, 1), got {self.label_dropout}")
-        if self.sampler not in SAMPLERS:
-            raise ValueError(f"unknown sampler {self.sampler!r}; choose from {sorted(SAMPLERS)}")
-        if self.count < 2 or self.sampler_steps < 1 or self.n < 0 or self.n_boot < 0:
-            raise ValueError("count must be >= 2, sampler_steps >= 1, n >= 0 and n_boot >= 0")
-        check_scoring(self)
+        check_samplers((self.sampler,))
+        if self.n < 0:
+            raise ValueError(f"n must be >= 0 (0 = all images), got {self.n}")
 
 
 def _leave_one_out_accuracy(feats: Tensor, labels: Tensor) -> float:
@@ -119,70 +110,76 @@ def _leave_one_out_accuracy(feats: Tensor, labels: Tensor) -> float:
 def _score_row(fa: Tensor, fb: Tensor, cfg: ConditionalStudyConfig, **keys: Any) -> dict[str, Any]:
     if fa.shape[0] < 2:
         return {**keys, "rp": None, "chance": None, "ci": [None, None], "count": int(fa.shape[0])}
-    s = metrics.rp_score(fa, fb, threshold=cfg.threshold, n_boot=cfg.n_boot, seed=cfg.seed, chance=True)
-    return {**keys, "rp": s.value, "chance": s.chance, "ci": list(s.ci), "count": s.n}
+    s = rp_pair(fa, fb, cfg)
+    return {**keys, **rp_fields(s), "count": s.n}
 
 
 def run_conditional_study(cfg: ConditionalStudyConfig | None, out: str | os.PathLike[str], *,
                           progress: bool = False) -> dict[str, Any]:
     """Run (or resume) the conditional study into ``out``; returns the results also in ``results.json``."""
     cfg = cfg or ConditionalStudyConfig()
-    with folder_lock(out, "study"):
-        return _run(cfg, Path(out))
+    with study_folder(out) as folder:
+        t0 = time.perf_counter()
+        data = load_dataset(cfg.data)
+        if data.labels is None:
+            raise ConfigError(f"the conditional study needs labelled data; {cfg.data!r} has no labels")
+        n = cfg.n or len(data)
+        if n > len(data):
+            raise ConfigError(f"n = {n} exceeds the {len(data)} images of {cfg.data!r}")
+        ctx = open_study(cfg, folder, data.image_shape, {"kind": "conditional", **cfg.to_dict()})
+        classes = int(data.labels.max()) + 1
+        labels = torch.arange(cfg.count) % classes  # sample i is conditioned on class i mod classes
+        dcfg = DataConfig(name=cfg.data, n=n, seed=cfg.subset_seed)
+        cond = train_models(cfg.conditional, dataclasses.replace(dcfg, conditional=True), folder, ctx.device,
+                            ctx.failed, label_dropout=cfg.label_dropout)
+        uncond = train_models(cfg.unconditional, dcfg, folder, ctx.device, ctx.failed)
+        feats, rows = _draw_all(ctx, cond, uncond, labels)
+        results = _results(ctx, data, len(subset(data, n, cfg.subset_seed)), cond, uncond, rows)
+        _score(ctx, results, feats, labels, data)
+        rows_csv = [[r["pair"], r["a"], r["b"], r["guidance"], r["subset"], r["count"], r["rp"], r["chance"], *r["ci"]]
+                    for r in results["rp"]]
+        write_results(folder, results, t0, ["pair", "a", "b", "guidance", "subset", "count", "rp", "chance",
+                                            "ci_low", "ci_high"], rows_csv)
+        return results
 
 
-def _run(cfg: ConditionalStudyConfig, out: Path) -> dict[str, Any]:
-    t0 = time.perf_counter()
-    remove_stale_temp_files(out / "samples")
-    data = load_dataset(cfg.data)
-    if data.labels is None:
-        raise ConfigError(f"the conditional study needs labelled data; {cfg.data!r} has no labels")
-    n = cfg.n or len(data)
-    if n > len(data):
-        raise ConfigError(f"n = {n} exceeds the {len(data)} images of {cfg.data!r}")
-    check_folder(out, {"kind": "conditional", **cfg.to_dict()})
-    features = scoring_features(cfg)
-    device = str(resolve_device(cfg.device))
-    train_set = subset(data, n, cfg.subset_seed)
-    classes = int(data.labels.max()) + 1
-    labels = torch.arange(cfg.count) % classes  # sample i is conditioned on class i mod classes
-    failed: list[dict[str, Any]] = []
-    dcfg = DataConfig(name=cfg.data, n=n, seed=cfg.subset_seed)
-    cond = train_models(cfg.conditional, dataclasses.replace(dcfg, conditional=True), out, device, failed,
-                        label_dropout=cfg.label_dropout)
-    uncond = train_models(cfg.unconditional, dcfg, out, device, failed)
-    shape = data.image_shape
-    samples: dict[str, Tensor] = {}
+def _draw_all(ctx: Context, cond: dict[str, Any], uncond: dict[str, Any], labels: Tensor
+              ) -> tuple[dict[str, Tensor], list[dict[str, Any]]]:
+    """Every model's samples from the shared noise (conditional ones at each guidance scale); their features
+    and results rows by sample key."""
+    draws = [(_key(name, w), ClassifierFreeGuidance(D, w), labels) for name, D in cond.items()
+             for w in ctx.cfg.guidance]
+    draws += [(name, D, None) for name, D in uncond.items()]
     feats: dict[str, Tensor] = {}
-    sample_rows: list[dict[str, Any]] = []
+    rows: list[dict[str, Any]] = []
+    for key, D, c in draws:
+        path = sample_file(ctx.out, key)
+        with ctx.fail(errors=(TrainingError,), model=key):
+            feats[key] = ctx.features(ctx.sample(path, D, sampler=ctx.cfg.sampler, cond=c))
+            rows.append({"key": key, "path": ctx.rel(path)})
+    return feats, rows
 
-    def draw(key: str, D: Any, c: Tensor | None) -> None:
-        path = out / "samples" / f"{key}.npz"
-        try:
-            samples[key] = cached_samples(path, D, cfg.seed, cfg.count, shape, sampler=cfg.sampler,
-                                          steps=cfg.sampler_steps, device=device, cond=c)
-        except TrainingError as e:
-            failed.append({"model": key, "error": str(e)})
-            return
-        feats[key] = features(samples[key])
-        sample_rows.append({"key": key, "path": str(path.relative_to(out))})
 
-    for name, D in cond.items():
-        for w in cfg.guidance:
-            draw(_key(name, w), ClassifierFreeGuidance(D, w), labels)
-    for name, D in uncond.items():
-        draw(name, D, None)
-
-    ref_feats = features(data.images)
-    predicted = {k: metrics.nearest_labels(f, ref_feats, data.labels) for k, f in feats.items()}
-    results: dict[str, Any] = {
-        "schema": SCHEMA, "kind": "conditional", "config": cfg.to_dict(), "classes": classes,
+def _results(ctx: Context, data: Dataset, train_size: int, cond: dict[str, Any], uncond: dict[str, Any],
+             rows: list[dict[str, Any]]) -> dict[str, Any]:
+    assert data.labels is not None
+    cfg = ctx.cfg
+    return {
+        "schema": SCHEMA, "kind": "conditional", "config": cfg.to_dict(), "classes": int(data.labels.max()) + 1,
         "conditional": list(cond), "unconditional": list(uncond), "guidance": list(cfg.guidance),
         "classifier": {"kind": "1-nearest-neighbour label", "leave_one_out_accuracy":
-                       _leave_one_out_accuracy(ref_feats, data.labels)},
-        "samples": sample_rows, "label_accuracy": [], "rp": [], "failed": failed,
-        "train_size": len(train_set),
+                       _leave_one_out_accuracy(ctx.features(data.images), data.labels)},
+        "samples": rows, "label_accuracy": [], "rp": [], "failed": ctx.failed, "train_size": train_size,
     }
+
+
+def _score(ctx: Context, results: dict[str, Any], feats: dict[str, Tensor], labels: Tensor, data: Dataset) -> None:
+    """How often conditional samples show their class, and RP per guidance scale: between conditional models,
+    and between each conditional and each unconditional model split by whether the classes match."""
+    assert data.labels is not None
+    cfg, cond, uncond = ctx.cfg, results["conditional"], results["unconditional"]
+    ref_feats = ctx.features(data.images)
+    predicted = {k: metrics.nearest_labels(f, ref_feats, data.labels) for k, f in feats.items()}
     for name in cond:
         for w in cfg.guidance:
             if (k := _key(name, w)) in predicted:
@@ -196,20 +193,11 @@ def _run(cfg: ConditionalStudyConfig, out: Path) -> dict[str, Any]:
                                                 guidance=w, subset="all"))
         for a in cond:
             for b in uncond:
-                ka = _key(a, w)
-                if ka not in feats or b not in feats:
-                    continue
-                match = predicted[b] == labels  # the unconditional sample is of the condition's class
-                for name, rows in (("all", torch.ones_like(match)), ("match", match), ("mismatch", ~match)):
-                    results["rp"].append(_score_row(feats[ka][rows], feats[b][rows], cfg, a=a, b=b,
-                                                    pair="cond-uncond", guidance=w, subset=name))
-    results["timing"] = {"total_s": round(time.perf_counter() - t0, 1)}
-    save_json(out / "results.json", results)
-    write_csv(out / "results.csv", ["pair", "a", "b", "guidance", "subset", "count", "rp", "chance", "ci_low",
-                                    "ci_high"],
-              [[r["pair"], r["a"], r["b"], r["guidance"], r["subset"], r["count"], r["rp"], r["chance"], *r["ci"]]
-               for r in results["rp"]])
-    return results
+                if (ka := _key(a, w)) in feats and b in feats:
+                    match = predicted[b] == labels  # the unconditional sample is of the condition's class
+                    for name, rows in (("all", torch.ones_like(match)), ("match", match), ("mismatch", ~match)):
+                        results["rp"].append(_score_row(feats[ka][rows], feats[b][rows], cfg, a=a, b=b,
+                                                        pair="cond-uncond", guidance=w, subset=name))
 
 
 def _key(model: str, guidance: float) -> str:
@@ -262,21 +250,12 @@ def _plot(results: dict[str, Any]) -> bytes:
     return png_bytes(fig)
 
 
-def _grid(root: Path, results: dict[str, Any]) -> bytes | None:
-    paths = {s["key"]: root / s["path"] for s in results["samples"]}
-    w = results["guidance"][0]
-    keys = [_key(m, w) for m in results["conditional"]] + list(results["unconditional"])
-    rows = []
-    for k in keys:
-        if k in paths and paths[k].is_file():
-            with np.load(paths[k], allow_pickle=False) as f:
-                rows.append((k, torch.from_numpy(f["images"][:12]).float() / 127.5 - 1))
-    return grid_png(labelled_grid(rows)) if rows else None
-
-
 def report(root: Path, results: dict[str, Any]) -> Report:
     files = {"conditional_rp.png": _plot(results)}
-    if (grid := _grid(root, results)) is not None:
+    w = results["guidance"][0]
+    keys = [_key(m, w) for m in results["conditional"]] + list(results["unconditional"])
+    paths = {s["key"]: s["path"] for s in results["samples"]}
+    if (grid := grid_section(npz_rows(root, [(k, paths[k]) for k in keys if k in paths], 12))) is not None:
         files["conditional_grid.png"] = grid
     head = ["pair", "guidance", "unconditional sample's class", "pairs", "RP", "95% CI", "chance"]
     rows = [[f"{r['a']} / {r['b']}", f"{r['guidance']:g}",
@@ -305,9 +284,7 @@ def report(root: Path, results: dict[str, Any]) -> Report:
             f"One row per model (conditional ones at guidance {results['guidance'][0]:g}); column i is noise i, "
             f"conditioned on class i mod {results['classes']}.", "grid")))
     if results["failed"]:
-        sections.append(("Failed", "<ul>" + "".join(f"<li>{html.escape(str(f['model']))}: "
-                                                    f"{html.escape(str(f['error']))}</li>"
-                                                    for f in results["failed"]) + "</ul>"))
+        sections.append(("Failed runs", failed_html(results["failed"])))
     return Report("reprodiff: conditional diffusion models", intro, sections, files)
 
 

@@ -16,7 +16,6 @@ pre-trained model and a scratch model. The paper's finding: partial fine-tuning 
 from __future__ import annotations
 
 import dataclasses
-import html
 import math
 import os
 import time
@@ -29,24 +28,29 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from .. import metrics, sampling
-from ..config import ConfigError, TomlConfig
-from ..data import load_dataset, select_classes
-from ..files import folder_lock, remove_stale_temp_files, save_json
-from ..training.train import DataConfig, FinetuneConfig, TrainingError, build_model, load_model, resolve_device, train
-from .regime import (
+from .. import metrics
+from ..config import ConfigError
+from ..data import Dataset, load_dataset, select_classes
+from ..training.train import DataConfig, FinetuneConfig, TrainingError, build_model
+from .base import (
     SCHEMA,
+    UNET,
+    Context,
     Kind,
     ModelSpec,
     Report,
-    cached_samples,
-    check_folder,
-    check_scoring,
+    StudyFields,
+    check_samplers,
     model_train_config,
-    scoring_features,
-    write_csv,
+    open_study,
+    rp_fields,
+    rp_pair,
+    sample_file,
+    study_folder,
+    train_model,
+    write_results,
 )
-from .regime_report import figure_html, grid_png, labelled_grid, png_bytes, table_html
+from .render import failed_html, figure_html, grid_section, npz_rows, png_bytes, table_html
 
 __all__ = ["KIND", "FinetuneStudyConfig", "FinetuneVariant", "run_finetune_study"]
 
@@ -80,16 +84,14 @@ def _variants() -> tuple[FinetuneVariant, ...]:
 
 
 def _model() -> ModelSpec:
-    return ModelSpec("unet", {"name": "unet", "model_channels": 32, "channel_mult": [1, 2], "dropout": 0.0},
-                     steps=600, seed=0)
+    return ModelSpec("unet", UNET, steps=600, seed=0)
 
 
 @dataclass(frozen=True)
-class FinetuneStudyConfig(TomlConfig):
+class FinetuneStudyConfig(StudyFields):
     """Pre-train ``model`` on ``source_classes``, fine-tune it on ``target_classes`` for ``finetune_steps`` at
     ``finetune_lr`` per variant, and train it from scratch on the target data once per ``scratch_seeds``."""
 
-    data: str = "digits"
     source_classes: tuple[int, ...] = (0, 1, 2, 3, 4)
     target_classes: tuple[int, ...] = (5, 6, 7, 8, 9)
     model: ModelSpec = field(default_factory=_model)
@@ -98,16 +100,9 @@ class FinetuneStudyConfig(TomlConfig):
     finetune_lr: float = 1e-3
     scratch_seeds: tuple[int, ...] = (100, 101)
     sampler: str = "heun"
-    sampler_steps: int = 18
-    seed: int = 100000
-    count: int = 256
-    similarity: str = "pixel"
-    sscd_path: str = ""
-    threshold: float = 0.9
-    n_boot: int = 1000
-    device: str = "auto"
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not self.source_classes or not self.target_classes:
             raise ValueError("source_classes and target_classes must not be empty")
         if set(self.source_classes) & set(self.target_classes):
@@ -119,19 +114,28 @@ class FinetuneStudyConfig(TomlConfig):
             raise ValueError("scratch_seeds must be distinct and not empty")
         if self.finetune_steps < 1 or not self.finetune_lr > 0:
             raise ValueError("finetune_steps must be >= 1 and finetune_lr > 0")
-        if self.sampler not in sampling.SAMPLERS:
-            raise ValueError(f"unknown sampler {self.sampler!r}; choose from {sorted(sampling.SAMPLERS)}")
-        if self.count < 2 or self.sampler_steps < 1 or self.n_boot < 0:
-            raise ValueError("count must be >= 2, sampler_steps >= 1 and n_boot >= 0")
-        check_scoring(self)
+        check_samplers((self.sampler,))
 
 
 def run_finetune_study(cfg: FinetuneStudyConfig | None, out: str | os.PathLike[str], *,
                        progress: bool = False) -> dict[str, Any]:
     """Run (or resume) the fine-tuning study into ``out``; returns the results also in ``results.json``."""
     cfg = cfg or FinetuneStudyConfig()
-    with folder_lock(out, "study"):
-        return _run(cfg, Path(out))
+    with study_folder(out) as folder:
+        t0 = time.perf_counter()
+        data = load_dataset(cfg.data)
+        if data.labels is None:
+            raise ConfigError(f"the fine-tuning study splits the data by class; {cfg.data!r} has no labels")
+        for name in ("source_classes", "target_classes"):
+            select_classes(data, getattr(cfg, name))  # a one-line error for classes the data do not have
+        _check_variants(cfg, data.image_shape)
+        ctx = open_study(cfg, folder, data.image_shape, {"kind": "finetune", **cfg.to_dict()})
+        runs = _train_all(ctx)
+        feats, paths = _draw_all(ctx, runs)
+        results = _results(ctx, data, runs, feats, paths)
+        write_results(folder, results, t0, ["variant", "trainable_share", "versus", "rp", "chance", "ci_low",
+                                            "ci_high"], _csv_rows(results))
+        return results
 
 
 def _finetune_config(v: FinetuneVariant, init: Path) -> FinetuneConfig:
@@ -156,87 +160,80 @@ def _trainable_share(D: Any) -> float:
     return trainable / base
 
 
-def _run(cfg: FinetuneStudyConfig, out: Path) -> dict[str, Any]:
-    t0 = time.perf_counter()
-    remove_stale_temp_files(out / "samples")
-    data = load_dataset(cfg.data)
-    if data.labels is None:
-        raise ConfigError(f"the fine-tuning study splits the data by class; {cfg.data!r} has no labels")
-    for name in ("source_classes", "target_classes"):
-        select_classes(data, getattr(cfg, name))  # a one-line error for classes the data do not have
-    _check_variants(cfg, data.image_shape)
-    check_folder(out, {"kind": "finetune", **cfg.to_dict()})
-    features = scoring_features(cfg)
-    device = str(resolve_device(cfg.device))
+def _train_all(ctx: Context) -> dict[str, Any]:
+    """The pre-trained model, the scratch models and (when pre-training finished) every fine-tuned variant, by
+    run name; failures go to ``ctx.failed``."""
+    cfg = ctx.cfg
     source = DataConfig(name=cfg.data, classes=cfg.source_classes)
     target = DataConfig(name=cfg.data, classes=cfg.target_classes)
-    failed: list[dict[str, Any]] = []
-    runs: dict[str, tuple[Path, Any]] = {}
-
-    def run(name: str, spec: ModelSpec, data_cfg: DataConfig, **extra: Any) -> None:
-        folder = out / "runs" / name
-        try:
-            train(model_train_config(spec, 0, data_cfg, device, **extra), folder)
-            runs[name] = (folder, load_model(folder, device=device)[0])
-        except (TrainingError, ValueError) as e:
-            failed.append({"model": name, "error": str(e)})
-
-    run("pretrained", cfg.model, source)
-    for s in cfg.scratch_seeds:
-        run(f"scratch-{s}", dataclasses.replace(cfg.model, seed=s), target)
+    jobs: list[tuple[str, ModelSpec, DataConfig, dict[str, Any]]] = [("pretrained", cfg.model, source, {})]
+    jobs += [(f"scratch-{s}", dataclasses.replace(cfg.model, seed=s), target, {}) for s in cfg.scratch_seeds]
+    runs = _train_jobs(ctx, jobs)
     if "pretrained" in runs:
         ft_spec = dataclasses.replace(cfg.model, steps=cfg.finetune_steps, lr=cfg.finetune_lr)
-        for v in cfg.variants:
-            run(f"ft-{v.name}", ft_spec, target, finetune=_finetune_config(v, runs["pretrained"][0]))
-    shape = data.image_shape
+        init = ctx.out / "runs" / "pretrained"
+        runs |= _train_jobs(ctx, [(f"ft-{v.name}", ft_spec, target, {"finetune": _finetune_config(v, init)})
+                                  for v in cfg.variants])
+    return runs
+
+
+def _train_jobs(ctx: Context, jobs: list[tuple[str, ModelSpec, DataConfig, dict[str, Any]]]) -> dict[str, Any]:
+    runs: dict[str, Any] = {}
+    for name, spec, data, extra in jobs:
+        with ctx.fail(model=name):
+            runs[name] = train_model(model_train_config(spec, 0, data, ctx.device, **extra), ctx.out / "runs" / name,
+                                     ctx.device)
+    return runs
+
+
+def _draw_all(ctx: Context, runs: dict[str, Any]) -> tuple[dict[str, Tensor], dict[str, str]]:
     feats: dict[str, Tensor] = {}
-    sample_paths: dict[str, str] = {}
-    for name, (_, D) in runs.items():
-        path = out / "samples" / f"{name}.npz"
-        try:
-            x = cached_samples(path, D, cfg.seed, cfg.count, shape, sampler=cfg.sampler, steps=cfg.sampler_steps,
-                               device=device)
-        except TrainingError as e:
-            failed.append({"model": name, "error": str(e)})
-            continue
-        feats[name] = features(x)
-        sample_paths[name] = str(path.relative_to(out))
-    ref_feats = features(data.images)
+    paths: dict[str, str] = {}
+    for name, D in runs.items():
+        path = sample_file(ctx.out, name)
+        with ctx.fail(errors=(TrainingError,), model=name):
+            feats[name] = ctx.features(ctx.sample(path, D, sampler=ctx.cfg.sampler))
+            paths[name] = ctx.rel(path)
+    return feats, paths
+
+
+def _results(ctx: Context, data: Dataset, runs: dict[str, Any], feats: dict[str, Tensor], paths: dict[str, str]
+             ) -> dict[str, Any]:
+    """RP of each variant with the scratch and the pre-trained models, the reference pairs, and the share of
+    each model's samples classified as a target class."""
+    assert data.labels is not None
+    cfg = ctx.cfg
+    ref_feats = ctx.features(data.images)
     target_set = torch.tensor(cfg.target_classes)
 
     def rp(a: str, b: str) -> dict[str, Any] | None:
-        if a not in feats or b not in feats:
-            return None
-        s = metrics.rp_score(feats[a], feats[b], threshold=cfg.threshold, n_boot=cfg.n_boot, seed=cfg.seed,
-                             chance=True)
-        return {"a": a, "b": b, "rp": s.value, "chance": s.chance, "ci": list(s.ci)}
+        return {"a": a, "b": b, **rp_fields(rp_pair(feats[a], feats[b], cfg))} if a in feats and b in feats else None
 
     scratch = [f"scratch-{s}" for s in cfg.scratch_seeds]
+    refs = [*(rp(a, b) for i, a in enumerate(scratch) for b in scratch[i + 1:]),
+            *(rp("pretrained", s) for s in scratch)]
     results: dict[str, Any] = {
-        "schema": SCHEMA, "kind": "finetune", "config": cfg.to_dict(), "samples": sample_paths, "failed": failed,
+        "schema": SCHEMA, "kind": "finetune", "config": cfg.to_dict(), "samples": paths, "failed": ctx.failed,
         "target_share": {k: float(torch.isin(metrics.nearest_labels(f, ref_feats, data.labels), target_set)
                                          .float().mean()) for k, f in feats.items()},
-        "variants": [], "references": [r for r in (*(rp(a, b) for i, a in enumerate(scratch) for b in scratch[i + 1:]),
-                                                   *(rp("pretrained", s) for s in scratch)) if r is not None],
+        "variants": [], "references": [r for r in refs if r is not None],
     }
     for v in cfg.variants:
-        name = f"ft-{v.name}"
-        if name not in runs:
-            continue
-        results["variants"].append({
-            "variant": v.name, "trainable_share": _trainable_share(runs[name][1]),
-            "lora_rank": v.lora_rank, "trainable": list(v.trainable),
-            "vs_scratch": [r for s in scratch if (r := rp(name, s)) is not None],
-            "vs_pretrained": rp(name, "pretrained"),
-        })
-    results["timing"] = {"total_s": round(time.perf_counter() - t0, 1)}
-    save_json(out / "results.json", results)
+        if (name := f"ft-{v.name}") in runs:
+            results["variants"].append({
+                "variant": v.name, "trainable_share": _trainable_share(runs[name]), "lora_rank": v.lora_rank,
+                "trainable": list(v.trainable), "vs_scratch": [r for s in scratch if (r := rp(name, s)) is not None],
+                "vs_pretrained": rp(name, "pretrained"),
+            })
+    return results
+
+
+def _csv_rows(results: dict[str, Any]) -> list[list[Any]]:
     rows = [[v["variant"], v["trainable_share"], r["b"], r["rp"], r["chance"], *r["ci"]]
             for v in results["variants"] for r in [*v["vs_scratch"], *([v["vs_pretrained"]] if v["vs_pretrained"]
                                                                         else [])]]
-    rows += [["reference", "", f"{r['a']} / {r['b']}", r["rp"], r["chance"], *r["ci"]] for r in results["references"]]
-    write_csv(out / "results.csv", ["variant", "trainable_share", "versus", "rp", "chance", "ci_low", "ci_high"], rows)
-    return results
+    return rows + [["reference", "", f"{r['a']} / {r['b']}", r["rp"], r["chance"], *r["ci"]]
+                   for r in results["references"]]
 
 
 def _mean_rp(rows: list[dict[str, Any]]) -> float | None:
@@ -295,18 +292,9 @@ def _plot(results: dict[str, Any]) -> bytes:
     return png_bytes(fig)
 
 
-def _grid(root: Path, results: dict[str, Any]) -> bytes | None:
-    rows = []
-    for name, path in results["samples"].items():
-        if (root / path).is_file():
-            with np.load(root / path, allow_pickle=False) as f:
-                rows.append((name, torch.from_numpy(f["images"][:12]).float() / 127.5 - 1))
-    return grid_png(labelled_grid(rows)) if rows else None
-
-
 def report(root: Path, results: dict[str, Any]) -> Report:
     files = {"finetune_rp.png": _plot(results)}
-    if (grid := _grid(root, results)) is not None:
+    if (grid := grid_section(npz_rows(root, list(results["samples"].items()), 12))) is not None:
         files["finetune_grid.png"] = grid
     share = results["target_share"]
     table = table_html(
@@ -335,9 +323,7 @@ def report(root: Path, results: dict[str, Any]) -> Report:
         sections.append(("Samples from the same noise", figure_html(files["finetune_grid.png"], "samples",
                                                                     "One row per model; column i: noise i.", "grid")))
     if results["failed"]:
-        sections.append(("Failed", "<ul>" + "".join(f"<li>{html.escape(str(f['model']))}: "
-                                                    f"{html.escape(str(f['error']))}</li>"
-                                                    for f in results["failed"]) + "</ul>"))
+        sections.append(("Failed runs", failed_html(results["failed"])))
     return Report("reprodiff: fine-tuned diffusion models", intro, sections, files)
 
 

@@ -21,32 +21,38 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from .. import metrics, sampling
-from ..config import ConfigError, TomlConfig
-from ..data import load_dataset, subset, to_uint8
-from ..files import folder_lock, remove_stale_temp_files, save_json, save_npz
+from ..config import ConfigError
+from ..data import load_dataset, subset
 from ..training.baselines import BaselineConfig, load_baseline, train_baseline
 from ..training.baselines import sample as sample_baseline
-from ..training.train import DataConfig, TrainingError, load_model, resolve_device, train
-from .regime import (
+from ..training.train import DataConfig, TrainingError
+from .base import (
     SCHEMA,
+    Context,
     Kind,
     ModelSpec,
     Report,
-    _default_models,
-    cached_samples,
-    check_folder,
-    check_scoring,
+    StudyFields,
+    check_finite,
+    check_samplers,
+    check_sizes,
+    default_models,
     model_train_config,
+    open_study,
     read_samples,
-    scoring_features,
-    write_csv,
+    rp_fields,
+    rp_pair,
+    sample_file,
+    save_train_subset,
+    score_gl,
+    study_folder,
+    train_model,
+    write_results,
 )
-from .regime_report import figure_html, grid_png, labelled_grid, png_bytes, table_html
+from .render import failed_html, figure_html, grid_section, npz_rows, png_bytes, table_html
 
 __all__ = ["DIFFUSION", "KIND", "BaselineSpec", "GanVaeConfig", "default_gan_vae", "report", "run_gan_vae", "summarize"]
 
@@ -90,31 +96,22 @@ def _default_baselines() -> tuple[BaselineSpec, ...]:
 
 
 @dataclass(frozen=True)
-class GanVaeConfig(TomlConfig):
+class GanVaeConfig(StudyFields):
     """What the GAN/VAE contrast study runs (``studies/gan_vae.toml``, ``[[baselines]]`` and ``[[diffusion]]``
     tables). Within a family the latent dimensions must agree, so that its models decode the same latents.
     Thresholds as in the regime study's default (pixel similarity: RP > 0.9, GL > 0.98)."""
 
-    data: str = "digits"
     sizes: tuple[int, ...] = (1797,)
     subset_seed: int = 0
     baselines: tuple[BaselineSpec, ...] = field(default_factory=_default_baselines)
-    diffusion: tuple[ModelSpec, ...] = field(default_factory=_default_models)
+    diffusion: tuple[ModelSpec, ...] = field(default_factory=default_models)
     train_seed: int = 0
     sampler: str = "heun"
-    sampler_steps: int = 18
-    seed: int = 100000
-    count: int = 256
-    similarity: str = "pixel"
-    sscd_path: str = ""
-    threshold: float = 0.9
     gl_threshold: float = 0.98
-    n_boot: int = 1000
-    device: str = "auto"
 
     def __post_init__(self) -> None:
-        if not self.sizes or any(n < 1 for n in self.sizes) or list(self.sizes) != sorted(set(self.sizes)):
-            raise ValueError(f"sizes must be increasing positive integers, got {list(self.sizes)}")
+        super().__post_init__()
+        check_sizes(self.sizes)
         names = [m.name for m in self.baselines] + [m.name for m in self.diffusion]
         if len(names) < 2 or len(set(names)) != len(names):
             raise ValueError(f"the study needs at least two models with distinct names, got {names}")
@@ -122,11 +119,7 @@ class GanVaeConfig(TomlConfig):
             dims = {b.name: b.latent_dim for b in self.baselines if b.family == fam}
             if len(set(dims.values())) > 1:
                 raise ValueError(f"the {fam} models must share latent_dim (they decode the same latents), got {dims}")
-        if self.sampler not in sampling.SAMPLERS:
-            raise ValueError(f"unknown sampler {self.sampler!r}; choose from {sorted(sampling.SAMPLERS)}")
-        check_scoring(self)
-        if self.count < 2 or self.sampler_steps < 1 or self.n_boot < 0:
-            raise ValueError("count must be >= 2, sampler_steps >= 1 and n_boot >= 0")
+        check_samplers((self.sampler,))
 
     def families(self) -> dict[str, str]:
         """Model name -> family (``gan``, ``vae`` or ``diffusion``), in the study's order."""
@@ -152,90 +145,79 @@ def _baseline_config(cfg: GanVaeConfig, spec: BaselineSpec, n: int) -> BaselineC
 def run_gan_vae(cfg: GanVaeConfig | None, out: str | Path, *, progress: bool = False) -> dict[str, Any]:
     """Run (or resume) the study into ``out``; returns the results dict also written to ``results.json``."""
     cfg = cfg or default_gan_vae()
-    out = Path(out)
-    with folder_lock(out, "study"):
+    with study_folder(out) as folder:
         t0 = time.perf_counter()
-        remove_stale_temp_files(out / "samples")
         data = load_dataset(cfg.data)
         if cfg.sizes[-1] > len(data):
             raise ConfigError(f"sizes go up to {cfg.sizes[-1]} but {cfg.data!r} has {len(data)} images")
-        check_folder(out, {"kind": NAME, **cfg.to_dict()})
-        features = scoring_features(cfg)
+        ctx = open_study(cfg, folder, data.image_shape, {"kind": NAME, **cfg.to_dict()})
         results: dict[str, Any] = {
             "schema": SCHEMA, "kind": NAME, "config": cfg.to_dict(), "sizes": list(cfg.sizes),
             "models": [{"name": k, "family": f} for k, f in cfg.families().items()],
             "similarity": {"backend": cfg.similarity, "threshold": cfg.threshold, "gl_threshold": cfg.gl_threshold},
-            "rp": [], "gl": [], "samples": [], "train": [], "failed": []}
+            "rp": [], "gl": [], "samples": [], "train": [], "failed": ctx.failed}
         for n in cfg.sizes:
             train_set = subset(data, n, cfg.subset_seed)
-            train_path = out / "samples" / f"train-n{n}.npz"
-            save_npz(train_path, images=to_uint8(train_set.images))
-            results["train"].append({"n": n, "path": str(train_path.relative_to(out))})
-            samples = _sample_all(cfg, out, n, tuple(train_set.images.shape[1:]), results, progress)
-            _score(cfg, out, n, train_set.images, samples, features, results)
-            _write(out, results, t0)
+            results["train"].append(save_train_subset(folder, n, train_set.images))
+            samples = _sample_all(ctx, n, progress)
+            _score(ctx, results, n, train_set.images, samples)
+            _write(ctx, results, t0)
         return results
 
 
-def _sample_all(cfg: GanVaeConfig, out: Path, n: int, shape: tuple[int, ...], results: dict[str, Any],
-                progress: bool) -> dict[str, Tensor]:
-    """Train (or skip finished) and sample every model at size ``n``; failures go to ``results["failed"]``."""
-    device = str(resolve_device(cfg.device))
+def _sample_all(ctx: Context, n: int, progress: bool) -> dict[str, Tensor]:
+    """Train (or skip finished) and sample every model at size ``n``; failures go to ``ctx.failed``."""
     samples: dict[str, Tensor] = {}
-    for spec in cfg.baselines:
-        run_dir, path = out / "runs" / f"{spec.name}-n{n}", _sample_file(out, spec.name, n)
-        try:
+    for spec in ctx.cfg.baselines:
+        with ctx.fail(n=n, model=spec.name):
             if progress:
                 print(f"[gan_vae] n = {n}: {spec.name} ({spec.family}, {spec.arch})", file=sys.stderr)
-            train_baseline(_baseline_config(cfg, spec, n), run_dir)
-            samples[spec.name] = read_samples(path, (cfg.count, *shape))
-            if samples[spec.name] is None:
-                model, _ = load_baseline(run_dir, device=device)
-                samples[spec.name] = sample_baseline(model, cfg.seed, cfg.count)
-        except (TrainingError, ValueError) as e:
-            results["failed"].append({"n": n, "model": spec.name, "error": str(e)})
-    for spec in cfg.diffusion:
-        run_dir, path = out / "runs" / f"{spec.name}-n{n}", _sample_file(out, spec.name, n)
-        try:
+            samples[spec.name] = _baseline_samples(ctx, spec, n)
+    for spec in ctx.cfg.diffusion:
+        with ctx.fail(n=n, model=spec.name):
             if progress:
                 print(f"[gan_vae] n = {n}: {spec.name} (diffusion)", file=sys.stderr)
-            data = DataConfig(name=cfg.data, n=n, seed=cfg.subset_seed)
-            train(model_train_config(spec, cfg.train_seed, data, cfg.device), run_dir)
-            D = load_model(run_dir, device=device)[0]  # samples written once by _score, with their scores
-            samples[spec.name] = cached_samples(path, D, cfg.seed, cfg.count, shape, sampler=cfg.sampler,
-                                                steps=cfg.sampler_steps, device=device, save=False)
-        except (TrainingError, ValueError) as e:
-            results["failed"].append({"n": n, "model": spec.name, "error": str(e)})
-    return {k: v for k, v in samples.items() if v is not None}
+            samples[spec.name] = _diffusion_samples(ctx, spec, n)
+    return samples
 
 
-def _sample_file(out: Path, model: str, n: int) -> Path:
-    return out / "samples" / f"{model}-n{n}.npz"
+def _baseline_samples(ctx: Context, spec: BaselineSpec, n: int) -> Tensor:
+    """A GAN's or VAE's decodes of the shared latents (read back where a previous run wrote them)."""
+    run_dir = ctx.out / "runs" / f"{spec.name}-n{n}"
+    train_baseline(_baseline_config(ctx.cfg, spec, n), run_dir)
+    x = read_samples(sample_file(ctx.out, spec.name, f"n{n}"), (ctx.cfg.count, *ctx.shape))
+    if x is None:
+        model, _ = load_baseline(run_dir, device=ctx.device)
+        x = sample_baseline(model, ctx.cfg.seed, ctx.cfg.count)
+    return x
 
 
-def _score(cfg: GanVaeConfig, out: Path, n: int, train_images: Tensor, samples: dict[str, Tensor],
-           features: Any, results: dict[str, Any]) -> None:
+def _diffusion_samples(ctx: Context, spec: ModelSpec, n: int) -> Tensor:
+    cfg = ctx.cfg
+    tc = model_train_config(spec, cfg.train_seed, DataConfig(name=cfg.data, n=n, seed=cfg.subset_seed), cfg.device)
+    D = train_model(tc, ctx.out / "runs" / f"{spec.name}-n{n}", ctx.device)
+    # written once by _score, with the samples' scores
+    return ctx.sample(sample_file(ctx.out, spec.name, f"n{n}"), D, sampler=cfg.sampler, save=False)
+
+
+def _score(ctx: Context, results: dict[str, Any], n: int, train_images: Tensor, samples: dict[str, Tensor]) -> None:
     """GL for every model (its samples file written once, with the scores) and RP for every pair."""
-    fam = cfg.families()
-    train_feats = features(train_images)
+    cfg, fam = ctx.cfg, ctx.cfg.families()
+    train_feats = ctx.features(train_images)
     feats: dict[str, Tensor] = {}
     for name, x in samples.items():
-        if not bool(torch.isfinite(x).all()):
-            results["failed"].append({"n": n, "model": name, "error": "the model produced NaN/Inf samples"})
-            continue
-        feats[name] = features(x)
-        gl = metrics.gl_score(feats[name], train_feats, threshold=cfg.gl_threshold, n_boot=cfg.n_boot,
-                              seed=cfg.seed, features=None)
-        path = _sample_file(out, name, n)
-        save_npz(path, samples=x, images=to_uint8(x), nearest=gl.nearest, similarity=gl.similarities)
-        results["samples"].append({"n": n, "model": name, "path": str(path.relative_to(out))})
-        results["gl"].append({"n": n, "model": name, "family": fam[name], "gl": gl.value, "ci": list(gl.ci)})
+        with ctx.fail(errors=(TrainingError,), n=n, model=name):
+            check_finite(x)
+            feats[name] = ctx.features(x)
+            path = sample_file(ctx.out, name, f"n{n}")
+            gl = score_gl(path, x, feats[name], train_feats, cfg, cfg.gl_threshold)
+            results["samples"].append({"n": n, "model": name, "path": ctx.rel(path)})
+            results["gl"].append({"n": n, "model": name, "family": fam[name], "gl": gl.value, "ci": list(gl.ci)})
     for a, b in combinations(feats, 2):
-        rp = metrics.rp_score(feats[a], feats[b], threshold=cfg.threshold, n_boot=cfg.n_boot, seed=cfg.seed,
-                              features=None, chance=True)
+        rp = rp_pair(feats[a], feats[b], cfg)
         results["rp"].append({"n": n, "a": a, "b": b, "family_a": fam[a], "family_b": fam[b],
-                              "within": fam[a] if fam[a] == fam[b] else None, "rp": rp.value, "chance": rp.chance,
-                              "ci": list(rp.ci), "mean_similarity": float(rp.similarities.mean()),
+                              "within": fam[a] if fam[a] == fam[b] else None, **rp_fields(rp),
+                              "mean_similarity": float(rp.similarities.mean()),
                               "mean_similarity_mismatched": _mismatched_mean(feats[a], feats[b])})
 
 
@@ -246,13 +228,12 @@ def _mismatched_mean(fa: Tensor, fb: Tensor) -> float:
     return float((fa.sum(0) @ fb.sum(0) - (fa * fb).sum()) / (M * (M - 1)))
 
 
-def _write(out: Path, results: dict[str, Any], t0: float) -> None:
-    results["timing"] = {"total_s": round(time.perf_counter() - t0, 1)}
-    save_json(out / "results.json", results)
+def _write(ctx: Context, results: dict[str, Any], t0: float) -> None:
     rows = [["rp", r["n"], r["a"], r["b"], r["within"] or "across", r["rp"], r["chance"], *r["ci"]]
             for r in results["rp"]]
     rows += [["gl", r["n"], r["model"], "", r["family"], r["gl"], "", *r["ci"]] for r in results["gl"]]
-    write_csv(out / "results.csv", ["kind", "n", "a", "b", "family", "value", "chance", "ci_low", "ci_high"], rows)
+    write_results(ctx.out, results, t0, ["kind", "n", "a", "b", "family", "value", "chance", "ci_low", "ci_high"],
+                  rows)
 
 
 # ------------------------------------------------------------------------------------------ summary, report
@@ -331,12 +312,7 @@ def _plot(results: dict[str, Any], n: int) -> bytes:
 
 
 def _grid(folder: Path, results: dict[str, Any], n: int, cols: int = 12) -> bytes | None:
-    rows = []
-    for s in results["samples"]:
-        if s["n"] == n:
-            with np.load(folder / s["path"], allow_pickle=False) as f:
-                rows.append((s["model"], torch.from_numpy(f["images"][:cols]).float() / 127.5 - 1))
-    return grid_png(labelled_grid(rows)) if rows else None
+    return grid_section(npz_rows(folder, [(s["model"], s["path"]) for s in results["samples"] if s["n"] == n], cols))
 
 
 def _findings(results: dict[str, Any], n: int) -> str:
@@ -385,8 +361,7 @@ def report(folder: Path, results: dict[str, Any]) -> Any:
                                          "mean similarity, mismatched"], rows)
                      + table_html(["N", "model", "family", "GL", "95% CI"], gl_rows)))
     if results["failed"]:
-        sections.append(("Failed runs", table_html(["N", "model", "error"],
-                                                   [[str(f["n"]), f["model"], f["error"]] for f in results["failed"]])))
+        sections.append(("Failed runs", failed_html(results["failed"])))
     sim = results["similarity"]
     intro = ("<p>Is reproducibility special to diffusion models? Two GANs, two VAEs and two diffusion models "
              "(one convolutional, one MLP each) trained on the same images from the same seed; GANs and VAEs decode "

@@ -22,40 +22,43 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from .. import metrics, sampling
-from ..config import ConfigError, TomlConfig
+from .. import sampling
+from ..config import ConfigError
 from ..data import held_out, load_dataset, to_uint8
-from ..files import folder_lock, remove_stale_temp_files, save_json, save_npz
-from ..inverse import check_operator_spec, make_method, make_operator, measure, operator_name
-from ..training.train import DataConfig, TrainingError, resolve_device
-from .regime import (
+from ..files import save_npz
+from ..inverse import Operator, check_operator_spec, make_method, make_operator, measure, operator_name
+from ..training.train import DataConfig, TrainingError
+from .base import (
+    MLP,
     SCHEMA,
+    UNET,
+    Context,
     Kind,
     ModelSpec,
     Report,
-    cached_samples,
-    check_folder,
-    check_scoring,
-    scoring_features,
+    StudyFields,
+    check_samplers,
+    open_study,
+    rp_fields,
+    rp_pair,
+    sample_file,
+    study_folder,
     train_models,
-    write_csv,
+    write_results,
 )
-from .regime_report import figure_html, grid_png, labelled_grid, png_bytes, table_html
+from .render import failed_html, figure_html, grid_section, npz_rows, png_bytes, table_html
 
 __all__ = ["KIND", "InverseStudyConfig", "run_inverse_study"]
 
-_UNET = {"name": "unet", "model_channels": 32, "channel_mult": [1, 2], "dropout": 0.0}
-
 
 def _models() -> tuple[ModelSpec, ...]:
-    return (ModelSpec("unet-a", _UNET, steps=600, seed=0),
-            ModelSpec("unet-b", _UNET, steps=600, seed=1),
-            ModelSpec("unet-vp", _UNET, kernel={"name": "vp"}, steps=600, seed=2),
-            ModelSpec("mlp", {"name": "mlp", "hidden": 512, "depth": 4}, steps=800, seed=3))
+    return (ModelSpec("unet-a", UNET, steps=600, seed=0),
+            ModelSpec("unet-b", UNET, steps=600, seed=1),
+            ModelSpec("unet-vp", UNET, kernel={"name": "vp"}, steps=600, seed=2),
+            ModelSpec("mlp", MLP, steps=800, seed=3))
 
 
 def _operators() -> tuple[dict[str, Any], ...]:
@@ -68,38 +71,28 @@ def _methods() -> tuple[dict[str, Any], ...]:
 
 
 @dataclass(frozen=True)
-class InverseStudyConfig(TomlConfig):
+class InverseStudyConfig(StudyFields):
     """Models, operators (``inverse.OPERATORS``), methods (``inverse.METHODS``) and samplers (ODE solvers of
     ``sampling.SAMPLERS`` and ``"ancestral"``); ``count`` held-out images from the same permutation as the
     ``n`` training images."""
 
-    data: str = "digits"
+    count: int = 64
     n: int = 1500
     subset_seed: int = 0
     models: tuple[ModelSpec, ...] = field(default_factory=_models)
     operators: tuple[dict[str, Any], ...] = field(default_factory=_operators)
     methods: tuple[dict[str, Any], ...] = field(default_factory=_methods)
     samplers: tuple[str, ...] = ("heun", "ancestral")
-    sampler_steps: int = 18
     sigma_y: float = 0.05
-    count: int = 64
-    seed: int = 100000
     noise_seed: int = 200000
     measurement_seed: int = 300000
-    similarity: str = "pixel"
-    sscd_path: str = ""
-    threshold: float = 0.9
-    n_boot: int = 1000
-    device: str = "auto"
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         names = [m.name for m in self.models]
         if len(names) < 2 or len(set(names)) != len(names):
             raise ValueError(f"an inverse study needs at least two models with distinct names, got {names}")
-        for s in self.samplers:
-            if s not in sampling.SAMPLERS and s not in sampling.STOCHASTIC_SAMPLERS:
-                raise ValueError(f"unknown sampler {s!r}; choose from "
-                                 f"{sorted(sampling.SAMPLERS) + sorted(sampling.STOCHASTIC_SAMPLERS)}")
+        check_samplers(self.samplers, stochastic=True)
         if not self.operators or not self.methods or not self.samplers:
             raise ValueError("operators, methods and samplers must not be empty")
         for op in self.operators:  # names and options now; values against the image shape at run time
@@ -108,98 +101,117 @@ class InverseStudyConfig(TomlConfig):
             make_method(m, lambda x, s, c=None: x, make_operator({"name": "superres"}, (1, 8, 8)), 0.0)
         if not (self.sigma_y >= 0 and math.isfinite(self.sigma_y)):
             raise ValueError(f"sigma_y must be a finite number >= 0, got {self.sigma_y}")
-        if self.count < 2 or self.sampler_steps < 1 or self.n < 1 or self.n_boot < 0:
-            raise ValueError("count must be >= 2, sampler_steps >= 1, n >= 1 and n_boot >= 0")
-        check_scoring(self)
+        if self.n < 1:
+            raise ValueError(f"n must be >= 1, got {self.n}")
+
+
+@dataclass(frozen=True)
+class _Problem:
+    """Problem ``index``: operator ``op`` (from ``spec``) measured the truth as ``y``."""
+
+    index: int
+    spec: dict[str, Any]
+    op: Operator
+    y: Tensor
+    truth_feats: Tensor
+
+    @property
+    def name(self) -> str:
+        return operator_name(self.spec)
 
 
 def run_inverse_study(cfg: InverseStudyConfig | None, out: str | os.PathLike[str], *,
                       progress: bool = False) -> dict[str, Any]:
     """Run (or resume) the inverse-problem study into ``out``; returns the results also in ``results.json``."""
     cfg = cfg or InverseStudyConfig()
-    with folder_lock(out, "study"):
-        return _run(cfg, Path(out))
+    with study_folder(out) as folder:
+        t0 = time.perf_counter()
+        data = load_dataset(cfg.data)
+        if cfg.n + cfg.count > len(data):
+            raise ConfigError(f"n + count = {cfg.n + cfg.count} exceeds the {len(data)} images of {cfg.data!r}")
+        ops = [make_operator(spec, data.image_shape) for spec in cfg.operators]  # shape errors before training
+        ctx = open_study(cfg, folder, data.image_shape, {"kind": "inverse", **cfg.to_dict()})
+        truth = held_out(data, cfg.n, cfg.count, cfg.subset_seed).images  # [count, C, H, W]
+        models = train_models(cfg.models, DataConfig(name=cfg.data, n=cfg.n, seed=cfg.subset_seed), folder,
+                              ctx.device, ctx.failed)
+        results = _new_results(ctx, models)
+        for i, (spec, op) in enumerate(zip(cfg.operators, ops, strict=True)):
+            problem = _measure(ctx, results, i, spec, op, truth)
+            for mspec in cfg.methods:
+                for sampler in cfg.samplers:
+                    _solve_and_score(ctx, results, problem, mspec, sampler, models)
+            _write(ctx, results, t0)
+        return results
+
+
+def _new_results(ctx: Context, models: dict[str, Any]) -> dict[str, Any]:
+    cfg = ctx.cfg
+    return {"schema": SCHEMA, "kind": "inverse", "config": cfg.to_dict(), "models": list(models),
+            "architectures": _arch(cfg), "operators": [operator_name(o) for o in cfg.operators],
+            "methods": [m["name"] for m in cfg.methods], "samplers": list(cfg.samplers),
+            "problems": [], "rp": [], "consistency": [], "failed": ctx.failed}
 
 
 def _arch(cfg: InverseStudyConfig) -> dict[str, str]:
     return {m.name: str(m.net["name"]) for m in cfg.models}
 
 
-def _run(cfg: InverseStudyConfig, out: Path) -> dict[str, Any]:
-    t0 = time.perf_counter()
-    remove_stale_temp_files(out / "samples")
-    data = load_dataset(cfg.data)
-    if cfg.n + cfg.count > len(data):
-        raise ConfigError(f"n + count = {cfg.n + cfg.count} exceeds the {len(data)} images of {cfg.data!r}")
-    shape = data.image_shape
-    ops = [make_operator(spec, shape) for spec in cfg.operators]  # shape errors before any training
-    check_folder(out, {"kind": "inverse", **cfg.to_dict()})
-    features = scoring_features(cfg)
-    device = str(resolve_device(cfg.device))
-    truth = held_out(data, cfg.n, cfg.count, cfg.subset_seed).images  # [count, C, H, W]
-    failed: list[dict[str, Any]] = []
-    models = train_models(cfg.models, DataConfig(name=cfg.data, n=cfg.n, seed=cfg.subset_seed), out, device, failed)
-    arch = _arch(cfg)
-    results: dict[str, Any] = {"schema": SCHEMA, "kind": "inverse", "config": cfg.to_dict(), "models": list(models),
-                               "architectures": arch, "operators": [operator_name(o) for o in cfg.operators],
-                               "methods": [m["name"] for m in cfg.methods], "samplers": list(cfg.samplers),
-                               "problems": [], "rp": [], "consistency": [], "failed": failed}
-    truth_feats = features(truth)
-    for i, (spec, op) in enumerate(zip(cfg.operators, ops, strict=True)):
-        n_y = sampling.noise(cfg.measurement_seed, cfg.count, op.measurement_shape())
-        y = measure(op, truth.double(), cfg.sigma_y, n_y).float()
-        prob = out / "samples" / f"problem{i}.npz"
-        save_npz(prob, truth=to_uint8(truth), y=y, y_image=to_uint8(op.pinv(y.double()).float().clamp(-1, 1)))
-        results["problems"].append({"operator": operator_name(spec), "path": str(prob.relative_to(out))})
-        for mspec in cfg.methods:
-            for sampler in cfg.samplers:
-                feats = _solve_all(cfg, out, i, op, mspec, sampler, y, models, truth, truth_feats, features,
-                                   device, results)
-                for a, b in combinations(feats, 2):
-                    s = metrics.rp_score(feats[a], feats[b], threshold=cfg.threshold, n_boot=cfg.n_boot,
-                                         seed=cfg.seed, chance=True)
-                    results["rp"].append({"operator": operator_name(spec), "method": mspec["name"],
-                                          "sampler": sampler, "a": a, "b": b,
-                                          "group": "within" if arch[a] == arch[b] else "across",
-                                          "rp": s.value, "chance": s.chance, "ci": list(s.ci)})
-        results["timing"] = {"total_s": round(time.perf_counter() - t0, 1)}
-        _write(out, results)
-    return results
+def _measure(ctx: Context, results: dict[str, Any], i: int, spec: dict[str, Any], op: Operator, truth: Tensor
+             ) -> _Problem:
+    """``y = A(truth) + sigma_y n`` (the measurement noise from its own seed), written with the truth."""
+    cfg = ctx.cfg
+    n_y = sampling.noise(cfg.measurement_seed, cfg.count, op.measurement_shape())
+    y = measure(op, truth.double(), cfg.sigma_y, n_y).float()
+    path = sample_file(ctx.out, f"problem{i}")
+    save_npz(path, truth=to_uint8(truth), y=y, y_image=to_uint8(op.pinv(y.double()).float().clamp(-1, 1)))
+    results["problems"].append({"operator": operator_name(spec), "path": ctx.rel(path)})
+    return _Problem(i, spec, op, y, ctx.features(truth))
 
 
-def _solve_all(cfg: InverseStudyConfig, out: Path, i: int, op: Any, mspec: dict[str, Any], sampler: str, y: Tensor,
-               models: dict[str, Any], truth: Tensor, truth_feats: Tensor, features: Any, device: str,
-               results: dict[str, Any]) -> dict[str, Tensor]:
-    """Solve problem ``i`` with every model; records consistency rows; returns the solutions' features."""
-    shape = tuple(truth.shape[1:])
+def _solve_and_score(ctx: Context, results: dict[str, Any], problem: _Problem, mspec: dict[str, Any], sampler: str,
+                     models: dict[str, Any]) -> None:
+    """Solve the problem with every model (one method, one sampler), then RP for every pair of solutions."""
+    arch = results["architectures"]
     feats: dict[str, Tensor] = {}
-    stochastic = sampler in sampling.STOCHASTIC_SAMPLERS
     for name, D in models.items():
-        path = out / "samples" / f"problem{i}-{mspec['name']}-{sampler}-{name}.npz"
-        G = make_method(mspec, D, op, cfg.sigma_y)
-        try:
-            x = cached_samples(path, G, cfg.seed, cfg.count, shape, sampler=sampler, steps=cfg.sampler_steps,
-                               device=device, cond=y, noise_seed=cfg.noise_seed if stochastic else None)
-        except TrainingError as e:
-            results["failed"].append({"model": name, "error": f"{operator_name(cfg.operators[i])} {mspec['name']} "
-                                                               f"{sampler}: {e}"})
-            continue
-        feats[name] = features(x)
-        residual = (op.forward(x.double()) - y.double()).flatten(1)
-        results["consistency"].append({
-            "operator": operator_name(cfg.operators[i]), "method": mspec["name"], "sampler": sampler, "model": name,
+        if (x := _solve(ctx, problem, mspec, sampler, name, D)) is not None:
+            feats[name] = ctx.features(x)
+            results["consistency"].append(_consistency(ctx, problem, mspec, sampler, name, x, feats[name]))
+    for a, b in combinations(feats, 2):
+        results["rp"].append({"operator": problem.name, "method": mspec["name"], "sampler": sampler, "a": a, "b": b,
+                              "group": "within" if arch[a] == arch[b] else "across",
+                              **rp_fields(rp_pair(feats[a], feats[b], ctx.cfg))})
+
+
+def _solution_file(ctx: Context, problem: _Problem, mspec: dict[str, Any], sampler: str, name: str) -> Path:
+    return sample_file(ctx.out, f"problem{problem.index}", mspec["name"], sampler, name)
+
+
+def _solve(ctx: Context, problem: _Problem, mspec: dict[str, Any], sampler: str, name: str, D: Any) -> Tensor | None:
+    """Model ``name``'s posterior samples (``make_method``), from the shared noise; None when they failed."""
+    stochastic = sampler in sampling.STOCHASTIC_SAMPLERS
+    G = make_method(mspec, D, problem.op, ctx.cfg.sigma_y)
+    with ctx.fail(f"{problem.name} {mspec['name']} {sampler}: ", (TrainingError,), model=name):
+        return ctx.sample(_solution_file(ctx, problem, mspec, sampler, name), G, sampler=sampler, cond=problem.y,
+                          noise_seed=ctx.cfg.noise_seed if stochastic else None)
+    return None
+
+
+def _consistency(ctx: Context, problem: _Problem, mspec: dict[str, Any], sampler: str, name: str, x: Tensor,
+                 feats: Tensor) -> dict[str, Any]:
+    """Measurement consistency ``||A(x) - y||`` (RMS per entry) and the cosine to the true image."""
+    residual = (problem.op.forward(x.double()) - problem.y.double()).flatten(1)
+    return {"operator": problem.name, "method": mspec["name"], "sampler": sampler, "model": name,
             "residual_rms": float(residual.pow(2).mean(1).sqrt().mean()),
-            "truth_similarity": float((feats[name] * truth_feats).sum(1).mean()),
-            "path": str(path.relative_to(out))})
-    return feats
+            "truth_similarity": float((feats * problem.truth_feats).sum(1).mean()),
+            "path": ctx.rel(_solution_file(ctx, problem, mspec, sampler, name))}
 
 
-def _write(out: Path, results: dict[str, Any]) -> None:
-    save_json(out / "results.json", results)
-    write_csv(out / "results.csv", ["operator", "method", "sampler", "a", "b", "group", "rp", "chance", "ci_low",
-                                    "ci_high"],
-              [[r["operator"], r["method"], r["sampler"], r["a"], r["b"], r["group"], r["rp"], r["chance"], *r["ci"]]
-               for r in results["rp"]])
+def _write(ctx: Context, results: dict[str, Any], t0: float) -> None:
+    write_results(ctx.out, results, t0, ["operator", "method", "sampler", "a", "b", "group", "rp", "chance",
+                                         "ci_low", "ci_high"],
+                  [[r["operator"], r["method"], r["sampler"], r["a"], r["b"], r["group"], r["rp"], r["chance"],
+                    *r["ci"]] for r in results["rp"]])
 
 
 def _group_means(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -261,18 +273,16 @@ def _plot(results: dict[str, Any]) -> bytes:
 
 
 def _panel(root: Path, results: dict[str, Any], problem: int = 0) -> bytes | None:
+    """The true images, the measurement mapped back (A+ y) and each model's solution of one problem."""
     if not results["problems"]:
         return None
-    with np.load(root / results["problems"][problem]["path"], allow_pickle=False) as f:
-        truth, y_img = f["truth"], f["y_image"]
-    rows = [("truth", torch.from_numpy(truth[:12]).float() / 127.5 - 1),
-            ("measurement (A+ y)", torch.from_numpy(y_img[:12]).float() / 127.5 - 1)]
+    prob = results["problems"][problem]["path"]
+    rows = [*npz_rows(root, [("truth", prob)], 12, "truth"), *npz_rows(root, [("measurement (A+ y)", prob)], 12,
+                                                                        "y_image")]
     op, m, s = results["operators"][problem], results["methods"][-1], results["samplers"][0]
-    for c in results["consistency"]:
-        if (c["operator"], c["method"], c["sampler"]) == (op, m, s) and (root / c["path"]).is_file():
-            with np.load(root / c["path"], allow_pickle=False) as f:
-                rows.append((c["model"], torch.from_numpy(f["images"][:12]).float() / 127.5 - 1))
-    return grid_png(labelled_grid(rows))
+    rows += npz_rows(root, [(c["model"], c["path"]) for c in results["consistency"]
+                            if (c["operator"], c["method"], c["sampler"]) == (op, m, s)], 12)
+    return grid_section(rows)
 
 
 def report(root: Path, results: dict[str, Any]) -> Report:
@@ -308,9 +318,7 @@ def report(root: Path, results: dict[str, Any]) -> Report:
                                f"and each model's solution ({results['methods'][-1]}, {results['samplers'][0]}); "
                                "column i: the same image and the same noise.", "grid")))
     if results["failed"]:
-        sections.append(("Failed", "<ul>" + "".join(f"<li>{html.escape(str(f['model']))}: "
-                                                    f"{html.escape(str(f['error']))}</li>"
-                                                    for f in results["failed"]) + "</ul>"))
+        sections.append(("Failed runs", failed_html(results["failed"])))
     return Report("reprodiff: inverse problems", intro, sections, files)
 
 

@@ -1,13 +1,7 @@
-"""Text-to-image reproducibility (Zhang et al. 2023, open question 2): do two text-to-image diffusion models,
-sampled from the same latent noise with a deterministic ODE sampler and the same prompt, draw the same image?
-
-A Stable-Diffusion pipeline folder (``unet/``, ``text_encoder/``, ``tokenizer/``, ``vae/``, ``scheduler/``, as
-``save_pretrained`` or ``huggingface-cli download`` writes it) becomes a latent, text-conditioned ``Denoiser``:
-the UNet through ``adapters.DiffusersDenoiser`` (sigma-space, fractional timesteps) with the CLIP prompt
-embedding ``[L, D]`` as ``cond``, classifier-free guidance by ``guidance.ClassifierFreeGuidance`` with the empty
-prompt's embedding as the null condition, our samplers in latent space from ``sampling.noise`` (sample ``i``
-of every prompt and every model starts from the same latent noise), and the VAE decoder (latents divided by
-its ``scaling_factor``) before similarity. The study kind ``text2image`` scores RP per prompt and per pair.
+"""Text-to-image reproducibility (Zhang et al. 2023, open question 2; study kind ``text2image``): do two
+text-to-image diffusion models, sampled from the same latent noise with a deterministic ODE sampler and the same
+prompt, draw the same image? Each model is a local pipeline folder (``adapters/text2image.py``); RP per prompt
+and per pair, on the decoded images quantised as a PNG holds them.
 """
 
 from __future__ import annotations
@@ -15,6 +9,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
+from html import escape
 from itertools import combinations
 from pathlib import Path
 from typing import Any
@@ -24,107 +19,28 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .. import metrics, sampling, similarity
-from ..adapters.diffusers import DiffusersDenoiser, load_unet_denoiser, require
-from ..config import ConfigError, TomlConfig
-from ..data import to_uint8
-from ..files import folder_lock, remove_stale_temp_files, save_json, save_npz
-from ..guidance import ClassifierFreeGuidance
+from ..adapters.text2image import DTYPES, TextToImage, check_pipeline_folder
+from ..config import ConfigError
+from ..data import npz_images, to_uint8
+from ..files import save_npz
 from ..training.train import resolve_device
-from .regime import Kind, Report, check_folder, write_csv
+from .base import (
+    SCHEMA,
+    Kind,
+    Report,
+    ScoringFields,
+    check_folder,
+    check_samplers,
+    rp_fields,
+    rp_pair,
+    scoring_features,
+    study_folder,
+    write_results,
+)
+from .render import figure_html, grid_png, labelled_grid, png_bytes, table_html
 
-__all__ = ["DTYPES", "KIND", "SCHEMA", "Text2ImageConfig", "Text2ImageModel", "TextToImage", "check_pipeline_folder",
-           "report_text2image", "run_text2image", "summarize_text2image"]
-
-SCHEMA = 1
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-PIPELINE_PARTS = ("unet", "text_encoder", "tokenizer", "vae", "scheduler")
-
-
-def check_pipeline_folder(path: str | os.PathLike[str]) -> Path:
-    """``path`` as a Path, or a one-line ``ValueError`` naming the missing sub-folders."""
-    root = Path(path)
-    missing = [p + "/" for p in PIPELINE_PARTS if not (root / p).is_dir()]
-    if missing:
-        raise ValueError(f"{root} is not a Stable-Diffusion pipeline folder: missing {', '.join(missing)} "
-                         "(save one with pipe.save_pretrained(DIR) or hf download REPO --local-dir DIR)")
-    return root
-
-
-class TextToImage:
-    """The components of a local Stable-Diffusion pipeline folder, in reprodiff's terms (never downloads)."""
-
-    def __init__(self, path: str | os.PathLike[str], *, device: torch.device | str = "cpu",
-                 dtype: torch.dtype = torch.float32) -> None:
-        diffusers, transformers = require("diffusers"), require("transformers")
-        root = check_pipeline_folder(path)
-        self.device, self.dtype = torch.device(device), dtype
-        self.unet: DiffusersDenoiser = load_unet_denoiser(root, device=device, dtype=dtype)
-        if self.unet.cond_key != "encoder_hidden_states":
-            raise ValueError(f"{root / 'unet'}: a text-to-image pipeline needs a UNet2DConditionModel")
-        bars = transformers.utils.logging.is_progress_bar_enabled()
-        transformers.utils.logging.disable_progress_bar()  # no "Loading weights" bar per component
-        try:
-            self.tokenizer = transformers.CLIPTokenizer.from_pretrained(root / "tokenizer", local_files_only=True)
-            self.text_encoder = transformers.CLIPTextModel.from_pretrained(
-                root / "text_encoder", local_files_only=True, dtype=dtype).to(device).eval()
-            self.vae = diffusers.AutoencoderKL.from_pretrained(root / "vae", local_files_only=True, torch_dtype=dtype,
-                                                               low_cpu_mem_usage=False).to(device).eval()
-        except (OSError, ValueError, RuntimeError, TypeError) as e:
-            raise ValueError(f"{root}: could not load the pipeline's components ({str(e).splitlines()[0]})") from None
-        finally:
-            if bars:
-                transformers.utils.logging.enable_progress_bar()
-        self.null = self.embed([""])[0]  # [L, D], the unconditional "prompt"
-
-    @torch.no_grad()
-    def embed(self, prompts: list[str]) -> Tensor:
-        """CLIP text embeddings ``[P, L, D]`` (the last hidden state, padded to the tokenizer's max length)."""
-        ids = self.tokenizer(list(prompts), padding="max_length", max_length=self.tokenizer.model_max_length,
-                             truncation=True, return_tensors="pt").input_ids
-        return self.text_encoder(ids.to(self.device))[0].float().cpu()
-
-    @property
-    def vae_factor(self) -> int:
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
-
-    def latent_shape(self, resolution: int) -> tuple[int, int, int]:
-        if resolution < 1 or resolution % self.vae_factor:
-            raise ValueError(f"resolution must be a positive multiple of the VAE's factor {self.vae_factor}, "
-                             f"got {resolution}")
-        side = resolution // self.vae_factor
-        return self.unet.channels, side, side
-
-    def denoiser(self, guidance: float) -> ClassifierFreeGuidance:
-        """The guided latent denoiser ``D_w(z, sigma, prompt embedding)``."""
-        return ClassifierFreeGuidance(self.unet, guidance, self.null)
-
-    @torch.no_grad()
-    def decode(self, latents: Tensor, batch_size: int = 8) -> Tensor:
-        """Latents ``[B, c, h, w]`` -> images ``[B, 3, H, W]`` float32 in [-1, 1] on the CPU, decoded in chunks
-        of exactly ``batch_size`` (the last padded), so an image never depends on how many are decoded."""
-        cfg, out, B = self.vae.config, [], latents.shape[0]
-        shift = getattr(cfg, "shift_factor", None) or 0.0
-        pad = (-B) % batch_size
-        latents = torch.cat([latents, latents[-1:].expand(pad, *latents.shape[1:])]) if pad else latents
-        for i in range(0, latents.shape[0], batch_size):
-            z = latents[i : i + batch_size].to(self.device, self.dtype) / cfg.scaling_factor + shift
-            out.append(self.vae.decode(z).sample.float().clamp(-1, 1).cpu())
-        return torch.cat(out)[:B]
-
-    def generate(self, prompt: str, *, seed: int, count: int, sampler: str = "dpm++2m", steps: int = 25,
-                 guidance: float = 7.5, resolution: int = 512, batch_size: int = 8) -> tuple[Tensor, Tensor]:
-        """``(latents, images)`` of samples ``0 .. count-1`` for ``prompt``: latent noise ``noise(seed, i)``
-        scaled to the grid's first sigma (Karras grid clamped to the UNet's range), our ``sampler``."""
-        shape = self.latent_shape(resolution)
-        cond = self.embed([prompt]).expand(count, -1, -1)
-        with torch.no_grad():
-            z = sampling.sample(self.denoiser(guidance), seed, count, shape, sampler=sampler, steps=steps,
-                                cond=cond, batch_size=batch_size, micro_batch=batch_size, device=self.device)
-        return z, self.decode(z, batch_size)
-
-
-# --------------------------------------------------------------------------------------------- the study kind
+__all__ = ["KIND", "Text2ImageConfig", "Text2ImageModel", "report_text2image", "run_text2image",
+           "summarize_text2image"]
 
 
 @dataclass(frozen=True)
@@ -142,44 +58,36 @@ class Text2ImageModel:
 
 
 @dataclass(frozen=True)
-class Text2ImageConfig(TomlConfig):
+class Text2ImageConfig(ScoringFields):
     """A text-to-image reproducibility study (``kind = "text2image"``): every model draws ``count`` samples per
     prompt from the same latent noise (``seed``); RP for every pair of models, per prompt and pooled."""
 
-    models: tuple[Text2ImageModel, ...] = ()
-    prompts: tuple[str, ...] = ()
     seed: int = 0
     count: int = 8
+    threshold: float = 0.6
+    models: tuple[Text2ImageModel, ...] = ()
+    prompts: tuple[str, ...] = ()
     sampler: str = "dpm++2m"
     steps: int = 25
     guidance: float = 7.5
     resolution: int = 512
-    similarity: str = "pixel"
-    sscd_path: str = ""
-    threshold: float = 0.6
-    n_boot: int = 1000
     batch_size: int = 8
     dtype: str = "float32"
-    device: str = "auto"
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         names = [m.name for m in self.models]
         if len(names) < 2 or len(set(names)) != len(names):
             raise ValueError(f"a text2image study needs at least two models with distinct names, got {names}")
         if not self.prompts:
             raise ValueError("prompts must list at least one prompt")
-        if self.sampler not in sampling.SAMPLERS:
-            raise ValueError(f"unknown sampler {self.sampler!r}; choose from {sorted(sampling.SAMPLERS)}")
-        if self.count < 2 or self.steps < 1 or self.resolution < 1 or self.batch_size < 1 or self.n_boot < 0:
-            raise ValueError("count must be >= 2; steps, resolution and batch_size >= 1; n_boot >= 0")
+        check_samplers((self.sampler,))
+        if self.steps < 1 or self.resolution < 1 or self.batch_size < 1:
+            raise ValueError("steps, resolution and batch_size must be >= 1")
         if self.seed < 0:
             raise ValueError(f"seed must be >= 0, got {self.seed}")
-        if not -1.0 <= self.threshold <= 1.0:
-            raise ValueError(f"threshold must be in [-1, 1] (a cosine similarity), got {self.threshold}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
-        if self.similarity == "sscd" and not self.sscd_path:
-            raise ValueError("similarity = 'sscd' needs sscd_path, the local SSCD model file")
 
 
 def _sample_path(out: Path, model: str, p: int) -> Path:
@@ -190,11 +98,18 @@ def _load_images(path: Path, count: int, resolution: int) -> Tensor | None:
     """Images written by a previous run (uint8, as a PNG holds them), or None."""
     if not path.exists():
         return None
-    with np.load(path, allow_pickle=False) as f:
-        images = f["images"]
-    if images.shape[0] != count or images.shape[-2:] != (resolution, resolution):
-        return None
-    return torch.from_numpy(images).float() / 127.5 - 1
+    images = npz_images(path)
+    return images if images.shape[0] == count and images.shape[-2:] == (resolution, resolution) else None
+
+
+def _generate(cfg: Text2ImageConfig, pipe: TextToImage, prompt: str, path: Path, name: str) -> Tensor:
+    """``count`` images of one prompt, written (uint8 and latents) and returned as a PNG holds them."""
+    latents, x = pipe.generate(prompt, seed=cfg.seed, count=cfg.count, sampler=cfg.sampler, steps=cfg.steps,
+                               guidance=cfg.guidance, resolution=cfg.resolution, batch_size=cfg.batch_size)
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"model {name!r} produced NaN/Inf images for prompt {path.stem}; try dtype = 'float32'")
+    save_npz(path, images=to_uint8(x), latents=latents)
+    return to_uint8(x).float() / 127.5 - 1
 
 
 def _generate_all(cfg: Text2ImageConfig, out: Path, device: torch.device, progress: bool
@@ -202,74 +117,62 @@ def _generate_all(cfg: Text2ImageConfig, out: Path, device: torch.device, progre
     """Images ``[count, 3, R, R]`` per model and prompt, quantised to uint8 as a PNG holds them; one model is
     loaded at a time, and only when some of its samples are missing."""
     images: dict[str, list[Tensor]] = {}
-    bar = tqdm(total=len(cfg.models) * len(cfg.prompts), disable=not progress, desc="text2image", unit="prompt")
-    for m in cfg.models:
-        pipe, images[m.name] = None, []
-        for p, prompt in enumerate(cfg.prompts):
-            path = _sample_path(out, m.name, p)
-            x = _load_images(path, cfg.count, cfg.resolution)
-            if x is None:
-                pipe = pipe or TextToImage(m.path, device=device, dtype=DTYPES[cfg.dtype])
-                latents, x = pipe.generate(prompt, seed=cfg.seed, count=cfg.count, sampler=cfg.sampler,
-                                           steps=cfg.steps, guidance=cfg.guidance, resolution=cfg.resolution,
-                                           batch_size=cfg.batch_size)
-                if not bool(torch.isfinite(x).all()):
-                    raise ValueError(f"model {m.name!r} produced NaN/Inf images for prompt {p}; try dtype = "
-                                     "'float32'")
-                save_npz(path, images=to_uint8(x), latents=latents)
-                x = to_uint8(x).float() / 127.5 - 1
-            images[m.name].append(x)
-            bar.update()
-        del pipe
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-    bar.close()
+    with tqdm(total=len(cfg.models) * len(cfg.prompts), disable=not progress, desc="text2image", unit="prompt") as bar:
+        for m in cfg.models:
+            pipe, images[m.name] = None, []
+            for p, prompt in enumerate(cfg.prompts):
+                path = _sample_path(out, m.name, p)
+                x = _load_images(path, cfg.count, cfg.resolution)
+                if x is None:
+                    pipe = pipe or TextToImage(m.path, device=device, dtype=DTYPES[cfg.dtype])
+                    x = _generate(cfg, pipe, prompt, path, m.name)
+                images[m.name].append(x)
+                bar.update()
+            del pipe
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
     return images
 
 
 def run_text2image(cfg: Text2ImageConfig, out: str | os.PathLike[str], *, progress: bool = False) -> dict[str, Any]:
     """Run (or resume: finished samples are read back) the study into ``out``; returns ``results.json``."""
-    with folder_lock(out, "study"):
-        return _run_locked(cfg, Path(out), progress)
+    with study_folder(out) as folder:
+        t0 = time.perf_counter()
+        for i, m in enumerate(cfg.models):  # every folder checked before any GPU time is spent
+            try:
+                check_pipeline_folder(m.path)
+            except ValueError as e:
+                raise ConfigError(f"models[{i}] ({m.name}): {e}") from None
+        check_folder(folder, cfg.to_dict())
+        device = resolve_device(cfg.device)
+        features = scoring_features(cfg, str(device))
+        images = _generate_all(cfg, folder, device, progress)
+        results = _score({name: [features(x) for x in xs] for name, xs in images.items()}, cfg, folder)
+        rows = [["prompt", r["prompt"], r["a"], r["b"], r["rp"], r["chance"], *r["ci"]] for r in results["rp"]]
+        rows += [["pair", "", r["a"], r["b"], r["rp"], r["chance"], *r["ci"]] for r in results["rp_pairs"]]
+        write_results(folder, results, t0, ["scope", "prompt", "a", "b", "rp", "chance", "ci_low", "ci_high"], rows)
+        return results
 
 
-def _run_locked(cfg: Text2ImageConfig, out: Path, progress: bool) -> dict[str, Any]:
-    t0 = time.perf_counter()
-    remove_stale_temp_files(out / "samples")
-    for i, m in enumerate(cfg.models):  # every folder checked before any GPU time is spent
-        try:
-            check_pipeline_folder(m.path)
-        except ValueError as e:
-            raise ConfigError(f"models[{i}] ({m.name}): {e}") from None
-    check_folder(out, cfg.to_dict())
-    device = resolve_device(cfg.device)
-    kwargs = {"path": cfg.sscd_path, "device": str(device)} if cfg.similarity == "sscd" else {}
-    features = similarity.make_features(cfg.similarity, **kwargs)
-    images = _generate_all(cfg, out, device, progress)
-    feats = {name: [features(x) for x in xs] for name, xs in images.items()}
+def _score(feats: dict[str, list[Tensor]], cfg: Text2ImageConfig, out: Path) -> dict[str, Any]:
+    """RP for every pair of models per prompt and pooled over prompts, and the mean RP per prompt."""
     results: dict[str, Any] = {
         "schema": SCHEMA, "kind": "text2image", "config": cfg.to_dict(), "models": [m.name for m in cfg.models],
         "prompts": list(cfg.prompts), "similarity": {"backend": cfg.similarity, "threshold": cfg.threshold},
         "rp": [], "rp_pairs": [], "rp_prompts": [],
         "samples": [{"model": m, "prompt": p, "path": str(_sample_path(out, m, p).relative_to(out))}
-                    for m in images for p in range(len(cfg.prompts))],
+                    for m in feats for p in range(len(cfg.prompts))],
     }
-    score = {"threshold": cfg.threshold, "n_boot": cfg.n_boot, "seed": cfg.seed, "features": None, "chance": True}
     for a, b in combinations(feats, 2):
         for p in range(len(cfg.prompts)):
-            rp = metrics.rp_score(feats[a][p], feats[b][p], **score)
-            results["rp"].append({"prompt": p, "a": a, "b": b, "rp": rp.value, "chance": rp.chance,
-                                  "ci": list(rp.ci), "mean_similarity": float(rp.similarities.mean())})
-        rp = metrics.rp_score(torch.cat(feats[a]), torch.cat(feats[b]), **score)
-        results["rp_pairs"].append({"a": a, "b": b, "rp": rp.value, "chance": rp.chance, "ci": list(rp.ci)})
+            rp = rp_pair(feats[a][p], feats[b][p], cfg)
+            results["rp"].append({"prompt": p, "a": a, "b": b, **rp_fields(rp),
+                                  "mean_similarity": float(rp.similarities.mean())})
+        rp = rp_pair(torch.cat(feats[a]), torch.cat(feats[b]), cfg)
+        results["rp_pairs"].append({"a": a, "b": b, **rp_fields(rp)})
     for p in range(len(cfg.prompts)):
         vals = [r["rp"] for r in results["rp"] if r["prompt"] == p]
         results["rp_prompts"].append({"prompt": p, "rp": float(np.mean(vals))})
-    results["timing"] = {"total_s": round(time.perf_counter() - t0, 1)}
-    save_json(out / "results.json", results)
-    rows = [["prompt", r["prompt"], r["a"], r["b"], r["rp"], r["chance"], *r["ci"]] for r in results["rp"]]
-    rows += [["pair", "", r["a"], r["b"], r["rp"], r["chance"], *r["ci"]] for r in results["rp_pairs"]]
-    write_csv(out / "results.csv", ["scope", "prompt", "a", "b", "rp", "chance", "ci_low", "ci_high"], rows)
     return results
 
 
@@ -291,8 +194,6 @@ def _rp_figure(results: dict[str, Any]) -> bytes:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .regime_report import png_bytes
-
     P = len(results["prompts"])
     pairs = [(r["a"], r["b"]) for r in results["rp_pairs"]]
     fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * P + 2), 3.2))
@@ -311,12 +212,9 @@ def _rp_figure(results: dict[str, Any]) -> bytes:
     return data
 
 
-def report_text2image(folder: Path, results: dict[str, Any]) -> Any:
+def report_text2image(folder: Path, results: dict[str, Any]) -> Report:
     """``studies.Report``: RP per prompt (table + bar chart) and one same-noise grid per prompt (one row per
     model; column ``i`` is latent noise ``i`` in every row)."""
-    from html import escape
-
-    from .regime_report import figure_html, grid_png, labelled_grid, table_html
 
     prompts, models = results["prompts"], results["models"]
     pairs = [(r["a"], r["b"]) for r in results["rp_pairs"]]
@@ -329,11 +227,7 @@ def report_text2image(folder: Path, results: dict[str, Any]) -> Any:
     grids = []
     paths = {(s["model"], s["prompt"]): s["path"] for s in results["samples"]}
     for p, text in enumerate(prompts):
-        rows_p = []
-        for m in models:
-            with np.load(folder / paths[(m, p)], allow_pickle=False) as f:
-                rows_p.append((m, torch.from_numpy(f["images"][:8]).float() / 127.5 - 1))
-        png = grid_png(labelled_grid(rows_p))
+        png = grid_png(labelled_grid([(m, npz_images(folder / paths[(m, p)])[:8]) for m in models]))
         files[f"grid_p{p}.png"] = png
         grids.append(figure_html(png, f"same-noise samples, prompt {p}", f"prompt {p}: {escape(text)}", "grid"))
     sim = results["similarity"]

@@ -33,8 +33,10 @@ from torch import Tensor, nn
 from ..checkpoint import load_state, load_weights, read_safetensors, save_training_state, write_safetensors
 from ..config import ConfigError, TomlConfig, read_run_config, suggest
 from ..data import load_dataset, subset
+from ..denoiser import pad_rows
 from ..files import folder_lock, save_json
 from ..sampling.noise import noise
+from .runs import append_log, ema_beta, existing_config, weights_at
 from .train import DataConfig, TrainingError, ema_update, resolve_device, step_generator
 
 __all__ = ["ARCHS", "FAMILIES", "GAN", "VAE", "BaselineConfig", "build_baseline", "load_baseline", "sample",
@@ -284,28 +286,23 @@ def train_baseline(cfg: BaselineConfig, out: str | os.PathLike[str], *,
         start = 0
         if (out / "training.safetensors").exists():
             start, _ = load_state(out / "training.safetensors", net=model, ema=ema, opt=opt)
-            if not _weights_at(out, start):  # killed between the two checkpoint writes
+            if not weights_at(out, start):  # killed between the two checkpoint writes
                 _save_weights(out, start, model, ema, data.image_shape)
         return _loop(cfg, out, data.images.to(device), model, ema, opt, start, callback)
 
 
 def _check_run_folder(cfg: BaselineConfig, out: Path) -> None:
-    path = out / "config.json"
-    if path.exists():
-        try:
-            old = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            old = None
-        if old != cfg.to_dict():
-            raise ConfigError(f"{out} holds a run with a different config; choose another folder")
-    save_json(path, cfg.to_dict())
+    old = existing_config(out)
+    if old is not None and old != cfg.to_dict():
+        raise ConfigError(f"{out} holds a run with a different config; choose another folder")
+    save_json(out / "config.json", cfg.to_dict())
 
 
 def _loop(cfg: BaselineConfig, out: Path, images: Tensor, model: GAN | VAE, ema: GAN | VAE,
           opt: torch.optim.Optimizer, start: int, callback: Callable[[int, dict[str, float]], None] | None
           ) -> dict[str, Any]:
     family = FAMILIES[cfg.family]
-    beta = 0.5 ** (cfg.batch_size / cfg.ema_halflife) if cfg.ema_halflife > 0 else 0.0
+    beta = ema_beta(cfg.batch_size, cfg.ema_halflife)
     stats: dict[str, float] = {}
     model.train()
     for step in range(start, cfg.steps):
@@ -318,8 +315,7 @@ def _loop(cfg: BaselineConfig, out: Path, images: Tensor, model: GAN | VAE, ema:
         ema_update(ema, model, beta)
         done = step + 1
         if done % cfg.log_every == 0 or done == cfg.steps:
-            with open(out / "log.jsonl", "a") as f:
-                f.write(json.dumps({"step": done, **stats}) + "\n")
+            append_log(out / "log.jsonl", {"step": done, **stats})
         if done % cfg.checkpoint_every == 0 or done == cfg.steps:
             save_training_state(out / "training.safetensors", step=done, net=model, ema=ema, opt=opt)
             _save_weights(out, done, model, ema, tuple(images.shape[1:]))
@@ -332,14 +328,6 @@ def _save_weights(out: Path, step: int, model: nn.Module, ema: nn.Module, shape:
     meta = {"step": str(step), "image_shape": json.dumps([int(s) for s in shape])}
     write_safetensors(out / "model.safetensors", model.state_dict(), meta)
     write_safetensors(out / "ema.safetensors", ema.state_dict(), meta)
-
-
-def _weights_at(out: Path, step: int) -> bool:
-    try:
-        return all(read_safetensors(out / f)[1].get("step") == str(step)
-                   for f in ("model.safetensors", "ema.safetensors"))
-    except ValueError:
-        return False
 
 
 def load_baseline(folder: str | os.PathLike[str], *, weights: str = "ema", device: str | torch.device = "cpu"
@@ -372,6 +360,6 @@ def sample(model: GAN | VAE, seed: int, count: int, *, start: int = 0, micro_bat
     for i in range(0, count, micro_batch):
         zb = z[i : i + micro_batch]
         pad = micro_batch - zb.shape[0]
-        zb = torch.cat([zb, zb[-1:].expand(pad, -1)]) if pad else zb
+        zb = pad_rows(zb, pad)
         out.append(model.decode(zb.to(device))[: micro_batch - pad].float().cpu())
     return torch.cat(out) if out else torch.empty(0)

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ..checkpoint import load_state, load_weights, read_safetensors, save_training_state, write_safetensors
+from ..checkpoint import load_state, load_weights, save_training_state, write_safetensors
 from ..config import ConfigError, TomlConfig, read_run_config, suggest
 from ..data import Dataset, load_dataset, select_classes, subset
 from ..files import atomic_write, folder_lock, save_json
@@ -31,6 +31,7 @@ from ..lora import add_lora, freeze_except
 from ..nets import NETS, make_net
 from ..objectives import Objective, make_objective
 from ..precond import Precond
+from .runs import append_log, ema_beta, existing_config, weights_at
 
 __all__ = ["DataConfig", "FinetuneConfig", "TrainConfig", "TrainingError", "build_model", "load_model",
            "resolve_device", "step_generator", "train", "train_step"]
@@ -307,12 +308,8 @@ def load_training_data(cfg: TrainConfig) -> Dataset:
 
 def _prepare_folder(cfg: TrainConfig | None, out: Path, steps: int | None) -> TrainConfig:
     """The run's config: new (written to ``out/config.json``) or the folder's own, maybe with more steps."""
-    cfg_path = out / "config.json"
-    if cfg_path.exists():
-        try:
-            existing = TrainConfig.from_dict(json.loads(cfg_path.read_text()))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ConfigError(f"{cfg_path}: not valid JSON ({e})") from None
+    if (old := existing_config(out)) is not None:
+        existing = TrainConfig.from_dict(old)
         if cfg is not None and dataclasses.replace(cfg, steps=existing.steps) != existing:
             raise ConfigError(f"{out} holds a run with a different config; choose another --out or drop --config")
         cfg = existing
@@ -362,7 +359,7 @@ def _loop(cfg: TrainConfig, out: Path, data: Dataset, num_classes: int, device: 
     if resuming:
         start, _ = load_state(out / "training.safetensors", net=model.net, ema=ema.net, opt=opt)
     _trim_log(out / "log.jsonl", start, dist.main)
-    if dist.main and start > 0 and not _weights_at(out, start):  # killed between the two checkpoint writes
+    if dist.main and start > 0 and not weights_at(out, start):  # killed between the two checkpoint writes
         save_weights(out, start, model, ema)
     wrapped: nn.Module = model
     if dist.world > 1:
@@ -372,7 +369,7 @@ def _loop(cfg: TrainConfig, out: Path, data: Dataset, num_classes: int, device: 
         wrapped = torch.compile(wrapped)
     images = data.images.to(device)
     labels = data.labels.to(device) if num_classes else None
-    beta = 0.5 ** (cfg.batch_size / cfg.ema_halflife) if cfg.ema_halflife > 0 else 0.0
+    beta = ema_beta(cfg.batch_size, cfg.ema_halflife)
     autocast = _autocast(cfg.precision, device)
     scaler = torch.amp.GradScaler(device.type) if cfg.precision == "fp16" else None
     rows = slice(dist.rank * cfg.batch_size // dist.world, (dist.rank + 1) * cfg.batch_size // dist.world)
@@ -403,7 +400,7 @@ def _loop(cfg: TrainConfig, out: Path, data: Dataset, num_classes: int, device: 
         done = step + 1
         if dist.main and (done % cfg.log_every == 0 or done == cfg.steps):
             rate = len(losses) * cfg.batch_size / (time.perf_counter() - t0)
-            _append_log(out / "log.jsonl", {"step": done, "loss": sum(losses) / len(losses),
+            append_log(out / "log.jsonl", {"step": done, "loss": sum(losses) / len(losses),
                                             "lr": lr_at(cfg, step), "images_per_s": rate})
             bar.set_postfix(loss=f"{sum(losses) / len(losses):.4f}")
             losses, t0 = [], time.perf_counter()
@@ -424,20 +421,6 @@ def save_weights(out: Path, step: int, model: Precond, ema: Precond) -> None:
     meta = {"step": str(step)}
     write_safetensors(out / "model.safetensors", model.net.state_dict(), meta)
     write_safetensors(out / "ema.safetensors", ema.net.state_dict(), meta)
-
-
-def _weights_at(out: Path, step: int) -> bool:
-    """Whether model/EMA weights on disk are those of ``step`` (both complete, metadata matching)."""
-    try:
-        return all(read_safetensors(out / f)[1].get("step") == str(step)
-                   for f in ("model.safetensors", "ema.safetensors"))
-    except ValueError:
-        return False
-
-
-def _append_log(path: Path, record: dict[str, Any]) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
 
 
 def _trim_log(path: Path, step: int, main: bool) -> None:

@@ -1,0 +1,419 @@
+"""What every study kind is built from: the ``Kind`` record, the shared config fields, ``ModelSpec``, and the
+steps of a study as small functions -- train a model, sample it from the shared noise, score a pair (RP) or a
+model against its training set (GL), write the results -- each resumable and atomic (Zhang et al. 2023,
+arXiv 2310.05264, Sec. 3: RP and GL of models sampled from the same noise).
+
+A step that fails for one model (a non-finite loss, NaN samples) is recorded in the study's ``failed`` list and
+the other models go on (``record_failure``). Nothing here renders; the report parts live in ``render.py``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import io
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .. import metrics, sampling, similarity
+from ..config import ConfigError, TomlConfig
+from ..data import to_uint8
+from ..files import atomic_write, folder_lock, remove_stale_temp_files, save_json, save_npz
+from ..training.train import (
+    DataConfig,
+    TrainConfig,
+    TrainingError,
+    load_model,
+    load_training_data,
+    resolve_device,
+    train,
+)
+
+__all__ = [
+    "FAILURES",
+    "OPTIMAL",
+    "SCHEMA",
+    "Context",
+    "Kind",
+    "ModelSpec",
+    "Report",
+    "ScoringFields",
+    "StudyFields",
+    "cached_samples",
+    "check_finite",
+    "check_folder",
+    "check_samplers",
+    "check_sizes",
+    "default_models",
+    "model_train_config",
+    "open_study",
+    "read_results",
+    "read_samples",
+    "record_failure",
+    "rp_fields",
+    "rp_pair",
+    "sample_file",
+    "save_train_subset",
+    "score_gl",
+    "scoring_features",
+    "study_folder",
+    "train_model",
+    "train_models",
+    "write_csv",
+    "write_results",
+]
+
+SCHEMA = 1
+OPTIMAL = "optimal"
+SOURCES = ("train", "diffusers")
+FAILURES = (TrainingError, ValueError)  # what a failed run raises; the study goes on without it
+
+
+# ---------------------------------------------------------------------------------------------- the kind record
+@dataclass(frozen=True)
+class Report:
+    """What a kind's report renders: the page title, an intro (HTML), ``(heading, html)`` sections and the
+    files (name -> bytes, e.g. PNG figures) written beside ``report.html``."""
+
+    title: str
+    intro: str
+    sections: list[tuple[str, str]]
+    files: dict[str, bytes] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One study kind: its config class, ``run(cfg, out, progress=...) -> results`` (writes ``results.json``),
+    a plain-text ``summarize(results)`` and ``report(folder, results) -> Report`` (reads results only)."""
+
+    name: str
+    config: type[Any]
+    run: Callable[..., dict[str, Any]]
+    summarize: Callable[[dict[str, Any]], str]
+    report: Callable[[Path, dict[str, Any]], Report]
+    doc: str = ""
+
+
+# ---------------------------------------------------------------------------------------------- configs
+@dataclass(frozen=True)
+class ScoringFields(TomlConfig):
+    """The fields every study has: ``count`` samples per model from the noise of ``seed``, scored with the
+    ``similarity`` backend (SSCD needs ``sscd_path``) at ``threshold`` (a cosine similarity; RP), with
+    ``n_boot`` bootstrap resamples for the CIs, on ``device``. Kinds override defaults by redeclaring a field."""
+
+    seed: int = 100000
+    count: int = 256
+    similarity: str = "pixel"
+    sscd_path: str = ""
+    threshold: float = 0.9
+    n_boot: int = 1000
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        for name in ("threshold", "gl_threshold"):
+            t = getattr(self, name, None)
+            if t is not None and not -1.0 <= t <= 1.0:
+                raise ValueError(f"{name} must be in [-1, 1] (a cosine similarity), got {t}")
+        if self.similarity == "sscd" and not self.sscd_path:
+            raise ValueError("similarity = 'sscd' needs sscd_path, the local SSCD model file")
+        if self.count < 2 or self.n_boot < 0:
+            raise ValueError(f"count must be >= 2 and n_boot >= 0, got count = {self.count}, n_boot = {self.n_boot}")
+
+
+@dataclass(frozen=True)
+class StudyFields(ScoringFields):
+    """``ScoringFields`` plus the training ``data`` and the ODE solver's ``sampler_steps``."""
+
+    data: str = "digits"
+    sampler_steps: int = 18
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.sampler_steps < 1:
+            raise ValueError(f"sampler_steps must be >= 1, got {self.sampler_steps}")
+
+
+def check_samplers(names: tuple[str, ...] | list[str], *, stochastic: bool = False) -> None:
+    """Each name an ODE solver of ``sampling.SAMPLERS`` (or, with ``stochastic``, a stochastic sampler)."""
+    valid = sorted(sampling.SAMPLERS) + (sorted(sampling.STOCHASTIC_SAMPLERS) if stochastic else [])
+    for s in names:
+        if s not in valid:
+            raise ValueError(f"unknown sampler {s!r}; choose from {valid}")
+
+
+def check_sizes(sizes: tuple[int, ...]) -> None:
+    if not sizes or any(n < 1 for n in sizes) or list(sizes) != sorted(set(sizes)):
+        raise ValueError(f"sizes must be increasing positive integers, got {list(sizes)}")
+
+
+def scoring_features(cfg: ScoringFields, device: str | None = None) -> similarity.FeatureMap:
+    """The study's feature map (``similarity`` and, for SSCD, ``sscd_path``; ``device`` where given)."""
+    kwargs: dict[str, Any] = {"path": cfg.sscd_path} if cfg.sscd_path else {}
+    if device is not None and cfg.similarity == "sscd":
+        kwargs["device"] = device
+    return similarity.make_features(cfg.similarity, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------- models
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model of a study: its name and training settings (a subset of ``TrainConfig``).
+    ``seed`` < 0 means "the model's position in the list", so models differ in initialisation and in
+    the noise of their training batches, as independently trained models do.
+
+    ``source = "diffusers"`` with ``path`` (a local ``save_pretrained`` folder of a ``UNet2DModel`` and its
+    scheduler, see ``adapters/diffusers.py``) brings in an outside checkpoint instead: it is not trained, it is
+    loaded once and sampled from the same noise at every size N next to the trained models (GL against each
+    subset); the training settings are then ignored."""
+
+    name: str
+    net: dict[str, Any] = field(default_factory=dict)
+    kernel: dict[str, Any] = field(default_factory=lambda: {"name": "edm"})
+    objective: dict[str, Any] = field(default_factory=lambda: {"name": "dsm"})
+    steps: int = 1000
+    batch_size: int = 64
+    lr: float = 2e-3
+    ema_halflife: float = 2000.0
+    seed: int = -1
+    source: str = "train"
+    path: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.name or self.name == OPTIMAL or not self.name.replace("-", "").replace("_", "").isalnum():
+            raise ValueError(f"model name {self.name!r} must be a non-empty word (letters, digits, - or _), "
+                             f"not {OPTIMAL!r}")
+        if self.source not in SOURCES:
+            raise ValueError(f"model {self.name!r}: unknown source {self.source!r}; choose from {list(SOURCES)}")
+        if self.source == "train" and not self.net:
+            raise ValueError(f"model {self.name!r}: a trained model needs net (e.g. net = {{ name = \"unet\" }})")
+        if self.source == "diffusers" and not self.path:
+            raise ValueError(f"model {self.name!r}: source = \"diffusers\" needs path, a local model folder")
+
+
+UNET = {"name": "unet", "model_channels": 32, "channel_mult": [1, 2], "dropout": 0.0}
+MLP = {"name": "mlp", "hidden": 512, "depth": 4}
+
+
+def default_models() -> tuple[ModelSpec, ...]:
+    """A small U-Net and an MLP: the regime study's (and the GAN/VAE contrast's) diffusion models."""
+    return ModelSpec("unet", UNET, steps=600), ModelSpec("mlp", MLP, steps=800)
+
+
+def model_train_config(spec: ModelSpec, index: int, data: DataConfig, device: str, **extra: Any) -> TrainConfig:
+    """``spec.steps`` count at ``spec.batch_size``; where the data are fewer than a batch, the batch shrinks to
+    the data and the steps grow so that every run of the model sees the same number of training images.
+    ``extra``: further ``TrainConfig`` fields (e.g. ``finetune``, ``label_dropout``)."""
+    n = data.n or len(load_training_data(TrainConfig(data=dataclasses.replace(data, n=0), batch_size=1)))
+    batch = min(spec.batch_size, n)
+    steps = -(-spec.steps * spec.batch_size // batch)
+    return TrainConfig(
+        data=data, net=spec.net, kernel=spec.kernel, objective=spec.objective, steps=steps, batch_size=batch,
+        lr=spec.lr, ema_halflife=spec.ema_halflife, seed=index if spec.seed < 0 else spec.seed, device=device,
+        checkpoint_every=max(1, steps // 4), log_every=max(1, steps // 20), **extra,
+    )
+
+
+def train_model(cfg: TrainConfig, run_dir: Path, device: str) -> Any:
+    """Train (or resume, or skip when finished) one run and load its EMA denoiser."""
+    train(cfg, run_dir)
+    return load_model(run_dir, device=device)[0]
+
+
+@contextlib.contextmanager
+def record_failure(failed: list[dict[str, Any]], entry: dict[str, Any], prefix: str = "",
+                   errors: tuple[type[Exception], ...] = FAILURES) -> Iterator[None]:
+    """Run the block; an ``errors`` exception becomes ``{**entry, "error": prefix + message}`` in ``failed``
+    (the study goes on without that model) instead of ending the study."""
+    try:
+        yield
+    except errors as e:
+        failed.append({**entry, "error": f"{prefix}{e}"})
+
+
+def train_models(specs: tuple[ModelSpec, ...] | list[ModelSpec], data: DataConfig, out: Path, device: str,
+                 failed: list[dict[str, Any]], *, prefix: str = "", **extra: Any) -> dict[str, Any]:
+    """Train (or resume, or skip when finished) each model into ``out/runs/{prefix}{name}`` and load its EMA
+    denoiser; a model that fails is appended to ``failed`` and left out."""
+    denoisers: dict[str, Any] = {}
+    for i, spec in enumerate(specs):
+        with record_failure(failed, {"model": spec.name}):
+            cfg = model_train_config(spec, i, data, device, **extra)
+            denoisers[spec.name] = train_model(cfg, out / "runs" / f"{prefix}{spec.name}", device)
+    return denoisers
+
+
+# ---------------------------------------------------------------------------------------------- folders, samples
+@contextlib.contextmanager
+def study_folder(out: str | os.PathLike[str]) -> Iterator[Path]:
+    """Hold the study folder's lock (one study per folder at a time) and clear temp files that a killed run
+    left in its ``samples`` folder."""
+    with folder_lock(out, "study"):
+        remove_stale_temp_files(Path(out) / "samples")
+        yield Path(out)
+
+
+def check_folder(out: Path, config: dict[str, Any]) -> None:
+    """Write ``out/study.json``, or refuse a folder whose ``study.json`` holds another config (so that a resumed
+    study never mixes two configs' runs)."""
+    path = out / "study.json"
+    if path.exists():
+        try:
+            old = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            old = None
+        if _with_model_defaults(old) != config:
+            raise ConfigError(f"{out} holds another study's results (its study.json differs); "
+                              "choose another --out")
+    save_json(path, config)
+
+
+def _with_model_defaults(config: Any) -> Any:
+    """A ``study.json`` written before models had ``source``/``path`` names the same study with the defaults."""
+    if isinstance(config, dict) and isinstance(config.get("models"), list):
+        models = [{"source": "train", "path": ""} | m if isinstance(m, dict) and "net" in m else m
+                  for m in config["models"]]
+        return config | {"models": models}
+    return config
+
+
+def sample_file(out: Path, *parts: Any) -> Path:
+    """``out/samples/{part}-{part}-....npz``."""
+    return out / "samples" / ("-".join(str(p) for p in parts) + ".npz")
+
+
+def save_train_subset(out: Path, n: int, images: Tensor) -> dict[str, Any]:
+    """The ``n`` training images as ``samples/train-n{n}.npz`` (uint8) for the report; its results row."""
+    path = out / "samples" / f"train-n{n}.npz"
+    save_npz(path, images=to_uint8(images))
+    return {"n": n, "path": str(path.relative_to(out))}
+
+
+def read_samples(path: Path, shape: tuple[int, ...]) -> Tensor | None:
+    """The ``samples`` array a previous run wrote to ``path`` if it has ``shape`` ``[count, C, H, W]``, else None."""
+    if not path.exists():
+        return None
+    with np.load(path, allow_pickle=False) as f:
+        return torch.from_numpy(f["samples"]) if f["samples"].shape == shape else None
+
+
+def cached_samples(path: Path, D: Any, seed: int, count: int, shape: tuple[int, ...], *, sampler: str, steps: int,
+                   device: str, cond: Tensor | None = None, noise_seed: int | None = None,
+                   save: bool = True) -> Tensor:
+    """``sampling.sample`` from the shared noise, reused from ``path`` when a previous run wrote samples of this
+    shape there (the study's ``study.json`` guards the rest); with ``save``, new samples are written to ``path``
+    (``samples`` float32 and ``images`` uint8). Non-finite samples raise ``TrainingError``."""
+    if (x := read_samples(path, (count, *shape))) is not None:
+        return x
+    with torch.no_grad():
+        x = sampling.sample(D, seed, count, shape, sampler=sampler, steps=steps, cond=cond, noise_seed=noise_seed,
+                            device=device)
+    check_finite(x)
+    if save:
+        save_npz(path, samples=x, images=to_uint8(x))
+    return x
+
+
+def check_finite(x: Tensor) -> None:
+    if not bool(torch.isfinite(x).all()):
+        raise TrainingError("the model produced NaN/Inf samples")
+
+
+# ---------------------------------------------------------------------------------------------- a run
+@dataclass
+class Context:
+    """One study run: what every step reads (config, folder, device, feature map, image shape) and the list of
+    failures it adds to."""
+
+    cfg: Any
+    out: Path
+    device: str
+    features: similarity.FeatureMap
+    shape: tuple[int, ...]
+    failed: list[dict[str, Any]] = field(default_factory=list)
+
+    def fail(self, prefix: str = "", errors: tuple[type[Exception], ...] = FAILURES, **entry: Any) -> Any:
+        """``record_failure`` into this run's ``failed`` with ``entry`` (e.g. ``model=name``)."""
+        return record_failure(self.failed, entry, prefix, errors)
+
+    def sample(self, path: Path, D: Any, *, sampler: str, cond: Tensor | None = None, noise_seed: int | None = None,
+               save: bool = True) -> Tensor:
+        """``cached_samples`` from the study's shared noise (``cfg.seed``, ``cfg.count``, ``cfg.sampler_steps``)."""
+        return cached_samples(path, D, self.cfg.seed, self.cfg.count, self.shape, sampler=sampler,
+                              steps=self.cfg.sampler_steps, device=self.device, cond=cond, noise_seed=noise_seed,
+                              save=save)
+
+    def rel(self, path: Path) -> str:
+        """``path`` relative to the study folder, as results list it."""
+        return str(path.relative_to(self.out))
+
+
+def open_study(cfg: Any, out: Path, shape: tuple[int, ...], folder_config: dict[str, Any]) -> Context:
+    """Guard the folder (``check_folder`` with ``folder_config``) and set up the run's device and features."""
+    check_folder(out, folder_config)
+    return Context(cfg, out, str(resolve_device(cfg.device)), scoring_features(cfg), tuple(shape))
+
+
+# ---------------------------------------------------------------------------------------------- scores
+def rp_fields(s: metrics.Score) -> dict[str, Any]:
+    """An RP score's results fields."""
+    return {"rp": s.value, "chance": s.chance, "ci": list(s.ci)}
+
+
+def rp_pair(fa: Tensor, fb: Tensor, cfg: ScoringFields) -> metrics.Score:
+    """RP of two models' same-noise samples (features), with its chance level and bootstrap CI."""
+    return metrics.rp_score(fa, fb, threshold=cfg.threshold, n_boot=cfg.n_boot, seed=cfg.seed, features=None,
+                            chance=True)
+
+
+def score_gl(path: Path, x: Tensor, feats: Tensor, train_feats: Tensor, cfg: ScoringFields,
+             threshold: float) -> metrics.Score:
+    """GL of one model's samples ``x`` (features ``feats``) against its training set; the samples are written to
+    ``path`` with their scores (``nearest`` training image and its ``similarity``) for the report."""
+    gl = metrics.gl_score(feats, train_feats, threshold=threshold, n_boot=cfg.n_boot, seed=cfg.seed, features=None)
+    save_npz(path, samples=x, images=to_uint8(x), nearest=gl.nearest, similarity=gl.similarities)
+    return gl
+
+
+# ---------------------------------------------------------------------------------------------- results
+def read_results(path: Path) -> dict[str, Any]:
+    """A study's ``results.json`` (read once per report); one-line ``ValueError`` when it is missing, not JSON,
+    not an object or of another schema."""
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"{path}: not found; is {path.parent} a study folder (reprodiff study --out DIR)?") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: not readable JSON ({type(e).__name__}: {e})".replace("\n", " ")) from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(raw).__name__}")
+    if raw.get("schema") != SCHEMA:
+        raise ValueError(f"{path}: schema {raw.get('schema')!r}, but this reprodiff reads schema {SCHEMA}")
+    return raw
+
+
+def write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
+    """A CSV file, atomically."""
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(header)
+    w.writerows(rows)
+    data = buf.getvalue().encode()
+    atomic_write(path, lambda f: f.write(data))
+
+
+def write_results(out: Path, results: dict[str, Any], t0: float, header: list[str], rows: list[list[Any]]) -> None:
+    """``results.json`` (with the time since ``t0``) and ``results.csv`` (``header``, one row per score),
+    each atomically."""
+    results["timing"] = {"total_s": round(time.perf_counter() - t0, 1)}
+    save_json(out / "results.json", results)
+    write_csv(out / "results.csv", header, rows)

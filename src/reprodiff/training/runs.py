@@ -1,0 +1,47 @@
+"""A training run folder, for every kind of model: ``config.json`` (the run's config, guarded so that a folder
+never mixes two configs), ``model.safetensors`` / ``ema.safetensors`` stamped with their step, ``log.jsonl``; and
+the EMA decay per optimizer step."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ..checkpoint import read_safetensors
+from ..config import ConfigError
+
+__all__ = ["append_log", "ema_beta", "existing_config", "weights_at"]
+
+
+def existing_config(out: Path) -> dict[str, Any] | None:
+    """The run folder's ``config.json`` as a dict (None when the folder has none); one-line ``ConfigError`` when
+    it is not valid JSON."""
+    path = out / "config.json"
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: not valid JSON ({e})") from None
+
+
+def weights_at(out: Path, step: int) -> bool:
+    """Whether model/EMA weights on disk are those of ``step`` (both complete, metadata matching)."""
+    try:
+        return all(read_safetensors(out / f)[1].get("step") == str(step)
+                   for f in ("model.safetensors", "ema.safetensors"))
+    except ValueError:
+        return False
+
+
+def ema_beta(batch_size: int, halflife: float) -> float:
+    """EMA decay per step so that the weight of an image halves every ``halflife`` images (Karras et al. 2022,
+    EDM's ``ema_halflife_kimg``); 0 (no averaging) when ``halflife`` is 0."""
+    return 0.5 ** (batch_size / halflife) if halflife > 0 else 0.0
+
+
+def append_log(path: Path, record: dict[str, Any]) -> None:
+    """One JSON line appended to the run's ``log.jsonl``."""
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
