@@ -4,7 +4,8 @@
 A kind is one module of this package with a ``KIND = base.Kind(name, config class, run, summarize, report)``:
 ``run(cfg, out, progress=...)`` writes ``out/results.json`` (``"schema"``, ``"kind"``, ``"config"``, ...),
 ``summarize(results)`` is plain text and ``report(folder, results)`` returns the page's sections and figures
-(``base.Report``), which ``build_report`` writes. Adding a kind is one module and one line in ``_kinds``.
+(``base.Report``), which ``build_report`` writes, with a "Failed runs" section for every kind. Adding a kind is
+one module and one line in ``_kinds``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 from ..config import ConfigError, from_file_dict, read_toml, suggest
 from ..files import atomic_write
 from .base import Kind, Report, read_results
-from .render import page_html
+from .render import failed_html, page_html
 
 __all__ = ["KINDS", "Kind", "Report", "build_report", "load_config", "run"]
 
@@ -65,7 +66,8 @@ def build_report(study_dir: str | os.PathLike[str]) -> Path:
         rep = kind.report(root, results)
     except (KeyError, TypeError, IndexError) as e:
         raise ValueError(f"{root / 'results.json'}: malformed {name} results ({type(e).__name__}: {e})") from None
+    sections = [*rep.sections, ("Failed runs", failed_html(results.get("failed", [])))]
     for fname, data in rep.files.items():
         atomic_write(root / fname, lambda f, d=data: f.write(d))
-    page = page_html(rep.title, rep.intro, rep.sections, results.get("config", {})).encode("utf-8")
+    page = page_html(rep.title, rep.intro, sections, results.get("config", {})).encode("utf-8")
     return atomic_write(root / "report.html", lambda f: f.write(page))

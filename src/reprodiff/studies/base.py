@@ -27,7 +27,7 @@ from torch import Tensor
 
 from .. import metrics, sampling, similarity
 from ..config import ConfigError, TomlConfig
-from ..data import to_uint8
+from ..data import Dataset, load_dataset, to_uint8
 from ..files import atomic_write, folder_lock, remove_stale_temp_files, save_json, save_npz
 from ..training.train import (
     DataConfig,
@@ -141,6 +141,18 @@ class StudyFields(ScoringFields):
         super().__post_init__()
         if self.sampler_steps < 1:
             raise ValueError(f"sampler_steps must be >= 1, got {self.sampler_steps}")
+
+
+def load_data(cfg: StudyFields, *, labels: str = "") -> Dataset:
+    """The study's dataset, with one-line errors for sizes (``cfg.sizes``, where the kind has them) beyond it
+    and, with ``labels`` (what the study needs them for), for data without labels."""
+    data = load_dataset(cfg.data)
+    if labels and data.labels is None:
+        raise ConfigError(f"{labels}; {cfg.data!r} has no labels")
+    sizes = getattr(cfg, "sizes", ())
+    if sizes and sizes[-1] > len(data):
+        raise ConfigError(f"sizes go up to {sizes[-1]} but {cfg.data!r} has {len(data)} images")
+    return data
 
 
 def check_samplers(names: tuple[str, ...] | list[str], *, stochastic: bool = False) -> None:
@@ -399,6 +411,11 @@ def read_results(path: Path) -> dict[str, Any]:
     if raw.get("schema") != SCHEMA:
         raise ValueError(f"{path}: schema {raw.get('schema')!r}, but this reprodiff reads schema {SCHEMA}")
     return raw
+
+
+def failed_lines(failed: list[dict[str, Any]]) -> list[str]:
+    """One summary line per failed run (``n``: the training-set size, where the kind has sizes)."""
+    return [f"failed: {f['model']}{' at N = ' + str(f['n']) if 'n' in f else ''}: {f['error']}" for f in failed]
 
 
 def write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:

@@ -32,28 +32,12 @@ from torch import Tensor
 
 from .. import metrics
 from ..config import ConfigError
-from ..data import Dataset, load_dataset, subset
+from ..data import Dataset, subset
 from ..guidance import ClassifierFreeGuidance
 from ..training.train import DataConfig, TrainingError
-from .base import (
-    MLP,
-    SCHEMA,
-    UNET,
-    Context,
-    Kind,
-    ModelSpec,
-    Report,
-    StudyFields,
-    check_samplers,
-    open_study,
-    rp_fields,
-    rp_pair,
-    sample_file,
-    study_folder,
-    train_models,
-    write_results,
-)
-from .render import failed_html, figure_html, grid_section, npz_rows, png_bytes, table_html
+from . import base
+from .base import MLP, SCHEMA, UNET, Context, Kind, ModelSpec, Report, StudyFields
+from .render import figure_html, grid_section, npz_rows, png_bytes, table_html
 
 __all__ = ["KIND", "ConditionalStudyConfig", "run_conditional_study"]
 
@@ -96,7 +80,7 @@ class ConditionalStudyConfig(StudyFields):
             raise ValueError("guidance scales other than 1 need label_dropout > 0 (the unconditional branch)")
         if not 0 <= self.label_dropout < 1:
             raise ValueError(f"label_dropout must be in [0, 1), got {self.label_dropout}")
-        check_samplers((self.sampler,))
+        base.check_samplers((self.sampler,))
         if self.n < 0:
             raise ValueError(f"n must be >= 0 (0 = all images), got {self.n}")
 
@@ -110,35 +94,33 @@ def _leave_one_out_accuracy(feats: Tensor, labels: Tensor) -> float:
 def _score_row(fa: Tensor, fb: Tensor, cfg: ConditionalStudyConfig, **keys: Any) -> dict[str, Any]:
     if fa.shape[0] < 2:
         return {**keys, "rp": None, "chance": None, "ci": [None, None], "count": int(fa.shape[0])}
-    s = rp_pair(fa, fb, cfg)
-    return {**keys, **rp_fields(s), "count": s.n}
+    s = base.rp_pair(fa, fb, cfg)
+    return {**keys, **base.rp_fields(s), "count": s.n}
 
 
 def run_conditional_study(cfg: ConditionalStudyConfig | None, out: str | os.PathLike[str], *,
                           progress: bool = False) -> dict[str, Any]:
     """Run (or resume) the conditional study into ``out``; returns the results also in ``results.json``."""
     cfg = cfg or ConditionalStudyConfig()
-    with study_folder(out) as folder:
+    with base.study_folder(out) as folder:
         t0 = time.perf_counter()
-        data = load_dataset(cfg.data)
-        if data.labels is None:
-            raise ConfigError(f"the conditional study needs labelled data; {cfg.data!r} has no labels")
+        data = base.load_data(cfg, labels="the conditional study needs labelled data")
         n = cfg.n or len(data)
         if n > len(data):
             raise ConfigError(f"n = {n} exceeds the {len(data)} images of {cfg.data!r}")
-        ctx = open_study(cfg, folder, data.image_shape, {"kind": "conditional", **cfg.to_dict()})
+        ctx = base.open_study(cfg, folder, data.image_shape, {"kind": "conditional", **cfg.to_dict()})
         classes = int(data.labels.max()) + 1
         labels = torch.arange(cfg.count) % classes  # sample i is conditioned on class i mod classes
         dcfg = DataConfig(name=cfg.data, n=n, seed=cfg.subset_seed)
-        cond = train_models(cfg.conditional, dataclasses.replace(dcfg, conditional=True), folder, ctx.device,
+        cond = base.train_models(cfg.conditional, dataclasses.replace(dcfg, conditional=True), folder, ctx.device,
                             ctx.failed, label_dropout=cfg.label_dropout)
-        uncond = train_models(cfg.unconditional, dcfg, folder, ctx.device, ctx.failed)
+        uncond = base.train_models(cfg.unconditional, dcfg, folder, ctx.device, ctx.failed)
         feats, rows = _draw_all(ctx, cond, uncond, labels)
         results = _results(ctx, data, len(subset(data, n, cfg.subset_seed)), cond, uncond, rows)
         _score(ctx, results, feats, labels, data)
         rows_csv = [[r["pair"], r["a"], r["b"], r["guidance"], r["subset"], r["count"], r["rp"], r["chance"], *r["ci"]]
                     for r in results["rp"]]
-        write_results(folder, results, t0, ["pair", "a", "b", "guidance", "subset", "count", "rp", "chance",
+        base.write_results(folder, results, t0, ["pair", "a", "b", "guidance", "subset", "count", "rp", "chance",
                                             "ci_low", "ci_high"], rows_csv)
         return results
 
@@ -153,7 +135,7 @@ def _draw_all(ctx: Context, cond: dict[str, Any], uncond: dict[str, Any], labels
     feats: dict[str, Tensor] = {}
     rows: list[dict[str, Any]] = []
     for key, D, c in draws:
-        path = sample_file(ctx.out, key)
+        path = base.sample_file(ctx.out, key)
         with ctx.fail(errors=(TrainingError,), model=key):
             feats[key] = ctx.features(ctx.sample(path, D, sampler=ctx.cfg.sampler, cond=c))
             rows.append({"key": key, "path": ctx.rel(path)})
@@ -217,8 +199,7 @@ def summarize(results: dict[str, Any]) -> str:
                      f"{_fmt(r['rp']):>7}{_fmt(r['chance']):>8}")
     for r in results["label_accuracy"]:
         lines.append(f"{r['model']} at guidance {r['guidance']:g}: {r['accuracy']:.2f} of samples show their class")
-    for f in results["failed"]:
-        lines.append(f"failed: {f['model']}: {f['error']}")
+    lines += base.failed_lines(results["failed"])
     lines.append(f"({results['timing']['total_s']:.0f} s)")
     return "\n".join(lines)
 
@@ -283,8 +264,6 @@ def report(root: Path, results: dict[str, Any]) -> Report:
             files["conditional_grid.png"], "same-noise samples",
             f"One row per model (conditional ones at guidance {results['guidance'][0]:g}); column i is noise i, "
             f"conditioned on class i mod {results['classes']}.", "grid")))
-    if results["failed"]:
-        sections.append(("Failed runs", failed_html(results["failed"])))
     return Report("reprodiff: conditional diffusion models", intro, sections, files)
 
 

@@ -29,28 +29,11 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from .. import metrics
-from ..config import ConfigError
-from ..data import Dataset, load_dataset, select_classes
+from ..data import Dataset, select_classes
 from ..training.train import DataConfig, FinetuneConfig, TrainingError, build_model
-from .base import (
-    SCHEMA,
-    UNET,
-    Context,
-    Kind,
-    ModelSpec,
-    Report,
-    StudyFields,
-    check_samplers,
-    model_train_config,
-    open_study,
-    rp_fields,
-    rp_pair,
-    sample_file,
-    study_folder,
-    train_model,
-    write_results,
-)
-from .render import failed_html, figure_html, grid_section, npz_rows, png_bytes, table_html
+from . import base
+from .base import SCHEMA, UNET, Context, Kind, ModelSpec, Report, StudyFields
+from .render import figure_html, grid_section, npz_rows, png_bytes, table_html
 
 __all__ = ["KIND", "FinetuneStudyConfig", "FinetuneVariant", "run_finetune_study"]
 
@@ -114,26 +97,24 @@ class FinetuneStudyConfig(StudyFields):
             raise ValueError("scratch_seeds must be distinct and not empty")
         if self.finetune_steps < 1 or not self.finetune_lr > 0:
             raise ValueError("finetune_steps must be >= 1 and finetune_lr > 0")
-        check_samplers((self.sampler,))
+        base.check_samplers((self.sampler,))
 
 
 def run_finetune_study(cfg: FinetuneStudyConfig | None, out: str | os.PathLike[str], *,
                        progress: bool = False) -> dict[str, Any]:
     """Run (or resume) the fine-tuning study into ``out``; returns the results also in ``results.json``."""
     cfg = cfg or FinetuneStudyConfig()
-    with study_folder(out) as folder:
+    with base.study_folder(out) as folder:
         t0 = time.perf_counter()
-        data = load_dataset(cfg.data)
-        if data.labels is None:
-            raise ConfigError(f"the fine-tuning study splits the data by class; {cfg.data!r} has no labels")
+        data = base.load_data(cfg, labels="the fine-tuning study splits the data by class")
         for name in ("source_classes", "target_classes"):
             select_classes(data, getattr(cfg, name))  # a one-line error for classes the data do not have
         _check_variants(cfg, data.image_shape)
-        ctx = open_study(cfg, folder, data.image_shape, {"kind": "finetune", **cfg.to_dict()})
+        ctx = base.open_study(cfg, folder, data.image_shape, {"kind": "finetune", **cfg.to_dict()})
         runs = _train_all(ctx)
         feats, paths = _draw_all(ctx, runs)
         results = _results(ctx, data, runs, feats, paths)
-        write_results(folder, results, t0, ["variant", "trainable_share", "versus", "rp", "chance", "ci_low",
+        base.write_results(folder, results, t0, ["variant", "trainable_share", "versus", "rp", "chance", "ci_low",
                                             "ci_high"], _csv_rows(results))
         return results
 
@@ -147,7 +128,7 @@ def _check_variants(cfg: FinetuneStudyConfig, image_shape: tuple[int, int, int])
     """Build each variant's network once (no weights), so a layer name that does not exist fails before any
     training, with the nearest valid name."""
     for v in cfg.variants:
-        tc = model_train_config(cfg.model, 0, DataConfig(name=cfg.data, n=1), "cpu",
+        tc = base.model_train_config(cfg.model, 0, DataConfig(name=cfg.data, n=1), "cpu",
                                 finetune=dataclasses.replace(_finetune_config(v, Path(".")), init=""))
         build_model(tc, image_shape)
 
@@ -181,8 +162,8 @@ def _train_jobs(ctx: Context, jobs: list[tuple[str, ModelSpec, DataConfig, dict[
     runs: dict[str, Any] = {}
     for name, spec, data, extra in jobs:
         with ctx.fail(model=name):
-            runs[name] = train_model(model_train_config(spec, 0, data, ctx.device, **extra), ctx.out / "runs" / name,
-                                     ctx.device)
+            cfg = base.model_train_config(spec, 0, data, ctx.device, **extra)
+            runs[name] = base.train_model(cfg, ctx.out / "runs" / name, ctx.device)
     return runs
 
 
@@ -190,7 +171,7 @@ def _draw_all(ctx: Context, runs: dict[str, Any]) -> tuple[dict[str, Tensor], di
     feats: dict[str, Tensor] = {}
     paths: dict[str, str] = {}
     for name, D in runs.items():
-        path = sample_file(ctx.out, name)
+        path = base.sample_file(ctx.out, name)
         with ctx.fail(errors=(TrainingError,), model=name):
             feats[name] = ctx.features(ctx.sample(path, D, sampler=ctx.cfg.sampler))
             paths[name] = ctx.rel(path)
@@ -207,7 +188,9 @@ def _results(ctx: Context, data: Dataset, runs: dict[str, Any], feats: dict[str,
     target_set = torch.tensor(cfg.target_classes)
 
     def rp(a: str, b: str) -> dict[str, Any] | None:
-        return {"a": a, "b": b, **rp_fields(rp_pair(feats[a], feats[b], cfg))} if a in feats and b in feats else None
+        if a not in feats or b not in feats:
+            return None
+        return {"a": a, "b": b, **base.rp_fields(base.rp_pair(feats[a], feats[b], cfg))}
 
     scratch = [f"scratch-{s}" for s in cfg.scratch_seeds]
     refs = [*(rp(a, b) for i, a in enumerate(scratch) for b in scratch[i + 1:]),
@@ -254,8 +237,7 @@ def summarize(results: dict[str, Any]) -> str:
     for r in results["references"]:
         lines.append(f"reference {r['a']} / {r['b']}: RP {r['rp']:.2f} (chance {r['chance']:.2f})")
     lines.append("target share: " + ", ".join(f"{k} {v:.2f}" for k, v in share.items() if not k.startswith("ft-")))
-    for f in results["failed"]:
-        lines.append(f"failed: {f['model']}: {f['error']}")
+    lines += base.failed_lines(results["failed"])
     lines.append(f"({results['timing']['total_s']:.0f} s)")
     return "\n".join(lines)
 
@@ -322,8 +304,6 @@ def report(root: Path, results: dict[str, Any]) -> Report:
     if "finetune_grid.png" in files:
         sections.append(("Samples from the same noise", figure_html(files["finetune_grid.png"], "samples",
                                                                     "One row per model; column i: noise i.", "grid")))
-    if results["failed"]:
-        sections.append(("Failed runs", failed_html(results["failed"])))
     return Report("reprodiff: fine-tuned diffusion models", intro, sections, files)
 
 

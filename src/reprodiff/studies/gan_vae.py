@@ -24,35 +24,13 @@ import numpy as np
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from ..config import ConfigError
-from ..data import load_dataset, subset
+from ..data import subset
 from ..training.baselines import BaselineConfig, load_baseline, train_baseline
 from ..training.baselines import sample as sample_baseline
 from ..training.train import DataConfig, TrainingError
-from .base import (
-    SCHEMA,
-    Context,
-    Kind,
-    ModelSpec,
-    Report,
-    StudyFields,
-    check_finite,
-    check_samplers,
-    check_sizes,
-    default_models,
-    model_train_config,
-    open_study,
-    read_samples,
-    rp_fields,
-    rp_pair,
-    sample_file,
-    save_train_subset,
-    score_gl,
-    study_folder,
-    train_model,
-    write_results,
-)
-from .render import failed_html, figure_html, grid_section, npz_rows, png_bytes, table_html
+from . import base
+from .base import SCHEMA, Context, Kind, ModelSpec, Report, StudyFields
+from .render import figure_html, grid_section, npz_rows, png_bytes, table_html
 
 __all__ = ["DIFFUSION", "KIND", "BaselineSpec", "GanVaeConfig", "default_gan_vae", "report", "run_gan_vae", "summarize"]
 
@@ -104,14 +82,14 @@ class GanVaeConfig(StudyFields):
     sizes: tuple[int, ...] = (1797,)
     subset_seed: int = 0
     baselines: tuple[BaselineSpec, ...] = field(default_factory=_default_baselines)
-    diffusion: tuple[ModelSpec, ...] = field(default_factory=default_models)
+    diffusion: tuple[ModelSpec, ...] = field(default_factory=base.default_models)
     train_seed: int = 0
     sampler: str = "heun"
     gl_threshold: float = 0.98
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_sizes(self.sizes)
+        base.check_sizes(self.sizes)
         names = [m.name for m in self.baselines] + [m.name for m in self.diffusion]
         if len(names) < 2 or len(set(names)) != len(names):
             raise ValueError(f"the study needs at least two models with distinct names, got {names}")
@@ -119,7 +97,7 @@ class GanVaeConfig(StudyFields):
             dims = {b.name: b.latent_dim for b in self.baselines if b.family == fam}
             if len(set(dims.values())) > 1:
                 raise ValueError(f"the {fam} models must share latent_dim (they decode the same latents), got {dims}")
-        check_samplers((self.sampler,))
+        base.check_samplers((self.sampler,))
 
     def families(self) -> dict[str, str]:
         """Model name -> family (``gan``, ``vae`` or ``diffusion``), in the study's order."""
@@ -145,12 +123,10 @@ def _baseline_config(cfg: GanVaeConfig, spec: BaselineSpec, n: int) -> BaselineC
 def run_gan_vae(cfg: GanVaeConfig | None, out: str | Path, *, progress: bool = False) -> dict[str, Any]:
     """Run (or resume) the study into ``out``; returns the results dict also written to ``results.json``."""
     cfg = cfg or default_gan_vae()
-    with study_folder(out) as folder:
+    with base.study_folder(out) as folder:
         t0 = time.perf_counter()
-        data = load_dataset(cfg.data)
-        if cfg.sizes[-1] > len(data):
-            raise ConfigError(f"sizes go up to {cfg.sizes[-1]} but {cfg.data!r} has {len(data)} images")
-        ctx = open_study(cfg, folder, data.image_shape, {"kind": NAME, **cfg.to_dict()})
+        data = base.load_data(cfg)
+        ctx = base.open_study(cfg, folder, data.image_shape, {"kind": NAME, **cfg.to_dict()})
         results: dict[str, Any] = {
             "schema": SCHEMA, "kind": NAME, "config": cfg.to_dict(), "sizes": list(cfg.sizes),
             "models": [{"name": k, "family": f} for k, f in cfg.families().items()],
@@ -158,7 +134,7 @@ def run_gan_vae(cfg: GanVaeConfig | None, out: str | Path, *, progress: bool = F
             "rp": [], "gl": [], "samples": [], "train": [], "failed": ctx.failed}
         for n in cfg.sizes:
             train_set = subset(data, n, cfg.subset_seed)
-            results["train"].append(save_train_subset(folder, n, train_set.images))
+            results["train"].append(base.save_train_subset(folder, n, train_set.images))
             samples = _sample_all(ctx, n, progress)
             _score(ctx, results, n, train_set.images, samples)
             _write(ctx, results, t0)
@@ -185,7 +161,7 @@ def _baseline_samples(ctx: Context, spec: BaselineSpec, n: int) -> Tensor:
     """A GAN's or VAE's decodes of the shared latents (read back where a previous run wrote them)."""
     run_dir = ctx.out / "runs" / f"{spec.name}-n{n}"
     train_baseline(_baseline_config(ctx.cfg, spec, n), run_dir)
-    x = read_samples(sample_file(ctx.out, spec.name, f"n{n}"), (ctx.cfg.count, *ctx.shape))
+    x = base.read_samples(base.sample_file(ctx.out, spec.name, f"n{n}"), (ctx.cfg.count, *ctx.shape))
     if x is None:
         model, _ = load_baseline(run_dir, device=ctx.device)
         x = sample_baseline(model, ctx.cfg.seed, ctx.cfg.count)
@@ -194,10 +170,10 @@ def _baseline_samples(ctx: Context, spec: BaselineSpec, n: int) -> Tensor:
 
 def _diffusion_samples(ctx: Context, spec: ModelSpec, n: int) -> Tensor:
     cfg = ctx.cfg
-    tc = model_train_config(spec, cfg.train_seed, DataConfig(name=cfg.data, n=n, seed=cfg.subset_seed), cfg.device)
-    D = train_model(tc, ctx.out / "runs" / f"{spec.name}-n{n}", ctx.device)
+    tc = base.model_train_config(spec, cfg.train_seed, DataConfig(name=cfg.data, n=n, seed=cfg.subset_seed), cfg.device)
+    D = base.train_model(tc, ctx.out / "runs" / f"{spec.name}-n{n}", ctx.device)
     # written once by _score, with the samples' scores
-    return ctx.sample(sample_file(ctx.out, spec.name, f"n{n}"), D, sampler=cfg.sampler, save=False)
+    return ctx.sample(base.sample_file(ctx.out, spec.name, f"n{n}"), D, sampler=cfg.sampler, save=False)
 
 
 def _score(ctx: Context, results: dict[str, Any], n: int, train_images: Tensor, samples: dict[str, Tensor]) -> None:
@@ -207,16 +183,16 @@ def _score(ctx: Context, results: dict[str, Any], n: int, train_images: Tensor, 
     feats: dict[str, Tensor] = {}
     for name, x in samples.items():
         with ctx.fail(errors=(TrainingError,), n=n, model=name):
-            check_finite(x)
+            base.check_finite(x)
             feats[name] = ctx.features(x)
-            path = sample_file(ctx.out, name, f"n{n}")
-            gl = score_gl(path, x, feats[name], train_feats, cfg, cfg.gl_threshold)
+            path = base.sample_file(ctx.out, name, f"n{n}")
+            gl = base.score_gl(path, x, feats[name], train_feats, cfg, cfg.gl_threshold)
             results["samples"].append({"n": n, "model": name, "path": ctx.rel(path)})
             results["gl"].append({"n": n, "model": name, "family": fam[name], "gl": gl.value, "ci": list(gl.ci)})
     for a, b in combinations(feats, 2):
-        rp = rp_pair(feats[a], feats[b], cfg)
+        rp = base.rp_pair(feats[a], feats[b], cfg)
         results["rp"].append({"n": n, "a": a, "b": b, "family_a": fam[a], "family_b": fam[b],
-                              "within": fam[a] if fam[a] == fam[b] else None, **rp_fields(rp),
+                              "within": fam[a] if fam[a] == fam[b] else None, **base.rp_fields(rp),
                               "mean_similarity": float(rp.similarities.mean()),
                               "mean_similarity_mismatched": _mismatched_mean(feats[a], feats[b])})
 
@@ -232,7 +208,7 @@ def _write(ctx: Context, results: dict[str, Any], t0: float) -> None:
     rows = [["rp", r["n"], r["a"], r["b"], r["within"] or "across", r["rp"], r["chance"], *r["ci"]]
             for r in results["rp"]]
     rows += [["gl", r["n"], r["model"], "", r["family"], r["gl"], "", *r["ci"]] for r in results["gl"]]
-    write_results(ctx.out, results, t0, ["kind", "n", "a", "b", "family", "value", "chance", "ci_low", "ci_high"],
+    base.write_results(ctx.out, results, t0, ["kind", "n", "a", "b", "family", "value", "chance", "ci_low", "ci_high"],
                   rows)
 
 
@@ -267,8 +243,7 @@ def summarize(results: dict[str, Any]) -> str:
             lines.append(f"  RP across families: max {top['rp']:.2f} ({top['a']}/{top['b']}) over {len(across)} pairs")
         gl = [r for r in results["gl"] if r["n"] == n]
         lines.append("  GL " + "  ".join(f"{r['model']} {r['gl']:.2f}" for r in gl))
-    for f in results["failed"]:
-        lines.append(f"failed: {f['model']} at N = {f['n']}: {f['error']}")
+    lines += base.failed_lines(results["failed"])
     sim = results["similarity"]
     lines.append(f"({sim['backend']} similarity > {sim['threshold']} for RP, > {sim['gl_threshold']} for GL; "
                  f"{results['timing']['total_s']:.0f} s)")
@@ -360,8 +335,6 @@ def report(folder: Path, results: dict[str, Any]) -> Any:
     sections.append(("Scores", table_html(["N", "pair", "family", "RP", "95% CI", "chance", "mean similarity",
                                          "mean similarity, mismatched"], rows)
                      + table_html(["N", "model", "family", "GL", "95% CI"], gl_rows)))
-    if results["failed"]:
-        sections.append(("Failed runs", failed_html(results["failed"])))
     sim = results["similarity"]
     intro = ("<p>Is reproducibility special to diffusion models? Two GANs, two VAEs and two diffusion models "
              "(one convolutional, one MLP each) trained on the same images from the same seed; GANs and VAEs decode "

@@ -27,29 +27,13 @@ from torch import Tensor
 
 from .. import sampling
 from ..config import ConfigError
-from ..data import held_out, load_dataset, to_uint8
+from ..data import held_out, to_uint8
 from ..files import save_npz
 from ..inverse import Operator, check_operator_spec, make_method, make_operator, measure, operator_name
 from ..training.train import DataConfig, TrainingError
-from .base import (
-    MLP,
-    SCHEMA,
-    UNET,
-    Context,
-    Kind,
-    ModelSpec,
-    Report,
-    StudyFields,
-    check_samplers,
-    open_study,
-    rp_fields,
-    rp_pair,
-    sample_file,
-    study_folder,
-    train_models,
-    write_results,
-)
-from .render import failed_html, figure_html, grid_section, npz_rows, png_bytes, table_html
+from . import base
+from .base import MLP, SCHEMA, UNET, Context, Kind, ModelSpec, Report, StudyFields
+from .render import figure_html, grid_section, npz_rows, png_bytes, table_html
 
 __all__ = ["KIND", "InverseStudyConfig", "run_inverse_study"]
 
@@ -92,7 +76,7 @@ class InverseStudyConfig(StudyFields):
         names = [m.name for m in self.models]
         if len(names) < 2 or len(set(names)) != len(names):
             raise ValueError(f"an inverse study needs at least two models with distinct names, got {names}")
-        check_samplers(self.samplers, stochastic=True)
+        base.check_samplers(self.samplers, stochastic=True)
         if not self.operators or not self.methods or not self.samplers:
             raise ValueError("operators, methods and samplers must not be empty")
         for op in self.operators:  # names and options now; values against the image shape at run time
@@ -124,15 +108,15 @@ def run_inverse_study(cfg: InverseStudyConfig | None, out: str | os.PathLike[str
                       progress: bool = False) -> dict[str, Any]:
     """Run (or resume) the inverse-problem study into ``out``; returns the results also in ``results.json``."""
     cfg = cfg or InverseStudyConfig()
-    with study_folder(out) as folder:
+    with base.study_folder(out) as folder:
         t0 = time.perf_counter()
-        data = load_dataset(cfg.data)
+        data = base.load_data(cfg)
         if cfg.n + cfg.count > len(data):
             raise ConfigError(f"n + count = {cfg.n + cfg.count} exceeds the {len(data)} images of {cfg.data!r}")
         ops = [make_operator(spec, data.image_shape) for spec in cfg.operators]  # shape errors before training
-        ctx = open_study(cfg, folder, data.image_shape, {"kind": "inverse", **cfg.to_dict()})
+        ctx = base.open_study(cfg, folder, data.image_shape, {"kind": "inverse", **cfg.to_dict()})
         truth = held_out(data, cfg.n, cfg.count, cfg.subset_seed).images  # [count, C, H, W]
-        models = train_models(cfg.models, DataConfig(name=cfg.data, n=cfg.n, seed=cfg.subset_seed), folder,
+        models = base.train_models(cfg.models, DataConfig(name=cfg.data, n=cfg.n, seed=cfg.subset_seed), folder,
                               ctx.device, ctx.failed)
         results = _new_results(ctx, models)
         for i, (spec, op) in enumerate(zip(cfg.operators, ops, strict=True)):
@@ -162,7 +146,7 @@ def _measure(ctx: Context, results: dict[str, Any], i: int, spec: dict[str, Any]
     cfg = ctx.cfg
     n_y = sampling.noise(cfg.measurement_seed, cfg.count, op.measurement_shape())
     y = measure(op, truth.double(), cfg.sigma_y, n_y).float()
-    path = sample_file(ctx.out, f"problem{i}")
+    path = base.sample_file(ctx.out, f"problem{i}")
     save_npz(path, truth=to_uint8(truth), y=y, y_image=to_uint8(op.pinv(y.double()).float().clamp(-1, 1)))
     results["problems"].append({"operator": operator_name(spec), "path": ctx.rel(path)})
     return _Problem(i, spec, op, y, ctx.features(truth))
@@ -180,11 +164,11 @@ def _solve_and_score(ctx: Context, results: dict[str, Any], problem: _Problem, m
     for a, b in combinations(feats, 2):
         results["rp"].append({"operator": problem.name, "method": mspec["name"], "sampler": sampler, "a": a, "b": b,
                               "group": "within" if arch[a] == arch[b] else "across",
-                              **rp_fields(rp_pair(feats[a], feats[b], ctx.cfg))})
+                              **base.rp_fields(base.rp_pair(feats[a], feats[b], ctx.cfg))})
 
 
 def _solution_file(ctx: Context, problem: _Problem, mspec: dict[str, Any], sampler: str, name: str) -> Path:
-    return sample_file(ctx.out, f"problem{problem.index}", mspec["name"], sampler, name)
+    return base.sample_file(ctx.out, f"problem{problem.index}", mspec["name"], sampler, name)
 
 
 def _solve(ctx: Context, problem: _Problem, mspec: dict[str, Any], sampler: str, name: str, D: Any) -> Tensor | None:
@@ -208,7 +192,7 @@ def _consistency(ctx: Context, problem: _Problem, mspec: dict[str, Any], sampler
 
 
 def _write(ctx: Context, results: dict[str, Any], t0: float) -> None:
-    write_results(ctx.out, results, t0, ["operator", "method", "sampler", "a", "b", "group", "rp", "chance",
+    base.write_results(ctx.out, results, t0, ["operator", "method", "sampler", "a", "b", "group", "rp", "chance",
                                          "ci_low", "ci_high"],
                   [[r["operator"], r["method"], r["sampler"], r["a"], r["b"], r["group"], r["rp"], r["chance"],
                     *r["ci"]] for r in results["rp"]])
@@ -243,8 +227,7 @@ def summarize(results: dict[str, Any]) -> str:
     for r in _group_means(results):
         lines.append(f"{r['operator']:<28}{r['method']:>7}{r['sampler']:>11}{_fmt(r['within']):>11}"
                      f"{_fmt(r['across']):>11}{_fmt(r['chance']):>8}{_fmt(r['residual_rms'], '.4f'):>12}")
-    for f in results["failed"]:
-        lines.append(f"failed: {f['model']}: {f['error']}")
+    lines += base.failed_lines(results["failed"])
     lines.append(f"(within: pairs of the same architecture {sorted(set(results['architectures'].values()))}; "
                  f"{results.get('timing', {}).get('total_s', 0):.0f} s)")
     return "\n".join(lines)
@@ -317,8 +300,6 @@ def report(root: Path, results: dict[str, Any]) -> Report:
             p, f"problem {i}", f"Rows: the true held-out image, the measurement mapped back by the pseudo-inverse, "
                                f"and each model's solution ({results['methods'][-1]}, {results['samplers'][0]}); "
                                "column i: the same image and the same noise.", "grid")))
-    if results["failed"]:
-        sections.append(("Failed runs", failed_html(results["failed"])))
     return Report("reprodiff: inverse problems", intro, sections, files)
 
 

@@ -20,36 +20,14 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..config import ConfigError
-from ..data import Dataset, load_dataset, subset, to_uint8
+from ..data import Dataset, subset, to_uint8
 from ..encoding import compare_encodings, encodings_of
 from ..files import save_npz
 from ..optimal import EmpiricalOptimalDenoiser
 from ..similarity import FeatureMap
 from ..training.train import DataConfig, TrainingError, resolve_device
-from .base import (
-    FAILURES,
-    OPTIMAL,
-    SCHEMA,
-    Kind,
-    ModelSpec,
-    StudyFields,
-    cached_samples,
-    check_folder,
-    check_samplers,
-    check_sizes,
-    default_models,
-    model_train_config,
-    record_failure,
-    rp_fields,
-    rp_pair,
-    sample_file,
-    save_train_subset,
-    score_gl,
-    scoring_features,
-    study_folder,
-    train_model,
-    write_results,
-)
+from . import base
+from .base import FAILURES, OPTIMAL, SCHEMA, Kind, ModelSpec, StudyFields
 from .regime_report import report
 
 __all__ = ["KIND", "StudyConfig", "default_study", "run_study", "summarize"]
@@ -69,7 +47,7 @@ class StudyConfig(StudyFields):
 
     sizes: tuple[int, ...] = (16, 32, 128, 1797)
     subset_seed: int = 0
-    models: tuple[ModelSpec, ...] = field(default_factory=default_models)
+    models: tuple[ModelSpec, ...] = field(default_factory=base.default_models)
     samplers: tuple[str, ...] = ("heun",)
     gl_threshold: float | None = None
     optimal: bool = True
@@ -77,13 +55,13 @@ class StudyConfig(StudyFields):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_sizes(self.sizes)
+        base.check_sizes(self.sizes)
         names = [m.name for m in self.models]
         if not names or len(set(names)) != len(names):
             raise ValueError(f"models need distinct names, got {names}")
         if len(names) + int(self.optimal) < 2:
             raise ValueError("a study needs at least two models (or one model and optimal = true)")
-        check_samplers(self.samplers)
+        base.check_samplers(self.samplers)
         if self.encode_count < 0 or self.encode_count == 1:
             raise ValueError(f"encode_count must be 0 (off) or >= 2, got {self.encode_count}")
 
@@ -113,21 +91,19 @@ class _Run:
 
     def fail(self, n: int, model: str, prefix: str = "", errors: tuple[type[Exception], ...] = FAILURES) -> Any:
         """``record_failure`` for model ``model`` at size ``n``."""
-        return record_failure(self.results["failed"], {"n": n, "model": model}, prefix, errors)
+        return base.record_failure(self.results["failed"], {"n": n, "model": model}, prefix, errors)
 
 
 def run_study(cfg: StudyConfig | None, out: str | os.PathLike[str], *, progress: bool = False) -> dict[str, Any]:
     """Run (or resume) the study into ``out``; returns the results dict also written to ``results.json``."""
     cfg = cfg or default_study()
-    with study_folder(out) as folder:
+    with base.study_folder(out) as folder:
         t0 = time.perf_counter()
-        data = load_dataset(cfg.data)
-        if cfg.sizes[-1] > len(data):
-            raise ConfigError(f"sizes go up to {cfg.sizes[-1]} but {cfg.data!r} has {len(data)} images")
+        data = base.load_data(cfg)
         device = str(resolve_device(cfg.device))
         outside = _load_outside_models(cfg, data.image_shape, device)
-        check_folder(folder, cfg.to_dict())
-        run = _Run(cfg, folder, device, scoring_features(cfg), _new_results(cfg), outside)
+        base.check_folder(folder, cfg.to_dict())
+        run = _Run(cfg, folder, device, base.scoring_features(cfg), _new_results(cfg), outside)
         with tqdm(total=len(cfg.sizes) * len(cfg.models), disable=not progress, desc="study", unit="run") as bar:
             for n in cfg.sizes:
                 _run_size(run, data, n, bar)
@@ -145,7 +121,7 @@ def _new_results(cfg: StudyConfig) -> dict[str, Any]:
 def _run_size(run: _Run, data: Dataset, n: int, bar: Any) -> None:
     """Train, sample and score every model at training-set size ``n``, then the encoder direction."""
     train_set = subset(data, n, run.cfg.subset_seed)
-    run.results["train"].append(save_train_subset(run.out, n, train_set.images))
+    run.results["train"].append(base.save_train_subset(run.out, n, train_set.images))
     denoisers = _train_all(run, n, bar)
     if run.cfg.optimal:
         denoisers[OPTIMAL] = EmpiricalOptimalDenoiser(train_set.images, device=run.device)
@@ -163,8 +139,8 @@ def _train_all(run: _Run, n: int, bar: Any) -> dict[str, Any]:
             denoisers[spec.name] = run.outside[spec.name]
         else:
             with run.fail(n, spec.name):
-                cfg = model_train_config(spec, i, data, run.cfg.device)
-                denoisers[spec.name] = train_model(cfg, run.out / "runs" / f"{spec.name}-n{n}", run.device)
+                cfg = base.model_train_config(spec, i, data, run.cfg.device)
+                denoisers[spec.name] = base.train_model(cfg, run.out / "runs" / f"{spec.name}-n{n}", run.device)
         bar.update()
     return denoisers
 
@@ -175,8 +151,9 @@ def _sample(run: _Run, name: str, D: Any, n: int, sampler: str, shape: tuple[int
     with run.fail(n, name, f"{sampler}: ", (TrainingError,)):
         x = run.fixed.get((name, sampler))
         if x is None:  # written once by _score_size, with the samples' scores
-            x = cached_samples(sample_file(run.out, name, f"n{n}", sampler), D, run.cfg.seed, run.cfg.count, shape,
-                               sampler=sampler, steps=run.cfg.sampler_steps, device=run.device, save=False)
+            x = base.cached_samples(base.sample_file(run.out, name, f"n{n}", sampler), D, run.cfg.seed,
+                                    run.cfg.count, shape, sampler=sampler, steps=run.cfg.sampler_steps,
+                                    device=run.device, save=False)
         if name in run.outside:
             run.fixed[(name, sampler)] = x
         return x
@@ -195,15 +172,15 @@ def _score_size(run: _Run, n: int, train_images: Tensor, denoisers: dict[str, An
             if (x := _sample(run, name, D, n, sampler, tuple(train_images.shape[1:]))) is None:
                 continue
             feats[name] = run.features(x)
-            path = sample_file(run.out, name, f"n{n}", sampler)
-            gl = score_gl(path, x, feats[name], train_feats, cfg, cfg.gl)
+            path = base.sample_file(run.out, name, f"n{n}", sampler)
+            gl = base.score_gl(path, x, feats[name], train_feats, cfg, cfg.gl)
             if sampler == cfg.samplers[0]:
                 first_sampler[name] = x
             res["samples"].append({"n": n, "model": name, "sampler": sampler, "path": str(path.relative_to(run.out))})
             res["gl"].append({"n": n, "model": name, "sampler": sampler, "gl": gl.value, "ci": list(gl.ci)})
         for a, b in combinations(feats, 2):
-            rp = rp_pair(feats[a], feats[b], cfg)
-            res["rp"].append({"n": n, "a": a, "b": b, "sampler": sampler, **rp_fields(rp)})
+            rp = base.rp_pair(feats[a], feats[b], cfg)
+            res["rp"].append({"n": n, "a": a, "b": b, "sampler": sampler, **base.rp_fields(rp)})
     return first_sampler
 
 
@@ -245,7 +222,8 @@ def _write(run: _Run, t0: float) -> None:
     res = run.results
     rows = [["rp", r["n"], r["a"], r["b"], r["sampler"], r["rp"], r["chance"], *r["ci"]] for r in res["rp"]]
     rows += [["gl", r["n"], r["model"], "", r["sampler"], r["gl"], "", *r["ci"]] for r in res["gl"]]
-    write_results(run.out, res, t0, ["kind", "n", "a", "b", "sampler", "value", "chance", "ci_low", "ci_high"], rows)
+    header = ["kind", "n", "a", "b", "sampler", "value", "chance", "ci_low", "ci_high"]
+    base.write_results(run.out, res, t0, header, rows)
 
 
 def _load_outside_models(cfg: StudyConfig, image_shape: tuple[int, ...], device: str) -> dict[str, Any]:
@@ -283,8 +261,7 @@ def summarize(results: dict[str, Any]) -> str:
         cells = [f"{gl[(n, m)]:11.2f}" if (n, m) in gl else f"{'-':>11}" for m in results["models"]]
         cells += [f"{rp[(n, a, b)]:>{len(a) + len(b) + 4}.2f}" if (n, a, b) in rp else "-" for a, b in pairs]
         lines.append(f"{n:>6}  " + "  ".join(cells))
-    for f in results["failed"]:
-        lines.append(f"failed: {f['model']} at N = {f['n']}: {f['error']}")
+    lines += base.failed_lines(results["failed"])
     sim = results["similarity"]
     lines.append(f"({sim['backend']} similarity > {sim['threshold']} for RP, > {sim['gl_threshold']} for GL; "
                  f"{sampler}; {results['timing']['total_s']:.0f} s)")

@@ -30,7 +30,7 @@ from torch import Tensor
 from ..data import load_npz
 from ..files import image_grid
 from .base import OPTIMAL, Report, read_results
-from .render import failed_html, figure_html, grid_png, labelled_grid, png_bytes
+from .render import figure_html, grid_png, labelled_grid, png_bytes
 
 __all__ = ["PAPER_CIFAR10", "ScoreRow", "Study", "build_report", "load_study", "parse_study", "plot_rp_gl",
            "plot_rp_matrix", "report", "sample_grid"]
@@ -518,7 +518,7 @@ def _sections(study: Study, figures: dict[str, bytes], grids: dict[int, bytes]) 
             ("Scores", "<p>Value, 95% bootstrap CI in brackets, and for RP the chance level.</p>" + tables),
             ("RP matrices", matrix),
             *([("The encoder direction: image \u2192 noise", encoding)] if encoding else []),
-            ("Samples from the same noise", _grids_html(study, grids)), ("Failed runs", failed_html(study.failed)),
+            ("Samples from the same noise", _grids_html(study, grids)),
             ("The paper's numbers (CIFAR-10)", _paper_html())]
 
 

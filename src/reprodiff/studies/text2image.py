@@ -24,19 +24,8 @@ from ..config import ConfigError
 from ..data import npz_images, to_uint8
 from ..files import save_npz
 from ..training.train import resolve_device
-from .base import (
-    SCHEMA,
-    Kind,
-    Report,
-    ScoringFields,
-    check_folder,
-    check_samplers,
-    rp_fields,
-    rp_pair,
-    scoring_features,
-    study_folder,
-    write_results,
-)
+from . import base
+from .base import SCHEMA, Kind, Report, ScoringFields
 from .render import figure_html, grid_png, labelled_grid, png_bytes, table_html
 
 __all__ = ["KIND", "Text2ImageConfig", "Text2ImageModel", "report_text2image", "run_text2image",
@@ -81,7 +70,7 @@ class Text2ImageConfig(ScoringFields):
             raise ValueError(f"a text2image study needs at least two models with distinct names, got {names}")
         if not self.prompts:
             raise ValueError("prompts must list at least one prompt")
-        check_samplers((self.sampler,))
+        base.check_samplers((self.sampler,))
         if self.steps < 1 or self.resolution < 1 or self.batch_size < 1:
             raise ValueError("steps, resolution and batch_size must be >= 1")
         if self.seed < 0:
@@ -136,21 +125,22 @@ def _generate_all(cfg: Text2ImageConfig, out: Path, device: torch.device, progre
 
 def run_text2image(cfg: Text2ImageConfig, out: str | os.PathLike[str], *, progress: bool = False) -> dict[str, Any]:
     """Run (or resume: finished samples are read back) the study into ``out``; returns ``results.json``."""
-    with study_folder(out) as folder:
+    with base.study_folder(out) as folder:
         t0 = time.perf_counter()
         for i, m in enumerate(cfg.models):  # every folder checked before any GPU time is spent
             try:
                 check_pipeline_folder(m.path)
             except ValueError as e:
                 raise ConfigError(f"models[{i}] ({m.name}): {e}") from None
-        check_folder(folder, cfg.to_dict())
+        base.check_folder(folder, cfg.to_dict())
         device = resolve_device(cfg.device)
-        features = scoring_features(cfg, str(device))
+        features = base.scoring_features(cfg, str(device))
         images = _generate_all(cfg, folder, device, progress)
         results = _score({name: [features(x) for x in xs] for name, xs in images.items()}, cfg, folder)
         rows = [["prompt", r["prompt"], r["a"], r["b"], r["rp"], r["chance"], *r["ci"]] for r in results["rp"]]
         rows += [["pair", "", r["a"], r["b"], r["rp"], r["chance"], *r["ci"]] for r in results["rp_pairs"]]
-        write_results(folder, results, t0, ["scope", "prompt", "a", "b", "rp", "chance", "ci_low", "ci_high"], rows)
+        header = ["scope", "prompt", "a", "b", "rp", "chance", "ci_low", "ci_high"]
+        base.write_results(folder, results, t0, header, rows)
         return results
 
 
@@ -165,11 +155,11 @@ def _score(feats: dict[str, list[Tensor]], cfg: Text2ImageConfig, out: Path) -> 
     }
     for a, b in combinations(feats, 2):
         for p in range(len(cfg.prompts)):
-            rp = rp_pair(feats[a][p], feats[b][p], cfg)
-            results["rp"].append({"prompt": p, "a": a, "b": b, **rp_fields(rp),
+            rp = base.rp_pair(feats[a][p], feats[b][p], cfg)
+            results["rp"].append({"prompt": p, "a": a, "b": b, **base.rp_fields(rp),
                                   "mean_similarity": float(rp.similarities.mean())})
-        rp = rp_pair(torch.cat(feats[a]), torch.cat(feats[b]), cfg)
-        results["rp_pairs"].append({"a": a, "b": b, **rp_fields(rp)})
+        rp = base.rp_pair(torch.cat(feats[a]), torch.cat(feats[b]), cfg)
+        results["rp_pairs"].append({"a": a, "b": b, **base.rp_fields(rp)})
     for p in range(len(cfg.prompts)):
         vals = [r["rp"] for r in results["rp"] if r["prompt"] == p]
         results["rp_prompts"].append({"prompt": p, "rp": float(np.mean(vals))})
