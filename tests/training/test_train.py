@@ -14,7 +14,16 @@ from reprodiff.cli import main
 from reprodiff.config import ConfigError
 from reprodiff.data import load_digits, subset
 from reprodiff.objectives import compute_loss, make_objective
-from reprodiff.training.train import DataConfig, TrainConfig, build_model, load_model, step_generator, train
+from reprodiff.training.train import (
+    DataConfig,
+    FinetuneConfig,
+    TrainConfig,
+    build_model,
+    load_model,
+    step_generator,
+    train,
+)
+from tiny_models import TINY
 
 TINY_NETS = {
     "unet": {"name": "unet", "model_channels": 8, "channel_mult": [1, 2], "num_blocks": 1, "dropout": 0.0},
@@ -240,3 +249,48 @@ def test_weights_lagging_the_training_state_are_rewritten_on_resume(tmp_path) ->
     assert train(tiny(), tmp_path)["resumed_from"] == 12
     again, meta = read_safetensors(tmp_path / "ema.safetensors")
     assert meta["step"] == "12" and all(torch.equal(again[k], stale[k]) for k in stale)
+
+
+# ------------------------------------------------------------------------------------------- fine-tuning, labels
+def test_finetune_runs_train_only_what_they_should(tmp_path) -> None:
+    base = TrainConfig(data=DataConfig(classes=(0, 1)), net=TINY, steps=4, batch_size=8, device="cpu")
+    train(base, tmp_path / "pre")
+    pre, _, _ = load_model(tmp_path / "pre")
+    for name, ft in (("part", FinetuneConfig(init=str(tmp_path / "pre"), trainable=("conv_out",))),
+                     ("lora", FinetuneConfig(init=str(tmp_path / "pre"), lora_rank=2))):
+        cfg = TrainConfig(data=DataConfig(classes=(2, 3)), net=TINY, steps=3, batch_size=8, device="cpu",
+                          finetune=ft)
+        train(cfg, tmp_path / name)
+        tuned, _, data = load_model(tmp_path / name, weights="net")
+        assert set(data.labels.tolist()) == {2, 3}
+        old = pre.net.state_dict()
+        for key, value in tuned.net.state_dict().items():
+            base_key = key.replace(".base.", ".")
+            if name == "part" and not key.startswith("conv_out."):
+                assert torch.equal(value, old[key]), key  # frozen layers keep the pre-trained weights
+            if name == "lora" and ".lora_" not in key:
+                assert torch.equal(value, old[base_key]), key
+        changed = [k for k, v in tuned.net.state_dict().items() if ".lora_b" in k and v.abs().sum() > 0]
+        assert name == "part" or changed  # the adapters moved
+    with pytest.raises(ConfigError, match=r"no ema\.safetensors"):
+        train(TrainConfig(net=TINY, steps=2, batch_size=8, device="cpu",
+                          finetune=FinetuneConfig(init=str(tmp_path / "nothing"))), tmp_path / "bad")
+    with pytest.raises(ValueError, match="either trainable"):
+        FinetuneConfig(trainable=("dec",), lora_rank=2)
+
+
+def test_label_dropout_needs_conditional_data_and_is_below_one() -> None:
+    cfg = dict(data=DataConfig(n=64, conditional=True), net=TINY, steps=3, batch_size=16, device="cpu")
+    with pytest.raises(ValueError, match=r"needs data\.conditional"):
+        TrainConfig(**{**cfg, "data": DataConfig(n=64)}, label_dropout=0.1)
+    with pytest.raises(ValueError, match=r"label_dropout must be in \[0, 1\)"):
+        TrainConfig(**cfg, label_dropout=1.0)
+
+
+def test_label_dropout_changes_training_and_is_deterministic(tmp_path) -> None:
+    cfg = dict(data=DataConfig(n=64, conditional=True), net=TINY, steps=3, batch_size=16, device="cpu")
+    for name, p in (("a", 0.5), ("b", 0.5), ("c", 0.0)):
+        train(TrainConfig(**cfg, label_dropout=p), tmp_path / name)
+    w = {k: load_model(tmp_path / k, weights="net")[0].net.state_dict() for k in "abc"}
+    assert all(torch.equal(w["a"][k], w["b"][k]) for k in w["a"])
+    assert any(not torch.equal(w["a"][k], w["c"][k]) for k in w["a"])

@@ -1,0 +1,30 @@
+"""The fine-tuning study kind (``studies/finetune.py``): results contract and report."""
+
+from __future__ import annotations
+
+import pytest
+
+from reprodiff.config import ConfigError
+from reprodiff.studies import build_report
+from reprodiff.studies.base import ModelSpec
+from reprodiff.studies.finetune import FinetuneStudyConfig, FinetuneVariant, run_finetune_study
+from tiny_models import TINY
+
+
+def test_finetune_study_contract_and_report(tmp_path) -> None:
+    cfg = FinetuneStudyConfig(model=ModelSpec("u", TINY, steps=4, batch_size=16), finetune_steps=3, count=8,
+                              sampler_steps=3, n_boot=10, device="cpu",
+                              variants=(FinetuneVariant("full"), FinetuneVariant("out", trainable=("conv_out",)),
+                                        FinetuneVariant("lora", lora_rank=2)))
+    res = run_finetune_study(cfg, tmp_path)
+    share = {v["variant"]: v["trainable_share"] for v in res["variants"]}
+    assert share["full"] == 1.0 and 0 < share["out"] < share["lora"] < 1
+    assert all(len(v["vs_scratch"]) == 2 and v["vs_pretrained"] is not None for v in res["variants"])
+    assert {(r["a"], r["b"]) for r in res["references"]} == {
+        ("scratch-100", "scratch-101"), ("pretrained", "scratch-100"), ("pretrained", "scratch-101")}
+    assert set(res["target_share"]) == {"pretrained", "scratch-100", "scratch-101", "ft-full", "ft-out", "ft-lora"}
+    assert "fine-tuned" in build_report(tmp_path).read_text()
+    bad = FinetuneStudyConfig(model=ModelSpec("u", TINY, steps=4, batch_size=16), device="cpu",
+                              variants=(FinetuneVariant("x", trainable=("decoder",)),))
+    with pytest.raises(ConfigError, match="no layer 'decoder'"):
+        run_finetune_study(bad, tmp_path / "bad")
