@@ -323,7 +323,8 @@ def cached_samples(path: Path, D: Any, seed: int, count: int, shape: tuple[int, 
                    save: bool = True) -> Tensor:
     """``sampling.sample`` from the shared noise, reused from ``path`` when a previous run wrote samples of this
     shape there (the study's ``study.json`` guards the rest); with ``save``, new samples are written to ``path``
-    (``samples`` float32 and ``images`` uint8). Non-finite samples raise ``TrainingError``."""
+    (``samples`` float32 and ``images`` uint8). Non-finite samples raise ``TrainingError``. Its many keyword
+    parameters are ``sampling.sample``'s (kept for callers outside the package); kinds call ``Context.sample``."""
     if (x := read_samples(path, (count, *shape))) is not None:
         return x
     with torch.no_grad():

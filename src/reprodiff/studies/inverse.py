@@ -160,7 +160,10 @@ def _solve_and_score(ctx: Context, results: dict[str, Any], problem: _Problem, m
     for name, D in models.items():
         if (x := _solve(ctx, problem, mspec, sampler, name, D)) is not None:
             feats[name] = ctx.features(x)
-            results["consistency"].append(_consistency(ctx, problem, mspec, sampler, name, x, feats[name]))
+            results["consistency"].append({
+                "operator": problem.name, "method": mspec["name"], "sampler": sampler, "model": name,
+                **_consistency(problem, x, feats[name]), "path": ctx.rel(_solution_file(ctx, problem, mspec, sampler,
+                                                                                       name))})
     for a, b in combinations(feats, 2):
         results["rp"].append({"operator": problem.name, "method": mspec["name"], "sampler": sampler, "a": a, "b": b,
                               "group": "within" if arch[a] == arch[b] else "across",
@@ -181,14 +184,11 @@ def _solve(ctx: Context, problem: _Problem, mspec: dict[str, Any], sampler: str,
     return None
 
 
-def _consistency(ctx: Context, problem: _Problem, mspec: dict[str, Any], sampler: str, name: str, x: Tensor,
-                 feats: Tensor) -> dict[str, Any]:
+def _consistency(problem: _Problem, x: Tensor, feats: Tensor) -> dict[str, float]:
     """Measurement consistency ``||A(x) - y||`` (RMS per entry) and the cosine to the true image."""
     residual = (problem.op.forward(x.double()) - problem.y.double()).flatten(1)
-    return {"operator": problem.name, "method": mspec["name"], "sampler": sampler, "model": name,
-            "residual_rms": float(residual.pow(2).mean(1).sqrt().mean()),
-            "truth_similarity": float((feats * problem.truth_feats).sum(1).mean()),
-            "path": ctx.rel(_solution_file(ctx, problem, mspec, sampler, name))}
+    return {"residual_rms": float(residual.pow(2).mean(1).sqrt().mean()),
+            "truth_similarity": float((feats * problem.truth_feats).sum(1).mean())}
 
 
 def _write(ctx: Context, results: dict[str, Any], t0: float) -> None:
