@@ -3,7 +3,16 @@
 from .api import SCHEDULES, make_sigmas, sample
 from .inversion import inversion_sigmas, invert
 from .noise import noise
-from .schedules import check_sigmas, karras_sigmas, ve_sigmas, vp_sigma, vp_sigma_inv, vp_sigmas
+from .schedules import (
+    check_sigmas,
+    data_variances,
+    karras_sigmas,
+    spectral_sigmas,
+    ve_sigmas,
+    vp_sigma,
+    vp_sigma_inv,
+    vp_sigmas,
+)
 from .solvers import (
     SAMPLERS,
     STOCHASTIC_SAMPLERS,
@@ -13,6 +22,7 @@ from .solvers import (
     dpm3,
     dpmpp_2m,
     dpmpp_3m,
+    dpmpp_3m_exact,
     euler,
     euler_ancestral,
     heun,
@@ -25,11 +35,13 @@ __all__ = [
     "STOCHASTIC_SAMPLERS",
     "Sampler",
     "check_sigmas",
+    "data_variances",
     "ddim",
     "dpm2",
     "dpm3",
     "dpmpp_2m",
     "dpmpp_3m",
+    "dpmpp_3m_exact",
     "euler",
     "euler_ancestral",
     "heun",
@@ -40,6 +52,7 @@ __all__ = [
     "noise",
     "onestep",
     "sample",
+    "spectral_sigmas",
     "ve_sigmas",
     "vp_sigma",
     "vp_sigma_inv",
