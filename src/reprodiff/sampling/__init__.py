@@ -1,6 +1,6 @@
 """Shared noise, sigma grids and deterministic ODE solvers (k-diffusion-style pure functions)."""
 
-from .api import SCHEDULES, make_sigmas, sample
+from .api import SCHEDULES, BudgetSamples, make_sigmas, sample, sample_budgets
 from .inversion import inversion_sigmas, invert
 from .noise import noise
 from .schedules import (
@@ -33,6 +33,7 @@ __all__ = [
     "SAMPLERS",
     "SCHEDULES",
     "STOCHASTIC_SAMPLERS",
+    "BudgetSamples",
     "Sampler",
     "check_sigmas",
     "data_variances",
@@ -52,6 +53,7 @@ __all__ = [
     "noise",
     "onestep",
     "sample",
+    "sample_budgets",
     "spectral_sigmas",
     "ve_sigmas",
     "vp_sigma",
