@@ -55,6 +55,8 @@ def test_data_variances_is_the_pca_spectrum() -> None:
     Y = torch.randn(500, 3, generator=g, dtype=torch.float64) * torch.tensor([3.0, 1.0, 0.1], dtype=torch.float64)
     v = data_variances(Y.view(500, 3, 1, 1))
     torch.testing.assert_close(v, torch.linalg.eigvalsh(torch.cov(Y.T)).flip(0))
+    wide = data_variances(Y[:2].view(2, 3, 1, 1))  # N < P: one direction of variance, two zeros
+    assert wide.shape == (3,) and bool((wide[1:] == 0).all()) and wide[0] > 0
 
 
 @pytest.mark.parametrize(

@@ -103,12 +103,13 @@ def check_sigmas(sigmas: Tensor, *, ascending: bool = False) -> Tensor:
 
 
 def data_variances(images: Tensor) -> Tensor:
-    """The spectrum of a training set: the eigenvalues of its covariance (PCA), float64, descending, from
-    the singular values of the centred ``[N, P]`` matrix (``min(N, P)`` values; the rest are 0)."""
+    """The spectrum of a training set: the ``P`` eigenvalues of its covariance (PCA), float64, descending,
+    from the singular values of the centred ``[N, P]`` matrix (zeros past ``min(N, P)``)."""
     Y = torch.as_tensor(images).detach().to("cpu", torch.float64).flatten(1)
     if Y.shape[0] < 2 or not bool(torch.isfinite(Y).all()):
         raise ValueError("data_variances needs at least 2 finite training images")
-    return torch.linalg.svdvals(Y - Y.mean(0)) ** 2 / (Y.shape[0] - 1)
+    v = torch.linalg.svdvals(Y - Y.mean(0)) ** 2 / (Y.shape[0] - 1)
+    return torch.cat([v, v.new_zeros(Y.shape[1] - v.numel())])
 
 
 def spectral_sigmas(steps: int, variances: Tensor, sigma_min: float = 0.002, sigma_max: float = 80.0,
