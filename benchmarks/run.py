@@ -1,12 +1,14 @@
 """reprodiff benchmarks: ratios against baselines measured in the same run.
 
-    python benchmarks/run.py [optimal] [samplers] [--quick]
+    python benchmarks/run.py [optimal] [samplers] [--quick] [--peers]
 
 optimal   D* throughput (GFLOP/s) against a naive implementation (full distance matrix + softmax) and
           against this machine's own torch.mm rate on the same shapes; peak memory (RSS, each case in a
           fresh process) against N, to show it is bounded by the chunk, not by N.
 samplers  per-step sampler overhead as a fraction of one denoiser call, for every sampler, on two
-          denoisers (D* of the 1,797 digits, and a small convolutional network).
+          denoisers (D* of the 1,797 digits, and a small convolutional network); accuracy at NFE <= 10/20/35
+          against known answers (benchmarks/peers.py); with --peers, k-diffusion's and diffusers' samplers
+          beside ours (``pip install -e .[bench]``) and Heun's time against k-diffusion's (ratio, one run).
 train     training images/s of each network of configs/ (the embedded study's sizes) against the plain
           eager fp32 baseline of the same network: channels-last, bf16 autocast, torch.compile.
 invert    round-trip error against NFE per solver beside DDIM inversion; inversion vs sampling time.
@@ -158,7 +160,7 @@ class Timed:
         return out
 
 
-def bench_samplers(quick: bool) -> None:
+def bench_samplers(quick: bool, with_peers: bool = False) -> None:
     torch.manual_seed(0)
     digits = load_digits().images
     denoisers = {
@@ -182,8 +184,16 @@ def bench_samplers(quick: bool) -> None:
                     total = time.perf_counter() - t0
                     per_step = (total - T.seconds) / (1 if name == "onestep" else steps)
                     fracs.append(per_step / (T.seconds / T.calls))
-                print(f"    {name:>8}: NFE {smp.nfe(sigmas):>3}, one call {T.seconds / T.calls * 1e3:6.2f} ms, "
+                print(f"    {name:>13}: NFE {smp.nfe(sigmas):>3}, one call {T.seconds / T.calls * 1e3:6.2f} ms, "
                       f"overhead/step {statistics.median(fracs):6.1%} of a call")
+    import peers
+
+    peers.print_accuracy(with_peers)
+    K = peers.load_k_diffusion() if with_peers else None
+    if K is not None:
+        ours, theirs, ratio = peers.heun_overhead_ratio(K, rounds=5 if quick else 9)
+        print(f"== Heun, 18 steps (35 calls), 256x3x32x32, free float32 denoiser, interleaved medians: ours "
+              f"{ours * 1e3:.0f} ms (float64 state), k-diffusion {theirs * 1e3:.0f} ms (float32): ratio {ratio:.2f} ==")
 
 
 STUDY_NETS = {
@@ -254,13 +264,26 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("which", nargs="*", help=f"any of {', '.join(BENCHES)} (default: all)")
     p.add_argument("--quick", action="store_true", help="smaller sizes, fewer repeats")
+    p.add_argument("--peers", action="store_true", help="samplers: compare with k-diffusion and diffusers")
     args = p.parse_args()
     which = args.which or list(BENCHES)
     if unknown := set(which) - set(BENCHES):
         p.error(f"unknown benchmark {sorted(unknown)}; choose from {', '.join(BENCHES)}")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {cpu_name()}, "
+          f"{torch.backends.cpu.get_cpu_capability()}")
     for name in which:
-        BENCHES[name](args.quick)
+        if name == "samplers":
+            bench_samplers(args.quick, args.peers)
+        else:
+            BENCHES[name](args.quick)
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return "unknown CPU"
 
 
 def bench_study(quick: bool) -> None:
@@ -294,7 +317,7 @@ def bench_invert(quick: bool) -> None:
         model = load_model(tmp)[0]
     D = MicroBatched(model, 16)
     x = subset(load_digits(), 64, seed=7).images.double()
-    per_level = {"ddim": 1, "euler": 1, "dpm++2m": 1, "dpm++3m": 1, "heun": 2, "dpm2": 2, "dpm3": 3}
+    per_level = {"ddim": 1, "euler": 1, "dpm++2m": 1, "dpm++3m-exact": 1, "heun": 2, "dpm2": 2, "dpm3": 3}
     budgets = (12, 24) if quick else (12, 24, 48)
     print("== round trip image -> noise -> image, RMS (images in [-1, 1]), NFE per direction ==")
     print("  NFE  " + "  ".join(f"{n:>8}" for n in per_level) + "   ddim / best")
@@ -302,7 +325,7 @@ def bench_invert(quick: bool) -> None:
         for nfe in budgets:
             row = {}
             for name, k in per_level.items():
-                levels = max(2, round(nfe / k) + 1 - int(name == "dpm++3m"))
+                levels = max(2, round(nfe / k) + 1 - int(name == "dpm++3m-exact"))
                 up = sampling.inversion_sigmas(model, levels)
                 down = torch.cat([up.flip(0), up.new_zeros(1)])
                 back = sampling.SAMPLERS[name](D, sampling.invert(D, x, up, sampler=name), down)

@@ -51,7 +51,7 @@ def encode(D: Denoiser, images: Tensor, *, sampler: str = "heun", steps: int = 1
     up = sampling.inversion_sigmas(grid_from if grid_from is not None else D, steps)
     down = torch.cat([up.flip(0), up.new_zeros(1)])
     Dm = MicroBatched(D, micro_batch)
-    z = sampling.invert(Dm, images.to(torch.float64), up, sampler=sampler)
+    z = sampling.invert(Dm, images.to(torch.float64), up, sampler=sampler, images=True)
     decoded = sampling.SAMPLERS[sampler](Dm, z, down)
     return Encoded(Dm, (z / up[-1]).float(), decoded.float(), up, down, sampler)
 

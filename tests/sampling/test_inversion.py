@@ -103,10 +103,25 @@ def test_inversion_is_deterministic_and_batch_independent(images: torch.Tensor) 
     assert SAMPLERS["heun"].nfe(sampling.inversion_sigmas(None, 18)) == 34
 
 
+@pytest.mark.parametrize("scale", [0.05, 40.0])
+def test_any_state_scale_inverts_to_the_exact_map(scale: float) -> None:
+    """Latents / data of scale ``s != 1``: N(mu, s^2) with mu = s, states up to ~3 s; the Heun inverse map
+    from sigma_min to 80 converges to the closed form at order 2, whatever the scale."""
+    mu, s2 = scale, scale**2
+    D = lambda x, sigma, cond=None: mu + s2 / (s2 + sigma.view(-1, 1, 1, 1) ** 2) * (x - mu)  # noqa: E731
+    x0 = mu + scale * torch.randn(4, 1, 4, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    lo = min(0.002, scale / 50)
+    exact = mu + (x0 - mu) * math.sqrt((s2 + 80.0**2) / (s2 + lo**2))
+    errs = [float((invert(D, x0, karras_sigmas(n, lo, 80.0)[:-1].flip(0)) - exact).abs().max() / exact.abs().max())
+            for n in (32, 64)]
+    assert math.log2(errs[0] / errs[1]) > 1.85
+
+
 @pytest.mark.parametrize(
     ("x", "kw", "match"),
     [
-        (torch.zeros(2, 1, 4, 4) + 200.0, {}, r"must be in \[-1, 1\]"),
+        (torch.zeros(2, 1, 4, 4) + 200.0, {"images": True}, r"must be in \[-1, 1\]"),
+        (torch.zeros(2, 1, 4, 4, dtype=torch.uint8), {}, "uint8.*x / 127.5 - 1"),
         (torch.full((2, 1, 4, 4), float("nan")), {}, "NaN or Inf"),
         (torch.zeros(2, 1, 4, 4), {"sigmas": torch.tensor([80.0, 1.0, 0.002])}, "ascending"),
         (torch.zeros(2, 1, 4, 4), {"sigmas": torch.tensor([0.0, 1.0, 80.0])}, "singular"),

@@ -1,9 +1,18 @@
 """Shared noise, sigma grids and deterministic ODE solvers (k-diffusion-style pure functions)."""
 
-from .api import SCHEDULES, make_sigmas, sample
+from .api import SCHEDULES, BudgetSamples, make_sigmas, sample, sample_budgets
 from .inversion import inversion_sigmas, invert
 from .noise import noise
-from .schedules import check_sigmas, karras_sigmas, ve_sigmas, vp_sigma, vp_sigma_inv, vp_sigmas
+from .schedules import (
+    check_sigmas,
+    data_variances,
+    karras_sigmas,
+    spectral_sigmas,
+    ve_sigmas,
+    vp_sigma,
+    vp_sigma_inv,
+    vp_sigmas,
+)
 from .solvers import (
     SAMPLERS,
     STOCHASTIC_SAMPLERS,
@@ -13,6 +22,7 @@ from .solvers import (
     dpm3,
     dpmpp_2m,
     dpmpp_3m,
+    dpmpp_3m_exact,
     euler,
     euler_ancestral,
     heun,
@@ -23,13 +33,16 @@ __all__ = [
     "SAMPLERS",
     "SCHEDULES",
     "STOCHASTIC_SAMPLERS",
+    "BudgetSamples",
     "Sampler",
     "check_sigmas",
+    "data_variances",
     "ddim",
     "dpm2",
     "dpm3",
     "dpmpp_2m",
     "dpmpp_3m",
+    "dpmpp_3m_exact",
     "euler",
     "euler_ancestral",
     "heun",
@@ -40,6 +53,8 @@ __all__ = [
     "noise",
     "onestep",
     "sample",
+    "sample_budgets",
+    "spectral_sigmas",
     "ve_sigmas",
     "vp_sigma",
     "vp_sigma_inv",

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -13,7 +14,7 @@ from .noise import noise
 from .schedules import karras_sigmas, ve_sigmas, vp_sigmas
 from .solvers import SAMPLERS, STOCHASTIC_SAMPLERS
 
-__all__ = ["SCHEDULES", "make_sigmas", "sample"]
+__all__ = ["SCHEDULES", "BudgetSamples", "make_sigmas", "sample", "sample_budgets"]
 
 SCHEDULES: dict[str, Callable[..., Tensor]] = {
     "karras": karras_sigmas,
@@ -97,3 +98,48 @@ def sample(
             x = SAMPLERS[sampler](Dm, x, sigmas, cond=c)
         out.append(x.to("cpu", torch.float32))
     return torch.cat(out) if out else z.new_empty((0, *z.shape[1:]))
+
+
+@dataclass(frozen=True)
+class BudgetSamples:
+    """The samples of every denoiser for one ``(sampler, steps)`` budget, from the same noise."""
+
+    sampler: str
+    steps: int
+    nfe: int
+    samples: dict[str, Tensor]  # denoiser name -> [B, ...] float32 on the CPU
+
+
+def sample_budgets(
+    denoisers: Mapping[str, Denoiser],
+    z: Tensor,
+    budgets: Sequence[tuple[str, int]],
+    *,
+    grid: Callable[[Denoiser, int], Tensor] = make_sigmas,
+    cond: Tensor | None = None,
+    micro_batch: int = 16,
+) -> list[BudgetSamples]:
+    """Samples of each denoiser at each ``(sampler, steps)`` budget from the same unit noise ``z``
+    ``[B, ...]`` (e.g. :func:`noise`), started at ``z * sigmas[0]`` on ``grid(D, steps)`` (default: EDM's
+    Karras grid clamped to ``D``'s range). Pairs of models at one budget, or one model at a budget and at the
+    35-NFE reference ``("heun", 18)``, give RP against NFE. ``D`` runs in fixed micro-batches, so a sample
+    does not depend on ``B``; ``nfe`` is the exact count of denoiser calls per sample."""
+    if not denoisers:
+        raise ValueError("pass at least one denoiser")
+    if not isinstance(z, Tensor) or z.ndim < 2 or z.shape[0] == 0:
+        raise ValueError("z must be a non-empty batch of unit noise [B, ...]")
+    for name, steps in budgets:
+        if name not in SAMPLERS or name == "onestep":
+            raise ValueError(f"unknown ODE sampler {name!r}; choose one of {sorted(set(SAMPLERS) - {'onestep'})}")
+        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+            raise ValueError(f"steps must be an integer >= 1, got {steps!r} for {name!r}")
+    out = []
+    for name, steps in budgets:
+        samples, nfe = {}, 0
+        for key, D in denoisers.items():
+            sigmas = grid(D, steps)
+            nfe = SAMPLERS[name].nfe(sigmas)
+            x = SAMPLERS[name](MicroBatched(D, micro_batch), z.to(torch.float64) * float(sigmas[0]), sigmas, cond=cond)
+            samples[key] = x.to("cpu", torch.float32)
+        out.append(BudgetSamples(name, steps, nfe, samples))
+    return out
