@@ -54,7 +54,7 @@ def inherit_sigma_range(wrapper: object, D: object) -> None:
 
 
 class MicroBatched:
-    """Evaluate a denoiser in fixed-size micro-batches, padding the last one (DESIGN.md, "Known traps").
+    """Evaluate a denoiser in fixed-size micro-batches, padding the last one (docs/DESIGN.md, "Known traps").
 
     BLAS kernels choose their blocking from the batch dimension, so the same row can round differently
     inside batches of different sizes. Evaluating every call in chunks of exactly ``micro_batch`` rows

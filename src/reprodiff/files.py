@@ -1,4 +1,4 @@
-"""Atomic artefact writing (DESIGN.md, convention 8): temp file in the same folder, fsync, rename."""
+"""Atomic artefact writing (docs/DESIGN.md, convention 8): temp file in the same folder, fsync, rename."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The paper's scores over feature vectors (Zhang et al. 2023, Sec. 3; PAPER.md), and what reprodiff adds.
+"""The paper's scores over feature vectors (Zhang et al. 2023, Sec. 3; docs/PAPER.md), and what reprodiff adds.
 
 With ``f`` a feature map whose rows are L2-normalised (``similarity``), threshold ``t`` (0.6 in the paper) and
 a strict ``>`` (compared in the features' float32, as the release's numpy code compares):
@@ -279,7 +279,7 @@ def rp_score(
     n_boot: int = 1000,
     seed: int = 0,
 ) -> Score:
-    """Reproducibility of two models (Zhang et al. 2023, Sec. 3; PAPER.md): the share of seeds ``i`` whose
+    """Reproducibility of two models (Zhang et al. 2023, Sec. 3; docs/PAPER.md): the share of seeds ``i`` whose
     samples agree, ``<f(a_i), f(b_i)> > threshold`` (strict). ``samples_a[i]`` and ``samples_b[i]`` come from
     the same noise. With ``chance``, also the same score over mismatched pairs ``(a_i, b_{(i+k) mod M})``,
     averaged over up to 8 shifts ``k`` spread evenly over ``1..M-1`` (no randomness): what RP would be if the
@@ -311,7 +311,7 @@ def gl_score(
     seed: int = 0,
     chunk_size: int = 8192,
 ) -> Score:
-    """Generalizability of a model (Zhang et al. 2023, Sec. 3; PAPER.md): ``1 -`` the share of samples that copy
+    """Generalizability of a model (Zhang et al. 2023, Sec. 3; docs/PAPER.md): ``1 -`` the share of samples that copy
     a training image, ``max_j <f(x_i), f(y_j)> > threshold`` (strict). The maximum is an exact search streamed
     over ``chunk_size`` training images at a time; ``Score.nearest`` holds each sample's argmax ``j``. ``Score.ci``
     is the Wilson interval (:func:`wilson_ci`); ``n_boot`` and ``seed`` are unused, as in :func:`rp_score`."""
