@@ -116,7 +116,10 @@ def save_training_state(path: str | os.PathLike[str], *, step: int, net: nn.Modu
 
 def load_state(path: str | os.PathLike[str], *, net: nn.Module, ema: nn.Module,
                opt: torch.optim.Optimizer) -> tuple[int, dict[str, Any]]:
-    """Restore what :func:`save_training_state` wrote; returns ``(step, extra)``."""
+    """Restore what :func:`save_training_state` wrote; returns ``(step, extra)``. Weights are copied into ``net``
+    and ``ema``; the optimizer keeps the mapped moments, copy-on-write pages of the file that its first step
+    turns into private memory (so the file's disk space, once a newer checkpoint replaces it, is freed when the
+    process ends)."""
     tensors, meta = read_safetensors(path)
     if meta.get("format") != FORMAT:
         raise ValueError(f"{path}: not a reprodiff training state (format {meta.get('format')!r})")
