@@ -6,7 +6,7 @@ grid in float32). For each NFE budget a sampler runs the most steps whose NFE fi
 against the exact answer:
 
 - ``gauss``: N(mu, diag(s^2)) on 1x8x8 with s^2 log-spaced over four decades (1e-4 .. 1): stiff as
-  sigma -> 0, like images; the probability-flow ODE solution is closed form (DESIGN.md, "Tests").
+  sigma -> 0, like images; the probability-flow ODE solution is closed form (docs/DESIGN.md, "Tests").
 - ``mixture``: 32 digits, each blurred by N(0, tau^2 I), tau = 0.05 (a Gaussian mixture: nonlinear flow,
   stiff like ``gauss``; plain D* would snap every sampler onto the same training image); its denoiser is
   built from D*; reference: Heun on 2,000 steps of the same grid.

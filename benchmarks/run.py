@@ -1,6 +1,6 @@
 """reprodiff benchmarks: ratios against baselines measured in the same run.
 
-    python benchmarks/run.py [optimal] [samplers] [--quick] [--peers]
+    python benchmarks/run.py [optimal] [samplers] [checkpoint] ... [--quick] [--peers]
 
 optimal   D* throughput (GFLOP/s) against a naive implementation (full distance matrix + softmax) and
           against this machine's own torch.mm rate on the same shapes; peak memory (RSS, each case in a
@@ -13,6 +13,10 @@ train     training images/s of each network of configs/ (the embedded study's si
           eager fp32 baseline of the same network: channels-last, bf16 autocast, torch.compile.
 invert    round-trip error against NFE per solver beside DDIM inversion; inversion vs sampling time.
 study     the embedded default study end to end, against its 5-minute budget, with its RP/GL table.
+checkpoint peak RSS of writing, reading and resuming a training state (net + EMA + Adam moments; 1 GiB of
+          float32, 256 MiB with --quick), each in a fresh process, as a multiple of the state's tensor bytes:
+          a memory-mapped read and a copy-free write stay near 1x and 0x. Run it with another checkout's
+          Python (PYTHONPATH unset) to measure that checkout's code with the same script.
 regime    seconds to reach the regime: each network trained for 1,200 steps (about a minute) on 64 and on
           all 1,797 digits; the share of samples that copy a training image (nearest-neighbour L2 ratio
           d1/d2 < 1/3, Carlini et al. 2023) should be high at N = 64 and ~0 at N = 1,797.
@@ -256,10 +260,61 @@ def bench_regime(quick: bool) -> None:
             print(f"  {net:>5} N = {n:>4}: trained in {seconds:5.1f} s, copies {copies:5.1%}")
 
 
+def _training_state(layers: int, with_moments: bool) -> tuple[torch.nn.Module, torch.nn.Module, torch.optim.Optimizer]:
+    """A net of ``layers`` bias-free 2048 x 2048 linears (16 MiB each), its EMA copy, and Adam (with its two
+    moments when ``with_moments``): 4 x 16 MiB of float32 per layer in a training state."""
+    import copy
+
+    net = torch.nn.Sequential(*[torch.nn.Linear(2048, 2048, bias=False) for _ in range(layers)])
+    ema, opt = copy.deepcopy(net), torch.optim.Adam(net.parameters())
+    if with_moments:
+        for q in net.parameters():
+            q.grad = torch.zeros_like(q)
+        opt.step()
+        net.zero_grad(set_to_none=True)
+    return net, ema, opt
+
+
+def checkpoint_case(op: str, path: str, layers: int) -> dict:
+    """Run in a fresh process: peak RSS of one checkpoint operation above the RSS before it, in MiB."""
+    from reprodiff.checkpoint import load_state, read_safetensors, save_training_state
+
+    net, ema, opt = _training_state(layers, with_moments=op == "write")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset VmHWM to the current RSS
+    before = _rss_kib("VmRSS:")
+    if op == "write":
+        save_training_state(path, step=1, net=net, ema=ema, opt=opt)
+    elif op == "read":
+        tensors, _ = read_safetensors(path)
+        sum(float(t.sum()) for t in tensors.values())  # touch every byte, as a user of the tensors would
+    else:  # resume, then touch the optimizer moments, as the next training step does
+        load_state(path, net=net, ema=ema, opt=opt)
+        sum(float(t.sum()) for st in opt.state.values() for t in st.values() if t.numel() > 1)
+    return {"op": op, "extra_mib": (_rss_kib("VmHWM:") - before) / 1024}
+
+
+def bench_checkpoint(quick: bool) -> None:
+    import tempfile
+
+    layers = 4 if quick else 16
+    state_mib = 4 * layers * 16  # net, EMA and two Adam moments of 16 MiB per layer
+    print(f"== checkpoint peak RSS beyond the models, in units of the training state's {state_mib} MiB of tensors ==")
+    with tempfile.TemporaryDirectory() as tmp:
+        for op in ("write", "read", "resume"):
+            cmd = [sys.executable, __file__, "_checkpoint", json.dumps([op, f"{tmp}/training.safetensors", layers])]
+            r = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
+            extra = max(0.0, r["extra_mib"])  # -0 when nothing beyond the starting RSS was touched
+            print(f"  {op:>6}: {extra:7.0f} MiB = {extra / state_mib:4.2f}x")
+
+
 def main() -> None:
     if len(sys.argv) == 3 and sys.argv[1] == "_memory":
         N, shape, B, chunk, naive = json.loads(sys.argv[2])
         print(json.dumps(memory_case(N, tuple(shape), B, chunk, naive)))
+        return
+    if len(sys.argv) == 3 and sys.argv[1] == "_checkpoint":
+        print(json.dumps(checkpoint_case(*json.loads(sys.argv[2]))))
         return
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("which", nargs="*", help=f"any of {', '.join(BENCHES)} (default: all)")
@@ -353,7 +408,7 @@ def bench_invert(quick: bool) -> None:
 
 BENCHES: dict[str, Callable[[bool], None]] = {
     "optimal": bench_optimal, "samplers": bench_samplers, "train": bench_train, "regime": bench_regime,
-    "study": bench_study, "invert": bench_invert,
+    "study": bench_study, "invert": bench_invert, "checkpoint": bench_checkpoint,
 }
 
 if __name__ == "__main__":

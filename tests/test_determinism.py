@@ -1,4 +1,4 @@
-"""Same seed => bit-identical samples at any batch size (DESIGN.md, "Known traps")."""
+"""Same seed => bit-identical samples at any batch size (docs/DESIGN.md, "Known traps")."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""RP, GL, the RP matrix, bootstrap intervals and nearest neighbours, checked against their definitions
-(Zhang et al. 2023, Sec. 3; PAPER.md): cases built so the answer is known exactly, brute force, properties."""
+"""RP, GL, the RP matrix, Wilson, paired-difference and bootstrap intervals and nearest neighbours, checked against
+their definitions (Zhang et al. 2023, Sec. 3; docs/PAPER.md) and scipy: cases built so the answer is known exactly,
+brute force, exact coverage, properties."""
 
 from __future__ import annotations
 
@@ -9,8 +10,18 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from scipy.stats import binom, binomtest
 
-from reprodiff.metrics import Score, bootstrap_ci, gl_score, nearest_neighbors, rp_matrix, rp_score
+from reprodiff.metrics import (
+    Score,
+    bootstrap_ci,
+    gl_score,
+    nearest_neighbors,
+    paired_difference,
+    rp_matrix,
+    rp_score,
+    wilson_ci,
+)
 from reprodiff.similarity import Pixel
 
 
@@ -37,7 +48,8 @@ def _unit(n: int, dim: int, seed: int) -> torch.Tensor:
 def test_identical_samples_have_rp_one() -> None:
     x = _noise(20)
     s = rp_score(x, x.clone(), features="pixel")
-    assert isinstance(s, Score) and s.value == 1.0 and s.n == 20 and s.ci == (1.0, 1.0)
+    assert isinstance(s, Score) and s.value == 1.0 and s.n == 20 and s.ci == wilson_ci(20, 20)
+    assert s.ci[0] < 1.0 == s.ci[1]  # a proportion of 1 over 20 samples is not known to be exactly 1
     torch.testing.assert_close(s.similarities, torch.ones(20))
 
 
@@ -98,7 +110,7 @@ def test_gl_is_zero_for_copies_and_finds_the_copied_image() -> None:
 
 def test_gl_is_one_for_far_away_images() -> None:
     s = gl_score(_noise(20, seed=7), _noise(64, seed=8), features="pixel")
-    assert s.value == 1.0 and s.ci == (1.0, 1.0) and s.chance is None
+    assert s.value == 1.0 and s.ci == wilson_ci(20, 20) and s.chance is None
 
 
 def test_gl_nearest_is_the_brute_force_argmax() -> None:
@@ -121,18 +133,136 @@ def test_streamed_nearest_neighbors_equal_unstreamed() -> None:
         nearest_neighbors(q, r, chunk_size=0)
 
 
-# --- bootstrap ---------------------------------------------------------------------------------------------------
+# --- intervals ---------------------------------------------------------------------------------------------------
+
+KN = [(k, n) for n in (1, 2, 3, 5, 10, 16, 33, 100, 256, 1000) for k in sorted({0, 1, n // 3, n // 2, n - 1, n})]
+
+
+@pytest.mark.parametrize(("k", "n"), KN)
+def test_wilson_ci_equals_scipy_and_has_positive_width(k: int, n: int) -> None:
+    for level in (0.95, 0.9):
+        lo, hi = wilson_ci(k, n, level=level)
+        ref = binomtest(k, n).proportion_ci(confidence_level=level, method="wilson")
+        assert lo == pytest.approx(ref.low, abs=1e-12) and hi == pytest.approx(ref.high, abs=1e-12)
+        assert 0.0 <= lo <= k / n <= hi <= 1.0 and hi - lo > 0
+    exact = binomtest(k, n).proportion_ci(method="exact")  # Clopper-Pearson: the same order of width
+    assert 0.5 < (hi - lo) / (exact.high - exact.low) < 1.5
+
+
+@pytest.mark.parametrize("n", [20, 50, 256])
+def test_wilson_ci_covers_at_the_nominal_level(n: int) -> None:
+    """Exact coverage ``sum_k P(k) [l(k) <= p <= u(k)]`` over p in [0.05, 0.95]: 95% on average, never far below
+    (Brown, Cai & DasGupta 2001, Fig. 4)."""
+    intervals = [wilson_ci(k, n) for k in range(n + 1)]
+    coverage = []
+    for p in [i / 100 for i in range(5, 96)]:
+        pmf = binom.pmf(range(n + 1), n, p)
+        coverage.append(sum(w for w, (lo, hi) in zip(pmf, intervals, strict=True) if lo <= p <= hi))
+    assert abs(sum(coverage) / len(coverage) - 0.95) < 0.005 and min(coverage) > 0.92
+
+
+def test_scores_carry_the_wilson_interval_of_their_count() -> None:
+    a, b = _pairs_with_cosines([0.9] * 5 + [0.1] * 11)
+    s = rp_score(a, b)
+    assert s.ci == wilson_ci(5, 16) and s.hits is not None and int(s.hits.sum()) == 5
+    assert rp_score(a, b, n_boot=0, seed=3).ci == s.ci  # closed form: no resampling, no seed
+    g = gl_score(a, b[:1], threshold=0.5)  # every sample is far from the single training image b_0 (cos 0.9 < 1)
+    assert g.hits is not None and g.ci == wilson_ci(int(g.hits.sum()), 16)
+
+
+@pytest.mark.parametrize(("k", "n"), [(-1, 5), (6, 5), (0, 0), (1.0, 2), (True, 2)])
+def test_wilson_ci_rejects_bad_counts(k: object, n: int) -> None:
+    with pytest.raises(ValueError, match="0 <= k <= n"):
+        wilson_ci(k, n)  # type: ignore[arg-type]
+
+
+def _table(a: int, b: int, c: int, d: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Paired 0/1 hits with a 2 x 2 table: a both, b only A, c only B, d neither."""
+    ha = torch.tensor([1] * (a + b) + [0] * (c + d), dtype=torch.bool)
+    hb = torch.tensor([1] * a + [0] * b + [1] * c + [0] * d, dtype=torch.bool)
+    return ha, hb
+
+
+def test_paired_difference_of_identical_scores_contains_zero_with_positive_width() -> None:
+    for a, d in ((7, 13), (20, 0), (0, 20), (1, 255)):
+        ha, _ = _table(a, 0, 0, d)
+        diff = paired_difference(ha, ha)
+        assert diff.value == 0 and diff.ci[0] < 0 < diff.ci[1] and diff.method == "newcombe"
+        boot = paired_difference(ha, ha, method="bootstrap", n_boot=50)
+        assert boot.value == 0 and boot.ci == (0.0, 0.0)  # the bootstrap degenerates; Newcombe does not
+
+
+def test_paired_difference_shrinks_with_correlation_and_is_antisymmetric() -> None:
+    # The same marginals (p_A = 0.6, p_B = 0.4 over 100 seeds), from independent to as correlated as possible.
+    widths = []
+    for a in (24, 30, 36, 40):
+        ha, hb = _table(a, 60 - a, 40 - a, a)
+        diff = paired_difference(ha, hb)
+        assert diff.value == pytest.approx(0.2) and diff.ci[0] < 0.2 < diff.ci[1]
+        back = paired_difference(hb, ha)
+        assert back.value == -diff.value and back.ci == pytest.approx((-diff.ci[1], -diff.ci[0]))
+        widths.append(diff.ci[1] - diff.ci[0])
+    assert widths == sorted(widths, reverse=True) and widths[-1] < 0.75 * widths[0]
+
+
+def test_paired_difference_without_correlation_is_newcombes_unpaired_interval() -> None:
+    """With psi = 0 the interval is Newcombe's hybrid score interval for independent proportions (his 1998a
+    method 10): ``D - sqrt((p1 - l1)^2 + (u2 - p2)^2)``, ``D + sqrt((u1 - p1)^2 + (p2 - l2)^2)``."""
+    ha, hb = _table(10, 10, 10, 10)  # a d - b c = 0
+    (l1, u1), (l2, u2) = wilson_ci(20, 40), wilson_ci(20, 40)
+    lo, hi = paired_difference(ha, hb).ci
+    assert lo == pytest.approx(-math.hypot(0.5 - l1, u2 - 0.5)) and hi == pytest.approx(math.hypot(u1 - 0.5, 0.5 - l2))
+
+
+@pytest.mark.parametrize(("p_a", "p_b", "p_ab"), [(0.5, 0.5, 0.4), (0.5, 0.3, 0.25), (0.6, 0.4, 0.24)])
+def test_paired_difference_covers_at_about_the_nominal_level(p_a: float, p_b: float, p_ab: float) -> None:
+    """Exact coverage over every 2 x 2 table of n = 15 seeds, weighted by its multinomial probability."""
+    n, probs, covered = 15, (p_ab, p_a - p_ab, p_b - p_ab, 1 - p_a - p_b + p_ab), 0.0
+    for a in range(n + 1):
+        for b in range(n + 1 - a):
+            for c in range(n + 1 - a - b):
+                cells = (a, b, c, n - a - b - c)
+                terms = zip(cells, probs, strict=True)
+                logp = math.lgamma(n + 1) + sum(x * math.log(q) - math.lgamma(x + 1) for x, q in terms)
+                lo, hi = paired_difference(*_table(*cells)).ci
+                covered += math.exp(logp) * (lo <= p_a - p_b <= hi)
+    assert 0.93 < covered < 0.99
+
+
+def test_paired_difference_bootstrap_matches_bootstrap_ci_and_scores_pair_up() -> None:
+    a, b = _pairs_with_cosines([0.9, 0.1, 0.9, 0.9] * 8)
+    a2, b2 = _pairs_with_cosines([0.1, 0.1, 0.9, 0.9] * 8)
+    s, s2 = rp_score(a, b), rp_score(a2, b2)
+    diff = paired_difference(s, s2, method="bootstrap", n_boot=200, seed=4)
+    assert diff.value == pytest.approx(s.value - s2.value) == 0.25
+    assert diff.ci == bootstrap_ci(s.hits.double() - s2.hits.double(), n_boot=200, seed=4)  # type: ignore[union-attr]
+    assert diff.ci[0] <= 0.25 <= diff.ci[1]
+    assert paired_difference(s, s2).value == diff.value
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda: paired_difference(torch.ones(3), torch.ones(4)), "same seeds"),
+        (lambda: paired_difference(torch.ones(3), torch.full((3,), 0.5)), "0/1 values"),
+        (lambda: paired_difference(torch.ones(3), torch.ones(3), method="wald"), "unknown method"),
+        (lambda: paired_difference(torch.ones(3), torch.ones(3), method="bootstrap", n_boot=0), "n_boot >= 1"),
+        (lambda: paired_difference(torch.ones(3), torch.ones(3), level=1.0), "level"),
+        (lambda: paired_difference(Score(0.5, (0, 1), torch.ones(2), 2, 0.6), torch.ones(2)), "no per-sample hits"),
+    ],
+)
+def test_paired_difference_rejects_bad_input(call, match: str) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ValueError, match=match):
+        call()
 
 
 def test_bootstrap_ci_contains_the_value_and_is_deterministic() -> None:
-    for cos in ([0.9, 0.1] * 10, [0.9] * 3 + [0.1] * 30, [0.9] * 31 + [0.1]):
-        a, b = _pairs_with_cosines(cos)
-        s = rp_score(a, b, seed=5)
-        assert s.ci[0] <= s.value <= s.ci[1]
-        assert rp_score(a, b, seed=5).ci == s.ci
-    a, b = _pairs_with_cosines([0.9, 0.1] * 10)
-    assert rp_score(a, b, seed=5).ci != rp_score(a, b, seed=6).ci
-    assert all(math.isnan(v) for v in rp_score(a, b, n_boot=0).ci)
+    for hits in (torch.arange(20) % 2, (torch.arange(33) < 3).long(), (torch.arange(32) < 31).long()):
+        lo, hi = bootstrap_ci(hits, seed=5)
+        assert lo <= hits.double().mean().item() <= hi
+        assert bootstrap_ci(hits, seed=5) == (lo, hi)
+    assert bootstrap_ci(torch.arange(20) % 2, seed=5) != bootstrap_ci(torch.arange(20) % 2, seed=6)
+    assert all(math.isnan(v) for v in bootstrap_ci(torch.arange(20) % 2, n_boot=0))
 
 
 def test_bootstrap_ci_is_wider_for_fewer_samples() -> None:

@@ -1,5 +1,5 @@
 """Frozen dataclass configs from TOML/JSON dicts: unknown keys get the nearest valid name, wrong types a
-one-line error naming the key (DESIGN.md, convention 4)."""
+one-line error naming the key (docs/DESIGN.md, convention 4)."""
 
 from __future__ import annotations
 

@@ -55,12 +55,12 @@ def inherit_sigma_range(wrapper: object, D: object) -> None:
 
 def pad_rows(x: Tensor, pad: int) -> Tensor:
     """``x`` with its last row repeated ``pad`` more times: padding for a fixed-size micro-batch (rows never
-    influence each other, so any padding is harmless; DESIGN.md, "Known traps")."""
+    influence each other, so any padding is harmless; docs/DESIGN.md, "Known traps")."""
     return torch.cat([x, x[-1:].expand(pad, *x.shape[1:])]) if pad else x
 
 
 class MicroBatched:
-    """Evaluate a denoiser in fixed-size micro-batches, padding the last one (DESIGN.md, "Known traps").
+    """Evaluate a denoiser in fixed-size micro-batches, padding the last one (docs/DESIGN.md, "Known traps").
 
     BLAS kernels choose their blocking from the batch dimension, so the same row can round differently
     inside batches of different sizes. Evaluating every call in chunks of exactly ``micro_batch`` rows

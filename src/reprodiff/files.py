@@ -1,4 +1,4 @@
-"""Atomic artefact writing (DESIGN.md, convention 8): temp file in the same folder, fsync, rename."""
+"""Atomic artefact writing (docs/DESIGN.md, convention 8): temp file in the same folder, fsync, rename."""
 
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ from torch import Tensor
 
 from .data import to_uint8
 
-__all__ = ["atomic_write", "folder_lock", "image_grid", "remove_stale_temp_files", "save_json", "save_npz",
-           "save_png"]
+__all__ = ["atomic_path", "atomic_write", "folder_lock", "image_grid", "remove_stale_temp_files", "save_json",
+           "save_npz", "save_png"]
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -29,20 +29,31 @@ os.umask(_UMASK)
 def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], Any]) -> Path:
     """Call ``write(f)`` on a temporary file beside ``path``, then rename it over ``path``: readers see the
     old complete file or the new complete file, never a partial one."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        write(f)
+    return Path(path)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield the name of a temporary file beside ``path`` for a writer that takes a file name (safetensors'
+    ``save_file``); when the block ends, fsync that file and rename it over ``path``; on an error, delete it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     try:
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual permissions
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
+        yield Path(tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # the data is on disk before the rename makes it visible
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return path
 
 
 @contextlib.contextmanager

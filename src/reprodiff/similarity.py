@@ -2,7 +2,7 @@
 
 A feature map (a *backend*) takes images ``[N, C, H, W]`` in [-1, 1] and returns L2-normalised float32 rows
 ``[N, F]``, so ``<f(a), f(b)>`` is a cosine similarity in [-1, 1]. Every backend first quantises the images to
-uint8 (``data.to_uint8``), so scores see what a PNG would hold (PAPER.md). Backends, by name (``FEATURES``):
+uint8 (``data.to_uint8``), so scores see what a PNG would hold (docs/PAPER.md). Backends, by name (``FEATURES``):
 
 - ``pixel`` (:class:`Pixel`): mean-centred, L2-normalised uint8 pixels -- meaningful for tiny images, where
   SSCD is not.
@@ -99,7 +99,7 @@ def l2_similarity(a: Tensor, b: Tensor, *, quantize: bool = True) -> Tensor:
 
 
 def sscd_preprocess(images: Tensor, size: int = 320) -> Tensor:
-    """SSCD's input as the paper's release makes it (PAPER.md): ``[N, C, H, W]`` in [-1, 1] ->
+    """SSCD's input as the paper's release makes it (docs/PAPER.md): ``[N, C, H, W]`` in [-1, 1] ->
     ``[N, 3, size, size]`` float32.
 
     1. quantise to uint8 (``to_uint8``: what a PNG would hold);
@@ -182,7 +182,7 @@ class SSCD:
         out = []
         for i in range(0, N, m):
             x = images[i : i + m]
-            if x.shape[0] < m:  # pad with the last row (DESIGN.md, "Known traps"): rows never interact
+            if x.shape[0] < m:  # pad with the last row (docs/DESIGN.md, "Known traps"): rows never interact
                 x = torch.cat([x, x[-1:].expand(m - x.shape[0], *x.shape[1:])])
             f = self._run(sscd_preprocess(x, self.size))
             if f.ndim != 2 or f.shape[0] != m:

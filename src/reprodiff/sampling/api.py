@@ -65,7 +65,7 @@ def sample(
     Returns ``[count, *shape]`` float32 on the CPU. ``D`` is evaluated in fixed micro-batches of
     ``micro_batch`` rows (the last padded; default 16 on the CPU, 256 on a GPU, where 16 ran 4x slower in
     ``benchmarks/gpu.py``), with batch boundaries at multiples of ``micro_batch``, so the result is
-    bit-identical for every ``batch_size`` (DESIGN.md, "Known traps"). Default grid: EDM's
+    bit-identical for every ``batch_size`` (docs/DESIGN.md, "Known traps"). Default grid: EDM's
     Karras grid (18 steps, sigma in [0.002, 80], rho = 7), clamped to the denoiser's range.
 
     A stochastic sampler (``STOCHASTIC_SAMPLERS``, e.g. ``"ancestral"``) takes its per-step noise for sample

@@ -1,4 +1,4 @@
-"""Shared, per-sample seeded noise: the foundation of every RP number (DESIGN.md, convention 2)."""
+"""Shared, per-sample seeded noise: the foundation of every RP number (docs/DESIGN.md, convention 2)."""
 
 from __future__ import annotations
 

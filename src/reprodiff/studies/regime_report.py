@@ -38,7 +38,7 @@ __all__ = ["PAPER_CIFAR10", "ScoreRow", "Study", "build_report", "load_study", "
 GRID_SAMPLES = 12  # samples per row of grid_n{n}.png
 MISSING_Y = -0.06  # where the plots put an "x" for a missing or failed score
 
-# PAPER.md, "The numbers to reproduce": read off the authors' released figures (CIFAR-10, SSCD > 0.6).
+# docs/PAPER.md, "The numbers to reproduce": read off the authors' released figures (CIFAR-10, SSCD > 0.6).
 PAPER_CIFAR10: dict[str, Any] = {
     "log2_sizes": (6, 8, 10, 11, 12, 13, 14, 15),
     "rows": (

@@ -350,7 +350,7 @@ def sample(model: GAN | VAE, seed: int, count: int, *, start: int = 0, micro_bat
            device: torch.device | str | None = None) -> Tensor:
     """Images ``[count, C, H, W]`` (float32, CPU) decoded from the latents ``noise(seed, count, (latent_dim,))``
     (sample ``i`` from latent ``i``). The network runs on fixed micro-batches of ``micro_batch`` rows, the last
-    padded with copies of its last row, so sample ``i`` is bit-identical at every ``count`` (DESIGN.md, "Known
+    padded with copies of its last row, so sample ``i`` is bit-identical at every ``count`` (docs/DESIGN.md, "Known
     traps")."""
     if micro_batch < 1:
         raise ValueError(f"micro_batch must be >= 1, got {micro_batch}")
