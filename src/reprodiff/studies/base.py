@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import dataclasses
 import io
 import json
 import os
@@ -34,7 +33,6 @@ from ..training.train import (
     TrainConfig,
     TrainingError,
     load_model,
-    load_training_data,
     resolve_device,
     train,
 )
@@ -222,16 +220,14 @@ def default_models() -> tuple[ModelSpec, ...]:
 
 
 def model_train_config(spec: ModelSpec, index: int, data: DataConfig, device: str, **extra: Any) -> TrainConfig:
-    """``spec.steps`` count at ``spec.batch_size``; where the data are fewer than a batch, the batch shrinks to
-    the data and the steps grow so that every run of the model sees the same number of training images.
-    ``extra``: further ``TrainConfig`` fields (e.g. ``finetune``, ``label_dropout``)."""
-    n = data.n or len(load_training_data(TrainConfig(data=dataclasses.replace(data, n=0), batch_size=1)))
-    batch = min(spec.batch_size, n)
-    steps = -(-spec.steps * spec.batch_size // batch)
+    """``spec.steps`` at ``spec.batch_size`` at every data size: where the data are fewer than a batch, the batch
+    cycles through them (``train.batch_indices``, EDM's ``InfiniteSampler``), so a run's cost does not grow as N
+    shrinks. ``extra``: further ``TrainConfig`` fields (e.g. ``finetune``, ``label_dropout``)."""
     return TrainConfig(
-        data=data, net=spec.net, kernel=spec.kernel, objective=spec.objective, steps=steps, batch_size=batch,
-        lr=spec.lr, ema_halflife=spec.ema_halflife, seed=index if spec.seed < 0 else spec.seed, device=device,
-        checkpoint_every=max(1, steps // 4), log_every=max(1, steps // 20), **extra,
+        data=data, net=spec.net, kernel=spec.kernel, objective=spec.objective, steps=spec.steps,
+        batch_size=spec.batch_size, lr=spec.lr, ema_halflife=spec.ema_halflife,
+        seed=index if spec.seed < 0 else spec.seed, device=device, checkpoint_every=max(1, spec.steps // 4),
+        log_every=max(1, spec.steps // 20), **extra,
     )
 
 
