@@ -5,7 +5,8 @@
 # the node up. Idempotent: a second run finds the daemons alive under the same configuration and only waits.
 # No cgroups (containers rarely delegate them): proctrack/linuxproc, task/none. No accounting database:
 # accounting_storage/none, finished jobs go to a jobcomp text file; reprodiff asks `squeue` and the tasks'
-# own output files, never `sacct`.
+# own output files, never `sacct`. cred_expire=10 (default 120) is also how long a requeued job waits before
+# it may start again: the requeue test would wait two minutes otherwise.
 set -euo pipefail
 CONF=/etc/slurm/slurm.conf
 LOGS=/var/log/slurm
@@ -52,6 +53,7 @@ SlurmctldHost=localhost
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
+AuthInfo=cred_expire=10
 StateSaveLocation=/var/spool/slurmctld
 SlurmdSpoolDir=/var/spool/slurmd
 SlurmctldPidFile=/run/slurmctld.pid
