@@ -6,7 +6,7 @@
 # No cgroups (containers rarely delegate them): proctrack/linuxproc, task/none. No accounting database:
 # accounting_storage/none, finished jobs go to a jobcomp text file; reprodiff asks `squeue` and the tasks'
 # own output files, never `sacct`. cred_expire=10 (default 120) is also how long a requeued job waits before
-# it may start again: the requeue test would wait two minutes otherwise.
+# it may start again: the requeue test would wait two minutes otherwise; a 5 s scheduler interval starts it soon after.
 set -euo pipefail
 CONF=/etc/slurm/slurm.conf
 LOGS=/var/log/slurm
@@ -39,14 +39,28 @@ start_munge() {
   munge -n | unmunge >/dev/null || die "munge does not round-trip a credential; see /var/log/munge/munged.log"
 }
 
+put() {  # write file $1 with content $2 when it differs; prints "changed" then
+  if [[ ! -f "$1" ]] || [[ "$(cat "$1")" != "$2" ]]; then
+    printf '%s\n' "$2" >"$1.tmp" && mv "$1.tmp" "$1"
+    echo changed
+  fi
+}
+
 write_conf() {  # prints "changed" when the configuration on disk changed
-  local node mem
+  local node mem gpus gres=""
   node="$(slurmd -C | head -n 1)"  # NodeName=<host> CPUs=... RealMemory=...
   mem="$(sed -n 's/.*RealMemory=\([0-9]*\).*/\1/p' <<<"$node")"
   node="$(sed "s/RealMemory=[0-9]*/RealMemory=$((mem * 9 / 10))/" <<<"$node")"  # leave the OS some room
+  # NVIDIA GPUs become generic resources, so that --gpus-per-task=1 runs one task per GPU (Slurm sets each
+  # job's CUDA_VISIBLE_DEVICES; without cgroups nothing stops a job from touching the other devices)
+  gpus="$( (nvidia-smi -L 2>/dev/null || true) | grep -c '^GPU ' || true)"
+  if [[ "$gpus" -gt 0 ]]; then
+    node="$node Gres=gpu:$gpus"
+    gres="GresTypes=gpu"
+  fi
   mkdir -p /etc/slurm "$LOGS" /var/spool/slurmctld /var/spool/slurmd
-  local new
-  new="$(cat <<EOF
+  put /etc/slurm/gres.conf "$( [[ "$gpus" -gt 0 ]] && echo "Name=gpu File=/dev/nvidia[0-$((gpus - 1))]" || true)"
+  put "$CONF" "$(cat <<EOF
 # written by .ci/slurm.sh: one node, this machine
 ClusterName=reprodiff-ci
 SlurmctldHost=localhost
@@ -73,15 +87,13 @@ MpiDefault=none
 MailProg=/bin/true
 ReturnToService=2
 KillWait=5
+SchedulerParameters=sched_interval=5,bf_interval=5
 MinJobAge=300
+$gres
 $node NodeAddr=127.0.0.1 State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 EOF
 )"
-  if [[ ! -f "$CONF" ]] || [[ "$(cat "$CONF")" != "$new" ]]; then
-    printf '%s\n' "$new" >"$CONF.tmp" && mv "$CONF.tmp" "$CONF"
-    echo changed
-  fi
 }
 
 stop_daemon() {  # only the daemon this script started, by its pid file
@@ -94,7 +106,7 @@ stop_daemon() {  # only the daemon this script started, by its pid file
 }
 
 start_slurm() {
-  if [[ "$(write_conf)" == changed ]]; then
+  if [[ -n "$(write_conf)" ]]; then
     stop_daemon /run/slurmd.pid
     stop_daemon /run/slurmctld.pid
   fi

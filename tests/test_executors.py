@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -17,8 +19,12 @@ from reprodiff.config import ConfigError
 from reprodiff.executors import (
     ExecutorConfig,
     LocalExecutor,
+    Outcome,
     SlurmExecutor,
     Task,
+    _gpus,
+    _groups,
+    executor_from_config,
     order_tasks,
     plan_table,
     run_task,
@@ -97,12 +103,25 @@ def test_plan_table_shows_done_cost_and_measured_seconds(tmp_path: Path) -> None
     assert next(r[3] for r in after if r[0] == "train/a") == "1e+06"
 
 
+def test_slurm_arrays_group_a_stage_by_resources_and_upstream_jobs(tmp_path: Path) -> None:
+    plan = order_tasks(toy_plan(tmp_path))
+    submit = {t.key: Outcome(t.key, "submit") for t in plan}
+    groups = _groups(plan, submit, gpus=2)
+    assert [[t.key for t in g] for g in groups] == [["train/a", "train/b"], ["sample/a"], ["sample/b"], ["score"]]
+    assert [_gpus(g[0], 2) for g in groups] == [2, 2, 2, 0]  # scoring asks for no GPU unless a task says so
+    assert _gpus(dataclasses.replace(plan[-1], gpus=1), 2) == 1
+    done = {**submit, "train/a": Outcome("train/a", "done"), "train/b": Outcome("train/b", "done")}
+    todo = [t for t in plan if not t.key.startswith("train/")]
+    assert [[t.key for t in g] for g in _groups(todo, done, gpus=2)] == [["sample/a", "sample/b"], ["score"]]
+
+
 def test_executor_config_from_toml_table_and_overrides() -> None:
     cfg = ExecutorConfig.from_table({"name": "slurm", "partition": "gpu", "sbatch": {"qos": "low"}},
                                     ["time_min=240", "mem_gb=32", "sbatch.constraint=a100", "account=lab"])
     assert (cfg.name, cfg.partition, cfg.time_min, cfg.mem_gb, cfg.account) == ("slurm", "gpu", 240, 32.0, "lab")
     assert cfg.sbatch == {"qos": "low", "constraint": "a100"}
     assert ExecutorConfig.from_table(None) == ExecutorConfig()
+    assert isinstance(executor_from_config(ExecutorConfig()), LocalExecutor)
     for table, overrides, message in [
         ({"partiton": "gpu"}, [], "executor: unknown key 'partiton'; did you mean 'partition'?"),
         ({"name": "pbs"}, [], "executor: name 'pbs' is not an executor; use one of local, slurm"),
@@ -160,17 +179,31 @@ def _job_ids(outcomes: list) -> list[str]:
 def test_slurm_plan_writes_what_the_local_plan_writes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     local, remote = tmp_path / "local", tmp_path / "slurm"
     LocalExecutor().run(toy_plan(local), local)
-    outcomes = SlurmExecutor(time_min=5).run(toy_plan(remote), remote)
+    executor = executor_from_config(ExecutorConfig.from_table({"name": "slurm", "time_min": 5}))
+    assert isinstance(executor, SlurmExecutor) and executor.config.time_min == 5
+    outcomes = executor.run(toy_plan(remote), remote)
     assert {o.state for o in outcomes} == {"submitted"}
     train_ids = [o.job_id for o in outcomes if o.key.startswith("train/")]
     assert len({i.split("_")[0] for i in train_ids}) == 1 and {i.split("_")[1] for i in train_ids} == {"0", "1"}
     assert "squeue --me" in capsys.readouterr().out
+    ids = {o.key: o.job_id for o in outcomes}
+    assert {k: _dependency(remote, j) for k, j in ids.items()} == {
+        "train/a": None, "train/b": None, "sample/a": f"afterok:{ids['train/a']}",
+        "sample/b": f"afterok:{ids['train/b']}", "score": f"afterok:{ids['sample/a']}:{ids['sample/b']}"}
     states = wait_for_jobs(_job_ids(outcomes), timeout_s=60)
     assert set(states.values()) == {"COMPLETED"}, states
     assert _outputs(remote) == _outputs(local) and len(_outputs(local)) == 5
     assert json.loads((remote / "slurm/jobs.json").read_text()) == {o.key: o.job_id for o in outcomes}
     again = SlurmExecutor(time_min=5).run(toy_plan(remote), remote)
     assert {o.state for o in again} == {"done"}
+
+
+def _dependency(root: Path, job_id: str) -> str | None:
+    """The ``--dependency`` of a job, from the sbatch script submitit wrote (Slurm clears it once met)."""
+    main = job_id.split("_")[0]
+    script = (root / "slurm" / main / f"{main}_submission.sh").read_text()
+    found = re.search(r"^#SBATCH --dependency=(\S+)$", script, re.M)
+    return found and found.group(1)
 
 
 @pytest.mark.slow

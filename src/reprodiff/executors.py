@@ -18,11 +18,13 @@ Nothing here knows about studies; this module imports only the bottom floor (``f
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import math
 import os
 import re
 import shlex
+import shutil
 import socket
 import subprocess
 import sys
@@ -39,6 +41,7 @@ __all__ = ["EXECUTORS", "STAGES", "ExecutorConfig", "LocalExecutor", "Outcome", 
            "executor_from_config", "order_tasks", "plan_table", "run_task", "slurm_states", "wait_for_jobs"]
 
 STAGES = ("train", "sample", "features", "score", "report")
+_GPU_STAGES = ("train", "sample", "features")  # the others ask for no GPU unless a task says otherwise
 EXECUTORS = ("local", "slurm")
 _KEY = re.compile(r"[A-Za-z0-9_.+=-]+(/[A-Za-z0-9_.+=-]+)*")
 # squeue states of a job that will still run (or is running): such a task must not be submitted again
@@ -54,7 +57,8 @@ class Task:
     """One resumable unit of a plan. ``fn(*args)`` does the work (idempotent, atomic writes); ``done()``
     tells whether its output exists. Both must pickle (module-level functions, ``functools.partial``) so
     that a Slurm job can run them. ``cost`` is the estimated FLOPs (for the plan table); ``gpus`` is the
-    number of GPUs the task needs (None: the executor's ``gpus_per_task``; 0 for CPU-only stages)."""
+    number of GPUs the task needs (None: the executor's ``gpus_per_task`` for train, sample and features,
+    none for score and report)."""
 
     key: str
     stage: str
@@ -317,6 +321,11 @@ class SlurmExecutor:
     def __init__(self, folder: str | os.PathLike[str] | None = None, **resources: Any) -> None:
         self.folder = None if folder is None else Path(folder)
         self.config = ExecutorConfig(name="slurm", **resources)
+        if importlib.util.find_spec("submitit") is None:
+            raise RuntimeError("the slurm executor needs submitit: pip install 'reprodiff[slurm]'")
+        if shutil.which("sbatch") is None or shutil.which("squeue") is None:
+            raise RuntimeError("the slurm executor needs Slurm's sbatch and squeue on this machine (run it on a "
+                               "login node of the cluster)")
 
     def run(self, tasks: Iterable[Task], out: str | os.PathLike[str]) -> list[Outcome]:
         out = Path(out)
@@ -365,7 +374,9 @@ class SlurmExecutor:
 
 
 def _gpus(task: Task, default: int) -> int:
-    return default if task.gpus is None else task.gpus
+    if task.gpus is not None:
+        return task.gpus
+    return default if task.stage in _GPU_STAGES else 0
 
 
 def _read_record(path: Path) -> dict[str, str]:
