@@ -31,6 +31,7 @@ from reprodiff.executors import (
     slurm_states,
     wait_for_jobs,
 )
+from reprodiff.files import folder_lock
 
 TESTS = Path(__file__).parent
 
@@ -196,6 +197,13 @@ def test_slurm_plan_writes_what_the_local_plan_writes(tmp_path: Path, capsys: py
     assert json.loads((remote / "slurm/jobs.json").read_text()) == {o.key: o.job_id for o in outcomes}
     again = SlurmExecutor(time_min=5).run(toy_plan(remote), remote)
     assert {o.state for o in again} == {"done"}
+
+
+@pytest.mark.usefixtures("slurm")
+def test_slurm_submissions_to_one_folder_take_turns(tmp_path: Path) -> None:
+    with folder_lock(tmp_path / "slurm", "Slurm submission"), pytest.raises(ValueError, match="is in use by another"):
+        SlurmExecutor(time_min=5).run(toy_plan(tmp_path), tmp_path)
+    assert not (tmp_path / "slurm/jobs.json").exists()
 
 
 def _dependency(root: Path, job_id: str) -> str | None:
