@@ -24,6 +24,7 @@ from reprodiff.executors import (
     Task,
     _gpus,
     _groups,
+    _keep_or_submit,
     executor_from_config,
     order_tasks,
     plan_table,
@@ -114,6 +115,20 @@ def test_slurm_arrays_group_a_stage_by_resources_and_upstream_jobs(tmp_path: Pat
     done = {**submit, "train/a": Outcome("train/a", "done"), "train/b": Outcome("train/b", "done")}
     todo = [t for t in plan if not t.key.startswith("train/")]
     assert [[t.key for t in g] for g in _groups(todo, done, gpus=2)] == [["sample/a", "sample/b"], ["score"]]
+
+
+def test_slurm_rerun_keeps_live_jobs_and_resubmits_failed_ones_with_what_waits_on_them(tmp_path: Path) -> None:
+    plan = order_tasks(toy_plan(tmp_path))
+    (tmp_path / "train-a.txt").write_text("finished")
+    record = {"train/a": "1_0", "train/b": "1_1", "sample/a": "2", "sample/b": "3", "score": "4"}
+    squeue = {"1_0": "COMPLETED", "1_1": "FAILED", "2": "RUNNING", "3": "PENDING", "4": "PENDING"}
+    outcomes, stale = _keep_or_submit(plan, record, squeue)
+    assert {k: (o.state, o.job_id) for k, o in outcomes.items()} == {
+        "train/a": ("done", None), "train/b": ("submit", None), "sample/a": ("queued", "2"),
+        "sample/b": ("submit", None), "score": ("submit", None)}
+    assert stale == ["3", "4"]  # they wait on the failed training: cancelled, then submitted anew
+    forgotten = _keep_or_submit(plan, record, {})[0]  # squeue forgot every job (MinJobAge): output decides
+    assert [o.state for o in forgotten.values()] == ["done", "submit", "submit", "submit", "submit"]
 
 
 def test_executor_config_from_toml_table_and_overrides() -> None:
