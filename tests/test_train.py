@@ -128,7 +128,7 @@ def test_config_json_round_trip() -> None:
         ("[objective]\nname = 'ct'\ns9 = 1", "bad parameters for objective"),
         ("precision = 'fp8'", "precision"),
         ("[data]\nn = 5000", "exceeds the 1797 images"),
-        ("batch_size = 128\n[data]\nn = 64", "batch_size 128 exceeds the 64 training images"),
+        ("[data]\nname = 'missing.npz'", "missing.npz: no such file"),
         ("steps = [", "not valid TOML"),
     ],
 )

@@ -21,7 +21,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
-from .files import atomic_write
+from .files import atomic_write, read_input_bytes
 
 __all__ = ["load_state", "load_weights", "read_safetensors", "save_training_state", "write_safetensors"]
 
@@ -39,9 +39,7 @@ def write_safetensors(path: str | os.PathLike[str], tensors: dict[str, torch.Ten
 def read_safetensors(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Tensors and metadata of a safetensors file; a one-line ``ValueError`` for anything else."""
     path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{path}: no such file")
-    raw = path.read_bytes()
+    raw = read_input_bytes(path, "safetensors file")
     try:
         tensors = st_load(raw)
         header_len = int.from_bytes(raw[:8], "little")

@@ -8,6 +8,7 @@ batches with an unpickler that admits numpy arrays only.
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import zipfile
@@ -19,6 +20,8 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
+
+from .files import read_input_bytes
 
 __all__ = [
     "DATASETS",
@@ -80,10 +83,9 @@ def _from_uint8(a: np.ndarray, source: str) -> Tensor:
 def load_npz(path: str | os.PathLike[str]) -> Dataset:
     """An ``.npz`` with uint8 ``images`` (or ``x``) and optional integer ``labels`` (or ``y``)."""
     path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{path}: no such file")
+    raw = read_input_bytes(path)
     try:
-        with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as f:
+        with np.load(io.BytesIO(raw), allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files}
     except ValueError as e:
         raise ValueError(f"{path}: not a plain .npz of numeric arrays ({e})") from None

@@ -10,7 +10,6 @@ other runs' results.
 from __future__ import annotations
 
 import csv
-import dataclasses
 import io
 import json
 import os
@@ -32,7 +31,7 @@ from .data import load_dataset, subset, to_uint8
 from .encoding import compare_encodings, encodings_of
 from .files import atomic_write, folder_lock, remove_stale_temp_files, save_json, save_npz
 from .optimal import EmpiricalOptimalDenoiser
-from .train import DataConfig, TrainConfig, TrainingError, load_model, load_training_data, resolve_device, train
+from .train import DataConfig, TrainConfig, TrainingError, load_model, resolve_device, train
 
 __all__ = ["SCHEMA", "Kind", "ModelSpec", "Report", "StudyConfig", "cached_samples", "check_folder", "check_scoring",
            "default_study", "model_train_config", "read_samples", "run_study", "scoring_features", "summarize",
@@ -185,16 +184,14 @@ def _train_config(cfg: StudyConfig, spec: ModelSpec, index: int, n: int) -> Trai
 
 
 def model_train_config(spec: ModelSpec, index: int, data: DataConfig, device: str, **extra: Any) -> TrainConfig:
-    """``spec.steps`` count at ``spec.batch_size``; where the data are fewer than a batch, the batch shrinks to
-    the data and the steps grow so that every run of the model sees the same number of training images.
-    ``extra``: further ``TrainConfig`` fields (e.g. ``finetune``, ``label_dropout``)."""
-    n = data.n or len(load_training_data(TrainConfig(data=dataclasses.replace(data, n=0), batch_size=1)))
-    batch = min(spec.batch_size, n)
-    steps = -(-spec.steps * spec.batch_size // batch)
+    """``spec.steps`` at ``spec.batch_size`` at every data size: where the data are fewer than a batch, the batch
+    cycles through them (``train.batch_indices``, EDM's ``InfiniteSampler``), so a run's cost does not grow as N
+    shrinks. ``extra``: further ``TrainConfig`` fields (e.g. ``finetune``, ``label_dropout``)."""
     return TrainConfig(
-        data=data, net=spec.net, kernel=spec.kernel, objective=spec.objective, steps=steps, batch_size=batch,
-        lr=spec.lr, ema_halflife=spec.ema_halflife, seed=index if spec.seed < 0 else spec.seed, device=device,
-        checkpoint_every=max(1, steps // 4), log_every=max(1, steps // 20), **extra,
+        data=data, net=spec.net, kernel=spec.kernel, objective=spec.objective, steps=spec.steps,
+        batch_size=spec.batch_size, lr=spec.lr, ema_halflife=spec.ema_halflife,
+        seed=index if spec.seed < 0 else spec.seed, device=device, checkpoint_every=max(1, spec.steps // 4),
+        log_every=max(1, spec.steps // 20), **extra,
     )
 
 

@@ -25,15 +25,15 @@ from tqdm.auto import tqdm
 from .checkpoint import load_state, load_weights, read_safetensors, save_training_state, write_safetensors
 from .config import ConfigError, TomlConfig, read_run_config, suggest
 from .data import Dataset, load_dataset, select_classes, subset
-from .files import atomic_write, folder_lock, save_json
+from .files import append_line, atomic_write, folder_lock, save_json
 from .kernels import Kernel, make_kernel
 from .lora import add_lora, freeze_except
 from .nets import NETS, make_net
 from .objectives import Objective, make_objective
 from .precond import Precond
 
-__all__ = ["DataConfig", "FinetuneConfig", "TrainConfig", "TrainingError", "build_model", "load_model",
-           "resolve_device", "step_generator", "train", "train_step"]
+__all__ = ["DataConfig", "FinetuneConfig", "TrainConfig", "TrainingError", "batch_indices", "build_model",
+           "data_order", "load_model", "resolve_device", "step_generator", "train", "train_step"]
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 
@@ -194,6 +194,28 @@ def step_generator(seed: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(s)
 
 
+def data_order(seed: int, epoch: int, n: int) -> Tensor:
+    """The order in which epoch ``epoch`` visits the ``n`` training images: a permutation drawn from
+    ``SeedSequence([seed, epoch], spawn_key=(1,))``, a stream apart from :func:`step_generator`'s."""
+    s = int(np.random.SeedSequence([seed, epoch], spawn_key=(1,)).generate_state(1, np.uint64)[0])
+    return torch.randperm(n, generator=torch.Generator().manual_seed(s))
+
+
+def batch_indices(seed: int, step: int, n: int, batch: int) -> Tensor:
+    """The image indices ``[batch]`` of step ``step``: positions ``step * batch`` .. ``step * batch + batch - 1``
+    of an endless stream that cycles through the ``n`` images, a fresh :func:`data_order` each epoch (EDM's
+    ``InfiniteSampler``, PAPER.md). The batch never shrinks to ``n``: at ``n < batch`` a batch holds each image
+    about ``batch / n`` times, and the cost of a step does not depend on ``n``. A pure function of its arguments,
+    so resumed and data-parallel runs draw the same rows."""
+    pos = torch.arange(step * batch, (step + 1) * batch)  # [batch] positions in the stream
+    epoch = pos // n
+    idx = torch.empty(batch, dtype=torch.long)
+    for e in epoch.unique().tolist():
+        here = epoch == e
+        idx[here] = data_order(seed, e, n)[pos[here] % n]
+    return idx
+
+
 def lr_at(cfg: TrainConfig, step: int) -> float:
     """Linear warm-up over ``lr_warmup`` steps, then constant or cosine decay to 0."""
     lr = cfg.lr * min(1.0, (step + 1) / max(1, cfg.lr_warmup))
@@ -297,9 +319,6 @@ def _set_deterministic(cfg: TrainConfig, device: torch.device) -> None:
 def load_training_data(cfg: TrainConfig) -> Dataset:
     data = select_classes(load_dataset(cfg.data.name), cfg.data.classes)
     data = subset(data, cfg.data.n or len(data), cfg.data.seed)
-    if cfg.batch_size > len(data):
-        raise ConfigError(f"batch_size {cfg.batch_size} exceeds the {len(data)} training images; "
-                          f"use batch_size <= {len(data)}")
     if cfg.data.conditional and data.labels is None:
         raise ConfigError(f"data.conditional = true but {cfg.data.name!r} has no labels")
     return data
@@ -382,7 +401,7 @@ def _loop(cfg: TrainConfig, out: Path, data: Dataset, num_classes: int, device: 
     model.train()
     for step in bar:
         g = step_generator(cfg.seed, step)
-        idx = torch.randperm(len(data), generator=g)[: cfg.batch_size][rows].to(device)
+        idx = batch_indices(cfg.seed, step, len(data), cfg.batch_size)[rows].to(device)
         draws = objective.draw(model.kernel, cfg.batch_size, data.image_shape, g, step, cfg.steps)
         draws = {k: v[rows] for k, v in draws.items()}
         cond = None if labels is None else labels[idx]
@@ -436,8 +455,7 @@ def _weights_at(out: Path, step: int) -> bool:
 
 
 def _append_log(path: Path, record: dict[str, Any]) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
+    append_line(path, json.dumps(record))
 
 
 def _trim_log(path: Path, step: int, main: bool) -> None:
