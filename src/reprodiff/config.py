@@ -109,11 +109,11 @@ def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
     ``StorageError`` when the file system refuses)."""
     path = Path(path)
     try:
-        return tomllib.loads(read_input_bytes(path, "config file").decode())
-    except ConfigError:
-        raise
+        raw = read_input_bytes(path, "config file")
     except ValueError as e:  # missing, a folder, changed while read
         raise ConfigError(str(e)) from None
+    try:
+        return tomllib.loads(raw.decode())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: not valid TOML ({e})") from None
 
