@@ -150,7 +150,7 @@ def test_input_path_states_each_get_one_line(tmp_path, monkeypatch) -> None:
     assert read_input_bytes(tmp_path / "f") == b"abc" and check_input_dir(tmp_path / "d") == tmp_path / "d"
     wrong = {(check_input_file, "d"): f"{tmp_path}/d: is a folder, not a file; give the path of the file",
              (check_input_dir, "f"): f"{tmp_path}/f: is a file, not a folder; give the folder",
-             (check_input_file, "missing"): f"{tmp_path}/missing: no such file",
+             (check_input_file, "missing"): f"{tmp_path}/missing: no such file; check the path",
              (check_input_file, "dangling"): f"{tmp_path}/dangling: is a symlink to {tmp_path}/nowhere, which does "
                                              "not exist; fix the link"}
     for (check, rel), message in wrong.items():

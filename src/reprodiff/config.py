@@ -134,7 +134,7 @@ def read_run_config(cls: type[T], folder: str | os.PathLike[str], what: str) -> 
     """A run folder's ``config.json`` as ``cls`` (``what`` names the folder kind in the error)."""
     path = check_input_dir(folder, f"{what} folder") / "config.json"
     if not path.is_file():
-        raise ValueError(f"{folder}: not a {what} folder (no config.json)")
+        raise ValueError(f"{folder}: not a {what} folder (no config.json); give the --out folder of a training run")
     try:
         return from_dict(cls, json.loads(read_input_bytes(path)))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:

@@ -152,7 +152,7 @@ def _stat_input(path: Path, what: str) -> os.stat_result:
         if path.is_symlink():
             target = os.readlink(path)
             raise ValueError(f"{path}: is a symlink to {target}, which does not exist; fix the link") from None
-        raise ValueError(f"{path}: no such {what}") from None
+        raise ValueError(f"{path}: no such {what}; check the path") from None
 
 
 def check_input_file(path: str | os.PathLike[str], what: str = "file") -> Path:
