@@ -24,7 +24,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from .files import atomic_path
+from .files import atomic_path, check_input_file
 
 __all__ = ["load_state", "load_weights", "read_safetensors", "save_training_state", "write_safetensors"]
 
@@ -66,8 +66,7 @@ def read_safetensors(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tens
     ranges, ranges that cover the file exactly). Our files are replaced by rename, never rewritten in place,
     so a mapping stays valid while a new checkpoint is written."""
     path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{path}: no such file")
+    check_input_file(path, "safetensors file")  # one line for a missing, unreadable or folder path
     try:
         with safe_open(path, framework="pt", device="cpu") as f:
             meta = f.metadata() or {}

@@ -13,7 +13,16 @@ import torch
 
 from . import __version__, metrics, sampling
 from .data import load_dataset, subset, to_uint8
-from .files import image_grid, save_json, save_npz, save_png
+from .files import (
+    atomic_write_all,
+    check_input_dir,
+    image_grid,
+    json_bytes,
+    npz_bytes,
+    png_bytes,
+    prepare_out_dir,
+    storage_error,
+)
 from .optimal import EmpiricalOptimalDenoiser
 
 __all__ = ["main", "run_optimal"]
@@ -58,6 +67,7 @@ def run_optimal(
     ``summary.json`` into ``out``; returns the summary."""
     if not -1.0 <= threshold <= 1.0:  # before any sampling
         raise ValueError(f"threshold is a cosine similarity and must be in [-1, 1], got {threshold}")
+    out = prepare_out_dir(out, "optimal")
     train = subset(load_dataset(data), n, subset_seed)
     D = EmpiricalOptimalDenoiser(train.images, device=device)
     t0 = time.perf_counter()
@@ -67,11 +77,8 @@ def run_optimal(
     gl = metrics.gl_score(x, train.images, features="pixel", threshold=threshold, n_boot=0)
     sim, idx = gl.similarities, gl.nearest
     assert idx is not None
-    out = Path(out)
     pairs = torch.stack([x, train.images[idx]], 1).flatten(0, 1)  # [2 count, C, H, W]: sample, neighbour
     scale = max(1, 64 // max(train.image_shape[1:]))
-    save_png(out / "grid.png", image_grid(pairs, ncol=16, scale=scale))
-    save_npz(out / "samples.npz", images=to_uint8(x), samples=x, nearest=idx, similarity=sim)
     summary = {
         "data": data, "n": n, "subset_seed": subset_seed, "count": count, "seed": seed,
         "sampler": sampler, "steps": steps, "nfe": sampling.SAMPLERS[sampler].nfe(steps),
@@ -79,7 +86,9 @@ def run_optimal(
         "memorized": 1.0 - gl.value, "mean_similarity": float(sim.mean()),
         "seconds": seconds,
     }
-    save_json(out / "summary.json", summary)
+    atomic_write_all({out / "grid.png": png_bytes(image_grid(pairs, ncol=16, scale=scale)),
+                      out / "samples.npz": npz_bytes(images=to_uint8(x), samples=x, nearest=idx, similarity=sim),
+                      out / "summary.json": json_bytes(summary)})
     return summary
 
 
@@ -89,6 +98,7 @@ def run_sample(model: str | Path, out: str | Path, *, seed: int = 100000, count:
     """Sample a trained model folder from shared noise; writes ``grid.png`` and ``samples.npz``."""
     from .training.train import load_model
 
+    out = prepare_out_dir(out)
     D, cfg, train_data = load_model(model, weights=weights, device=device)
     cond = None
     if label is not None:
@@ -100,10 +110,11 @@ def run_sample(model: str | Path, out: str | Path, *, seed: int = 100000, count:
                             batch_size=batch_size, cond=cond, device=device, progress=progress)
     if not bool(torch.isfinite(x).all()):
         raise ValueError(f"{model}: the model produced NaN/Inf samples; its weights are broken")
-    out = Path(out)
     scale = max(1, 64 // max(train_data.image_shape[1:]))
-    save_png(out / "grid.png", image_grid(x, ncol=int(count**0.5 + 0.999), scale=scale))
-    save_npz(out / "samples.npz", images=to_uint8(x), samples=x, seeds=torch.arange(seed, seed + count))
+    grid = image_grid(x, ncol=int(count**0.5 + 0.999), scale=scale)
+    seeds = torch.arange(seed, seed + count)
+    atomic_write_all({out / "grid.png": png_bytes(grid),
+                      out / "samples.npz": npz_bytes(images=to_uint8(x), samples=x, seeds=seeds)})
     return {"model": str(model), "count": count, "seed": seed, "sampler": sampler, "steps": steps,
             "nfe": sampling.SAMPLERS[sampler].nfe(steps), "out": str(out)}
 
@@ -119,6 +130,7 @@ def run_encode(models: list[str], out: str | Path, *, data: str, count: int = 64
         raise ValueError(f"encode needs exactly two models (--model A --model B), got {len(models)}")
     if count < 2:
         raise ValueError(f"count must be >= 2, got {count}")
+    out = prepare_out_dir(out)
     (A, _, train_a), (B, _, train_b) = load_model(models[0]), load_model(models[1])
     images = subset(load_dataset(data), count, 0).images
     if images.shape[1:] != train_a.images.shape[1:] or images.shape[1:] != train_b.images.shape[1:]:
@@ -133,8 +145,8 @@ def run_encode(models: list[str], out: str | Path, *, data: str, count: int = 64
     rows = [images[:k], (a.noise[:k] / 3).clamp(-1, 1), (b.noise[:k] / 3).clamp(-1, 1), a.decoded[:k],
             r.decoded_b_from_a[:k]]
     panel = torch.stack(rows, 1).flatten(0, 1)  # [k * 5, C, H, W], one row per image
-    save_png(Path(out) / "panel.png", image_grid(panel, ncol=5, scale=max(1, 64 // images.shape[-1])))
-    save_json(Path(out) / "encode.json", summary)
+    atomic_write_all({out / "panel.png": png_bytes(image_grid(panel, ncol=5, scale=max(1, 64 // images.shape[-1]))),
+                      out / "encode.json": json_bytes(summary)})
     return summary
 
 
@@ -245,9 +257,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "report":
             from .studies import build_report
 
-            print(f"report: {build_report(args.study)}")
-    except (ValueError, RuntimeError) as e:  # ConfigError, TrainingError, bad files: one line, no traceback
-        print(f"reprodiff: error: {e}", file=sys.stderr)
+            print(f"report: {build_report(check_input_dir(args.study, 'study folder'))}")
+    except (ValueError, RuntimeError, OSError) as e:  # ConfigError, TrainingError, StorageError: one line
+        print(f"reprodiff: error: {storage_error(e) if isinstance(e, OSError) else e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("reprodiff: interrupted; run the same command again to resume", file=sys.stderr)

@@ -14,6 +14,8 @@ import typing
 from pathlib import Path
 from typing import Any, Self, TypeVar
 
+from .files import check_input_dir, read_input_bytes
+
 __all__ = ["ConfigError", "TomlConfig", "from_dict", "from_file_dict", "load_toml", "read_run_config", "read_toml",
            "to_dict"]
 
@@ -103,12 +105,15 @@ def to_dict(obj: Any) -> Any:
 
 
 def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """A TOML file as a dict; a missing or malformed file is a one-line ``ConfigError``."""
+    """A TOML file as a dict; a missing, unreadable or malformed file is one line (``ConfigError``, or a
+    ``StorageError`` when the file system refuses)."""
     path = Path(path)
     try:
-        return tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such config file") from None
+        raw = read_input_bytes(path, "config file")
+    except ValueError as e:  # missing, a folder, changed while read
+        raise ConfigError(str(e)) from None
+    try:
+        return tomllib.loads(raw.decode())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: not valid TOML ({e})") from None
 
@@ -127,11 +132,11 @@ def load_toml(cls: type[T], path: str | os.PathLike[str]) -> T:
 
 def read_run_config(cls: type[T], folder: str | os.PathLike[str], what: str) -> T:
     """A run folder's ``config.json`` as ``cls`` (``what`` names the folder kind in the error)."""
-    path = Path(folder) / "config.json"
+    path = check_input_dir(folder, f"{what} folder") / "config.json"
     if not path.is_file():
-        raise ValueError(f"{folder}: not a {what} folder (no config.json)")
+        raise ValueError(f"{folder}: not a {what} folder (no config.json); give the --out folder of a training run")
     try:
-        return from_dict(cls, json.loads(path.read_text()))
+        return from_dict(cls, json.loads(read_input_bytes(path)))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path}: not valid JSON ({e})") from None
 

@@ -8,6 +8,7 @@ batches with an unpickler that admits numpy arrays only.
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import zipfile
@@ -19,6 +20,8 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
+
+from .files import read_input_bytes, to_uint8  # to_uint8 re-exported: where studies import it
 
 __all__ = [
     "DATASETS",
@@ -79,11 +82,11 @@ def _from_uint8(a: np.ndarray, source: str) -> Tensor:
 
 
 def _read_npz(path: Path, keys: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
-    """The arrays of an ``.npz`` (only ``keys`` where given), never unpickling; one-line ``ValueError``s."""
-    if not path.is_file():
-        raise ValueError(f"{path}: no such file")
+    """The arrays of an ``.npz`` (only ``keys`` where given), never unpickling; one-line ``ValueError``s for a
+    missing, unreadable or changing file (``files.read_input_bytes``) and for anything but plain arrays."""
+    raw = read_input_bytes(path)
     try:
-        with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as f:
+        with np.load(io.BytesIO(raw), allow_pickle=False) as f:
             return {k: f[k] for k in f.files if keys is None or k in keys}
     except ValueError as e:
         raise ValueError(f"{path}: not a plain .npz of numeric arrays ({e})") from None
@@ -256,6 +259,3 @@ def held_out(data: Dataset, n: int, count: int, seed: int = 0) -> Dataset:
     return Dataset(f"{data.name}[held-out {count}]", data.images[idx].contiguous(), labels)
 
 
-def to_uint8(x: Tensor) -> Tensor:
-    """[-1, 1] -> uint8 as EDM and the paper save PNGs: ``clip(x * 127.5 + 128, 0, 255)``."""
-    return (x.detach().float().cpu() * 127.5 + 128).clamp(0, 255).to(torch.uint8)

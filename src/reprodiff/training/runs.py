@@ -10,6 +10,7 @@ from typing import Any
 
 from ..checkpoint import read_safetensors
 from ..config import ConfigError
+from ..files import append_line
 
 __all__ = ["append_log", "ema_beta", "existing_config", "weights_at"]
 
@@ -43,5 +44,4 @@ def ema_beta(batch_size: int, halflife: float) -> float:
 
 def append_log(path: Path, record: dict[str, Any]) -> None:
     """One JSON line appended to the run's ``log.jsonl``."""
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
+    append_line(path, json.dumps(record))
