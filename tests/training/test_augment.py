@@ -95,7 +95,7 @@ def test_nets_take_labels_and_no_labels_means_zero_labels(net: dict) -> None:
 
 
 def test_augment_needs_the_nets_label_input() -> None:
-    with pytest.raises(ValueError, match="set net.augment_dim = 9"):
+    with pytest.raises(ValueError, match=r"set net\.augment_dim = 9"):
         TrainConfig(augment=0.12)
     cfg = TrainConfig(augment=0.12, net={"name": "mlp", "hidden": 16, "depth": 1, "augment_dim": 9})
     assert cfg.augment == 0.12
