@@ -8,6 +8,7 @@ import io
 import json
 import os
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -57,15 +58,23 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def folder_lock(folder: str | os.PathLike[str], what: str) -> Iterator[None]:
+def folder_lock(folder: str | os.PathLike[str], what: str, wait_s: float = 0.0) -> Iterator[None]:
     """Hold an exclusive ``flock`` on ``folder/.lock`` while a run writes there. A second process gets a
-    one-line error instead of corrupting the first; the kernel drops the lock when its holder dies, so a
-    crashed run never leaves the folder locked."""
+    one-line error (after trying for ``wait_s`` seconds) instead of corrupting the first; the kernel drops the
+    lock when its holder dies, so a crashed run never leaves the folder locked."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+    deadline = time.monotonic() + wait_s
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.5)
     except BlockingIOError:
         holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
         os.close(fd)
