@@ -37,7 +37,8 @@ from . import base, plan
 from .base import FAILURES, OPTIMAL, SCHEMA, Kind, ModelSpec, StudyFields
 from .regime_report import report
 
-__all__ = ["KIND", "StudyConfig", "default_study", "run_study", "summarize"]
+__all__ = ["KIND", "StudyConfig", "default_study", "effective_sampler", "plan_tasks", "rescore", "run_study",
+           "study_shape", "summarize"]
 
 
 @dataclass(frozen=True)
@@ -115,12 +116,38 @@ def run_study(cfg: StudyConfig | None, out: str | os.PathLike[str], *, progress:
         return base.read_results(folder / "results.json")
 
 
+def rescore(out: str | os.PathLike[str], threshold: float, gl_threshold: float | None = None) -> dict[str, Any]:
+    """Score a finished study folder again at another ``threshold`` (RP; GL too unless ``gl_threshold``): no
+    training, no sampling, features read from their cache; ``study.json`` and ``results.json`` then hold the
+    new thresholds."""
+    with base.study_folder(out) as folder:
+        old = StudyConfig.from_dict(json.loads((folder / "study.json").read_text()))
+        cfg = replace(old, threshold=threshold, gl_threshold=old.gl_threshold if gl_threshold is None else gl_threshold)
+        shape = study_shape(cfg)
+        tasks = plan_tasks(cfg, folder, shape, start=time.time(), final_lock=False)
+        if missing := [t.key for t in tasks if t.stage not in ("score", "report") and not t.done()]:
+            raise ConfigError(f"{folder} is not finished ({missing[0]} and {len(missing) - 1} more tasks to run); "
+                              "run reprodiff study on it first")
+        save_json(folder / "study.json", cfg.to_dict())
+        for path in (folder / "scores").glob("n*.json"):
+            path.unlink()
+        LocalExecutor(stop_on_error=True).run(tasks, folder)
+        return base.read_results(folder / "results.json")
+
+
 def check_study(cfg: StudyConfig, folder: Path) -> tuple[int, ...]:
     """The checks before any work (data sizes, outside models, the folder's ``study.json``); the image shape."""
     data = base.load_data(cfg)
     _load_outside_models(cfg, data.image_shape, "cpu")
     base.check_folder(folder, cfg.to_dict())
     return tuple(data.image_shape)
+
+
+def study_shape(cfg: StudyConfig) -> tuple[int, ...]:
+    """The image shape ``[C, H, W]`` of the study's data, without loading CIFAR-10 (for ``--plan``)."""
+    if cfg.data.startswith("cifar10"):
+        return (3, 32, 32)
+    return tuple(base.load_data(cfg).image_shape)
 
 
 def announce(cfg: StudyConfig, tasks: list[Task], out: Path) -> str:
