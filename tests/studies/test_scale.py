@@ -111,9 +111,9 @@ def test_own_samplers_and_rescoring_without_retraining(tmp_path: Path) -> None:
         "threshold"] == -1.0
 
 
-def _tiny_toml(path: Path, steps: int = 6, every: int = 0) -> Path:
+def _tiny_toml(path: Path, steps: int = 6, every: int = 0, sizes: str = "[8, 16]") -> Path:
     train = f"train = {{ checkpoint_every = {every} }}\n" if every else ""
-    path.write_text(f"""sizes = [8, 16]\ncount = 8\nsampler_steps = 3\nn_boot = 20\ndevice = "cpu"\nencode_count = 0
+    path.write_text(f"""sizes = {sizes}\ncount = 8\nsampler_steps = 3\nn_boot = 20\ndevice = "cpu"\nencode_count = 0
 [[models]]\nname = "mlp"\nsteps = {steps}\nbatch_size = 8\nnet = {{ name = "mlp", hidden = 32, depth = 1 }}\n{train}""")
     return path
 
@@ -170,7 +170,7 @@ def test_slurm_study_equals_the_local_one_and_a_second_submission_adds_nothing(t
 @pytest.mark.slow
 @pytest.mark.usefixtures("slurm")
 def test_slurm_cancelled_training_resumes_to_the_same_numbers(tmp_path: Path) -> None:
-    toml = _tiny_toml(tmp_path / "s.toml", steps=2000, every=100)
+    toml = _tiny_toml(tmp_path / "s.toml", steps=1000, every=50, sizes="[16]")
     run_study(load_config(toml)[1], tmp_path / "local")
     folder = tmp_path / "slurm"
     jobs = _slurm(folder, toml)

@@ -267,9 +267,18 @@ def model_train_config(spec: ModelSpec, index: int, data: DataConfig, device: st
 
 
 def train_model(cfg: TrainConfig, run_dir: Path, device: str) -> Any:
-    """Train (or resume, or skip when finished) one run and load its EMA denoiser."""
-    train(cfg, run_dir)
+    """Train (or resume, or skip when finished) one run and load its EMA denoiser; one line on stderr."""
+    t0 = time.perf_counter()
+    r = train(cfg, run_dir)
+    _note(f"train {run_dir.name}: {r['steps']} steps ({r['steps'] * cfg.batch_size:,} images), "
+          f"loss {r['last_loss']:.4g} [{time.perf_counter() - t0:.1f} s]")
     return load_model(run_dir, device=device)[0]
+
+
+def _note(line: str) -> None:
+    from .plan import note
+
+    note(line)
 
 
 @contextlib.contextmanager
@@ -422,10 +431,14 @@ class Context:
 
     def sample(self, path: Path, D: Any, *, sampler: str, cond: Tensor | None = None, noise_seed: int | None = None,
                save: bool = True) -> Tensor:
-        """``cached_samples`` from the study's shared noise (``cfg.seed``, ``cfg.count``, ``cfg.sampler_steps``)."""
-        return cached_samples(path, D, self.cfg.seed, self.cfg.count, self.shape, sampler=sampler,
-                              steps=self.cfg.sampler_steps, device=self.device, cond=cond, noise_seed=noise_seed,
-                              save=save)
+        """``cached_samples`` from the study's shared noise (``cfg.seed``, ``cfg.count``, ``cfg.sampler_steps``);
+        one line on stderr."""
+        t0 = time.perf_counter()
+        x = cached_samples(path, D, self.cfg.seed, self.cfg.count, self.shape, sampler=sampler,
+                           steps=self.cfg.sampler_steps, device=self.device, cond=cond, noise_seed=noise_seed,
+                           save=save)
+        _note(f"sample {path.stem}: {self.cfg.count} samples, {sampler} [{time.perf_counter() - t0:.1f} s]")
+        return x
 
     def rel(self, path: Path) -> str:
         """``path`` relative to the study folder, as results list it."""
