@@ -40,7 +40,10 @@ EXAMPLES = """examples:
   reprodiff study --config studies/cifar10.toml --out runs/c10
   reprodiff study --config studies/conditional.toml --out runs/cond   # kind = conditional (also inverse,
   reprodiff study --config studies/inverse.toml --out runs/inverse    #   finetune, gan_vae, text2image)
+  reprodiff study --config studies/cifar10.toml --plan      # its tasks and estimated GPU-hours; runs nothing
+  reprodiff study --config studies/cifar10.toml --out runs/c10 --executor slurm --executor-option partition=gpu
   reprodiff report --study runs/study                       # re-render the report from results.json
+  reprodiff report --study runs/study --threshold 0.8       # score again at another threshold (no retraining)
   reprodiff encode --model runs/unet --model runs/mlp --data digits --out runs/encode
 """
 
@@ -196,7 +199,15 @@ def _parser() -> argparse.ArgumentParser:
                         "text2image): train, sample, score, report (resumable)",
                         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     st.add_argument("--config", help="study TOML (default: the embedded study on digits)")
-    st.add_argument("--out", required=True, help="study folder (results.json, results.csv, report.html)")
+    st.add_argument("--out", help="study folder (results.json, results.csv, report.html); required unless --plan")
+    st.add_argument("--plan", action="store_true", help="list the study's tasks, which are done (in --out) and "
+                    "their estimated cost in FLOPs and GPU-hours; runs nothing (regime studies)")
+    st.add_argument("--throughput", type=float, default=None, metavar="TFLOPS",
+                    help="GPU throughput the --plan estimate assumes (default: 100 TFLOP/s)")
+    st.add_argument("--executor", choices=["local", "slurm"], help="run the tasks in this process (local, the "
+                    "default) or submit them to Slurm (returns at once; re-run to submit only what is missing)")
+    st.add_argument("--executor-option", action="append", default=[], metavar="KEY=VALUE",
+                    help="an [executor] setting, e.g. partition=gpu, gpus_per_task=1, time_min=240, sbatch.qos=high")
 
     en = sub.add_parser("encode", help="invert images with two models and compare their noises",
                         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -211,7 +222,32 @@ def _parser() -> argparse.ArgumentParser:
 
     rp = sub.add_parser("report", help="render report.html from a study folder's results.json")
     rp.add_argument("--study", required=True, help="a folder written by 'reprodiff study'")
+    rp.add_argument("--threshold", type=float, help="score a finished regime study again at this similarity "
+                    "threshold first (no training or sampling; features from their cache)")
+    rp.add_argument("--gl-threshold", type=float, help="with --threshold: GL's own threshold")
     return p
+
+
+def _study(args: argparse.Namespace) -> None:
+    """``reprodiff study``: print the plan, or run the study (locally or submitted to Slurm)."""
+    from .executors import ExecutorConfig
+    from .studies import build_report, executor_table, plan_study, run
+    from .studies.plan import ASSUMED_TFLOPS
+
+    if args.plan:
+        print(plan_study(args.config, args.out, args.throughput or ASSUMED_TFLOPS))
+        return
+    if args.out is None:
+        raise ValueError("study needs --out DIR (or --plan to list its tasks)")
+    options = [*args.executor_option, *([f"name={args.executor}"] if args.executor else [])]
+    executor = ExecutorConfig.from_table(executor_table(args.config), options)
+    kind, res = run(args.config, args.out, progress=sys.stderr.isatty(), executor=executor)
+    if res is None:
+        print(f"submitted; when the last task has run, {args.out}/results.json and report.html are there "
+              f"(re-run this command to submit what is missing, or add --plan to see what is done)")
+        return
+    print(kind.summarize(res))
+    print(f"report: {build_report(args.out)}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -244,11 +280,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                            progress=sys.stderr.isatty())
             print(f"{r['count']} samples of {r['model']} ({r['sampler']}, {r['nfe']} NFE) -> {r['out']}/grid.png")
         elif args.command == "study":
-            from .studies import build_report, run
-
-            kind, res = run(args.config, args.out, progress=sys.stderr.isatty())
-            print(kind.summarize(res))
-            print(f"report: {build_report(args.out)}")
+            _study(args)
         elif args.command == "encode":
             r = run_encode(args.model, args.out, data=args.images or args.data, count=args.count,
                            sampler=args.sampler, steps=args.steps)
@@ -257,6 +289,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "report":
             from .studies import build_report
 
+            if args.threshold is not None:
+                from .studies.regime import rescore, summarize
+
+                print(summarize(rescore(check_input_dir(args.study, "study folder"), args.threshold,
+                                        args.gl_threshold)))
             print(f"report: {build_report(check_input_dir(args.study, 'study folder'))}")
     except (ValueError, RuntimeError, OSError) as e:  # ConfigError, TrainingError, StorageError: one line
         print(f"reprodiff: error: {storage_error(e) if isinstance(e, OSError) else e}", file=sys.stderr)

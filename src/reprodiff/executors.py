@@ -131,10 +131,16 @@ def _timing_path(out: Path, key: str) -> Path:
 
 def run_task(task: Task, out: str | os.PathLike[str]) -> float:
     """Run ``task.fn(*task.args)``, check that ``task.done()`` now holds and record the wall time in
-    ``<out>/tasks/<key>.json``; returns the seconds."""
+    ``<out>/tasks/<key>.json``; returns the seconds. A task that returns a line (what it did, its key numbers)
+    has it printed on stderr with the seconds, so a study is never silent (``2>log`` shows it at once)."""
     start = time.perf_counter()
-    task.fn(*task.args)
+    line = task.fn(*task.args)
     seconds = time.perf_counter() - start
+    if isinstance(line, str):
+        from tqdm.auto import tqdm
+
+        tqdm.write(f"{line} [{seconds:.1f} s]", file=sys.stderr)
+        sys.stderr.flush()
     if not task.done():
         raise RuntimeError(f"task {task.key} returned but its done() check is still false: its output is missing")
     save_json(_timing_path(Path(out), task.key), {"key": task.key, "stage": task.stage, "seconds": seconds,
@@ -163,11 +169,18 @@ def plan_table(tasks: Iterable[Task], out: str | os.PathLike[str]) -> list[tuple
 
 class LocalExecutor:
     """Runs the tasks that are not done in this process, in dependency order. A failing task is reported
-    (its error in one line) and the tasks that need it are skipped; the others still run."""
+    (its error in one line) and the tasks that need it are skipped; the others still run -- or, with
+    ``stop_on_error``, its exception ends the run. ``progress``: a tqdm bar over the tasks."""
+
+    def __init__(self, *, stop_on_error: bool = False, progress: bool = False) -> None:
+        self.stop_on_error, self.progress = stop_on_error, progress
 
     def run(self, tasks: Iterable[Task], out: str | os.PathLike[str]) -> list[Outcome]:
+        from tqdm.auto import tqdm
+
         outcomes: dict[str, Outcome] = {}
-        for t in order_tasks(tasks):
+        ordered = order_tasks(tasks)
+        for t in tqdm(ordered, disable=not self.progress, desc="study", unit="task"):
             bad = [d for d in t.deps if outcomes[d].state in ("failed", "skipped")]
             if bad:
                 outcomes[t.key] = Outcome(t.key, "skipped", error=f"dependency {bad[0]} did not finish")
@@ -177,6 +190,8 @@ class LocalExecutor:
                 try:
                     run_task(t, out)
                 except Exception as e:
+                    if self.stop_on_error:
+                        raise
                     outcomes[t.key] = Outcome(t.key, "failed", error=f"{type(e).__name__}: {e}")
                 else:
                     outcomes[t.key] = Outcome(t.key, "ran")

@@ -11,6 +11,7 @@ import json
 import os
 import stat
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -318,11 +319,13 @@ def _read_holder(fd: int) -> str:
 
 
 @contextlib.contextmanager
-def folder_lock(folder: str | os.PathLike[str], what: str) -> Iterator[None]:
+def folder_lock(folder: str | os.PathLike[str], what: str, wait_s: float = 0.0) -> Iterator[None]:
     """Hold an exclusive lock on ``folder/.lock`` while a run writes there (``folder`` is first checked and
     created by :func:`prepare_out_dir`). A second process gets a one-line error instead of corrupting the first;
     the OS drops the lock when its holder dies, so a crashed run never leaves the folder locked.
-    ``REPRODIFF_NO_LOCK=1`` skips the lock (file systems mounted without locks, e.g. Lustre ``noflock``)."""
+    With ``wait_s`` > 0 a busy lock is retried for that many seconds first (a Slurm task waiting for the study's
+    report lock). ``REPRODIFF_NO_LOCK=1`` skips the lock (file systems mounted without locks, e.g. Lustre
+    ``noflock``)."""
     folder = prepare_out_dir(folder, what)
     if os.environ.get("REPRODIFF_NO_LOCK") == "1":
         remove_stale_temp_files(folder)
@@ -332,7 +335,10 @@ def folder_lock(folder: str | os.PathLike[str], what: str) -> Iterator[None]:
     with _translated(lock):
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
     try:
-        if not _try_lock(fd, lock):
+        deadline = time.monotonic() + wait_s
+        while not (taken := _try_lock(fd, lock)) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        if not taken:
             raise ValueError(f"{folder} is in use by another reprodiff {what} (pid {_read_holder(fd)}); wait for it "
                              "to finish or choose another --out")
         with _translated(lock):

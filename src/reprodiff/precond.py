@@ -32,11 +32,14 @@ class Precond(nn.Module):
     def sigma_max(self) -> float:
         return self.kernel.sigma_max
 
-    def forward(self, x: Tensor, sigma: Tensor, cond: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, sigma: Tensor, cond: Tensor | None = None, *,
+                augment_labels: Tensor | None = None) -> Tensor:
+        """``D(x, sigma, cond)``; ``augment_labels`` (training with augmentation only) go to the net."""
         check_denoiser_inputs(x, sigma, check_finite=False)
         c_skip, c_out, c_in, c_noise = (
             c.to(x.device) for c in self.kernel.precond(sigma.to(torch.float64))
         )
         dtype = next(self.net.parameters()).dtype
-        F_x = self.net((c_in.view(-1, 1, 1, 1) * x).to(dtype), c_noise.to(dtype), cond)
+        extra = {} if augment_labels is None else {"augment_labels": augment_labels}
+        F_x = self.net((c_in.view(-1, 1, 1, 1) * x).to(dtype), c_noise.to(dtype), cond, **extra)
         return c_skip.view(-1, 1, 1, 1).to(x.dtype) * x + c_out.view(-1, 1, 1, 1).to(x.dtype) * F_x.to(x.dtype)

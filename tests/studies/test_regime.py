@@ -30,7 +30,8 @@ def test_tiny_study_results_contract(tmp_path) -> None:
     pairs = {(r["n"], r["a"], r["b"]) for r in on_disk["rp"]}
     assert pairs == {(n, a, b) for n in (8, 16) for a, b in (("unet", "mlp"), ("unet", "optimal"), ("mlp", "optimal"))}
     for r in on_disk["rp"]:
-        assert set(r) == {"n", "a", "b", "sampler", "rp", "chance", "ci"} and 0 <= r["rp"] <= 1
+        assert set(r) == {"n", "a", "b", "sampler", "rp", "chance", "ci", "sampler_a", "sampler_b"}
+        assert r["sampler_a"] == r["sampler_b"] == r["sampler"] and 0 <= r["rp"] <= 1
         assert r["ci"][0] <= r["rp"] <= r["ci"][1]
     gl = {(r["n"], r["model"]): r["gl"] for r in on_disk["gl"]}
     assert len(gl) == 6 and gl[(8, "optimal")] == 0.0 and gl[(16, "optimal")] == 0.0  # D* only copies

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
+    "AugmentEmbedding",
     "ConditionEmbedding",
     "PositionalEmbedding",
     "SelfAttention",
@@ -152,14 +153,34 @@ class PositionalEmbedding(nn.Module):
         return torch.cat([x.cos(), x.sin()], dim=1)  # [B, n]
 
 
+class AugmentEmbedding(nn.Module):
+    """``emb + W labels`` (EDM's ``map_augment``, bias-free): the augmentation labels ``[B, augment_dim]`` of a
+    training batch added to an embedding ``[B, width]``; ``labels=None`` (sampling) adds nothing."""
+
+    def __init__(self, augment_dim: int, width: int) -> None:
+        super().__init__()
+        if augment_dim < 0:
+            raise ValueError(f"augment_dim must be >= 0, got {augment_dim}")
+        self.map = nn.Linear(augment_dim, width, bias=False)
+
+    def forward(self, emb: Tensor, labels: Tensor | None) -> Tensor:
+        if labels is None:
+            return emb
+        if labels.shape != (emb.shape[0], self.map.in_features):
+            raise ValueError(f"augment_labels must be [B, {self.map.in_features}], got {list(labels.shape)}")
+        return emb + self.map(labels.to(emb.dtype))
+
+
 class ConditionEmbedding(nn.Module):
     """``silu(MLP(pos(c_noise) + label(cond)))`` per sample (Karras et al. 2022, ``SongUNet``).
 
     The label table has ``num_classes + 1`` rows; row ``num_classes`` is the null label, used where
-    ``cond`` is ``None`` or ``-1``.
+    ``cond`` is ``None`` or ``-1``. With ``augment_dim`` > 0 the augmentation labels are added to the noise
+    embedding (``AugmentEmbedding``).
     """
 
-    def __init__(self, net: str, noise_channels: int, emb_channels: int, num_classes: int) -> None:
+    def __init__(self, net: str, noise_channels: int, emb_channels: int, num_classes: int,
+                 augment_dim: int = 0) -> None:
         super().__init__()
         self.net = net
         self.num_classes = num_classes
@@ -167,9 +188,12 @@ class ConditionEmbedding(nn.Module):
         self.label = nn.Embedding(num_classes + 1, noise_channels) if num_classes > 0 else None
         self.fc0 = nn.Linear(noise_channels, emb_channels)
         self.fc1 = nn.Linear(emb_channels, emb_channels)
+        self.augment = AugmentEmbedding(augment_dim, noise_channels) if augment_dim else None
 
-    def forward(self, c_noise: Tensor, cond: Tensor | None) -> Tensor:
+    def forward(self, c_noise: Tensor, cond: Tensor | None, augment_labels: Tensor | None = None) -> Tensor:
         emb = self.pos(c_noise).to(self.fc0.weight.dtype)  # [B, noise_channels]
+        if self.augment is not None:
+            emb = self.augment(emb, augment_labels)
         idx = label_indices(self.net, cond, self.num_classes, emb.shape[0], emb.device)
         if self.label is not None and idx is not None:
             emb = emb + self.label(idx)

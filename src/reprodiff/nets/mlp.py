@@ -36,10 +36,11 @@ class MLPConfig:
     depth: int = 4
     dropout: float = 0.0
     num_classes: int = 0
+    augment_dim: int = 0
 
     def __post_init__(self) -> None:
         check_int_fields(
-            "mlp", self, ("img_resolution", "in_channels", "hidden", "depth", "num_classes")
+            "mlp", self, ("img_resolution", "in_channels", "hidden", "depth", "num_classes", "augment_dim")
         )
         check_positive("mlp", img_resolution=self.img_resolution, in_channels=self.in_channels,
                        hidden=self.hidden, depth=self.depth)
@@ -71,7 +72,7 @@ class MLP(nn.Module):
         super().__init__()
         self.config = cfg = config
         dim = cfg.in_channels * cfg.img_resolution**2
-        self.embed = ConditionEmbedding("mlp", _NOISE_CHANNELS, cfg.hidden, cfg.num_classes)
+        self.embed = ConditionEmbedding("mlp", _NOISE_CHANNELS, cfg.hidden, cfg.num_classes, cfg.augment_dim)
         self.fc_in = nn.Linear(dim, cfg.hidden)
         self.blocks = nn.ModuleList(
             ResidualBlock(cfg.hidden, cfg.hidden, cfg.dropout) for _ in range(cfg.depth)
@@ -79,10 +80,11 @@ class MLP(nn.Module):
         self.norm_out = nn.LayerNorm(cfg.hidden)
         self.fc_out = scale_init_(nn.Linear(cfg.hidden, dim), 0.0)
 
-    def forward(self, x_in: Tensor, c_noise: Tensor, cond: Tensor | None = None) -> Tensor:
+    def forward(self, x_in: Tensor, c_noise: Tensor, cond: Tensor | None = None,
+                augment_labels: Tensor | None = None) -> Tensor:
         cfg = self.config
         check_net_inputs("mlp", x_in, c_noise, cfg.in_channels, cfg.img_resolution)
-        emb = self.embed(c_noise, cond)  # [B, hidden]
+        emb = self.embed(c_noise, cond, augment_labels)  # [B, hidden]
         x = self.fc_in(x_in.flatten(1))  # [B, hidden]
         for blk in self.blocks:
             x = blk(x, emb)

@@ -50,12 +50,13 @@ class UNetConfig:
     attn_resolutions: tuple[int, ...] = (16,)
     dropout: float = 0.0
     num_classes: int = 0
+    augment_dim: int = 0
 
     def __post_init__(self) -> None:
         for name in ("channel_mult", "attn_resolutions"):  # JSON gives lists
             object.__setattr__(self, name, to_int_tuple("unet", name, getattr(self, name)))
         check_int_fields("unet", self, ("img_resolution", "in_channels", "model_channels",
-                                        "num_blocks", "num_classes"))
+                                        "num_blocks", "num_classes", "augment_dim"))
         check_positive("unet", img_resolution=self.img_resolution, in_channels=self.in_channels,
                        model_channels=self.model_channels, num_blocks=self.num_blocks)
         if not self.channel_mult or min(self.channel_mult) <= 0:
@@ -133,7 +134,7 @@ class UNet(nn.Module):
         self.config = cfg = config
         mc, self.emb_channels = cfg.model_channels, 4 * cfg.model_channels
         noise_ch = 2 * ((max(mc, 4) + 1) // 2)  # positional embedding width: even, >= 4
-        self.embed = ConditionEmbedding("unet", noise_ch, self.emb_channels, cfg.num_classes)
+        self.embed = ConditionEmbedding("unet", noise_ch, self.emb_channels, cfg.num_classes, cfg.augment_dim)
         self.conv_in = nn.Conv2d(cfg.in_channels, mc, 3, padding=1)
         self.down, self.enc = nn.ModuleList(), nn.ModuleList()
         self.up, self.dec = nn.ModuleList(), nn.ModuleList()
@@ -180,10 +181,11 @@ class UNet(nn.Module):
                 self.up.append(nn.Conv2d(cur, cur, 3, padding=1))
         return cur
 
-    def forward(self, x_in: Tensor, c_noise: Tensor, cond: Tensor | None = None) -> Tensor:
+    def forward(self, x_in: Tensor, c_noise: Tensor, cond: Tensor | None = None,
+                augment_labels: Tensor | None = None) -> Tensor:
         cfg = self.config
         check_net_inputs("unet", x_in, c_noise, cfg.in_channels, cfg.img_resolution)
-        emb = self.embed(c_noise, cond)  # [B, 4 * model_channels]
+        emb = self.embed(c_noise, cond, augment_labels)  # [B, 4 * model_channels]
         x = self.conv_in(x_in)  # [B, model_channels, R, R]
         skips = [x]
         for level, blocks in enumerate(self.enc):

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .layers import (
+    AugmentEmbedding,
     PositionalEmbedding,
     SelfAttention,
     check_int_fields,
@@ -44,10 +45,11 @@ class UViTConfig:
     num_heads: int = 2
     mlp_ratio: float = 4.0
     num_classes: int = 0
+    augment_dim: int = 0
 
     def __post_init__(self) -> None:
         check_int_fields("uvit", self, ("img_resolution", "in_channels", "patch_size", "embed_dim",
-                                        "depth", "num_heads", "num_classes"))
+                                        "depth", "num_heads", "num_classes", "augment_dim"))
         check_positive("uvit", img_resolution=self.img_resolution, in_channels=self.in_channels,
                        patch_size=self.patch_size, embed_dim=self.embed_dim, depth=self.depth,
                        num_heads=self.num_heads, mlp_ratio=self.mlp_ratio)
@@ -118,14 +120,18 @@ class UViT(nn.Module):
         nn.init.trunc_normal_(self.pos_embed, std=0.02, a=-0.04, b=0.04)
         trunc_normal_init_(self)
         scale_init_(self.final_layer, 0.0)
+        self.augment = AugmentEmbedding(cfg.augment_dim, D) if cfg.augment_dim else None  # last: other inits unchanged
 
-    def forward(self, x_in: Tensor, c_noise: Tensor, cond: Tensor | None = None) -> Tensor:
+    def forward(self, x_in: Tensor, c_noise: Tensor, cond: Tensor | None = None,
+                augment_labels: Tensor | None = None) -> Tensor:
         cfg = self.config
         check_net_inputs("uvit", x_in, c_noise, cfg.in_channels, cfg.img_resolution)
         B, p, C = x_in.shape[0], cfg.patch_size, cfg.in_channels
         n = cfg.img_resolution // p  # patches per side
         x = self.patch_embed(x_in).flatten(2).transpose(1, 2)  # [B, L, D]
         t = self.time_pos(c_noise).to(x.dtype)  # [B, D]
+        if self.augment is not None:
+            t = self.augment(t, augment_labels)
         tokens = [t[:, None], x]  # time token first (Bao et al. 2023, Sec. 3)
         idx = label_indices("uvit", cond, cfg.num_classes, B, x.device)
         if self.label_emb is not None and idx is not None:

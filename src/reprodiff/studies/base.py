@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import io
 import json
 import os
@@ -25,7 +26,7 @@ import torch
 from torch import Tensor
 
 from .. import metrics, sampling, similarity
-from ..config import ConfigError, TomlConfig
+from ..config import ConfigError, TomlConfig, from_dict
 from ..data import Dataset, load_dataset, to_uint8
 from ..files import atomic_write, folder_lock, remove_stale_temp_files, save_json, save_npz
 from ..training.train import (
@@ -47,14 +48,17 @@ __all__ = [
     "Report",
     "ScoringFields",
     "StudyFields",
+    "cached_features",
     "cached_samples",
     "check_finite",
     "check_folder",
     "check_samplers",
     "check_sizes",
     "default_models",
+    "features_path",
     "model_train_config",
     "open_study",
+    "read_features",
     "read_results",
     "read_samples",
     "record_failure",
@@ -167,9 +171,10 @@ def check_sizes(sizes: tuple[int, ...]) -> None:
 
 
 def scoring_features(cfg: ScoringFields, device: str | None = None) -> similarity.FeatureMap:
-    """The study's feature map (``similarity`` and, for SSCD, ``sscd_path``; ``device`` where given)."""
+    """The study's feature map (``similarity`` and, for SSCD, ``sscd_path``; ``device`` where given, for a
+    TorchScript SSCD file: the GPU when the study runs on one)."""
     kwargs: dict[str, Any] = {"path": cfg.sscd_path} if cfg.sscd_path else {}
-    if device is not None and cfg.similarity == "sscd":
+    if device is not None and cfg.similarity == "sscd" and not cfg.sscd_path.lower().endswith(".onnx"):
         kwargs["device"] = device
     return similarity.make_features(cfg.similarity, **kwargs)
 
@@ -180,6 +185,11 @@ class ModelSpec:
     """One model of a study: its name and training settings (a subset of ``TrainConfig``).
     ``seed`` < 0 means "the model's position in the list", so models differ in initialisation and in
     the noise of their training batches, as independently trained models do.
+
+    ``train``: further ``TrainConfig`` options for this model (``lr_warmup``, ``lr_decay``, ``ema_rampup``,
+    ``augment``, ``precision``, ``compile``, ``grad_clip``, ``checkpoint_every``, ``deterministic``, ...), checked
+    when the config loads. ``sampler`` / ``sampler_steps``: this model's own sampler (e.g. ``onestep`` for a
+    consistency model), used in place of each of the study's samplers ("" / 0: the study's).
 
     ``source = "diffusers"`` with ``path`` (a local ``save_pretrained`` folder of a ``UNet2DModel`` and its
     scheduler, see ``adapters/diffusers.py``) brings in an outside checkpoint instead: it is not trained, it is
@@ -197,6 +207,9 @@ class ModelSpec:
     seed: int = -1
     source: str = "train"
     path: str = ""
+    train: dict[str, Any] = field(default_factory=dict)
+    sampler: str = ""
+    sampler_steps: int = 0
 
     def __post_init__(self) -> None:
         if not self.name or self.name == OPTIMAL or not self.name.replace("-", "").replace("_", "").isalnum():
@@ -208,6 +221,28 @@ class ModelSpec:
             raise ValueError(f"model {self.name!r}: a trained model needs net (e.g. net = {{ name = \"unet\" }})")
         if self.source == "diffusers" and not self.path:
             raise ValueError(f"model {self.name!r}: source = \"diffusers\" needs path, a local model folder")
+        if self.sampler:
+            check_samplers([self.sampler])
+        if self.sampler_steps < 0:
+            raise ValueError(f"model {self.name!r}: sampler_steps must be >= 0 (0: the study's), got "
+                             f"{self.sampler_steps}")
+        if self.source == "train":
+            check_train_options(self)
+
+
+_SPEC_SETS = frozenset({"data", "net", "kernel", "objective", "steps", "batch_size", "lr", "ema_halflife", "seed",
+                        "device", "finetune"})
+
+
+def check_train_options(spec: ModelSpec) -> None:
+    """One-line errors for a model's ``train`` options: unknown names (with a suggestion), options the model
+    sets itself, and values ``TrainConfig`` refuses."""
+    where = f"model {spec.name!r} train"
+    for key in spec.train:
+        if key in _SPEC_SETS:
+            raise ValueError(f"{where}: set {key!r} on the model itself (or the study), not in its train table")
+    from_dict(TrainConfig, {"net": spec.net, "kernel": spec.kernel, "objective": spec.objective, **spec.train},
+              where)
 
 
 UNET = {"name": "unet", "model_channels": 32, "channel_mult": [1, 2], "dropout": 0.0}
@@ -223,18 +258,27 @@ def model_train_config(spec: ModelSpec, index: int, data: DataConfig, device: st
     """``spec.steps`` at ``spec.batch_size`` at every data size: where the data are fewer than a batch, the batch
     cycles through them (``train.batch_indices``, EDM's ``InfiniteSampler``), so a run's cost does not grow as N
     shrinks. ``extra``: further ``TrainConfig`` fields (e.g. ``finetune``, ``label_dropout``)."""
+    options = {"checkpoint_every": max(1, spec.steps // 4), "log_every": max(1, spec.steps // 20)}
     return TrainConfig(
         data=data, net=spec.net, kernel=spec.kernel, objective=spec.objective, steps=spec.steps,
         batch_size=spec.batch_size, lr=spec.lr, ema_halflife=spec.ema_halflife,
-        seed=index if spec.seed < 0 else spec.seed, device=device, checkpoint_every=max(1, spec.steps // 4),
-        log_every=max(1, spec.steps // 20), **extra,
+        seed=index if spec.seed < 0 else spec.seed, device=device, **(options | spec.train | extra),
     )
 
 
 def train_model(cfg: TrainConfig, run_dir: Path, device: str) -> Any:
-    """Train (or resume, or skip when finished) one run and load its EMA denoiser."""
-    train(cfg, run_dir)
+    """Train (or resume, or skip when finished) one run and load its EMA denoiser; one line on stderr."""
+    t0 = time.perf_counter()
+    r = train(cfg, run_dir)
+    _note(f"train {run_dir.name}: {r['steps']} steps ({r['steps'] * cfg.batch_size:,} images), "
+          f"loss {r['last_loss']:.4g} [{time.perf_counter() - t0:.1f} s]")
     return load_model(run_dir, device=device)[0]
+
+
+def _note(line: str) -> None:
+    from .plan import note
+
+    note(line)
 
 
 @contextlib.contextmanager
@@ -286,9 +330,11 @@ def check_folder(out: Path, config: dict[str, Any]) -> None:
 
 
 def _with_model_defaults(config: Any) -> Any:
-    """A ``study.json`` written before models had ``source``/``path`` names the same study with the defaults."""
+    """A ``study.json`` written before models had ``source``/``path``/``train``/``sampler``/``sampler_steps`` names
+    the same study with the defaults."""
     if isinstance(config, dict) and isinstance(config.get("models"), list):
-        models = [{"source": "train", "path": ""} | m if isinstance(m, dict) and "net" in m else m
+        new = {"source": "train", "path": "", "train": {}, "sampler": "", "sampler_steps": 0}
+        models = [new | m if isinstance(m, dict) and "net" in m else m
                   for m in config["models"]]
         return config | {"models": models}
     return config
@@ -316,7 +362,7 @@ def read_samples(path: Path, shape: tuple[int, ...]) -> Tensor | None:
 
 def cached_samples(path: Path, D: Any, seed: int, count: int, shape: tuple[int, ...], *, sampler: str, steps: int,
                    device: str, cond: Tensor | None = None, noise_seed: int | None = None,
-                   save: bool = True) -> Tensor:
+                   save: bool = True, progress: bool = False) -> Tensor:
     """``sampling.sample`` from the shared noise, reused from ``path`` when a previous run wrote samples of this
     shape there (the study's ``study.json`` guards the rest); with ``save``, new samples are written to ``path``
     (``samples`` float32 and ``images`` uint8). Non-finite samples raise ``TrainingError``. Its many keyword
@@ -325,11 +371,40 @@ def cached_samples(path: Path, D: Any, seed: int, count: int, shape: tuple[int, 
         return x
     with torch.no_grad():
         x = sampling.sample(D, seed, count, shape, sampler=sampler, steps=steps, cond=cond, noise_seed=noise_seed,
-                            device=device)
+                            device=device, progress=progress)
     check_finite(x)
     if save:
         save_npz(path, samples=x, images=to_uint8(x))
     return x
+
+
+def features_path(path: Path, backend: str) -> Path:
+    """Where the features of the images in ``path`` (``samples/NAME.npz``) are kept: ``NAME.features-BACKEND.npz``."""
+    return path.with_name(f"{path.stem}.features-{backend}.npz")
+
+
+def _digest(x: Tensor) -> str:
+    return hashlib.sha256(x.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
+
+
+def cached_features(path: Path, images: Tensor, features: similarity.FeatureMap, backend: str) -> Tensor:
+    """``features(images)``, computed once and kept in ``path`` with the SHA-256 of ``images`` and the backend's
+    name: read back while both match, recomputed when the images or the backend changed."""
+    if (f := read_features(path, images, backend)) is not None:
+        return f
+    f = features(images)
+    save_npz(path, features=f, digest=np.array(_digest(images)), backend=np.array(backend))
+    return f
+
+
+def read_features(path: Path, images: Tensor, backend: str) -> Tensor | None:
+    """The features :func:`cached_features` kept in ``path`` for these ``images`` and ``backend``, or None."""
+    if not path.exists():
+        return None
+    with np.load(path, allow_pickle=False) as f:
+        if str(f["backend"]) != backend or str(f["digest"]) != _digest(images):
+            return None
+        return torch.from_numpy(f["features"])
 
 
 def check_finite(x: Tensor) -> None:
@@ -356,10 +431,14 @@ class Context:
 
     def sample(self, path: Path, D: Any, *, sampler: str, cond: Tensor | None = None, noise_seed: int | None = None,
                save: bool = True) -> Tensor:
-        """``cached_samples`` from the study's shared noise (``cfg.seed``, ``cfg.count``, ``cfg.sampler_steps``)."""
-        return cached_samples(path, D, self.cfg.seed, self.cfg.count, self.shape, sampler=sampler,
-                              steps=self.cfg.sampler_steps, device=self.device, cond=cond, noise_seed=noise_seed,
-                              save=save)
+        """``cached_samples`` from the study's shared noise (``cfg.seed``, ``cfg.count``, ``cfg.sampler_steps``);
+        one line on stderr."""
+        t0 = time.perf_counter()
+        x = cached_samples(path, D, self.cfg.seed, self.cfg.count, self.shape, sampler=sampler,
+                           steps=self.cfg.sampler_steps, device=self.device, cond=cond, noise_seed=noise_seed,
+                           save=save)
+        _note(f"sample {path.stem}: {self.cfg.count} samples, {sampler} [{time.perf_counter() - t0:.1f} s]")
+        return x
 
     def rel(self, path: Path) -> str:
         """``path`` relative to the study folder, as results list it."""

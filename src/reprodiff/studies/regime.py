@@ -9,28 +9,36 @@ other runs' results.
 
 from __future__ import annotations
 
+import contextlib
+import json
+import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import combinations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
+from .. import sampling
 from ..config import ConfigError
-from ..data import Dataset, subset, to_uint8
+from ..data import subset, to_uint8
 from ..encoding import compare_encodings, encodings_of
-from ..files import save_npz
+from ..executors import ExecutorConfig, LocalExecutor, Task, executor_from_config
+from ..files import folder_lock, save_json, save_npz
 from ..optimal import EmpiricalOptimalDenoiser
 from ..similarity import FeatureMap
-from ..training.train import DataConfig, TrainingError, resolve_device
-from . import base
+from ..training.runs import weights_at
+from ..training.train import DataConfig, TrainingError, resolve_device, train
+from . import base, plan
 from .base import FAILURES, OPTIMAL, SCHEMA, Kind, ModelSpec, StudyFields
 from .regime_report import report
 
-__all__ = ["KIND", "StudyConfig", "default_study", "run_study", "summarize"]
+__all__ = ["KIND", "StudyConfig", "default_study", "effective_sampler", "plan_tasks", "rescore", "run_study",
+           "study_shape", "summarize"]
 
 
 @dataclass(frozen=True)
@@ -39,6 +47,9 @@ class StudyConfig(StudyFields):
 
     ``threshold`` decides when two same-noise samples are "the same image" (RP) and, unless ``gl_threshold``
     is set, when a sample copies its nearest training image (GL); the paper uses one threshold (SSCD > 0.6).
+    ``optimal_sampler`` / ``optimal_sampler_steps``: D*'s own sampler (e.g. ``euler``, as the paper's release
+    samples it; "" / 0: the study's). The study's ``ddim`` is Euler on the Karras grid (``sampling``), not
+    DDIM's uniform-time grid.
     For pixel similarity on 8x8 digits the two need different values; the defaults are calibrated on the
     data (see ``tests/studies/test_regime.py::test_default_thresholds_are_calibrated``):
     0.9 leaves ~1% of mismatched digit pairs above it (chance RP), and 0.98 counts <= 5% of real digits as
@@ -51,6 +62,8 @@ class StudyConfig(StudyFields):
     samplers: tuple[str, ...] = ("heun",)
     gl_threshold: float | None = None
     optimal: bool = True
+    optimal_sampler: str = ""
+    optimal_sampler_steps: int = 0
     encode_count: int = 16
 
     def __post_init__(self) -> None:
@@ -62,6 +75,9 @@ class StudyConfig(StudyFields):
         if len(names) + int(self.optimal) < 2:
             raise ValueError("a study needs at least two models (or one model and optimal = true)")
         base.check_samplers(self.samplers)
+        base.check_samplers([self.optimal_sampler] if self.optimal_sampler else [])
+        if self.optimal_sampler_steps < 0:
+            raise ValueError(f"optimal_sampler_steps must be >= 0 (0: sampler_steps), got {self.optimal_sampler_steps}")
         if self.encode_count < 0 or self.encode_count == 1:
             raise ValueError(f"encode_count must be 0 (off) or >= 2, got {self.encode_count}")
 
@@ -76,39 +92,418 @@ def default_study() -> StudyConfig:
     return StudyConfig(gl_threshold=0.98)
 
 
-@dataclass
-class _Run:
-    """One study run: what every step reads (config, folder, device, feature map) and the results it adds to.
-    ``fixed``: samples of the outside (untrained) models by ``(model, sampler)``, the same at every size."""
-
-    cfg: StudyConfig
-    out: Path
-    device: str
-    features: FeatureMap
-    results: dict[str, Any]
-    outside: dict[str, Any]
-    fixed: dict[tuple[str, str], Tensor] = field(default_factory=dict)
-
-    def fail(self, n: int, model: str, prefix: str = "", errors: tuple[type[Exception], ...] = FAILURES) -> Any:
-        """``record_failure`` for model ``model`` at size ``n``."""
-        return base.record_failure(self.results["failed"], {"n": n, "model": model}, prefix, errors)
-
-
-def run_study(cfg: StudyConfig | None, out: str | os.PathLike[str], *, progress: bool = False) -> dict[str, Any]:
-    """Run (or resume) the study into ``out``; returns the results dict also written to ``results.json``."""
+# ---------------------------------------------------------------------------------------------- the run
+def run_study(cfg: StudyConfig | None, out: str | os.PathLike[str], *, progress: bool = False,
+              executor: ExecutorConfig | None = None) -> dict[str, Any] | None:
+    """Run (or resume) the study into ``out`` as a plan of tasks (:func:`plan_tasks`) and return the results
+    also written to ``results.json``. ``executor``: ``local`` (default) runs the tasks in this process, holding
+    the study folder's lock; ``slurm`` submits the tasks that are neither done nor queued and returns None at
+    once (the last task writes ``results.json`` and ``report.html``). Failures recorded by an earlier run are
+    forgotten first, so those tasks are tried again."""
     cfg = cfg or default_study()
+    executor = executor or ExecutorConfig()
+    local = executor.name == "local"
     with base.study_folder(out) as folder:
-        t0 = time.perf_counter()
-        data = base.load_data(cfg)
+        start = time.time()
+        shape = check_study(cfg, folder)
+        plan.clear_failures(folder)
+        tasks = plan_tasks(cfg, folder, shape, start=start, final_lock=not local, progress=progress)
+        plan.note(announce(cfg, tasks, folder))
+        if not local:
+            executor_from_config(executor).run(tasks, folder)
+            return None
+        LocalExecutor(stop_on_error=True, progress=progress).run(tasks, folder)
+        return base.read_results(folder / "results.json")
+
+
+def rescore(out: str | os.PathLike[str], threshold: float, gl_threshold: float | None = None) -> dict[str, Any]:
+    """Score a finished study folder again at another ``threshold`` (RP; GL too unless ``gl_threshold``): no
+    training, no sampling, features read from their cache; ``study.json`` and ``results.json`` then hold the
+    new thresholds."""
+    with base.study_folder(out) as folder:
+        old = StudyConfig.from_dict(json.loads((folder / "study.json").read_text()))
+        cfg = replace(old, threshold=threshold, gl_threshold=old.gl_threshold if gl_threshold is None else gl_threshold)
+        shape = study_shape(cfg)
+        tasks = plan_tasks(cfg, folder, shape, start=time.time(), final_lock=False)
+        if missing := [t.key for t in tasks if t.stage not in ("score", "report") and not t.done()]:
+            raise ConfigError(f"{folder} is not finished ({missing[0]} and {len(missing) - 1} more tasks to run); "
+                              "run reprodiff study on it first")
+        save_json(folder / "study.json", cfg.to_dict())
+        for path in (folder / "scores").glob("n*.json"):
+            path.unlink()
+        LocalExecutor(stop_on_error=True).run(tasks, folder)
+        return base.read_results(folder / "results.json")
+
+
+def check_study(cfg: StudyConfig, folder: Path) -> tuple[int, ...]:
+    """The checks before any work (data sizes, outside models, the folder's ``study.json``); the image shape."""
+    data = base.load_data(cfg)
+    _load_outside_models(cfg, data.image_shape, "cpu")
+    base.check_folder(folder, cfg.to_dict())
+    return tuple(data.image_shape)
+
+
+def study_shape(cfg: StudyConfig) -> tuple[int, ...]:
+    """The image shape ``[C, H, W]`` of the study's data, without loading CIFAR-10 (for ``--plan``)."""
+    if cfg.data.startswith("cifar10"):
+        return (3, 32, 32)
+    return tuple(base.load_data(cfg).image_shape)
+
+
+def announce(cfg: StudyConfig, tasks: list[Task], out: Path) -> str:
+    """What the study will do, before it does it: runs, steps and images seen, sampling passes, tasks left."""
+    todo = [t for t in tasks if not t.done()]
+    trains = [t for t in todo if t.stage == "train"]
+    steps = sum(cfg.models[t.args[2]].steps for t in trains)
+    images = sum(cfg.models[t.args[2]].steps * cfg.models[t.args[2]].batch_size for t in trains)
+    passes = sum(t.stage == "sample" for t in todo)
+    return (f"regime study -> {out}: {len(todo)} of {len(tasks)} tasks to run: {len(trains)} training runs "
+            f"({steps:,} steps, {images:,} images seen), {passes} sampling passes of {cfg.count} samples, "
+            f"{sum(t.stage == 'score' for t in todo)} sizes to score")
+
+
+def _names(cfg: StudyConfig) -> list[str]:
+    return [m.name for m in cfg.models] + [OPTIMAL] * cfg.optimal
+
+
+def _spec(cfg: StudyConfig, name: str) -> ModelSpec | None:
+    return next((m for m in cfg.models if m.name == name), None)
+
+
+def effective_sampler(cfg: StudyConfig, name: str, sampler: str) -> tuple[str, int]:
+    """The sampler and steps that model ``name`` (or D*) is sampled with where the study uses ``sampler``:
+    its own where it names one, else the study's."""
+    spec = _spec(cfg, name)
+    own, steps = (spec.sampler, spec.sampler_steps) if spec else (cfg.optimal_sampler, cfg.optimal_sampler_steps)
+    return own or sampler, steps or cfg.sampler_steps
+
+
+def _trained(cfg: StudyConfig, name: str) -> bool:
+    spec = _spec(cfg, name)
+    return spec is not None and spec.source == "train"
+
+
+def _sample_key(cfg: StudyConfig, name: str, n: int, sampler: str) -> str:
+    """``NAME-nN-SAMPLER``: the sample file's stem; an outside model is sampled once, at the first size."""
+    spec = _spec(cfg, name)
+    return f"{name}-n{cfg.sizes[0] if spec and spec.source != 'train' else n}-{sampler}"
+
+
+def _backend(cfg: StudyConfig) -> str:
+    return cfg.similarity + (f":{Path(cfg.sscd_path).name}" if cfg.similarity == "sscd" else "")
+
+
+# ---------------------------------------------------------------------------------------------- the plan
+def plan_tasks(cfg: StudyConfig, out: Path, shape: tuple[int, ...], *, start: float = 0.0,
+               final_lock: bool = True, progress: bool = False) -> list[Task]:
+    """The study as tasks: per size N, ``train/M-nN`` (per trained model), ``sample/M-nN-S`` and
+    ``features/M-nN-S`` (per model and sampler it uses, D* too; an outside model at the first size only),
+    ``features/train-nN``, ``score/nN`` (RP, GL, the encoder direction; ``scores/nN.json``); then ``report``
+    (``results.json``; with ``final_lock`` it takes the study folder's lock and also writes ``report.html``).
+    Costs are FLOPs (``plan.forward_flops``); nothing here loads data or models."""
+    tasks: list[Task] = []
+    for n in cfg.sizes:
+        tasks += _size_tasks(cfg, out, shape, n, progress)
+    scores = tuple(f"score/n{n}" for n in cfg.sizes)
+    tasks.append(Task("report", "report", _report_task, _Newer(str(out / "results.json"), _score_files(out, cfg)),
+                      (cfg, str(out), start, final_lock), scores))
+    return tasks
+
+
+def _size_tasks(cfg: StudyConfig, out: Path, shape: tuple[int, ...], n: int, progress: bool) -> list[Task]:
+    tasks, inputs, deps = [], [], []
+    for i, spec in enumerate(cfg.models):
+        if spec.source == "train":
+            cost = 3 * plan.forward_flops(spec.net, shape) * spec.steps * spec.batch_size
+            key = f"train/{spec.name}-n{n}"
+            tasks.append(Task(key, "train", _train_task, _TrainDone(str(out), spec.name, n, spec.steps),
+                              (cfg, str(out), i, n, progress), cost=cost))
+            deps.append(key)
+    for name in _names(cfg):
+        for eff, steps in dict.fromkeys(effective_sampler(cfg, name, s) for s in cfg.samplers):
+            key = _sample_key(cfg, name, n, eff)
+            if f"features/{key}" in deps:
+                continue
+            if key.startswith(f"{name}-n{n}-"):  # an outside model's key at a later size is the first size's
+                tasks += _sample_tasks(cfg, out, shape, name, n, (eff, steps), progress)
+            deps.append(f"features/{key}")
+            inputs.append(str(base.features_path(out / "samples" / f"{key}.npz", cfg.similarity)))
+    train_file = out / "samples" / f"train-n{n}.npz"
+    tasks.append(Task(f"features/train-n{n}", "features", _train_features_task,
+                      _Newer(str(base.features_path(train_file, cfg.similarity)), ()), (cfg, str(out), n),
+                      cost=n * (plan.SSCD_FLOPS if cfg.similarity == "sscd" else 0.0)))
+    deps.append(f"features/train-n{n}")
+    inputs += [str(out / "failed"), str(base.features_path(train_file, cfg.similarity))]
+    tasks.append(Task(f"score/n{n}", "score", _score_task, _Newer(str(out / "scores" / f"n{n}.json"), tuple(inputs)),
+                      (cfg, str(out), shape, n), tuple(deps)))
+    return tasks
+
+
+def _sample_tasks(cfg: StudyConfig, out: Path, shape: tuple[int, ...], name: str, n: int,
+                  sampler: tuple[str, int], progress: bool) -> list[Task]:
+    eff, steps = sampler
+    key = _sample_key(cfg, name, n, eff)
+    spec = _spec(cfg, name)
+    nfe = sampling.SAMPLERS[eff].nfe(steps)
+    if name == OPTIMAL:
+        per_call = 3.0 * n * math.prod(shape)  # a distance to every training image
+    else:
+        per_call = plan.forward_flops(spec.net, shape) if spec and spec.net else 0.0
+    deps = (f"train/{name}-n{n}",) if _trained(cfg, name) else ()
+    sample = Task(f"sample/{key}", "sample", _sample_task, _SampleDone(str(out), key, deps, (cfg.count, *shape)),
+                  (cfg, str(out), shape, name, n, sampler, progress), deps, cost=cfg.count * nfe * per_call)
+    done = _FeaturesDone(str(out), key, (*deps, sample.key), _backend(cfg), cfg.similarity)
+    feats = Task(f"features/{key}", "features", _features_task, done, (cfg, str(out), key), (sample.key,),
+                 cost=cfg.count * (plan.SSCD_FLOPS if cfg.similarity == "sscd" else 0.0))
+    return [sample, feats]
+
+
+def _score_files(out: Path, cfg: StudyConfig) -> tuple[str, ...]:
+    return tuple(str(out / "scores" / f"n{n}.json") for n in cfg.sizes)
+
+
+# ---------------------------------------------------------------------------------------------- done checks
+@dataclass(frozen=True)
+class _Newer:
+    """Done when ``path`` exists and is at least as new as every existing ``inputs`` path (a folder: its files)."""
+
+    path: str
+    inputs: tuple[str, ...]
+
+    def __call__(self) -> bool:
+        target = Path(self.path)
+        if not target.exists():
+            return False
+        mtime = target.stat().st_mtime_ns
+        files = [f for p in map(Path, self.inputs) for f in ([*p.glob("*")] if p.is_dir() else [p]) if f.exists()]
+        return all(f.stat().st_mtime_ns <= mtime for f in files)
+
+
+@dataclass(frozen=True)
+class _TrainDone:
+    out: str
+    name: str
+    n: int
+    steps: int
+
+    def __call__(self) -> bool:
+        key = f"train/{self.name}-n{self.n}"
+        return plan.read_failure(Path(self.out), key) is not None or weights_at(
+            Path(self.out) / "runs" / f"{self.name}-n{self.n}", self.steps)
+
+
+@dataclass(frozen=True)
+class _SampleDone:
+    out: str
+    key: str
+    deps: tuple[str, ...]
+    shape: tuple[int, ...]
+
+    def __call__(self) -> bool:
+        out = Path(self.out)
+        if any(plan.read_failure(out, k) for k in (*self.deps, f"sample/{self.key}")):
+            return True
+        return base.read_samples(out / "samples" / f"{self.key}.npz", self.shape) is not None
+
+
+@dataclass(frozen=True)
+class _FeaturesDone:
+    """Done when the features kept beside the samples are those of these samples and this backend (or when the
+    model failed: there is nothing to compute)."""
+
+    out: str
+    key: str
+    failures: tuple[str, ...]
+    backend: str
+    similarity: str
+
+    def __call__(self) -> bool:
+        out = Path(self.out)
+        if any(plan.read_failure(out, k) for k in self.failures):
+            return True
+        x = _read_or_failed(out, self.key)
+        path = base.features_path(out / "samples" / f"{self.key}.npz", self.similarity)
+        return x is not None and base.read_features(path, x, self.backend) is not None
+
+
+def _read_or_failed(out: Path, key: str) -> Tensor | None:
+    """The samples of ``key`` (None where their model failed or they are missing)."""
+    path = out / "samples" / f"{key}.npz"
+    if not path.exists():
+        return None
+    with np.load(path, allow_pickle=False) as f:
+        return torch.from_numpy(f["samples"])
+
+
+# ---------------------------------------------------------------------------------------------- the tasks
+def _train_task(cfg: StudyConfig, out: str, i: int, n: int, progress: bool = False) -> str:
+    """Train (or resume) model ``i`` at size ``n``; a failure is recorded, not raised."""
+    spec, folder = cfg.models[i], Path(out)
+    tc = base.model_train_config(spec, i, DataConfig(name=cfg.data, n=n, seed=cfg.subset_seed), cfg.device)
+    try:
+        r = train(tc, folder / "runs" / f"{spec.name}-n{n}", progress=progress)
+    except FAILURES as e:
+        plan.save_failure(folder, f"train/{spec.name}-n{n}", {"n": n, "model": spec.name, "error": str(e)})
+        return f"train {spec.name} N={n}: failed: {e}"
+    return f"train {spec.name} N={n}: {tc.steps} steps ({tc.steps * tc.batch_size:,} images), loss {r['last_loss']:.4g}"
+
+
+def _denoiser(cfg: StudyConfig, out: Path, name: str, n: int, device: str) -> Any:
+    """Model ``name`` at size ``n``: its trained EMA weights, D* of the ``n`` training images, or the outside
+    model."""
+    if name == OPTIMAL:
+        return EmpiricalOptimalDenoiser(subset(base.load_data(cfg), n, cfg.subset_seed).images, device=device)
+    spec = _spec(cfg, name)
+    if spec is not None and spec.source != "train":
+        return _load_outside_models(replace(cfg, models=(spec,)), None, device)[name]
+    return base.load_model(out / "runs" / f"{name}-n{n}", device=device)[0]
+
+
+def _sample_task(cfg: StudyConfig, out: str, shape: tuple[int, ...], name: str, n: int,
+                 sampler: tuple[str, int], progress: bool = False) -> str:
+    """Sample model ``name`` at size ``n`` from the study's noise into ``samples/NAME-nN-SAMPLER.npz``;
+    non-finite samples are recorded as a failure."""
+    folder, (eff, steps) = Path(out), sampler
+    key = _sample_key(cfg, name, n, eff)
+    if plan.read_failure(folder, f"train/{name}-n{n}"):
+        return f"sample {key}: skipped (training failed)"
+    device = str(resolve_device(cfg.device))
+    D = _denoiser(cfg, folder, name, n, device)
+    try:
+        base.cached_samples(folder / "samples" / f"{key}.npz", D, cfg.seed, cfg.count, shape, sampler=eff,
+                            steps=steps, device=device, progress=progress)
+    except TrainingError as e:
+        plan.save_failure(folder, f"sample/{key}", {"n": n, "model": name, "error": f"{eff}: {e}"})
+        return f"sample {key}: failed: {e}"
+    return f"sample {key}: {cfg.count} samples, {eff} {steps} steps"
+
+
+def _features_task(cfg: StudyConfig, out: str, key: str) -> str:
+    """The features of one sample file, kept beside it (``base.cached_features``)."""
+    folder = Path(out)
+    if (x := _read_or_failed(folder, key)) is None:
+        return f"features {key}: skipped (no samples)"
+    path = base.features_path(folder / "samples" / f"{key}.npz", cfg.similarity)
+    features = base.scoring_features(cfg, str(resolve_device(cfg.device)))
+    base.cached_features(path, x, features, _backend(cfg))
+    return f"features {key}: {cfg.similarity}"
+
+
+def _train_features_task(cfg: StudyConfig, out: str, n: int) -> str:
+    """The ``n`` training images (``samples/train-nN.npz``, for the report) and their features."""
+    folder = Path(out)
+    images = subset(base.load_data(cfg), n, cfg.subset_seed).images
+    base.save_train_subset(folder, n, images)
+    path = base.features_path(folder / "samples" / f"train-n{n}.npz", cfg.similarity)
+    base.cached_features(path, images, base.scoring_features(cfg, str(resolve_device(cfg.device))), _backend(cfg))
+    return f"features train N={n}: {cfg.similarity}"
+
+
+def _score_task(cfg: StudyConfig, out: str, shape: tuple[int, ...], n: int) -> str:
+    """GL for every model, RP for every pair (per study sampler) and the encoder direction at size ``n``, into
+    ``scores/nN.json`` (the rows ``results.json`` lists for this size)."""
+    folder = Path(out)
+    features = base.scoring_features(cfg, str(resolve_device(cfg.device)))
+    train_images = subset(base.load_data(cfg), n, cfg.subset_seed).images
+    part: dict[str, list[Any]] = {"train": [base.save_train_subset(folder, n, train_images)], "samples": [],
+                                  "gl": [], "rp": [], "encoding": [], "encode_panels": [], "failed": []}
+    train_feats = base.cached_features(base.features_path(folder / "samples" / f"train-n{n}.npz", cfg.similarity),
+                                       train_images, features, _backend(cfg))
+    names = _names(cfg)
+    part["failed"] += [f for m in names if (f := plan.read_failure(folder, f"train/{m}-n{n}"))]
+    alive = [m for m in names if not plan.read_failure(folder, f"train/{m}-n{n}")]
+    first: dict[str, Tensor] = {}
+    for s in cfg.samplers:
+        _score_sampler(cfg, folder, shape, n, s, alive, (features, train_feats), part, first)
+    if cfg.encode_count:
+        failed = {f["model"] for f in part["failed"]}
         device = str(resolve_device(cfg.device))
-        outside = _load_outside_models(cfg, data.image_shape, device)
-        base.check_folder(folder, cfg.to_dict())
-        run = _Run(cfg, folder, device, base.scoring_features(cfg), _new_results(cfg), outside)
-        with tqdm(total=len(cfg.sizes) * len(cfg.models), disable=not progress, desc="study", unit="run") as bar:
-            for n in cfg.sizes:
-                _run_size(run, data, n, bar)
-                _write(run, t0)
-        return run.results
+        live = {m: _denoiser(cfg, folder, m, n, device) for m in alive if m not in failed}
+        _encode_size(cfg, folder, n, live, first, features, part)
+    save_json(folder / "scores" / f"n{n}.json", part)
+    gl = ", ".join(f"{r['model']} {r['gl']:.2f}" for r in part["gl"] if r["sampler"] == cfg.samplers[0])
+    rp = ", ".join(f"{r['a']}/{r['b']} {r['rp']:.2f}" for r in part["rp"] if r["sampler"] == cfg.samplers[0])
+    return f"score N={n}: GL {gl}; RP {rp}"
+
+
+def _score_sampler(cfg: StudyConfig, out: Path, shape: tuple[int, ...], n: int, sampler: str, names: list[str],
+                   feats_of: tuple[FeatureMap, Tensor], part: dict[str, list[Any]], first: dict[str, Tensor]) -> None:
+    """GL and RP rows of the study sampler ``sampler`` (each model sampled with its own sampler where it names
+    one: RP's ``sampler_a`` / ``sampler_b``)."""
+    features, train_feats = feats_of
+    feats: dict[str, Tensor] = {}
+    used: dict[str, str] = {}
+    for name in names:
+        eff, _ = effective_sampler(cfg, name, sampler)
+        key = _sample_key(cfg, name, n, eff)
+        if failure := plan.read_failure(out, f"sample/{key}"):
+            part["failed"].append(failure)
+            continue
+        x = base.read_samples(out / "samples" / f"{key}.npz", (cfg.count, *shape))
+        assert x is not None, f"samples of {key} are missing"
+        feats[name] = base.cached_features(base.features_path(out / "samples" / f"{key}.npz", cfg.similarity), x,
+                                           features, _backend(cfg))
+        path = base.sample_file(out, name, f"n{n}", eff)
+        gl = base.score_gl(path, x, feats[name], train_feats, cfg, cfg.gl)
+        used[name] = eff
+        if sampler == cfg.samplers[0]:
+            first[name] = x
+        part["samples"].append({"n": n, "model": name, "sampler": sampler, "path": str(path.relative_to(out))})
+        part["gl"].append({"n": n, "model": name, "sampler": sampler, "gl": gl.value, "ci": list(gl.ci)})
+    for a, b in combinations(feats, 2):
+        rp = base.rp_pair(feats[a], feats[b], cfg)
+        part["rp"].append({"n": n, "a": a, "b": b, "sampler": sampler, **base.rp_fields(rp),
+                           "sampler_a": used[a], "sampler_b": used[b]})
+
+
+def _encode_size(cfg: StudyConfig, out: Path, n: int, live: dict[str, Any], samples: dict[str, Tensor],
+                 features: FeatureMap, part: dict[str, list[Any]]) -> None:
+    """The encoder direction at size ``n`` on ``encode_count`` training, held-out and sampled images."""
+    data = base.load_data(cfg)
+    held = subset(data, min(len(data), n + cfg.encode_count), cfg.subset_seed).images[n:]
+    sets = {"train": subset(data, n, cfg.subset_seed).images[: cfg.encode_count], "held-out": held}
+    first = next((m.name for m in cfg.models if m.name in live and m.name in samples), None)
+    if first is not None:  # the first network's own samples, as a PNG would hold them
+        sets[f"samples of {first}"] = to_uint8(samples[first][: cfg.encode_count]).float() / 127.5 - 1
+    for name, images in sets.items():
+        if images.shape[0] >= 2 and len(live) >= 2:
+            _score_encoding(cfg, out, n, name, images, live, features, part)
+
+
+def _score_encoding(cfg: StudyConfig, out: Path, n: int, name: str, images: Tensor, denoisers: dict[str, Any],
+                    features: FeatureMap, part: dict[str, list[Any]]) -> None:
+    """Noise agreement and cross-decode RP for every pair of models on one set of images (the encoder
+    direction; ``encoding.py``), with the study's first sampler. The training images' noises and decodes
+    go to ``samples/encode-n{n}.npz`` for the report's panel."""
+    enc = encodings_of(denoisers, images, sampler=cfg.samplers[0], steps=cfg.sampler_steps)
+    for a, b in combinations(enc, 2):
+        r = compare_encodings(enc[a], enc[b], images, features=features, threshold=cfg.threshold)
+        part["encoding"].append({"n": n, "a": a, "b": b, "images": name, "noise_agreement": r.noise_agreement,
+                                 "mean_cosine": float(r.noise_cosine.mean()), "cross_decode_rp": r.cross_decode_rp})
+    if name == "train":
+        path = out / "samples" / f"encode-n{n}.npz"
+        arrays = {f"noise_{m}": e.noise for m, e in enc.items()}
+        arrays |= {f"decoded_{m}": e.decoded for m, e in enc.items()}
+        save_npz(path, images=to_uint8(images), **arrays)
+        part["encode_panels"].append({"n": n, "models": list(enc), "path": str(path.relative_to(out))})
+
+
+def _report_task(cfg: StudyConfig, out: str, start: float, final_lock: bool) -> str:
+    """``results.json`` and ``results.csv`` from every size's scores, with the provenance; with ``final_lock``
+    (a worker, not the local run, which holds it already) under the study folder's lock, and ``report.html``."""
+    folder = Path(out)
+    with folder_lock(folder, "study", wait_s=600) if final_lock else contextlib.nullcontext():
+        results = _new_results(cfg)
+        for n in cfg.sizes:
+            for k, rows in json.loads((folder / "scores" / f"n{n}.json").read_text()).items():
+                results[k] += rows
+        results["provenance"] = plan.provenance(folder)
+        _write(folder, results, time.perf_counter() - (time.time() - start))
+        if final_lock:
+            from . import build_report
+
+            build_report(folder)
+    return f"report: {len(results['rp'])} RP and {len(results['gl'])} GL scores -> {folder / 'results.json'}"
 
 
 def _new_results(cfg: StudyConfig) -> dict[str, Any]:
@@ -118,115 +513,15 @@ def _new_results(cfg: StudyConfig) -> dict[str, Any]:
             "rp": [], "gl": [], "encoding": [], "encode_panels": [], "samples": [], "train": [], "failed": []}
 
 
-def _run_size(run: _Run, data: Dataset, n: int, bar: Any) -> None:
-    """Train, sample and score every model at training-set size ``n``, then the encoder direction."""
-    train_set = subset(data, n, run.cfg.subset_seed)
-    run.results["train"].append(base.save_train_subset(run.out, n, train_set.images))
-    denoisers = _train_all(run, n, bar)
-    if run.cfg.optimal:
-        denoisers[OPTIMAL] = EmpiricalOptimalDenoiser(train_set.images, device=run.device)
-    samples = _score_size(run, n, train_set.images, denoisers)
-    if run.cfg.encode_count:
-        _encode_size(run, data, n, denoisers, samples)
-
-
-def _train_all(run: _Run, n: int, bar: Any) -> dict[str, Any]:
-    """Every model of the study at size ``n``: trained (or resumed, or loaded when finished), or outside."""
-    denoisers: dict[str, Any] = {}
-    data = DataConfig(name=run.cfg.data, n=n, seed=run.cfg.subset_seed)
-    for i, spec in enumerate(run.cfg.models):
-        if spec.name in run.outside:
-            denoisers[spec.name] = run.outside[spec.name]
-        else:
-            with run.fail(n, spec.name):
-                cfg = base.model_train_config(spec, i, data, run.cfg.device)
-                denoisers[spec.name] = base.train_model(cfg, run.out / "runs" / f"{spec.name}-n{n}", run.device)
-        bar.update()
-    return denoisers
-
-
-def _sample(run: _Run, name: str, D: Any, n: int, sampler: str, shape: tuple[int, ...]) -> Tensor | None:
-    """Model ``name``'s samples at size ``n`` (read back where a previous run wrote them; an outside model's
-    from its first size); None, recorded as failed, when they are not finite."""
-    with run.fail(n, name, f"{sampler}: ", (TrainingError,)):
-        x = run.fixed.get((name, sampler))
-        if x is None:  # written once by _score_size, with the samples' scores
-            x = base.cached_samples(base.sample_file(run.out, name, f"n{n}", sampler), D, run.cfg.seed,
-                                    run.cfg.count, shape, sampler=sampler, steps=run.cfg.sampler_steps,
-                                    device=run.device, save=False)
-        if name in run.outside:
-            run.fixed[(name, sampler)] = x
-        return x
-    return None
-
-
-def _score_size(run: _Run, n: int, train_images: Tensor, denoisers: dict[str, Any]) -> dict[str, Tensor]:
-    """Sample every model at size ``n``, then GL for each and RP for each pair (per sampler); returns the
-    samples of the first sampler by model."""
-    cfg, res = run.cfg, run.results
-    train_feats = run.features(train_images)
-    first_sampler: dict[str, Tensor] = {}
-    for sampler in cfg.samplers:
-        feats: dict[str, Tensor] = {}
-        for name, D in denoisers.items():
-            if (x := _sample(run, name, D, n, sampler, tuple(train_images.shape[1:]))) is None:
-                continue
-            feats[name] = run.features(x)
-            path = base.sample_file(run.out, name, f"n{n}", sampler)
-            gl = base.score_gl(path, x, feats[name], train_feats, cfg, cfg.gl)
-            if sampler == cfg.samplers[0]:
-                first_sampler[name] = x
-            res["samples"].append({"n": n, "model": name, "sampler": sampler, "path": str(path.relative_to(run.out))})
-            res["gl"].append({"n": n, "model": name, "sampler": sampler, "gl": gl.value, "ci": list(gl.ci)})
-        for a, b in combinations(feats, 2):
-            rp = base.rp_pair(feats[a], feats[b], cfg)
-            res["rp"].append({"n": n, "a": a, "b": b, "sampler": sampler, **base.rp_fields(rp)})
-    return first_sampler
-
-
-def _encode_size(run: _Run, data: Dataset, n: int, denoisers: dict[str, Any], samples: dict[str, Tensor]) -> None:
-    """The encoder direction at size ``n`` on ``encode_count`` training, held-out and sampled images."""
-    cfg = run.cfg
-    failed = {f["model"] for f in run.results["failed"] if f["n"] == n}
-    live = {k: v for k, v in denoisers.items() if k not in failed}
-    held_out = subset(data, min(len(data), n + cfg.encode_count), cfg.subset_seed).images[n:]
-    sets = {"train": subset(data, n, cfg.subset_seed).images[: cfg.encode_count], "held-out": held_out}
-    first = next((m.name for m in cfg.models if m.name in live and m.name in samples), None)
-    if first is not None:  # the first network's own samples, as a PNG would hold them
-        sets[f"samples of {first}"] = to_uint8(samples[first][: cfg.encode_count]).float() / 127.5 - 1
-    for name, images in sets.items():
-        if images.shape[0] >= 2 and len(live) >= 2:
-            _score_encoding(run, n, name, images, live)
-
-
-def _score_encoding(run: _Run, n: int, name: str, images: Tensor, denoisers: dict[str, Any]) -> None:
-    """Noise agreement and cross-decode RP for every pair of models on one set of images (the encoder
-    direction; ``encoding.py``), with the study's first sampler. The training images' noises and decodes
-    go to ``samples/encode-n{n}.npz`` for the report's panel."""
-    enc = encodings_of(denoisers, images, sampler=run.cfg.samplers[0], steps=run.cfg.sampler_steps)
-    for a, b in combinations(enc, 2):
-        r = compare_encodings(enc[a], enc[b], images, features=run.features, threshold=run.cfg.threshold)
-        run.results["encoding"].append({"n": n, "a": a, "b": b, "images": name, "noise_agreement": r.noise_agreement,
-                                        "mean_cosine": float(r.noise_cosine.mean()),
-                                        "cross_decode_rp": r.cross_decode_rp})
-    if name == "train":
-        path = run.out / "samples" / f"encode-n{n}.npz"
-        arrays = {f"noise_{m}": e.noise for m, e in enc.items()}
-        arrays |= {f"decoded_{m}": e.decoded for m, e in enc.items()}
-        save_npz(path, images=to_uint8(images), **arrays)
-        run.results["encode_panels"].append({"n": n, "models": list(enc), "path": str(path.relative_to(run.out))})
-
-
-def _write(run: _Run, t0: float) -> None:
+def _write(out: Path, res: dict[str, Any], t0: float) -> None:
     """``results.json`` and ``results.csv`` (one row per score)."""
-    res = run.results
     rows = [["rp", r["n"], r["a"], r["b"], r["sampler"], r["rp"], r["chance"], *r["ci"]] for r in res["rp"]]
     rows += [["gl", r["n"], r["model"], "", r["sampler"], r["gl"], "", *r["ci"]] for r in res["gl"]]
     header = ["kind", "n", "a", "b", "sampler", "value", "chance", "ci_low", "ci_high"]
-    base.write_results(run.out, res, t0, header, rows)
+    base.write_results(out, res, t0, header, rows)
 
 
-def _load_outside_models(cfg: StudyConfig, image_shape: tuple[int, ...], device: str) -> dict[str, Any]:
+def _load_outside_models(cfg: StudyConfig, image_shape: tuple[int, ...] | None, device: str) -> dict[str, Any]:
     """The study's ``source = "diffusers"`` models, loaded once; a bad folder or a model that does not fit the
     data is a one-line ``ConfigError``."""
     from ..adapters.diffusers import image_shape_of, load_unet_denoiser
@@ -242,7 +537,7 @@ def _load_outside_models(cfg: StudyConfig, image_shape: tuple[int, ...], device:
             raise ConfigError(f"{where}: {e}") from None
         if D.cond_key != "class_labels":
             raise ConfigError(f"{where}: {spec.path} holds a text-conditioned UNet; use the text2image study")
-        if image_shape_of(D) != tuple(image_shape):
+        if image_shape is not None and image_shape_of(D) != tuple(image_shape):
             raise ConfigError(f"{where}: the model makes images of shape {list(image_shape_of(D))} (channels, "
                               f"height, width) but {cfg.data!r} has {list(image_shape)}")
         loaded[spec.name] = D

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -31,6 +32,9 @@ from ..lora import add_lora, freeze_except
 from ..nets import NETS, make_net
 from ..objectives import Objective, make_objective
 from ..precond import Precond
+from .augment import AUGMENT_DIM
+from .augment import apply as apply_augment
+from .augment import draw as draw_augment
 from .runs import append_log, ema_beta, existing_config, weights_at
 
 __all__ = ["DataConfig", "FinetuneConfig", "TrainConfig", "TrainingError", "batch_indices", "build_model",
@@ -85,6 +89,9 @@ class FinetuneConfig:
 class TrainConfig(TomlConfig):
     """Everything that determines a training run (EDM's defaults where they fit small data).
 
+    ``augment`` is EDM's augmentation probability ``p`` (``training/augment.py``; 0 = off; the net needs
+    ``augment_dim = 9``); ``ema_rampup`` is EDM's ``ema_rampup_ratio`` (the EMA half-life is at most this
+    share of the images seen so far; 0 = off).
     ``precision`` ``bf16`` autocasts the network (CPU or GPU), ``fp16`` needs CUDA; ``compile`` runs
     the network through ``torch.compile``. Both trade bit-exactness with fp32 eager for speed. On the CPU runs
     are bit-identical anyway; on a GPU ``deterministic`` makes them so (``torch.use_deterministic_algorithms``,
@@ -101,6 +108,8 @@ class TrainConfig(TomlConfig):
     lr_warmup: int = 100
     lr_decay: str = "constant"
     ema_halflife: float = 2000.0
+    ema_rampup: float = 0.0
+    augment: float = 0.0
     grad_clip: float = 0.0
     seed: int = 0
     device: str = "auto"
@@ -118,6 +127,12 @@ class TrainConfig(TomlConfig):
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not self.lr > 0 or self.lr_warmup < 0 or self.ema_halflife < 0 or self.grad_clip < 0:
             raise ValueError("lr must be > 0; lr_warmup, ema_halflife and grad_clip must be >= 0")
+        if self.ema_rampup < 0 or not 0.0 <= self.augment <= 1.0:
+            raise ValueError(f"ema_rampup must be >= 0 and augment (a probability) in [0, 1], got "
+                             f"{self.ema_rampup} and {self.augment}")
+        if self.augment > 0 and self.net.get("augment_dim") != AUGMENT_DIM:
+            raise ValueError(f"augment = {self.augment} feeds the net {AUGMENT_DIM} augmentation labels: set "
+                             f"net.augment_dim = {AUGMENT_DIM}")
         if self.lr_decay not in ("constant", "cosine"):
             raise ValueError(f"lr_decay must be 'constant' or 'cosine', got {self.lr_decay!r}")
         if not 0.0 <= self.label_dropout < 1.0:
@@ -217,6 +232,15 @@ def batch_indices(seed: int, step: int, n: int, batch: int) -> Tensor:
     return idx
 
 
+def ema_beta_at(cfg: TrainConfig, step: int) -> float:
+    """The EMA decay of step ``step``: the half-life ``ema_halflife`` images, with ``ema_rampup`` at most that
+    share of the images seen before the step (EDM's ``ema_rampup_ratio``; at step 0 the EMA copies the net)."""
+    halflife = cfg.ema_halflife
+    if cfg.ema_rampup > 0:
+        halflife = max(min(halflife, step * cfg.batch_size * cfg.ema_rampup), 1e-8)
+    return ema_beta(cfg.batch_size, halflife)
+
+
 def lr_at(cfg: TrainConfig, step: int) -> float:
     """Linear warm-up over ``lr_warmup`` steps, then constant or cosine decay to 0."""
     lr = cfg.lr * min(1.0, (step + 1) / max(1, cfg.lr_warmup))
@@ -228,14 +252,16 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
 def train_step(model: Precond, objective: Objective, opt: torch.optim.Optimizer, y: Tensor,
                cond: Tensor | None, draws: dict[str, Tensor], *, lr: float, grad_clip: float = 0.0,
                autocast: contextlib.AbstractContextManager[Any] | None = None,
-               scaler: torch.amp.GradScaler | None = None) -> Tensor:
+               scaler: torch.amp.GradScaler | None = None, augment_labels: Tensor | None = None) -> Tensor:
     """One optimizer step on clean images ``y`` with the batch's random ``draws``; returns the mean loss.
-    Everything it depends on is an argument (``scaler``: fp16 loss scaling on CUDA)."""
+    Everything it depends on is an argument (``scaler``: fp16 loss scaling on CUDA; ``augment_labels``: the
+    augmentation labels of ``y``, passed to every denoiser call)."""
     for g in opt.param_groups:
         g["lr"] = lr
     opt.zero_grad(set_to_none=True)
+    D = model if augment_labels is None else functools.partial(model, augment_labels=augment_labels)
     with autocast or contextlib.nullcontext():
-        loss = objective.loss(model, y, draws, cond).mean()
+        loss = objective.loss(D, y, draws, cond).mean()
     if scaler is None:
         loss.backward()
     else:
@@ -405,16 +431,20 @@ def _loop(cfg: TrainConfig, out: Path, data: Dataset, num_classes: int, device: 
         if cond is not None and cfg.label_dropout > 0:  # the unconditional branch of classifier-free guidance
             drop = (torch.rand(cfg.batch_size, generator=g) < cfg.label_dropout)[rows].to(device)
             cond = torch.where(drop, torch.full_like(cond, -1), cond)
+        y, aug_labels = images[idx], None
+        if cfg.augment > 0:  # parameters of the global batch, this rank's rows applied
+            params = draw_augment(cfg.batch_size, cfg.augment, g)
+            y, aug_labels = apply_augment(y, {k: v[..., rows] for k, v in params.items()})
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(int(g.initial_seed()) ^ dist.rank)  # dropout masks depend on (seed, step, rank)
-            loss_t = train_step(wrapped, objective, opt, images[idx], cond, draws, lr=lr_at(cfg, step),
-                                grad_clip=cfg.grad_clip, autocast=autocast,
-                                scaler=scaler)
+            loss_t = train_step(wrapped, objective, opt, y, cond, draws, lr=lr_at(cfg, step),
+                                grad_clip=cfg.grad_clip, autocast=autocast, scaler=scaler,
+                                augment_labels=aug_labels)
         loss = float(loss_t)
         if not math.isfinite(loss):
             raise TrainingError(f"loss became {loss} at step {step}; the last good checkpoint is kept in {out} "
                                 "(try a lower lr or lr_warmup)")
-        ema_update(ema, model, beta)
+        ema_update(ema, model, beta if not cfg.ema_rampup else ema_beta_at(cfg, step))
         losses.append(loss)
         done = step + 1
         if dist.main and (done % cfg.log_every == 0 or done == cfg.steps):
