@@ -69,7 +69,7 @@ class FullDisk:
     of all atomic writes in order; ``before`` is ``snapshot(root)`` at the first failure."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, root: Path, *, at: int | None = None,
-                 name: str | None = None) -> None:
+                 name: str | None = None, code: int = errno.ENOSPC) -> None:
         self.root, self.at, self.name = root, at, name
         self.paths: list[Path] = []
         self.before: dict[str, bytes] | None = None
@@ -88,7 +88,7 @@ class FullDisk:
                 if self.before is not None or self._full(target):
                     if self.before is None:
                         self.before = snapshot(self.root)
-                    raise OSError(errno.ENOSPC, "No space left on device")
+                    raise OSError(code, os.strerror(code))
             real_fsync(fd)
 
         monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
@@ -223,17 +223,19 @@ def test_training_on_a_full_disk_keeps_the_last_checkpoint_and_resumes_bit_ident
         assert_same_safetensors(tmp_path / "run" / name, tmp_path / "ref" / name)
 
 
-@pytest.mark.parametrize("at", [1, 2])
-def test_sampling_on_a_full_disk_changes_no_file(tmp_path, monkeypatch, capsys, at) -> None:
+@pytest.mark.parametrize(("at", "code"), [(1, errno.ENOSPC), (2, errno.ENOSPC), (2, errno.EIO)])
+def test_sampling_on_a_full_or_failing_disk_changes_no_file(tmp_path, monkeypatch, capsys, at, code) -> None:
     train(tiny(steps=2), tmp_path / "run")
     run_sample(tmp_path / "run", tmp_path / "s", seed=1, count=4, steps=2)
-    disk = FullDisk(monkeypatch, tmp_path / "s", at=at)
+    before = snapshot(tmp_path / "s")  # the earlier run's grid.png and samples.npz
+    disk = FullDisk(monkeypatch, tmp_path / "s", at=at, code=code)
     assert main(["sample", "--model", str(tmp_path / "run"), "--seed", "2", "--count", "4", "--steps", "2",
                  "--out", str(tmp_path / "s")]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and f"{disk.paths[at - 1]}: {NO_SPACE}" in err
-    assert_unchanged(disk.before, tmp_path / "s")
-    assert disk.before is not None and set(disk.before) == {"grid.png", "samples.npz"}  # the earlier run's
+    assert err == f"reprodiff: error: {files.storage_error(OSError(code, 'x'), disk.paths[at - 1])}\n"
+    assert ("no space left" if code == errno.ENOSPC else "input/output error") in err
+    assert disk.before is not None and set(before) == {"grid.png", "samples.npz"}
+    assert_unchanged(before, tmp_path / "s")  # both files of one command are written as one change
 
 
 def _arrays(path: Path) -> dict[str, np.ndarray]:

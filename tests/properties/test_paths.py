@@ -35,8 +35,16 @@ COMMANDS = {
 _MODEL: dict[str, bytes] = {}
 
 
-def setup_root(root: Path) -> None:
-    """Config files and a trained 2-step model (trained once, then copied) under ``root``."""
+@contextlib.contextmanager
+def fresh_root() -> Iterator[Path]:
+    """A temporary folder with config files and a trained 2-step model (trained once, then copied)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        _fill(root)
+        yield root
+
+
+def _fill(root: Path) -> None:
     (root / "train.toml").write_text(TRAIN_TOML)
     (root / "study.toml").write_text(STUDY_TOML)
     if not _MODEL:
@@ -111,9 +119,7 @@ def make_out(root: Path, state: str, command: str) -> tuple[Path, Path | None]:
 @FUZZ
 @given(st.sampled_from(sorted(COMMANDS)), st.sampled_from(OUT_STATES))
 def test_every_out_state_works_or_is_one_line(command: str, state: str) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        setup_root(root)
+    with fresh_root() as root:
         out, names = make_out(root, state, command)
         argv = [a.format(root=root) for a in COMMANDS[command]] + ["--out", str(out)]
         if state == "other_kind" and command == "sample":
@@ -157,11 +163,9 @@ def make_in(root: Path, state: str, folder: bool) -> Path | None:
 @FUZZ
 @given(st.sampled_from(sorted(INPUTS)), st.sampled_from(IN_STATES))
 def test_every_input_state_is_one_line(option: str, state: str) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        setup_root(root)
+    assume(not (state == "empty" and option.endswith("--config")))  # an empty TOML is the default config
+    with fresh_root() as root:
         template, folder = INPUTS[option]
-        assume(not (state == "empty" and option.endswith("--config")))  # an empty TOML is the default config
         path = make_in(root, state, folder)
         argv = [a.format(root=root, path=path) for a in template]
         with denied(path) if state == "unreadable" else contextlib.nullcontext():

@@ -213,6 +213,8 @@ def step_generator(seed: int, step: int) -> torch.Generator:
 def data_order(seed: int, epoch: int, n: int) -> Tensor:
     """The order in which epoch ``epoch`` visits the ``n`` training images: a permutation drawn from
     ``SeedSequence([seed, epoch], spawn_key=(1,))``, a stream apart from :func:`step_generator`'s."""
+    if n == 1:  # the only order; skips ~0.1 ms of seeding per epoch, i.e. per image drawn
+        return torch.zeros(1, dtype=torch.long)
     s = int(np.random.SeedSequence([seed, epoch], spawn_key=(1,)).generate_state(1, np.uint64)[0])
     return torch.randperm(n, generator=torch.Generator().manual_seed(s))
 
