@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from .. import metrics, sampling, similarity
+from ..calibration import AUTO
 from ..config import ConfigError, TomlConfig
 from ..data import Dataset, load_dataset, to_uint8
 from ..files import atomic_write, folder_lock, remove_stale_temp_files, save_json, save_npz
@@ -120,7 +121,9 @@ class ScoringFields(TomlConfig):
     def __post_init__(self) -> None:
         for name in ("threshold", "gl_threshold"):
             t = getattr(self, name, None)
-            if t is not None and not -1.0 <= t <= 1.0:
+            if isinstance(t, str) and t != AUTO:
+                raise ValueError(f"{name} must be a number in [-1, 1] or {AUTO!r} (calibrated on the data), got {t!r}")
+            if t is not None and not isinstance(t, str) and not -1.0 <= t <= 1.0:
                 raise ValueError(f"{name} must be in [-1, 1] (a cosine similarity), got {t}")
         if self.similarity == "sscd" and not self.sscd_path:
             raise ValueError("similarity = 'sscd' needs sscd_path, the local SSCD model file")
