@@ -184,6 +184,9 @@ class ModelSpec:
     ``seed`` < 0 means "the model's position in the list", so models differ in initialisation and in
     the noise of their training batches, as independently trained models do.
 
+    ``fit_target`` > 0 ends each run once it has memorized its training images (``training/fit.py``), checked
+    every ``steps // 20`` steps; ``steps`` is then a cap.
+
     ``source = "diffusers"`` with ``path`` (a local ``save_pretrained`` folder of a ``UNet2DModel`` and its
     scheduler, see ``adapters/diffusers.py``) brings in an outside checkpoint instead: it is not trained, it is
     loaded once and sampled from the same noise at every size N next to the trained models (GL against each
@@ -200,6 +203,7 @@ class ModelSpec:
     seed: int = -1
     source: str = "train"
     path: str = ""
+    fit_target: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.name or self.name == OPTIMAL or not self.name.replace("-", "").replace("_", "").isalnum():
@@ -231,6 +235,7 @@ def model_train_config(spec: ModelSpec, index: int, data: DataConfig, device: st
         batch_size=spec.batch_size, lr=spec.lr, ema_halflife=spec.ema_halflife,
         seed=index if spec.seed < 0 else spec.seed, device=device, checkpoint_every=max(1, spec.steps // 4),
         log_every=max(1, spec.steps // 20), **extra,
+        **({"fit_target": spec.fit_target, "fit_every": max(1, spec.steps // 20)} if spec.fit_target else {}),
     )
 
 
@@ -289,9 +294,10 @@ def check_folder(out: Path, config: dict[str, Any]) -> None:
 
 
 def _with_model_defaults(config: Any) -> Any:
-    """A ``study.json`` written before models had ``source``/``path`` names the same study with the defaults."""
+    """A ``study.json`` written before models had ``source``/``path``/``fit_target`` names the same study with the
+    defaults."""
     if isinstance(config, dict) and isinstance(config.get("models"), list):
-        models = [{"source": "train", "path": ""} | m if isinstance(m, dict) and "net" in m else m
+        models = [{"source": "train", "path": "", "fit_target": 0.0} | m if isinstance(m, dict) and "net" in m else m
                   for m in config["models"]]
         return config | {"models": models}
     return config
