@@ -12,7 +12,8 @@ samplers  per-step sampler overhead as a fraction of one denoiser call, for ever
 train     training images/s of each network of configs/ (the embedded study's sizes) against the plain
           eager fp32 baseline of the same network: channels-last, bf16 autocast, torch.compile.
 invert    round-trip error against NFE per solver beside DDIM inversion; inversion vs sampling time.
-study     the embedded default study end to end, against its 5-minute budget, with its RP/GL table.
+study     the embedded default study (or --config FILE) end to end, against its 5-minute budget: wall and CPU
+          seconds per phase (each training run, sampling, features, scores, encoding, report), its RP/GL table.
 checkpoint peak RSS of writing, reading and resuming a training state (net + EMA + Adam moments; 1 GiB of
           float32, 256 MiB with --quick), each in a fresh process, as a multiple of the state's tensor bytes:
           a memory-mapped read and a copy-free write stay near 1x and 0x. Run it with another checkout's
