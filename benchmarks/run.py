@@ -12,7 +12,8 @@ samplers  per-step sampler overhead as a fraction of one denoiser call, for ever
 train     training images/s of each network of configs/ (the embedded study's sizes) against the plain
           eager fp32 baseline of the same network: channels-last, bf16 autocast, torch.compile.
 invert    round-trip error against NFE per solver beside DDIM inversion; inversion vs sampling time.
-study     the embedded default study end to end, against its 5-minute budget, with its RP/GL table.
+study     the embedded default study (or --config FILE) end to end, against its 5-minute budget: wall and CPU
+          seconds per phase (each training run, sampling, features, scores, encoding, report), its RP/GL table.
 checkpoint peak RSS of writing, reading and resuming a training state (net + EMA + Adam moments; 1 GiB of
           float32, 256 MiB with --quick), each in a fresh process, as a multiple of the state's tensor bytes:
           a memory-mapped read and a copy-free write stay near 1x and 0x. Run it with another checkout's
@@ -25,12 +26,15 @@ regime    seconds to reach the regime: each network trained for 1,200 steps (abo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -320,6 +324,7 @@ def main() -> None:
     p.add_argument("which", nargs="*", help=f"any of {', '.join(BENCHES)} (default: all)")
     p.add_argument("--quick", action="store_true", help="smaller sizes, fewer repeats")
     p.add_argument("--peers", action="store_true", help="samplers: compare with k-diffusion and diffusers")
+    p.add_argument("--config", default="", help="study: a study TOML to run instead of the embedded default")
     args = p.parse_args()
     which = args.which or list(BENCHES)
     if unknown := set(which) - set(BENCHES):
@@ -329,6 +334,8 @@ def main() -> None:
     for name in which:
         if name == "samplers":
             bench_samplers(args.quick, args.peers)
+        elif name == "study":
+            bench_study(args.quick, args.config)
         else:
             BENCHES[name](args.quick)
 
@@ -341,19 +348,88 @@ def cpu_name() -> str:
         return "unknown CPU"
 
 
-def bench_study(quick: bool) -> None:
-    """The embedded default study end to end (budget: 5 minutes on 2 cores), then its table."""
+class PhaseTimer:
+    """Wall and CPU seconds (``time.process_time``: every thread of this process) per phase of a study, measured by
+    wrapping the library calls the study makes; a call made inside another timed call counts to the outer one."""
+
+    def __init__(self) -> None:
+        self.wall: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
+        self.depth = 0
+
+    def wrap(self, fn: Callable[..., Any], phase: Callable[..., str]) -> Callable[..., Any]:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            if self.depth:
+                return fn(*args, **kwargs)
+            self.depth += 1
+            w0, c0 = time.perf_counter(), time.process_time()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.depth -= 1
+                name = phase(*args, **kwargs)
+                self.wall[name] = self.wall.get(name, 0.0) + time.perf_counter() - w0
+                self.cpu[name] = self.cpu.get(name, 0.0) + time.process_time() - c0
+
+        return timed
+
+    def patches(self) -> contextlib.ExitStack:
+        """Training (per run folder: model and N), sampling, features, scores and encoding, timed where the study
+        calls them."""
+        from unittest import mock
+
+        from reprodiff import encoding, metrics, similarity
+        from reprodiff.studies import base, regime
+
+        stack = contextlib.ExitStack()
+        where = [(base, "train", lambda cfg, out, **_: f"train {Path(out).name}"),
+                 (sampling, "sample", lambda *a, **k: "sampling"),
+                 (metrics, "rp_score", lambda *a, **k: "scores"), (metrics, "gl_score", lambda *a, **k: "scores"),
+                 (regime, "encodings_of", lambda *a, **k: "encoding"),
+                 (regime, "compare_encodings", lambda *a, **k: "encoding"),
+                 (encoding, "encodings_of", lambda *a, **k: "encoding")]
+        for module, name, phase in where:
+            if hasattr(module, name):
+                stack.enter_context(mock.patch.object(module, name, self.wrap(getattr(module, name), phase)))
+        features = similarity.make_features
+        stack.enter_context(mock.patch.object(
+            similarity, "make_features",
+            lambda *a, **k: self.wrap(features(*a, **k), lambda *a, **k: "features")))
+        return stack
+
+    def table(self, total_wall: float, total_cpu: float) -> str:
+        rows = sorted(self.wall, key=lambda k: (not k.startswith("train"), k))
+        other_w, other_c = total_wall - sum(self.wall.values()), total_cpu - sum(self.cpu.values())
+        lines = [f"  {'phase':<28} {'wall s':>8} {'cpu s':>8} {'share':>6}"]
+        for k, w, c in [*((k, self.wall[k], self.cpu[k]) for k in rows), ("other (D*, data, IO)", other_w, other_c),
+                        ("total", total_wall, total_cpu)]:
+            lines.append(f"  {k:<28} {w:8.1f} {c:8.1f} {w / total_wall:6.1%}")
+        train_w = sum(v for k, v in self.wall.items() if k.startswith("train"))
+        lines.append(f"  {'training, all runs':<28} {train_w:8.1f} "
+                     f"{sum(v for k, v in self.cpu.items() if k.startswith('train')):8.1f} {train_w / total_wall:6.1%}")
+        return "\n".join(lines)
+
+
+def bench_study(quick: bool, config: str = "") -> None:
+    """The embedded default study (or ``config``) end to end (budget: 5 minutes on 2 cores), then where its time
+    went (wall and CPU seconds per phase) and its table."""
     import tempfile
 
     from reprodiff.studies import build_report
-    from reprodiff.studies.regime import run_study, summarize
+    from reprodiff.studies.regime import StudyConfig, run_study, summarize
 
-    with tempfile.TemporaryDirectory() as tmp:
-        t0 = time.perf_counter()
-        results = run_study(None, tmp)
+    cfg = StudyConfig.from_toml(config) if config else None
+    timer = PhaseTimer()
+    with tempfile.TemporaryDirectory() as tmp, timer.patches():
+        t0, c0 = time.perf_counter(), time.process_time()
+        results = run_study(cfg, tmp)
+        r0, rc0 = time.perf_counter(), time.process_time()
         build_report(tmp)
-        seconds = time.perf_counter() - t0
-    print(f"== default study: {seconds:.0f} s wall ({seconds / 300:.0%} of the 5-minute budget) ==")
+        timer.wall["report"], timer.cpu["report"] = time.perf_counter() - r0, time.process_time() - rc0
+        seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+    print(f"== {'study ' + config if config else 'default study'}: {seconds:.0f} s wall, {cpu:.0f} s CPU "
+          f"({seconds / 300:.0%} of the 5-minute budget) ==")
+    print(timer.table(seconds, cpu))
     print(summarize(results))
 
 

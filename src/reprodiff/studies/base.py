@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from .. import metrics, sampling, similarity
+from ..calibration import AUTO
 from ..config import ConfigError, TomlConfig, from_dict
 from ..data import Dataset, load_dataset, to_uint8
 from ..files import atomic_write, folder_lock, remove_stale_temp_files, save_json, save_npz
@@ -124,7 +125,9 @@ class ScoringFields(TomlConfig):
     def __post_init__(self) -> None:
         for name in ("threshold", "gl_threshold"):
             t = getattr(self, name, None)
-            if t is not None and not -1.0 <= t <= 1.0:
+            if isinstance(t, str) and t != AUTO:
+                raise ValueError(f"{name} must be a number in [-1, 1] or {AUTO!r} (calibrated on the data), got {t!r}")
+            if t is not None and not isinstance(t, str) and not -1.0 <= t <= 1.0:
                 raise ValueError(f"{name} must be in [-1, 1] (a cosine similarity), got {t}")
         if self.similarity == "sscd" and not self.sscd_path:
             raise ValueError("similarity = 'sscd' needs sscd_path, the local SSCD model file")
@@ -190,6 +193,8 @@ class ModelSpec:
     ``augment``, ``precision``, ``compile``, ``grad_clip``, ``checkpoint_every``, ``deterministic``, ...), checked
     when the config loads. ``sampler`` / ``sampler_steps``: this model's own sampler (e.g. ``onestep`` for a
     consistency model), used in place of each of the study's samplers ("" / 0: the study's).
+    ``fit_target`` > 0 ends each run once it has memorized its training images (``training/fit.py``), checked
+    every ``steps // 20`` steps; ``steps`` is then a cap.
 
     ``source = "diffusers"`` with ``path`` (a local ``save_pretrained`` folder of a ``UNet2DModel`` and its
     scheduler, see ``adapters/diffusers.py``) brings in an outside checkpoint instead: it is not trained, it is
@@ -210,6 +215,7 @@ class ModelSpec:
     train: dict[str, Any] = field(default_factory=dict)
     sampler: str = ""
     sampler_steps: int = 0
+    fit_target: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.name or self.name == OPTIMAL or not self.name.replace("-", "").replace("_", "").isalnum():
@@ -259,10 +265,11 @@ def model_train_config(spec: ModelSpec, index: int, data: DataConfig, device: st
     cycles through them (``train.batch_indices``, EDM's ``InfiniteSampler``), so a run's cost does not grow as N
     shrinks. ``extra``: further ``TrainConfig`` fields (e.g. ``finetune``, ``label_dropout``)."""
     options = {"checkpoint_every": max(1, spec.steps // 4), "log_every": max(1, spec.steps // 20)}
+    fit = {"fit_target": spec.fit_target, "fit_every": max(1, spec.steps // 20)} if spec.fit_target else {}
     return TrainConfig(
         data=data, net=spec.net, kernel=spec.kernel, objective=spec.objective, steps=spec.steps,
         batch_size=spec.batch_size, lr=spec.lr, ema_halflife=spec.ema_halflife,
-        seed=index if spec.seed < 0 else spec.seed, device=device, **(options | spec.train | extra),
+        seed=index if spec.seed < 0 else spec.seed, device=device, **(options | fit | spec.train | extra),
     )
 
 
@@ -330,10 +337,10 @@ def check_folder(out: Path, config: dict[str, Any]) -> None:
 
 
 def _with_model_defaults(config: Any) -> Any:
-    """A ``study.json`` written before models had ``source``/``path``/``train``/``sampler``/``sampler_steps`` names
-    the same study with the defaults."""
+    """A ``study.json`` written before models had ``source``/``path``/``train``/``sampler``/``sampler_steps``/
+    ``fit_target`` names the same study with the defaults."""
     if isinstance(config, dict) and isinstance(config.get("models"), list):
-        new = {"source": "train", "path": "", "train": {}, "sampler": "", "sampler_steps": 0}
+        new = {"source": "train", "path": "", "train": {}, "sampler": "", "sampler_steps": 0, "fit_target": 0.0}
         models = [new | m if isinstance(m, dict) and "net" in m else m
                   for m in config["models"]]
         return config | {"models": models}

@@ -24,8 +24,9 @@ import torch
 from torch import Tensor
 
 from .. import sampling
+from ..calibration import AUTO, calibrate
 from ..config import ConfigError
-from ..data import subset, to_uint8
+from ..data import Dataset, subset, to_uint8
 from ..encoding import compare_encodings, encodings_of
 from ..executors import ExecutorConfig, LocalExecutor, Task, executor_from_config
 from ..files import folder_lock, save_json, save_npz
@@ -45,22 +46,23 @@ __all__ = ["KIND", "StudyConfig", "default_study", "effective_sampler", "plan_ta
 class StudyConfig(StudyFields):
     """What a study runs; loaded from TOML (``[[models]]`` tables), written as ``study.json``.
 
-    ``threshold`` decides when two same-noise samples are "the same image" (RP) and, unless ``gl_threshold``
-    is set, when a sample copies its nearest training image (GL); the paper uses one threshold (SSCD > 0.6).
+    ``threshold`` decides when two same-noise samples are "the same image" (RP) and ``gl_threshold`` when a
+    sample copies its nearest training image (GL); unset, ``gl_threshold`` is ``threshold`` where that is a
+    number (the paper uses one threshold, SSCD > 0.6). ``"auto"`` (the default) calibrates them on the data
+    themselves (``calibration.py``): RP's is the value at most 1% of pairs of distinct real images exceed (the
+    chance level), GL's the value at most 5% of real images exceed against their nearest other real image
+    (leave-one-out). On the digits' pixels that gives ~0.89 and ~0.98, the values once tuned by hand.
     ``optimal_sampler`` / ``optimal_sampler_steps``: D*'s own sampler (e.g. ``euler``, as the paper's release
     samples it; "" / 0: the study's). The study's ``ddim`` is Euler on the Karras grid (``sampling``), not
     DDIM's uniform-time grid.
-    For pixel similarity on 8x8 digits the two need different values; the defaults are calibrated on the
-    data (see ``tests/studies/test_regime.py::test_default_thresholds_are_calibrated``):
-    0.9 leaves ~1% of mismatched digit pairs above it (chance RP), and 0.98 counts <= 5% of real digits as
-    copies of the others (leave-one-out nearest neighbour).
     """
 
     sizes: tuple[int, ...] = (16, 32, 128, 1797)
     subset_seed: int = 0
     models: tuple[ModelSpec, ...] = field(default_factory=base.default_models)
     samplers: tuple[str, ...] = ("heun",)
-    gl_threshold: float | None = None
+    threshold: float | str = AUTO
+    gl_threshold: float | str | None = None
     optimal: bool = True
     optimal_sampler: str = ""
     optimal_sampler_steps: int = 0
@@ -83,13 +85,44 @@ class StudyConfig(StudyFields):
 
     @property
     def gl(self) -> float:
-        """The GL threshold (``threshold`` unless ``gl_threshold`` is set)."""
-        return self.threshold if self.gl_threshold is None else self.gl_threshold
+        """The GL threshold (``threshold`` unless ``gl_threshold`` is set); numbers only (see ``calibrated``)."""
+        gl = self.threshold if self.gl_threshold is None else self.gl_threshold
+        if isinstance(gl, str):
+            raise ValueError("the GL threshold is 'auto'; resolve it with calibrated(cfg, data, features)")
+        return gl
+
+    @property
+    def auto(self) -> list[str]:
+        """The thresholds to calibrate on the data: ``threshold`` and/or ``gl_threshold``."""
+        gl = self.threshold if self.gl_threshold is None else self.gl_threshold
+        return [name for name, t in (("threshold", self.threshold), ("gl_threshold", gl)) if t == AUTO]
 
 
 def default_study() -> StudyConfig:
-    """The embedded study (``studies/default.toml``): the class defaults plus the digits' GL threshold."""
-    return StudyConfig(gl_threshold=0.98)
+    """The embedded study (``studies/default.toml``): the class defaults, both thresholds calibrated on the data."""
+    return StudyConfig(gl_threshold=AUTO)
+
+
+def calibrated(cfg: StudyConfig, data: Dataset, features: FeatureMap) -> tuple[StudyConfig, dict[str, Any]]:
+    """``cfg`` with numeric thresholds -- the ``"auto"`` ones calibrated on ``data``'s real images in the feature
+    space of ``features`` (``calibration.calibrate``) -- and the results' ``similarity`` record: the backend,
+    both thresholds and, where any was calibrated, ``calibration`` (how: rates, images, pairs)."""
+    sim: dict[str, Any] = {"backend": cfg.similarity}
+    if auto := cfg.auto:
+        c = calibrate(data.images, features, seed=cfg.subset_seed)
+        values = {"threshold": c.threshold, "gl_threshold": c.gl_threshold}
+        cfg = replace(cfg, **{name: values[name] for name in auto})
+        sim["calibration"] = {**c.to_dict(), "auto": auto}
+    sim |= {"threshold": cfg.threshold, "gl_threshold": cfg.gl}
+    return cfg, sim
+
+
+def resolve_thresholds(cfg: StudyConfig, folder: Path) -> StudyConfig:
+    """``cfg`` with its ``"auto"`` thresholds calibrated (:func:`calibrated`, deterministic), the ``similarity``
+    record written to ``folder/similarity.json`` for the report task; every task then sees numbers."""
+    cfg, sim = calibrated(cfg, base.load_data(cfg), base.scoring_features(cfg, str(resolve_device(cfg.device))))
+    save_json(folder / "similarity.json", sim)
+    return cfg
 
 
 # ---------------------------------------------------------------------------------------------- the run
@@ -106,6 +139,7 @@ def run_study(cfg: StudyConfig | None, out: str | os.PathLike[str], *, progress:
     with base.study_folder(out) as folder:
         start = time.time()
         shape = check_study(cfg, folder)
+        cfg = resolve_thresholds(cfg, folder)
         plan.clear_failures(folder)
         tasks = plan_tasks(cfg, folder, shape, start=start, final_lock=not local, progress=progress)
         plan.note(announce(cfg, tasks, folder))
@@ -124,11 +158,12 @@ def rescore(out: str | os.PathLike[str], threshold: float, gl_threshold: float |
         old = StudyConfig.from_dict(json.loads((folder / "study.json").read_text()))
         cfg = replace(old, threshold=threshold, gl_threshold=old.gl_threshold if gl_threshold is None else gl_threshold)
         shape = study_shape(cfg)
+        save_json(folder / "study.json", cfg.to_dict())
+        cfg = resolve_thresholds(cfg, folder)
         tasks = plan_tasks(cfg, folder, shape, start=time.time(), final_lock=False)
         if missing := [t.key for t in tasks if t.stage not in ("score", "report") and not t.done()]:
             raise ConfigError(f"{folder} is not finished ({missing[0]} and {len(missing) - 1} more tasks to run); "
                               "run reprodiff study on it first")
-        save_json(folder / "study.json", cfg.to_dict())
         for path in (folder / "scores").glob("n*.json"):
             path.unlink()
         LocalExecutor(stop_on_error=True).run(tasks, folder)
@@ -493,7 +528,7 @@ def _report_task(cfg: StudyConfig, out: str, start: float, final_lock: bool) -> 
     (a worker, not the local run, which holds it already) under the study folder's lock, and ``report.html``."""
     folder = Path(out)
     with folder_lock(folder, "study", wait_s=600) if final_lock else contextlib.nullcontext():
-        results = _new_results(cfg)
+        results = _new_results(cfg, folder)
         for n in cfg.sizes:
             for k, rows in json.loads((folder / "scores" / f"n{n}.json").read_text()).items():
                 results[k] += rows
@@ -506,10 +541,15 @@ def _report_task(cfg: StudyConfig, out: str, start: float, final_lock: bool) -> 
     return f"report: {len(results['rp'])} RP and {len(results['gl'])} GL scores -> {folder / 'results.json'}"
 
 
-def _new_results(cfg: StudyConfig) -> dict[str, Any]:
-    return {"schema": SCHEMA, "kind": "regime", "config": cfg.to_dict(), "sizes": list(cfg.sizes),
+def _new_results(cfg: StudyConfig, folder: Path) -> dict[str, Any]:
+    path = folder / "similarity.json"
+    sim = json.loads(path.read_text()) if path.is_file() else {
+        "backend": cfg.similarity, "threshold": cfg.threshold, "gl_threshold": cfg.gl}
+    given = folder / "study.json"  # the config as given ("auto" thresholds), not as calibrated
+    config = json.loads(given.read_text()) if given.is_file() else cfg.to_dict()
+    return {"schema": SCHEMA, "kind": "regime", "config": config, "sizes": list(cfg.sizes),
             "models": [m.name for m in cfg.models] + [OPTIMAL] * cfg.optimal, "samplers": list(cfg.samplers),
-            "similarity": {"backend": cfg.similarity, "threshold": cfg.threshold, "gl_threshold": cfg.gl},
+            "similarity": sim,
             "rp": [], "gl": [], "encoding": [], "encode_panels": [], "samples": [], "train": [], "failed": []}
 
 
@@ -558,7 +598,7 @@ def summarize(results: dict[str, Any]) -> str:
         lines.append(f"{n:>6}  " + "  ".join(cells))
     lines += base.failed_lines(results["failed"])
     sim = results["similarity"]
-    lines.append(f"({sim['backend']} similarity > {sim['threshold']} for RP, > {sim['gl_threshold']} for GL; "
+    lines.append(f"({sim['backend']} similarity > {sim['threshold']:.3g} for RP, > {sim['gl_threshold']:.3g} for GL; "
                  f"{sampler}; {results['timing']['total_s']:.0f} s)")
     return "\n".join(lines)
 

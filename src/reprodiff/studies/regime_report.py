@@ -27,6 +27,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import NullLocator
 from torch import Tensor
 
+from ..calibration import describe
 from ..data import load_npz
 from ..files import image_grid
 from .base import OPTIMAL, Report, read_results
@@ -400,11 +401,16 @@ no more than mismatched pairs do. With another similarity than SSCD &gt; 0.6 (pi
 say) the threshold means something else, so compare the shape of the curves with the paper, not the values.</p>"""
 
 
+def _threshold(x: Any) -> str:
+    return f"{x:.3g}" if isinstance(x, float) else str(x)
+
+
 def _similarity_text(study: Study) -> str:
     sim = study.similarity
-    text = f"{sim.get('backend', '?')} similarity > {sim.get('threshold', '?')}"
-    gl = sim.get("gl_threshold")
-    return text if gl is None or gl == sim.get("threshold") else f"{text} (RP), > {gl} (GL)"
+    t, gl = sim.get("threshold", "?"), sim.get("gl_threshold")
+    text = f"{sim.get('backend', '?')} similarity > {_threshold(t)}"
+    text = text if gl is None or gl == t else f"{text} (RP), > {_threshold(gl)} (GL)"
+    return f"{text}. {describe(sim['calibration'], sim.get('backend', ''))}" if sim.get("calibration") else text
 
 
 def _fmt_time(seconds: float | None) -> str:

@@ -35,6 +35,7 @@ from ..precond import Precond
 from .augment import AUGMENT_DIM
 from .augment import apply as apply_augment
 from .augment import draw as draw_augment
+from .fit import FitCheck
 from .runs import append_log, ema_beta, existing_config, weights_at
 
 __all__ = ["DataConfig", "FinetuneConfig", "TrainConfig", "TrainingError", "batch_indices", "build_model",
@@ -92,6 +93,10 @@ class TrainConfig(TomlConfig):
     ``augment`` is EDM's augmentation probability ``p`` (``training/augment.py``; 0 = off; the net needs
     ``augment_dim = 9``); ``ema_rampup`` is EDM's ``ema_rampup_ratio`` (the EMA half-life is at most this
     share of the images seen so far; 0 = off).
+
+    ``fit_target`` > 0 ends a run early, once its EMA denoiser has *memorized* its training images
+    (:class:`FitCheck`, checked every ``fit_every`` steps); ``steps`` is then the cap.
+
     ``precision`` ``bf16`` autocasts the network (CPU or GPU), ``fp16`` needs CUDA; ``compile`` runs
     the network through ``torch.compile``. Both trade bit-exactness with fp32 eager for speed. On the CPU runs
     are bit-identical anyway; on a GPU ``deterministic`` makes them so (``torch.use_deterministic_algorithms``,
@@ -120,9 +125,13 @@ class TrainConfig(TomlConfig):
     label_dropout: float = 0.0
     deterministic: bool = False
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    fit_target: float = 0.0
+    fit_every: int = 50
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "checkpoint_every", "log_every"):
+        if not 0.0 <= self.fit_target < 1.0:
+            raise ValueError(f"fit_target must be in [0, 1) (0 = train all steps), got {self.fit_target}")
+        for name in ("steps", "batch_size", "checkpoint_every", "log_every", "fit_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not self.lr > 0 or self.lr_warmup < 0 or self.ema_halflife < 0 or self.grad_clip < 0:
@@ -406,6 +415,9 @@ def _loop(cfg: TrainConfig, out: Path, data: Dataset, num_classes: int, device: 
     if resuming:
         start, _ = load_state(out / "training.safetensors", net=model.net, ema=ema.net, opt=opt)
     _trim_log(out / "log.jsonl", start, dist.main)
+    fit = FitCheck(data.images.to(device), cfg.fit_target, cfg.fit_every) if cfg.fit_target > 0 else None
+    if fit is not None and fit.due(start) and fit.ratio(ema.eval()) <= fit.target:  # finished: fitted at start
+        return {"out": str(out), "steps": start, "resumed_from": start, "last_loss": float("nan"), "fitted": True}
     if dist.main and start > 0 and not weights_at(out, start):  # killed between the two checkpoint writes
         save_weights(out, start, model, ema)
     wrapped: nn.Module = model
@@ -459,7 +471,19 @@ def _loop(cfg: TrainConfig, out: Path, data: Dataset, num_classes: int, device: 
             save_checkpoint(out, done, model, ema, opt)
         if callback is not None:
             callback(done, loss)
-    return {"out": str(out), "steps": cfg.steps, "resumed_from": start, "last_loss": loss}
+        if fit is not None and fit.due(done) and _fitted(fit, ema, done, out, dist.main):
+            if done % cfg.checkpoint_every and done != cfg.steps:
+                save_checkpoint(out, done, model, ema, opt)
+            return {"out": str(out), "steps": done, "resumed_from": start, "last_loss": loss, "fitted": True}
+    return {"out": str(out), "steps": cfg.steps, "resumed_from": start, "last_loss": loss, "fitted": False}
+
+
+def _fitted(fit: FitCheck, ema: Precond, step: int, out: Path, main: bool) -> bool:
+    """The fit check at ``step`` (EMA weights, eval mode), logged as ``{"step", "fit_ratio", "fit_sigma"}``."""
+    ratio = fit.ratio(ema.eval())
+    if main:
+        append_log(out / "log.jsonl", {"step": step, "fit_ratio": ratio, "fit_sigma": fit.sigma})
+    return ratio <= fit.target
 
 
 def save_checkpoint(out: Path, step: int, model: Precond, ema: Precond, opt: torch.optim.Optimizer) -> None:

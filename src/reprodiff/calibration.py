@@ -1,0 +1,124 @@
+"""Similarity thresholds calibrated on the data themselves, so that a study on a new dataset or feature space
+needs no hand-tuned numbers (Zhang et al. 2023 fix SSCD > 0.6, calibrated for SSCD on natural images; docs/PAPER.md).
+
+Both thresholds are read off the real images in the study's feature space (a seeded subset of at most
+``max_images`` of them), never off a model's samples or results:
+
+- **RP** (``rp_threshold``): the smallest value that at most ``rate`` (1%) of the pairs of *distinct* real images
+  exceed -- the chance level of RP is then at most ``rate`` for samples that look like the data.
+- **GL** (``gl_threshold``): the smallest value that at most ``rate`` (5%) of the real images exceed against
+  their nearest *other* real image (leave-one-out nearest neighbour) -- at most ``rate`` of novel images that
+  look like the data count as copies.
+
+"The smallest value that at most ``k`` of the ``M`` values exceed" is the ``(floor(rate * M) + 1)``-th largest
+value: with the strict ``>`` of the scores, ties only lower the share above it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = ["AUTO", "GL_RATE", "MAX_IMAGES", "RP_RATE", "Calibration", "calibrate", "describe", "exceeded_by",
+           "gl_threshold", "rp_threshold"]
+
+AUTO = "auto"
+RP_RATE = 0.01
+GL_RATE = 0.05
+MAX_IMAGES = 2048
+
+
+def exceeded_by(values: Tensor, rate: float) -> float:
+    """The smallest ``t`` among ``values`` with ``#{v > t} <= rate * len(values)`` (``0 <= rate < 1``)."""
+    if values.ndim != 1 or values.numel() == 0:
+        raise ValueError(f"need a non-empty 1-d tensor of values, got shape {list(values.shape)}")
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"rate must be in [0, 1), got {rate}")
+    allowed = math.floor(rate * values.numel())  # values that may lie above the threshold
+    return float(values.topk(allowed + 1).values[-1])
+
+
+def _check(features: Tensor) -> None:
+    if features.ndim != 2 or features.shape[0] < 2:
+        raise ValueError(f"calibration needs features [N, F] of at least 2 real images, got {list(features.shape)}")
+    if not bool(torch.isfinite(features).all()):
+        raise ValueError("calibration features contain NaN or Inf values")
+
+
+def pair_similarities(features: Tensor) -> Tensor:
+    """``<f_i, f_j>`` for every pair ``i < j`` of rows: ``[N (N - 1) / 2]``."""
+    _check(features)
+    i, j = torch.triu_indices(features.shape[0], features.shape[0], 1)
+    return (features @ features.T)[i, j]
+
+
+def leave_one_out_nearest(features: Tensor) -> Tensor:
+    """Each row's largest similarity to any *other* row: ``[N]``."""
+    _check(features)
+    sims = features @ features.T  # [N, N]
+    sims.fill_diagonal_(-math.inf)
+    return sims.max(1).values
+
+
+def rp_threshold(features: Tensor, rate: float = RP_RATE) -> float:
+    """The RP threshold that at most ``rate`` of the pairs of distinct real images (features ``[N, F]``) exceed."""
+    return exceeded_by(pair_similarities(features), rate)
+
+
+def gl_threshold(features: Tensor, rate: float = GL_RATE) -> float:
+    """The GL threshold that at most ``rate`` of the real images exceed against their nearest other image."""
+    return exceeded_by(leave_one_out_nearest(features), rate)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Thresholds calibrated on ``images`` real images (of ``total``): ``threshold`` (RP) from ``pairs`` distinct
+    pairs at ``rp_rate``; ``gl_threshold`` (GL) from leave-one-out nearest neighbours at ``gl_rate``."""
+
+    threshold: float
+    gl_threshold: float
+    rp_rate: float
+    gl_rate: float
+    images: int
+    total: int
+    pairs: int
+    seed: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def calibrate(images: Tensor, features: Any, *, rp_rate: float = RP_RATE, gl_rate: float = GL_RATE,
+              max_images: int = MAX_IMAGES, seed: int = 0) -> Calibration:
+    """Both thresholds from real ``images`` ``[N, C, H, W]`` in the feature space of ``features`` (a feature map),
+    on a subset of at most ``max_images`` of them drawn by ``randperm(seed)`` (all when ``N <= max_images``)."""
+    if max_images < 2:
+        raise ValueError(f"max_images must be >= 2, got {max_images}")
+    n = images.shape[0]
+    pick = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:max_images] if n > max_images else None
+    f = features(images if pick is None else images[pick])  # [M, F]
+    m = f.shape[0]
+    return Calibration(rp_threshold(f, rp_rate), gl_threshold(f, gl_rate), rp_rate, gl_rate, m, n,
+                       m * (m - 1) // 2, seed)
+
+
+def describe(calibration: dict[str, Any], backend: str = "") -> str:
+    """One sentence for a report: how the recorded thresholds were chosen (``Calibration.to_dict`` plus
+    ``auto``: which of ``threshold``/``gl_threshold`` were calibrated)."""
+    space = f"{backend} " if backend else ""
+    c, parts = calibration, []
+    auto = c.get("auto", ["threshold", "gl_threshold"])
+    if "threshold" in auto:
+        parts.append(f"RP threshold {c['threshold']:.3f}: at most {c['rp_rate']:.0%} of the {c['pairs']:,} pairs of "
+                     f"distinct real images exceed it")
+    if "gl_threshold" in auto:
+        parts.append(f"GL threshold {c['gl_threshold']:.3f}: at most {c['gl_rate']:.0%} of the real images exceed it "
+                     f"against their nearest other real image (leave-one-out)")
+    if not parts:
+        return ""
+    return (f"Calibrated on {c['images']:,} of the {c['total']:,} real images in {space}feature space: "
+            + "; ".join(parts) + ".")

@@ -1,0 +1,48 @@
+"""Datasets unlike the digits, built offline for the any-dataset check: 12x12 grayscale letters rendered with
+PIL's bundled font (random glyph, jitter, scale and stroke) and 8x8 RGB crops of scikit-learn's two bundled
+photos. Both are written as the ``.npz`` a user would bring (uint8 ``images``)."""
+
+from __future__ import annotations
+
+import string
+from pathlib import Path
+
+import numpy as np
+
+
+def letters(n: int, size: int = 12, seed: int = 0) -> np.ndarray:
+    """``n`` uint8 images ``[n, size, size]``: an upper-case letter per image at a random scale (font size
+    ``0.6-1.0 x size``), offset (+-1 pixel) and stroke width (0 or 1), white on black."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    rng = np.random.default_rng(seed)
+    out = np.zeros((n, size, size), np.uint8)
+    for i in range(n):
+        font = ImageFont.load_default(size=int(rng.integers(round(0.6 * size), size + 1)))
+        img = Image.new("L", (size, size))
+        ImageDraw.Draw(img).text((size / 2 + rng.integers(-1, 2), size / 2 + rng.integers(-1, 2)),
+                                 str(rng.choice(list(string.ascii_uppercase))), fill=255, font=font, anchor="mm",
+                                 stroke_width=int(rng.integers(0, 2)), stroke_fill=255)
+        out[i] = np.asarray(img)
+    return out
+
+
+def photo_crops(n: int, size: int = 8, seed: int = 0) -> np.ndarray:
+    """``n`` uint8 RGB crops ``[n, size, size, 3]`` of scikit-learn's bundled sample photos, each downscaled 4x
+    first (so a crop holds some structure), at random positions."""
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+
+    rng = np.random.default_rng(seed)
+    photos = [np.asarray(Image.fromarray(p).reduce(4)) for p in load_sample_images().images]
+    out = np.zeros((n, size, size, 3), np.uint8)
+    for i in range(n):
+        p = photos[int(rng.integers(len(photos)))]
+        y, x = rng.integers(0, p.shape[0] - size), rng.integers(0, p.shape[1] - size)
+        out[i] = p[y : y + size, x : x + size]
+    return out
+
+
+def write_npz(path: Path, images: np.ndarray) -> Path:
+    np.savez(path, images=images)
+    return path

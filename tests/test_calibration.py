@@ -1,0 +1,83 @@
+"""Thresholds calibrated on real images: the order statistic they are, checked against brute force."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from reprodiff.calibration import (
+    calibrate,
+    describe,
+    exceeded_by,
+    gl_threshold,
+    leave_one_out_nearest,
+    pair_similarities,
+    rp_threshold,
+)
+from reprodiff.similarity import pixel_features
+
+
+def unit_rows(n: int, d: int = 6, seed: int = 0) -> torch.Tensor:
+    f = torch.randn(n, d, generator=torch.Generator().manual_seed(seed))
+    return f / f.norm(dim=1, keepdim=True)
+
+
+@pytest.mark.parametrize("rate", [0.0, 0.01, 0.1, 0.5])
+def test_exceeded_by_is_the_smallest_value_with_at_most_rate_above(rate: float) -> None:
+    v = torch.randn(997, generator=torch.Generator().manual_seed(1))
+    t = exceeded_by(v, rate)
+    assert t in v.tolist() and int((v > t).sum()) <= rate * len(v)
+    below = v[v < t].max()  # any smaller candidate lets more than rate * M values above it
+    assert int((v > below).sum()) > rate * len(v)
+
+
+def test_exceeded_by_with_ties_never_lets_more_above() -> None:
+    v = torch.tensor([1.0, 1.0, 1.0, 0.5, 0.2])
+    assert exceeded_by(v, 0.2) == 1.0 and exceeded_by(v, 0.0) == 1.0  # ties only lower the share above
+    with pytest.raises(ValueError, match="rate must be in"):
+        exceeded_by(v, 1.0)
+
+
+def test_pairs_and_leave_one_out_match_brute_force() -> None:
+    f = unit_rows(9)
+    brute = [float(f[i] @ f[j]) for i, j in itertools.combinations(range(9), 2)]
+    assert torch.allclose(pair_similarities(f), torch.tensor(brute), atol=1e-6)
+    loo = [max(float(f[i] @ f[j]) for j in range(9) if j != i) for i in range(9)]
+    assert torch.allclose(leave_one_out_nearest(f), torch.tensor(loo), atol=1e-6)
+
+
+def test_a_duplicated_image_is_its_twins_nearest_neighbour() -> None:
+    f = unit_rows(20)
+    f[5] = f[11]
+    loo = leave_one_out_nearest(f)
+    assert math.isclose(float(loo[5]), 1.0, abs_tol=1e-6) and math.isclose(float(loo[11]), 1.0, abs_tol=1e-6)
+    assert gl_threshold(f, rate=0.0) >= 1.0 - 1e-6 and gl_threshold(f, rate=0.1) < 1.0 - 1e-6
+
+
+def test_thresholds_keep_their_promise_on_held_out_draws_of_the_same_distribution() -> None:
+    """On a large sample the calibrated RP threshold holds ~1% on fresh pairs (a consistency check of the rule)."""
+    t = rp_threshold(unit_rows(600, seed=2), rate=0.01)
+    fresh_a, fresh_b = unit_rows(20000, seed=3), unit_rows(20000, seed=4)
+    assert 0.005 <= float(((fresh_a * fresh_b).sum(1) > t).float().mean()) <= 0.015
+
+
+def test_calibrate_subsets_large_data_deterministically() -> None:
+    images = torch.rand(50, 1, 4, 4, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    a, b = calibrate(images, pixel_features, max_images=20), calibrate(images, pixel_features, max_images=20)
+    assert a == b and a.images == 20 and a.total == 50 and a.pairs == 190
+    full = calibrate(images, pixel_features)
+    assert full.images == 50 and full.threshold == rp_threshold(pixel_features(images))
+    text = describe({**full.to_dict(), "auto": ["gl_threshold"]}, "pixel")
+    assert "GL threshold" in text and "RP threshold" not in text and "50 of the 50 real images" in text
+
+
+def test_bad_input_is_one_line() -> None:
+    with pytest.raises(ValueError, match="at least 2 real images"):
+        rp_threshold(unit_rows(1))
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        gl_threshold(torch.full((3, 2), float("nan")))
+    with pytest.raises(ValueError, match="max_images must be >= 2"):
+        calibrate(torch.zeros(4, 1, 2, 2), pixel_features, max_images=1)

@@ -1,0 +1,76 @@
+"""The fit criterion: its noise level and ratio in closed form, and runs that end once they have memorized,
+resumed bit-identically."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from reprodiff.config import ConfigError
+from reprodiff.data import load_digits, subset
+from reprodiff.optimal import EmpiricalOptimalDenoiser
+from reprodiff.training.fit import FitCheck, fit_ratio, fit_sigma
+from reprodiff.training.train import DataConfig, TrainConfig, train
+
+MLP = {"name": "mlp", "hidden": 64, "depth": 2}
+
+
+def fit_run(**kw) -> TrainConfig:
+    base = {"data": DataConfig(n=4), "net": MLP, "steps": 400, "batch_size": 16, "checkpoint_every": 30,
+            "log_every": 10, "lr_warmup": 2, "ema_halflife": 0.0, "fit_target": 0.5, "fit_every": 10}
+    return TrainConfig(**{**base, **kw})
+
+
+def test_fit_sigma_is_half_the_nearest_image_distance_per_pixel() -> None:
+    y = torch.zeros(3, 1, 2, 2)
+    y[1] += 0.4  # distance 0.8 from y[0] over 4 pixels; y[2] = y[0] + 1.0 everywhere
+    y[2] += 1.0
+    # nearest distances: 0.8 (y0), 0.8 (y1), 1.2 (y2): median 0.8 -> 0.5 * 0.8 / sqrt(4)
+    assert math.isclose(fit_sigma(y), 0.2, rel_tol=1e-6)
+    assert math.isclose(fit_sigma(torch.full((1, 1, 2, 2), 0.5)), 0.25, rel_tol=1e-9)
+
+
+def test_fit_ratio_is_zero_for_the_optimal_denoiser_and_one_for_the_identity() -> None:
+    y = subset(load_digits(), 16, 0).images
+    check = FitCheck(y, 0.05, 10)
+    assert check.ratio(EmpiricalOptimalDenoiser(y)) < 1e-4  # D* returns its training images at fit_sigma
+    assert math.isclose(check.ratio(lambda x, sigma, cond=None: x), 1.0, rel_tol=1e-6)
+    mean = y.mean(0, keepdim=True)  # the data mean: no better than a generalizing blur, far from fitted
+    assert fit_ratio(lambda x, sigma, cond=None: mean.expand_as(x), y, check.sigma, check.noise) > 1.0
+
+
+def test_a_run_ends_at_its_first_fitted_check_and_resumes_to_the_same_end(tmp_path) -> None:
+    summary = train(fit_run(), tmp_path / "a")
+    log = [json.loads(line) for line in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
+    checks = [r for r in log if "fit_ratio" in r]
+    assert summary["fitted"] and summary["steps"] < 400 and summary["steps"] % 10 == 0
+    assert [r["step"] for r in checks] == list(range(10, summary["steps"] + 1, 10))
+    assert all(r["fit_ratio"] > 0.5 for r in checks[:-1]) and checks[-1]["fit_ratio"] <= 0.5
+
+    class StopError(Exception):
+        pass
+
+    def interrupt(step: int, loss: float) -> None:
+        if step == summary["steps"] - 7:
+            raise StopError
+
+    with pytest.raises(StopError):
+        train(fit_run(), tmp_path / "b", callback=interrupt)
+    assert train(fit_run(), tmp_path / "b")["steps"] == summary["steps"]
+    a, b = ((tmp_path / d / "ema.safetensors").read_bytes() for d in "ab")
+    assert a == b
+    stamp = (tmp_path / "b" / "ema.safetensors").stat().st_mtime_ns
+    again = train(fit_run(), tmp_path / "b")  # finished: checked once more, nothing trained
+    assert again["fitted"] and again["steps"] == summary["steps"]
+    assert (tmp_path / "b" / "ema.safetensors").stat().st_mtime_ns == stamp
+
+
+def test_without_a_target_every_step_runs() -> None:
+    assert TrainConfig().fit_target == 0.0
+    with pytest.raises(ValueError, match="fit_target must be in"):
+        TrainConfig(fit_target=1.5)
+    with pytest.raises(ConfigError, match="fit_every"):
+        TrainConfig.from_dict({"fit_every": 0})
