@@ -41,6 +41,9 @@ def test_every_output_exists_and_decodes(study) -> None:
     for name, min_w, min_h in [("rp_gl.png", 800, 300), ("rp_matrix.png", 600, 200)]:
         img = _png(root / name)
         assert img.format == "PNG" and img.width >= min_w and img.height >= min_h, (name, img.size)
+        stem = root / name.removesuffix(".png")  # and the same figure as vector files beside it
+        assert stem.with_suffix(".pdf").read_bytes().startswith(b"%PDF")
+        assert b"<svg" in stem.with_suffix(".svg").read_bytes()
     for n in results["sizes"]:
         img = _png(root / f"grid_n{n}.png")
         # 3 model rows + nearest row of 8x8 digits upscaled 8x, 12 per row, plus a label margin

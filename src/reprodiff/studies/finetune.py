@@ -33,7 +33,7 @@ from ..data import Dataset, select_classes
 from ..training.train import DataConfig, FinetuneConfig, TrainingError, build_model
 from . import base
 from .base import SCHEMA, UNET, Context, Kind, ModelSpec, Report, StudyFields
-from .render import figure_html, grid_section, npz_rows, png_bytes, table_html
+from .render import figure_files, figure_html, grid_section, npz_rows, series_style, table_html
 
 __all__ = ["KIND", "FinetuneStudyConfig", "FinetuneVariant", "run_finetune_study"]
 
@@ -245,37 +245,37 @@ def summarize(results: dict[str, Any]) -> str:
 # ---------------------------------------------------------------------------------------------- report
 
 
-def _plot(results: dict[str, Any]) -> bytes:
+def _plot(results: dict[str, Any]) -> Figure:
     fig = Figure(figsize=(6.4, 4.0), layout="constrained")
     ax = fig.add_subplot()
     vs = sorted(results["variants"], key=lambda v: v["trainable_share"])
     partial = [v for v in vs if not v["lora_rank"]]
-    for key, color, label in (("vs_scratch", "#1f77b4", "RP with the scratch models"),
-                              ("vs_pretrained", "#ff7f0e", "RP with the pre-trained model")):
+    for k, (key, label) in enumerate((("vs_scratch", "RP with the scratch models"),
+                                      ("vs_pretrained", "RP with the pre-trained model"))):
+        st = series_style(k)
         xs = [v["trainable_share"] for v in partial]
         ys = [_mean_rp(v[key]) if key == "vs_scratch" else (v[key] or {}).get("rp") for v in partial]
-        ax.plot(xs, [math.nan if y is None else y for y in ys], "o-", color=color, label=label)
+        ax.plot(xs, [math.nan if y is None else y for y in ys], marker=st.marker, color=st.color, label=label)
         for v in vs:
             if v["lora_rank"]:
                 y = _mean_rp(v[key]) if key == "vs_scratch" else (v[key] or {}).get("rp")
-                ax.plot([v["trainable_share"]], [math.nan if y is None else y], "D", color=color, ms=7)
+                ax.plot([v["trainable_share"]], [math.nan if y is None else y], ls="none", marker=st.marker,
+                        color=st.color, ms=9, mfc="none", mew=2)
     for v in vs:
         ax.annotate(v["variant"], (v["trainable_share"], 1.0), rotation=60, fontsize=7, ha="left", va="bottom",
                     xytext=(0, 2), textcoords="offset points")
-    styles = iter([("#2ca02c", "--"), ("#7f7f7f", ":"), ("#9467bd", "-."), ("#8c564b", "--")])
-    for r in results["references"][:4]:
-        color, ls = next(styles)
-        ax.axhline(r["rp"], color=color, ls=ls, lw=1.2, label=f"{r['a']} / {r['b']}")
+    for j, (r, ls) in enumerate(zip(results["references"][:4], ("--", ":", "-.", (0, (5, 1))), strict=False)):
+        ax.axhline(r["rp"], color=series_style(2 + j).color, ls=ls, lw=1.2, label=f"{r['a']} / {r['b']}")
     ax.set_xscale("log")
     ax.set_ylim(0, 1.25)
-    ax.set_xlabel("trainable parameters / network parameters (fine-tuning depth; diamonds: LoRA)")
+    ax.set_xlabel("trainable parameters / network parameters (fine-tuning depth; open markers: LoRA)")
     ax.set_ylabel("RP")
     ax.legend(fontsize=7, loc="lower right")
-    return png_bytes(fig)
+    return fig
 
 
 def report(root: Path, results: dict[str, Any]) -> Report:
-    files = {"finetune_rp.png": _plot(results)}
+    files = figure_files("finetune_rp", _plot(results))
     if (grid := grid_section(npz_rows(root, list(results["samples"].items()), 12))) is not None:
         files["finetune_grid.png"] = grid
     share = results["target_share"]

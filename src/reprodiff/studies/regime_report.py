@@ -30,7 +30,7 @@ from torch import Tensor
 from ..data import load_npz
 from ..files import image_grid
 from .base import OPTIMAL, Report, read_results
-from .render import figure_html, grid_png, labelled_grid, png_bytes
+from .render import SeriesStyle, figure_files, figure_html, grid_png, labelled_grid, series_style
 
 __all__ = ["PAPER_CIFAR10", "ScoreRow", "Study", "build_report", "load_study", "parse_study", "plot_rp_gl",
            "plot_rp_matrix", "report", "sample_grid"]
@@ -161,22 +161,31 @@ def _label(model: str) -> str:
     return "D*" if model == OPTIMAL else model
 
 
-def _color(study: Study, model: str) -> str:
-    return "k" if model == OPTIMAL else f"C{study.models.index(model) % 10}"
+def _model_style(study: Study, model: str) -> SeriesStyle:
+    """A model's colour and marker (GL curves): its place in the study's model list."""
+    return series_style(study.models.index(model))
 
 
-def _plot_series(ax: Axes, x: np.ndarray, scores: list[ScoreRow | None], *, label: str, color: str,
+def _pair_style(study: Study, a: str, b: str) -> SeriesStyle:
+    """A pair's colour and marker (RP and encoding curves), the same in every figure: its place in
+    ``study.pairs()``, so no two pairs of one panel share a colour or a marker."""
+    pairs = study.pairs()
+    key = frozenset((a, b))
+    return series_style(next((i for i, p in enumerate(pairs) if frozenset(p) == key), len(pairs)))
+
+
+def _plot_series(ax: Axes, x: np.ndarray, scores: list[ScoreRow | None], *, label: str, style: SeriesStyle,
                  dashed: bool) -> bool:
     """One score against n: line + CI error bars + faint CI band; an "x" below 0 where the score is missing.
     Returns whether any point was missing."""
     y, lo, hi = (np.array([math.nan if s is None else s[k] for s in scores]) for k in range(3))
     yerr = np.vstack([np.clip(y - lo, 0, None), np.clip(hi - y, 0, None)])
     yerr[np.isnan(yerr)] = 0.0
-    ax.errorbar(x, y, yerr=yerr, color=color, ls="--" if dashed else "-", marker="s" if dashed else "o", ms=4,
+    ax.errorbar(x, y, yerr=yerr, color=style.color, ls="--" if dashed else "-", marker=style.marker, ms=5,
                 lw=1.6, capsize=3, label=label)
-    ax.fill_between(x, lo, hi, color=color, alpha=0.12, lw=0)
+    ax.fill_between(x, lo, hi, color=style.color, alpha=0.12, lw=0)
     missing = np.isnan(y)
-    ax.plot(x[missing], np.full(int(missing.sum()), MISSING_Y), ls="none", marker="x", ms=7, color=color)
+    ax.plot(x[missing], np.full(int(missing.sum()), MISSING_Y), ls="none", marker="x", ms=7, color=style.color)
     return bool(missing.any())
 
 
@@ -207,12 +216,10 @@ def _style_axes(ax: Axes, sizes: list[int], title: str, ylabel: str, missing: bo
 
 def _rp_panel(ax: Axes, study: Study, sampler: str) -> None:
     x, missing = np.array(study.sizes, dtype=float), False
-    for j, (a, b) in enumerate(study.pairs()):
-        vs_optimal = OPTIMAL in (a, b)
-        color = _color(study, b if a == OPTIMAL else a) if vs_optimal else f"C{(len(study.models) + j) % 10}"
+    for a, b in study.pairs():
         scores = [study.rp_score(n, sampler, a, b) for n in study.sizes]
-        label = f"{_label(a)} vs {_label(b)}"
-        missing |= _plot_series(ax, x, scores, label=label, color=color, dashed=vs_optimal)
+        missing |= _plot_series(ax, x, scores, label=f"{_label(a)} vs {_label(b)}", style=_pair_style(study, a, b),
+                                dashed=OPTIMAL in (a, b))
     _chance_line(ax, x, study, sampler)
     _style_axes(ax, study.sizes, f"Reproducibility (sampler {sampler})", "RP: same-noise pairs alike", missing)
 
@@ -221,13 +228,13 @@ def _gl_panel(ax: Axes, study: Study, sampler: str) -> None:
     x, missing = np.array(study.sizes, dtype=float), False
     for model in study.models:
         scores = [study.gl_score(n, sampler, model) for n in study.sizes]
-        color, dashed = _color(study, model), model == OPTIMAL
-        missing |= _plot_series(ax, x, scores, label=f"GL {_label(model)}", color=color, dashed=dashed)
+        missing |= _plot_series(ax, x, scores, label=f"GL {_label(model)}", style=_model_style(study, model),
+                                dashed=model == OPTIMAL)
     _style_axes(ax, study.sizes, f"Generalizability (sampler {sampler})", "GL: share of samples not copies", missing)
 
 
-def plot_rp_gl(study: Study) -> bytes:
-    """The paper's Fig. 2 as PNG bytes: per sampler a row of two panels, RP of every pair (vs D* dashed) and GL
+def plot_rp_gl(study: Study) -> Figure:
+    """The paper's Fig. 2: per sampler a row of two panels, RP of every pair (vs D* dashed) and GL
     of every model against n on a log2 axis, with CI error bars and bands and the chance level."""
     fig = Figure(figsize=(12, 5.2 * len(study.samplers)), layout="constrained")
     axes = fig.subplots(len(study.samplers), 2, squeeze=False)
@@ -235,17 +242,17 @@ def plot_rp_gl(study: Study) -> bytes:
         _rp_panel(row[0], study, sampler)
         _gl_panel(row[1], study, sampler)
     fig.suptitle(f"RP and GL vs training-set size ({_similarity_text(study)})")
-    return png_bytes(fig)
+    return fig
 
 
-def plot_encoding(study: Study) -> bytes | None:
+def plot_encoding(study: Study) -> Figure | None:
     """Mean cosine of the two models' inverted noises and cross-decode RP against n, per pair of models, one
     column per image set (training images, held-out images, a model's samples)."""
     if not study.encoding:
         return None
     sets = sorted({r["images"] for r in study.encoding}, key=lambda s: s != "train")
     pairs = sorted({(r["a"], r["b"]) for r in study.encoding}, key=lambda p: OPTIMAL in p)
-    fig = Figure(figsize=(5.5 * len(sets), 7.5))
+    fig = Figure(figsize=(5.5 * len(sets), 8.0), layout="constrained")
     axes = fig.subplots(2, len(sets), squeeze=False)
     x = np.array(study.sizes, dtype=float)
     rows = (("mean_cosine", "mean noise cosine"), ("cross_decode_rp", "cross-decode RP"))
@@ -255,11 +262,11 @@ def plot_encoding(study: Study) -> bytes | None:
             for a, b in pairs:
                 vals = {r["n"]: r[key] for r in study.encoding if (r["a"], r["b"], r["images"]) == (a, b, image_set)}
                 ys = np.array([vals.get(n, np.nan) for n in study.sizes], dtype=float)
-                ax.plot(x, ys, marker="o", color=_color(study, a if b == OPTIMAL else b),
-                        linestyle="--" if OPTIMAL in (a, b) else "-", label=f"{_label(a)} vs {_label(b)}")
+                style = _pair_style(study, a, b)
+                ax.plot(x, ys, marker=style.marker, color=style.color, linestyle="--" if OPTIMAL in (a, b) else "-",
+                        label=f"{_label(a)} vs {_label(b)}")
             _style_axes(ax, study.sizes, f"{name} ({image_set} images)", name, missing=False)
-    fig.tight_layout()
-    return png_bytes(fig)
+    return fig
 
 
 def encode_panel(study: Study, rows: int = 6) -> tuple[Tensor, int, list[str]] | None:
@@ -308,8 +315,8 @@ def _heatmap(ax: Axes, study: Study, n: int, sampler: str) -> AxesImage:
     return im
 
 
-def plot_rp_matrix(study: Study, max_cols: int = 4) -> bytes:
-    """Small multiples, one ``K x K`` RP heatmap per n (and sampler), values annotated, as PNG bytes."""
+def plot_rp_matrix(study: Study, max_cols: int = 4) -> Figure:
+    """Small multiples, one ``K x K`` RP heatmap per n (and sampler), values annotated."""
     ncol = min(max_cols, len(study.sizes))
     per_sampler = -(-len(study.sizes) // ncol)
     nrow = per_sampler * len(study.samplers)
@@ -326,7 +333,7 @@ def plot_rp_matrix(study: Study, max_cols: int = 4) -> bytes:
             im = _heatmap(ax, study, n, sampler)
     fig.colorbar(im, ax=axes, shrink=0.8, label="RP")
     fig.suptitle(f"RP of every model pair ({_similarity_text(study)}); grey: missing")
-    return png_bytes(fig)
+    return fig
 
 
 # ---------------------------------------------------------------------------------------------- sample grids
@@ -496,9 +503,9 @@ def report(root: Path, results: dict[str, Any]) -> Report:
     """The regime study's report: ``rp_gl.png``, ``rp_matrix.png``, the encoding figures, ``grid_n{n}.png`` per
     size, and the page's sections, from ``results`` and the ``.npz`` files they list."""
     study = parse_study(root, results)
-    files = {"rp_gl.png": plot_rp_gl(study), "rp_matrix.png": plot_rp_matrix(study)}
+    files = figure_files("rp_gl", plot_rp_gl(study)) | figure_files("rp_matrix", plot_rp_matrix(study))
     if (encoding := plot_encoding(study)) is not None:
-        files["encoding.png"] = encoding
+        files |= figure_files("encoding", encoding)
     if (panel := encode_panel(study)) is not None:
         files["encode_panel.png"] = grid_png(panel[0])
     grids = {n: grid_png(grid) for n in study.sizes if (grid := sample_grid(study, n)) is not None}

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from matplotlib.figure import Figure
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -26,7 +27,7 @@ from ..files import save_npz
 from ..training.train import resolve_device
 from . import base
 from .base import SCHEMA, Kind, Report, ScoringFields
-from .render import figure_html, grid_png, labelled_grid, png_bytes, table_html
+from .render import figure_files, figure_html, grid_png, labelled_grid, series_style, table_html
 
 __all__ = ["KIND", "Text2ImageConfig", "Text2ImageModel", "report_text2image", "run_text2image",
            "summarize_text2image"]
@@ -178,28 +179,26 @@ def summarize_text2image(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _rp_figure(results: dict[str, Any]) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def _rp_figure(results: dict[str, Any]) -> Figure:
+    """RP per prompt, one bar series (colour and hatch) per pair of models, with its Wilson interval."""
     P = len(results["prompts"])
     pairs = [(r["a"], r["b"]) for r in results["rp_pairs"]]
-    fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * P + 2), 3.2))
+    fig = Figure(figsize=(max(5.0, 0.9 * P + 2), 3.4), layout="constrained")
+    ax = fig.add_subplot()
     width = 0.8 / len(pairs)
     for k, (a, b) in enumerate(pairs):
-        vals = [next(r["rp"] for r in results["rp"] if (r["a"], r["b"], r["prompt"]) == (a, b, p)) for p in range(P)]
-        ax.bar(np.arange(P) + (k - (len(pairs) - 1) / 2) * width, vals, width, label=f"{a} / {b}")
+        rows = [next(r for r in results["rp"] if (r["a"], r["b"], r["prompt"]) == (a, b, p)) for p in range(P)]
+        vals = np.array([r["rp"] for r in rows])
+        err = np.abs(np.array([r["ci"] for r in rows], dtype=float) - vals[:, None]).T
+        st = series_style(k)
+        ax.bar(np.arange(P) + (k - (len(pairs) - 1) / 2) * width, vals, width, yerr=np.nan_to_num(err), capsize=2,
+               color=st.color, hatch=st.hatch, edgecolor="white", label=f"{a} / {b}")
     ax.set_xticks(np.arange(P), [f"prompt {p}" for p in range(P)])
     ax.set_ylim(0, 1.02)
     ax.set_ylabel("RP")
     ax.set_title("same-noise reproducibility per prompt")
     ax.legend(fontsize="small")
-    fig.tight_layout()
-    data = png_bytes(fig)
-    plt.close(fig)
-    return data
+    return fig
 
 
 def report_text2image(folder: Path, results: dict[str, Any]) -> Report:
@@ -213,7 +212,7 @@ def report_text2image(folder: Path, results: dict[str, Any]) -> Report:
     rows = [[str(p), text, *[f"{rp[(p, a, b)]:.2f}" for a, b in pairs], f"{results['rp_prompts'][p]['rp']:.2f}"]
             for p, text in enumerate(prompts)]
     rows.append(["", "all prompts", *[f"{r['rp']:.2f} (chance {r['chance']:.2f})" for r in results["rp_pairs"]], ""])
-    files = {"rp_prompts.png": _rp_figure(results)}
+    files = figure_files("rp_prompts", _rp_figure(results))
     grids = []
     paths = {(s["model"], s["prompt"]): s["path"] for s in results["samples"]}
     for p, text in enumerate(prompts):
