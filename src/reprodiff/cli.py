@@ -32,6 +32,7 @@ EXAMPLES = """examples:
   reprodiff study --config studies/conditional.toml --out runs/cond   # kind = conditional (also inverse,
   reprodiff study --config studies/inverse.toml --out runs/inverse    #   finetune, gan_vae, text2image)
   reprodiff report --study runs/study                       # re-render the report from results.json
+  reprodiff report --study runs/study --format latex        # results_tables.tex (booktabs) for a paper
   reprodiff encode --model runs/unet --model runs/mlp --data digits --out runs/encode
 """
 
@@ -199,6 +200,9 @@ def _parser() -> argparse.ArgumentParser:
 
     rp = sub.add_parser("report", help="render report.html from a study folder's results.json")
     rp.add_argument("--study", required=True, help="a folder written by 'reprodiff study'")
+    rp.add_argument("--format", choices=["html", "latex"], default="html",
+                    help="html: report.html and its figures (PNG, SVG, PDF); latex: results_tables.tex, the score "
+                         "tables as booktabs tables (default: html)")
     return p
 
 
@@ -243,9 +247,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"noise agreement (cosine > 0.9) {r['noise_agreement']:.2f}, mean cosine {r['mean_cosine']:.3f}, "
                   f"cross-decode RP {r['cross_decode_rp']:.2f} -> {args.out}/panel.png")
         elif args.command == "report":
-            from .studies import build_report
+            from .studies import build_report, build_tables
 
-            print(f"report: {build_report(args.study)}")
+            if args.format == "latex":
+                print(f"tables: {build_tables(args.study)}")
+            else:
+                print(f"report: {build_report(args.study)}")
     except (ValueError, RuntimeError) as e:  # ConfigError, TrainingError, bad files: one line, no traceback
         print(f"reprodiff: error: {e}", file=sys.stderr)
         return 2

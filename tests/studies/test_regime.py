@@ -5,12 +5,17 @@ from __future__ import annotations
 import csv
 import json
 
+import numpy as np
 import pytest
+import torch
 
+from reprodiff import metrics
 from reprodiff.cli import main
 from reprodiff.config import ConfigError
+from reprodiff.studies import KINDS
 from reprodiff.studies.base import SCHEMA, ModelSpec
 from reprodiff.studies.regime import StudyConfig, default_study, run_study
+from results_schema import check_outputs
 
 TINY_UNET = {"name": "unet", "model_channels": 8, "channel_mult": [1, 2], "num_blocks": 1, "dropout": 0.0}
 
@@ -30,12 +35,18 @@ def test_tiny_study_results_contract(tmp_path) -> None:
     pairs = {(r["n"], r["a"], r["b"]) for r in on_disk["rp"]}
     assert pairs == {(n, a, b) for n in (8, 16) for a, b in (("unet", "mlp"), ("unet", "optimal"), ("mlp", "optimal"))}
     for r in on_disk["rp"]:
-        assert set(r) == {"n", "a", "b", "sampler", "rp", "chance", "ci"} and 0 <= r["rp"] <= 1
-        assert r["ci"][0] <= r["rp"] <= r["ci"][1]
+        assert set(r) == {"n", "a", "b", "sampler", "rp", "chance", "ci", "count"} and 0 <= r["rp"] <= 1
+        assert r["ci"][0] <= r["rp"] <= r["ci"][1] and r["count"] == 8
     gl = {(r["n"], r["model"]): r["gl"] for r in on_disk["gl"]}
     assert len(gl) == 6 and gl[(8, "optimal")] == 0.0 and gl[(16, "optimal")] == 0.0  # D* only copies
-    rows = list(csv.reader((tmp_path / "results.csv").read_text().splitlines()))
-    assert rows[0][0] == "kind" and len(rows) == 1 + 6 + 6
+    rows = list(csv.DictReader((tmp_path / "results.csv").read_text().splitlines()))
+    assert [sum(r["score"] == k for r in rows) for k in ("rp", "gl", "noise_agreement", "cross_decode_rp")] == \
+        [6, 6, 18, 18] and len(rows) == 6 + 6 + 3 * 18  # encoding rows too: 2 sizes x 3 pairs x 3 image sets
+    assert {(r["study"], r["similarity"]) for r in rows} == {("regime", "pixel")}
+    assert {r["threshold"] for r in rows if r["score"] == "gl"} == {"0.9"}  # gl_threshold unset: threshold
+    for r in rows:
+        if r["score"] in ("rp", "gl", "noise_agreement"):  # every share with its Wilson interval and count
+            assert float(r["ci_low"]) <= float(r["value"]) <= float(r["ci_high"]) and int(r["count"]) >= 2
     for s in on_disk["samples"]:
         assert (tmp_path / s["path"]).exists()
     enc = on_disk["encoding"]  # the encoder direction: every pair, on training and held-out images
@@ -47,6 +58,31 @@ def test_tiny_study_results_contract(tmp_path) -> None:
 
     html = build_report(tmp_path).read_text()
     assert (tmp_path / "encoding.png").exists() and "The encoder direction" in html
+    assert "Is the dip real" in html and "similarities_hist.png" in {p.name for p in tmp_path.iterdir()}
+    check_outputs(tmp_path)
+
+
+def test_saved_similarities_give_back_every_score_and_the_dip(tmp_path) -> None:
+    res = run_study(tiny_study(sizes=(8, 16, 32), encode_count=0), tmp_path)
+    assert res["similarities"]["path"] == "similarities.npz"
+    with np.load(tmp_path / "similarities.npz") as f:
+        sims = {k: torch.from_numpy(f[k]) for k in f.files}
+    assert set(sims) == set(res["similarities"]["keys"])
+    for r in res["rp"]:  # any threshold can be re-applied: at the study's, the saved values give RP back
+        assert (sims[f"rp/{r['n']}/heun/{r['a']}/{r['b']}"] > 0.9).float().mean().item() == r["rp"]
+    for r in res["gl"]:
+        assert (~(sims[f"gl/{r['n']}/heun/{r['model']}"] > 0.9)).float().mean().item() == r["gl"]
+    rp = {(r["n"], r["a"], r["b"]): r["rp"] for r in res["rp"]}
+    assert {(d["a"], d["b"]) for d in res["dip"]} == {("unet", "mlp")}  # networks only, not D*
+    for d in res["dip"]:
+        n_min = min((8, 16, 32), key=lambda n: (rp[(n, "unet", "mlp")], n))
+        assert d["n_min"] == n_min and d["n_ref"] in {8, 32} - {n_min} and d["method"] == "newcombe"
+        want = metrics.paired_difference(sims[f"rp/{n_min}/heun/unet/mlp"] > 0.9,
+                                          sims[f"rp/{d['n_ref']}/heun/unet/mlp"] > 0.9)
+        assert d["difference"] == want.value == rp[(n_min, "unet", "mlp")] - rp[(d["n_ref"], "unet", "mlp")]
+        assert tuple(d["ci"]) == want.ci and d["real"] == (want.ci[1] < 0)
+    text = KINDS["regime"].summarize(res)
+    assert "is the dip real" in text and "95% Wilson interval" in text
 
 
 def test_rerun_skips_finished_work_and_other_study_is_refused(tmp_path) -> None:

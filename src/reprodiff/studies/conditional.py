@@ -39,7 +39,7 @@ from ..guidance import ClassifierFreeGuidance
 from ..training.train import DataConfig, TrainingError
 from . import base
 from .base import MLP, SCHEMA, UNET, Context, Kind, ModelSpec, Report, StudyFields
-from .render import figure_files, figure_html, grid_section, npz_rows, series_style, table_html
+from .render import figure_files, figure_html, fmt_interval, grid_section, npz_rows, series_style, table_html
 
 __all__ = ["KIND", "ConditionalStudyConfig", "run_conditional_study"]
 
@@ -120,11 +120,17 @@ def run_conditional_study(cfg: ConditionalStudyConfig | None, out: str | os.Path
         feats, rows = _draw_all(ctx, cond, uncond, labels)
         results = _results(ctx, data, len(subset(data, n, cfg.subset_seed)), cond, uncond, rows)
         _score(ctx, results, feats, labels, data)
-        rows_csv = [[r["pair"], r["a"], r["b"], r["guidance"], r["subset"], r["count"], r["rp"], r["chance"], *r["ci"]]
-                    for r in results["rp"]]
-        base.write_results(folder, results, t0, ["pair", "a", "b", "guidance", "subset", "count", "rp", "chance",
-                                            "ci_low", "ci_high"], rows_csv)
+        base.write_results(folder, results, t0, scores(results))
         return results
+
+
+def scores(results: dict[str, Any]) -> base.ScoreTable:
+    """Every RP row (pair, guidance, subset) and each conditional model's label accuracy as one row."""
+    t, count = results["config"]["threshold"], results["config"]["count"]
+    rows = [base.rp_scored(r, [r["pair"], r["a"], r["b"], r["guidance"], r["subset"]], t) for r in results["rp"]]
+    rows += [base.wilson_row("label_accuracy", ["", r["model"], "", r["guidance"], ""], r["accuracy"], count, None)
+             for r in results["label_accuracy"]]
+    return base.ScoreTable(["pair", "a", "b", "guidance", "subset"], rows)
 
 
 def _draw_all(ctx: Context, cond: dict[str, Any], uncond: dict[str, Any], labels: Tensor
@@ -195,10 +201,10 @@ def _fmt(v: Any) -> str:
 def summarize(results: dict[str, Any]) -> str:
     lines = [f"conditional study ({results['train_size']} training images, {results['classes']} classes; "
              f"1-NN classifier leave-one-out accuracy {results['classifier']['leave_one_out_accuracy']:.3f})"]
-    lines.append(f"{'pair':<28}{'w':>5}{'subset':>10}{'count':>7}{'RP':>7}{'chance':>8}")
+    lines.append(f"{'pair':<28}{'w':>5}{'subset':>10}{'count':>7}{'RP [95% Wilson interval]':>26}{'chance':>8}")
     for r in results["rp"]:
         lines.append(f"{r['a'] + ' / ' + r['b']:<28}{r['guidance']:>5g}{r['subset']:>10}{r['count']:>7}"
-                     f"{_fmt(r['rp']):>7}{_fmt(r['chance']):>8}")
+                     f"{fmt_interval(r['rp'], r['ci']):>26}{_fmt(r['chance']):>8}")
     for r in results["label_accuracy"]:
         lines.append(f"{r['model']} at guidance {r['guidance']:g}: {r['accuracy']:.2f} of samples show their class")
     lines += base.failed_lines(results["failed"])
@@ -251,7 +257,7 @@ def report(root: Path, results: dict[str, Any]) -> Report:
     paths = {s["key"]: s["path"] for s in results["samples"]}
     if (grid := grid_section(npz_rows(root, [(k, paths[k]) for k in keys if k in paths], 12))) is not None:
         files["conditional_grid.png"] = grid
-    head = ["pair", "guidance", "unconditional sample's class", "pairs", "RP", "95% CI", "chance"]
+    head = ["pair", "guidance", "unconditional sample's class", "pairs", "RP", "95% Wilson interval", "chance"]
     rows = [[f"{r['a']} / {r['b']}", f"{r['guidance']:g}",
              "-" if r["pair"] == "cond-cond" else r["subset"], r["count"], _fmt(r["rp"]),
              "-" if r["ci"][0] is None or math.isnan(r["ci"][0]) else f"[{r['ci'][0]:.2f}, {r['ci'][1]:.2f}]",
@@ -282,4 +288,4 @@ def report(root: Path, results: dict[str, Any]) -> Report:
 
 
 KIND = Kind("conditional", ConditionalStudyConfig, run_conditional_study, summarize, report,
-            "class-conditional vs conditional and unconditional models (Fig. 7)")
+            "class-conditional vs conditional and unconditional models (Fig. 7)", scores)

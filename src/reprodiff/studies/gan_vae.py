@@ -191,7 +191,8 @@ def _score(ctx: Context, results: dict[str, Any], n: int, train_images: Tensor, 
             path = base.sample_file(ctx.out, name, f"n{n}")
             gl = base.score_gl(path, x, feats[name], train_feats, cfg, cfg.gl_threshold)
             results["samples"].append({"n": n, "model": name, "path": ctx.rel(path)})
-            results["gl"].append({"n": n, "model": name, "family": fam[name], "gl": gl.value, "ci": list(gl.ci)})
+            results["gl"].append({"n": n, "model": name, "family": fam[name], "gl": gl.value, "ci": list(gl.ci),
+                                  "count": gl.n})
     for a, b in combinations(feats, 2):
         rp = base.rp_pair(feats[a], feats[b], cfg)
         results["rp"].append({"n": n, "a": a, "b": b, "family_a": fam[a], "family_b": fam[b],
@@ -208,11 +209,17 @@ def _mismatched_mean(fa: Tensor, fb: Tensor) -> float:
 
 
 def _write(ctx: Context, results: dict[str, Any], t0: float) -> None:
-    rows = [["rp", r["n"], r["a"], r["b"], r["within"] or "across", r["rp"], r["chance"], *r["ci"]]
+    base.write_results(ctx.out, results, t0, scores(results))
+
+
+def scores(results: dict[str, Any]) -> base.ScoreTable:
+    """RP of every pair (family: the pair's family, or ``across``) and GL of every model, one row each."""
+    sim = results["similarity"]
+    rows = [base.rp_scored(r, [r["n"], r["a"], r["b"], r["within"] or "across"], sim["threshold"])
             for r in results["rp"]]
-    rows += [["gl", r["n"], r["model"], "", r["family"], r["gl"], "", *r["ci"]] for r in results["gl"]]
-    base.write_results(ctx.out, results, t0, ["kind", "n", "a", "b", "family", "value", "chance", "ci_low", "ci_high"],
-                  rows)
+    rows += [base.Scored("gl", [r["n"], r["model"], "", r["family"]], r["gl"], tuple(r["ci"]), None,
+                         sim["gl_threshold"], r.get("count")) for r in results["gl"]]
+    return base.ScoreTable(["n", "a", "b", "family"], rows)
 
 
 # ------------------------------------------------------------------------------------------ summary, report
@@ -343,9 +350,9 @@ def report(folder: Path, results: dict[str, Any]) -> Any:
              f"{r['mean_similarity_mismatched']:.3f}"] for r in results["rp"]]
     gl_rows = [[str(r["n"]), r["model"], r["family"], f"{r['gl']:.3f}", _fmt_ci(r["ci"]).strip()]
                for r in results["gl"]]
-    sections.append(("Scores", table_html(["N", "pair", "family", "RP", "95% CI", "chance", "mean similarity",
-                                         "mean similarity, mismatched"], rows)
-                     + table_html(["N", "model", "family", "GL", "95% CI"], gl_rows)))
+    sections.append(("Scores", table_html(["N", "pair", "family", "RP", "95% Wilson interval", "chance",
+                                          "mean similarity", "mean similarity, mismatched"], rows)
+                     + table_html(["N", "model", "family", "GL", "95% Wilson interval"], gl_rows)))
     sim = results["similarity"]
     intro = ("<p>Is reproducibility special to diffusion models? Two GANs, two VAEs and two diffusion models "
              "(one convolutional, one MLP each) trained on the same images from the same seed; GANs and VAEs decode "
@@ -358,4 +365,4 @@ def report(folder: Path, results: dict[str, Any]) -> Any:
 
 
 KIND = Kind(NAME, GanVaeConfig, run_gan_vae, summarize, report,
-            "RP within and across GANs, VAEs and diffusion models trained on the same data")
+            "RP within and across GANs, VAEs and diffusion models trained on the same data", scores)

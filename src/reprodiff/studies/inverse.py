@@ -192,10 +192,20 @@ def _consistency(problem: _Problem, x: Tensor, feats: Tensor) -> dict[str, float
 
 
 def _write(ctx: Context, results: dict[str, Any], t0: float) -> None:
-    base.write_results(ctx.out, results, t0, ["operator", "method", "sampler", "a", "b", "group", "rp", "chance",
-                                         "ci_low", "ci_high"],
-                  [[r["operator"], r["method"], r["sampler"], r["a"], r["b"], r["group"], r["rp"], r["chance"],
-                    *r["ci"]] for r in results["rp"]])
+    base.write_results(ctx.out, results, t0, scores(results))
+
+
+def scores(results: dict[str, Any]) -> base.ScoreTable:
+    """Every RP row (operator, method, sampler, pair) and each model's measurement consistency and similarity to
+    the truth (means, without intervals) as one row."""
+    t = results["config"]["threshold"]
+    rows = [base.rp_scored(r, [r["operator"], r["method"], r["sampler"], r["a"], r["b"], r["group"]], t)
+            for r in results["rp"]]
+    for c in results["consistency"]:
+        keys = [c["operator"], c["method"], c["sampler"], c["model"], "", ""]
+        rows += [base.Scored(k, keys, c[k], count=results["config"]["count"])
+                 for k in ("residual_rms", "truth_similarity")]
+    return base.ScoreTable(["operator", "method", "sampler", "a", "b", "group"], rows)
 
 
 def _group_means(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -280,7 +290,7 @@ def report(root: Path, results: dict[str, Any]) -> Report:
     table = table_html(["operator", "method", "sampler", "RP within", "RP across", "chance", "||A(x) - y|| rms"],
                        [[r["operator"], r["method"], r["sampler"], _fmt(r["within"]), _fmt(r["across"]),
                          _fmt(r["chance"]), _fmt(r["residual_rms"], ".4f")] for r in means])
-    pairs = table_html(["operator", "method", "sampler", "pair", "group", "RP", "95% CI", "chance"],
+    pairs = table_html(["operator", "method", "sampler", "pair", "group", "RP", "95% Wilson interval", "chance"],
                        [[r["operator"], r["method"], r["sampler"], f"{r['a']} / {r['b']}", r["group"],
                          _fmt(r["rp"]), "-" if r["ci"][0] is None or math.isnan(r["ci"][0])
                          else f"[{r['ci'][0]:.2f}, {r['ci'][1]:.2f}]", _fmt(r["chance"])] for r in results["rp"]])
@@ -306,4 +316,4 @@ def report(root: Path, results: dict[str, Any]) -> Report:
 
 
 KIND = Kind("inverse", InverseStudyConfig, run_inverse_study, summarize, report,
-            "posterior samplers (DPS, PiGDM) on different models: RP within vs across architectures")
+            "posterior samplers (DPS, PiGDM) on different models: RP within vs across architectures", scores)

@@ -28,7 +28,10 @@ from ..similarity import FeatureMap
 from ..training.train import DataConfig, TrainingError, resolve_device
 from . import base
 from .base import FAILURES, OPTIMAL, SCHEMA, Kind, ModelSpec, StudyFields
-from .regime_report import report
+from .regime_report import dip_lines, dip_rows, report
+from .render import fmt_interval
+
+NOISE_AGREEMENT = 0.9  # encoding.compare_encodings' default: two noises "agree" at cosine > 0.9
 
 __all__ = ["KIND", "StudyConfig", "default_study", "run_study", "summarize"]
 
@@ -88,6 +91,7 @@ class _Run:
     results: dict[str, Any]
     outside: dict[str, Any]
     fixed: dict[tuple[str, str], Tensor] = field(default_factory=dict)
+    sims: dict[str, Tensor] = field(default_factory=dict)  # per-sample similarities by base.sim_key
 
     def fail(self, n: int, model: str, prefix: str = "", errors: tuple[type[Exception], ...] = FAILURES) -> Any:
         """``record_failure`` for model ``model`` at size ``n``."""
@@ -177,10 +181,13 @@ def _score_size(run: _Run, n: int, train_images: Tensor, denoisers: dict[str, An
             if sampler == cfg.samplers[0]:
                 first_sampler[name] = x
             res["samples"].append({"n": n, "model": name, "sampler": sampler, "path": str(path.relative_to(run.out))})
-            res["gl"].append({"n": n, "model": name, "sampler": sampler, "gl": gl.value, "ci": list(gl.ci)})
+            res["gl"].append({"n": n, "model": name, "sampler": sampler, "gl": gl.value, "ci": list(gl.ci),
+                              "count": gl.n})
+            run.sims[base.sim_key("gl", n, sampler, name)] = gl.similarities
         for a, b in combinations(feats, 2):
             rp = base.rp_pair(feats[a], feats[b], cfg)
             res["rp"].append({"n": n, "a": a, "b": b, "sampler": sampler, **base.rp_fields(rp)})
+            run.sims[base.sim_key("rp", n, sampler, a, b)] = rp.similarities
     return first_sampler
 
 
@@ -208,7 +215,7 @@ def _score_encoding(run: _Run, n: int, name: str, images: Tensor, denoisers: dic
         r = compare_encodings(enc[a], enc[b], images, features=run.features, threshold=run.cfg.threshold)
         run.results["encoding"].append({"n": n, "a": a, "b": b, "images": name, "noise_agreement": r.noise_agreement,
                                         "mean_cosine": float(r.noise_cosine.mean()),
-                                        "cross_decode_rp": r.cross_decode_rp})
+                                        "cross_decode_rp": r.cross_decode_rp, "count": int(images.shape[0])})
     if name == "train":
         path = run.out / "samples" / f"encode-n{n}.npz"
         arrays = {f"noise_{m}": e.noise for m, e in enc.items()}
@@ -218,12 +225,27 @@ def _score_encoding(run: _Run, n: int, name: str, images: Tensor, denoisers: dic
 
 
 def _write(run: _Run, t0: float) -> None:
-    """``results.json`` and ``results.csv`` (one row per score)."""
-    res = run.results
-    rows = [["rp", r["n"], r["a"], r["b"], r["sampler"], r["rp"], r["chance"], *r["ci"]] for r in res["rp"]]
-    rows += [["gl", r["n"], r["model"], "", r["sampler"], r["gl"], "", *r["ci"]] for r in res["gl"]]
-    header = ["kind", "n", "a", "b", "sampler", "value", "chance", "ci_low", "ci_high"]
-    base.write_results(run.out, res, t0, header, rows)
+    """``results.json`` (with the paired "is the dip real" differences), ``results.csv`` (one row per score) and
+    ``similarities.npz``."""
+    run.results["dip"] = dip_rows(run.results, run.sims)
+    base.write_results(run.out, run.results, t0, scores(run.results), run.sims)
+
+
+def scores(results: dict[str, Any]) -> base.ScoreTable:
+    """Every score as one row: RP per pair, GL per model, and the encoder direction's shares (noise agreement,
+    cross-decode RP, with their Wilson intervals) and mean noise cosine."""
+    cfg, sim = results["config"], results["similarity"]
+    steps = cfg.get("sampler_steps")
+    rows = [base.rp_scored(r, [r["n"], r["a"], r["b"], r["sampler"], steps, ""], sim["threshold"])
+            for r in results["rp"]]
+    rows += [base.Scored("gl", [r["n"], r["model"], "", r["sampler"], steps, ""], r["gl"], tuple(r["ci"]), None,
+                         sim.get("gl_threshold", sim["threshold"]), r.get("count")) for r in results["gl"]]
+    for r in results.get("encoding", []):
+        keys = [r["n"], r["a"], r["b"], results["samplers"][0], steps, r["images"]]
+        rows += [base.wilson_row("noise_agreement", keys, r["noise_agreement"], r.get("count"), NOISE_AGREEMENT),
+                 base.wilson_row("cross_decode_rp", keys, r["cross_decode_rp"], r.get("count"), sim["threshold"]),
+                 base.Scored("mean_noise_cosine", keys, r["mean_cosine"], count=r.get("count"))]
+    return base.ScoreTable(["n", "a", "b", "sampler", "steps", "images"], rows)
 
 
 def _load_outside_models(cfg: StudyConfig, image_shape: tuple[int, ...], device: str) -> dict[str, Any]:
@@ -250,23 +272,28 @@ def _load_outside_models(cfg: StudyConfig, image_shape: tuple[int, ...], device:
 
 
 def summarize(results: dict[str, Any]) -> str:
-    """A plain-text table: GL per model and RP per pair against N (first sampler)."""
+    """A plain-text table: GL per model and RP per pair against N (first sampler), each with its 95% Wilson
+    interval, and the paired "is the dip real" differences."""
     sampler = results["samplers"][0]
-    lines = [f"{'N':>6}  " + "  ".join(f"GL {m:>8}" for m in results["models"])]
-    gl = {(r["n"], r["model"]): r["gl"] for r in results["gl"] if r["sampler"] == sampler}
-    rp = {(r["n"], r["a"], r["b"]): r["rp"] for r in results["rp"] if r["sampler"] == sampler}
+    gl = {(r["n"], r["model"]): fmt_interval(r["gl"], r["ci"]) for r in results["gl"] if r["sampler"] == sampler}
+    rp = {(r["n"], r["a"], r["b"]): fmt_interval(r["rp"], r["ci"]) for r in results["rp"] if r["sampler"] == sampler}
     pairs = sorted({(a, b) for _, a, b in rp}, key=lambda p: (OPTIMAL in p, p))
-    lines[0] += "  " + "  ".join(f"RP {a}/{b}" for a, b in pairs)
+    heads = [f"GL {m}" for m in results["models"]] + [f"RP {a}/{b}" for a, b in pairs]
+    width = [max(18, len(h)) for h in heads]
+    lines = [f"{'N':>6}  " + "  ".join(f"{h:>{w}}" for h, w in zip(heads, width, strict=True))]
     for n in results["sizes"]:
-        cells = [f"{gl[(n, m)]:11.2f}" if (n, m) in gl else f"{'-':>11}" for m in results["models"]]
-        cells += [f"{rp[(n, a, b)]:>{len(a) + len(b) + 4}.2f}" if (n, a, b) in rp else "-" for a, b in pairs]
-        lines.append(f"{n:>6}  " + "  ".join(cells))
+        cells = [gl.get((n, m), "-") for m in results["models"]] + [rp.get((n, a, b), "-") for a, b in pairs]
+        lines.append(f"{n:>6}  " + "  ".join(f"{c:>{w}}" for c, w in zip(cells, width, strict=True)))
+    if results.get("dip"):
+        lines.append("is the dip real? RP at the N of its minimum minus RP at another N, same seeds "
+                     "(95% Newcombe interval):")
+        lines += [f"  {a} ({s}): N {m} vs N {r}: {d} -> {v}" for a, s, m, r, d, v in dip_lines(results["dip"])]
     lines += base.failed_lines(results["failed"])
     sim = results["similarity"]
-    lines.append(f"({sim['backend']} similarity > {sim['threshold']} for RP, > {sim['gl_threshold']} for GL; "
-                 f"{sampler}; {results['timing']['total_s']:.0f} s)")
+    lines.append(f"(in brackets: 95% Wilson interval; {sim['backend']} similarity > {sim['threshold']} for RP, "
+                 f"> {sim['gl_threshold']} for GL; {sampler}; {results['timing']['total_s']:.0f} s)")
     return "\n".join(lines)
 
 
 KIND = Kind("regime", StudyConfig, run_study, summarize, report,
-            "RP/GL against training-set size (Zhang et al. 2023, Fig. 2)")
+            "RP/GL against training-set size (Zhang et al. 2023, Fig. 2)", scores)

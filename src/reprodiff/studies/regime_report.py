@@ -27,10 +27,11 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import NullLocator
 from torch import Tensor
 
+from .. import metrics
 from ..data import load_npz
 from ..files import image_grid
-from .base import OPTIMAL, Report, read_results
-from .render import SeriesStyle, figure_files, figure_html, grid_png, labelled_grid, series_style
+from .base import OPTIMAL, Report, read_results, sim_key
+from .render import SeriesStyle, figure_files, figure_html, grid_png, labelled_grid, series_style, table_html
 
 __all__ = ["PAPER_CIFAR10", "ScoreRow", "Study", "build_report", "load_study", "parse_study", "plot_rp_gl",
            "plot_rp_matrix", "report", "sample_grid"]
@@ -83,6 +84,8 @@ class Study:
     total_s: float | None
     encoding: list[dict[str, Any]] = field(default_factory=list)
     encode_panels: list[dict[str, Any]] = field(default_factory=list)
+    dip: list[dict[str, Any]] = field(default_factory=list)
+    similarities: Path | None = None  # similarities.npz, where the study saved one
 
     def pairs(self) -> list[tuple[str, str]]:
         """Every unordered pair of models, pairs between networks first, then each model vs D*."""
@@ -128,6 +131,8 @@ def _parse(root: Path, raw: dict[str, Any]) -> Study:
         total_s=_num((raw.get("timing") or {}).get("total_s")),
         encoding=[dict(r) for r in raw.get("encoding", [])],
         encode_panels=[dict(r) for r in raw.get("encode_panels", [])],
+        dip=[dict(r) for r in raw.get("dip", [])],
+        similarities=root / raw["similarities"]["path"] if raw.get("similarities") else None,
     )
     if not (study.sizes and study.models and study.samplers):
         raise ValueError("sizes, models and samplers must not be empty")
@@ -148,10 +153,36 @@ def parse_study(root: Path, raw: dict[str, Any]) -> Study:
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         detail = f"missing key {e}" if isinstance(e, KeyError) else f"{type(e).__name__}: {e}"
         raise ValueError(f"{path}: malformed results ({detail})".replace("\n", " ")) from None
-    for file in [*study.samples.values(), *study.train.values()]:
+    extra = [study.similarities] if study.similarities else []
+    for file in [*study.samples.values(), *study.train.values(), *extra]:
         if not file.is_file():
             raise ValueError(f"{file}: missing (listed in {path})")
     return study
+
+
+# ---------------------------------------------------------------------------------------------- is the dip real
+
+
+def dip_rows(results: dict[str, Any], sims: dict[str, Tensor]) -> list[dict[str, Any]]:
+    """"Is the dip real?": for each pair of networks (not D*) and sampler, RP at the size of its minimum against
+    RP at the smallest and at the largest size, as paired differences over the same noise seeds with Newcombe's
+    interval (``metrics.paired_difference``; the hits are the saved similarities ``> threshold``). The dip is real
+    where the interval lies below 0."""
+    threshold = float(results["similarity"]["threshold"])
+    rp = {(r["sampler"], r["a"], r["b"], r["n"]): r["rp"] for r in results["rp"] if OPTIMAL not in (r["a"], r["b"])}
+    rows = []
+    for sampler, a, b in sorted({k[:3] for k in rp}, key=lambda k: (results["samplers"].index(k[0]), k[1:])):
+        hits = {n: sims[key] > threshold for n in results["sizes"]
+                if (key := sim_key("rp", n, sampler, a, b)) in sims and (sampler, a, b, n) in rp}
+        if len(hits) < 2:
+            continue
+        n_min = min(hits, key=lambda n: (rp[(sampler, a, b, n)], n))
+        for n_ref in sorted({min(hits), max(hits)} - {n_min}):
+            d = metrics.paired_difference(hits[n_min], hits[n_ref])
+            rows.append({"a": a, "b": b, "sampler": sampler, "n_min": n_min, "rp_min": rp[(sampler, a, b, n_min)],
+                         "n_ref": n_ref, "rp_ref": rp[(sampler, a, b, n_ref)], "difference": d.value,
+                         "ci": list(d.ci), "method": d.method, "real": d.ci[1] < 0})
+    return rows
 
 
 # ---------------------------------------------------------------------------------------------- figures
@@ -336,6 +367,57 @@ def plot_rp_matrix(study: Study, max_cols: int = 4) -> Figure:
     return fig
 
 
+def _read_similarities(study: Study) -> dict[str, Tensor]:
+    if study.similarities is None:
+        return {}
+    try:
+        with np.load(study.similarities, allow_pickle=False) as f:
+            return {k: torch.from_numpy(f[k]) for k in f.files}
+    except (OSError, ValueError) as e:
+        detail = f"{type(e).__name__}: {e}".replace("\n", " ")
+        raise ValueError(f"{study.similarities}: not a readable npz ({detail})") from None
+
+
+def _histogram(ax: Axes, series: list[tuple[str, SeriesStyle, Tensor]], threshold: float, title: str) -> None:
+    lo = min(-0.05, *(float(x.min()) for _, _, x in series))
+    hi = max(1.0, *(float(x.max()) for _, _, x in series))
+    bins = np.linspace(lo, hi + 1e-6, 41)  # float32 cosines of equal images can exceed 1 by an ulp
+    centers = (bins[1:] + bins[:-1]) / 2
+    for label, style, x in series:  # a step line per series, its marker on every non-empty bin
+        counts, _ = np.histogram(x.numpy(), bins=bins)
+        ax.plot(centers, counts, drawstyle="steps-mid", lw=1.4, color=style.color, marker=style.marker, ms=5,
+                markevery=np.flatnonzero(counts).tolist(), ls="--" if "D*" in label else "-", label=label)
+    ax.axvline(threshold, color="k", ls="--", lw=1.2, label=f"threshold {threshold}")
+    ax.set(title=title, xlabel="cosine similarity", ylabel="samples")
+    ax.legend(fontsize=7, loc="upper left")
+    ax.grid(alpha=0.3)
+
+
+def plot_similarities(study: Study) -> Figure | None:
+    """Per-sample similarities behind RP (same-noise pairs) and GL (nearest training image) against their
+    thresholds, at the smallest and the largest n (first sampler), from ``similarities.npz``: how far the scores
+    sit from the threshold, i.e. how much another threshold would move them."""
+    sims, sampler = _read_similarities(study), study.samplers[0]
+    if not sims:
+        return None
+    sizes = sorted({study.sizes[0], study.sizes[-1]})
+    fig = Figure(figsize=(5.5 * len(sizes), 7.5), layout="constrained")
+    axes = fig.subplots(2, len(sizes), squeeze=False)
+    t_rp = float(study.similarity["threshold"])
+    t_gl = float(study.similarity.get("gl_threshold") or t_rp)
+    for col, n in enumerate(sizes):
+        rp = [(f"{_label(a)} vs {_label(b)}", _pair_style(study, a, b), sims[k]) for a, b in study.pairs()
+              if (k := sim_key("rp", n, sampler, a, b)) in sims]
+        gl = [(f"GL {_label(m)}", _model_style(study, m), sims[k]) for m in study.models
+              if (k := sim_key("gl", n, sampler, m)) in sims]
+        for row, series, t, what in ((0, rp, t_rp, "RP: same-noise pairs"), (1, gl, t_gl, "GL: nearest training")):
+            if series:
+                _histogram(axes[row][col], series, t, f"{what}, n = {n}")
+            else:
+                axes[row][col].set_axis_off()
+    return fig
+
+
 # ---------------------------------------------------------------------------------------------- sample grids
 
 
@@ -459,6 +541,27 @@ def _table_html(study: Study, sampler: str) -> str:
     return f"<h3>Sampler {e(sampler)}</h3><table><tr><th>n</th>{head}</tr>{body}</table>"
 
 
+def dip_lines(dip: list[dict[str, Any]]) -> list[list[str]]:
+    """The "is the dip real" rows as text cells: pair, sampler, the size of the minimum and its RP, the size it is
+    compared with and its RP, the difference with its 95% Newcombe interval, and the verdict."""
+    return [[f"{_label(d['a'])} vs {_label(d['b'])}", d["sampler"], f"{d['n_min']}: {d['rp_min']:.2f}",
+             f"{d['n_ref']}: {d['rp_ref']:.2f}", f"{d['difference']:+.2f} [{d['ci'][0]:+.2f}, {d['ci'][1]:+.2f}]",
+             "yes: lower" if d["real"] else "not shown"] for d in dip]
+
+
+DIP_HEADER = ["pair", "sampler", "n of the minimum: RP", "compared with n: RP", "difference [95% interval]",
+              "dip real?"]
+
+
+def _dip_html(study: Study) -> str:
+    if not study.dip:
+        return ("<p>Not recorded (a study without saved similarities, or fewer than two sizes per pair).</p>")
+    return ("<p>For each pair of networks, RP at the size of its minimum against RP at the smallest and at the "
+            "largest size, paired over the same noise seeds: the difference with Newcombe's 95% interval for paired "
+            "proportions (<code>metrics.paired_difference</code>). The dip is real where the whole interval lies "
+            "below 0.</p>" + table_html(DIP_HEADER, dip_lines(study.dip)))
+
+
 def _paper_html() -> str:
     head = "".join(f"<th>2<sup>{k}</sup></th>" for k in PAPER_CIFAR10["log2_sizes"])
     body = "".join(f"<tr><th>{html.escape(name)}</th>{''.join(f'<td>{v}</td>' for v in vals)}</tr>"
@@ -506,6 +609,8 @@ def report(root: Path, results: dict[str, Any]) -> Report:
     files = figure_files("rp_gl", plot_rp_gl(study)) | figure_files("rp_matrix", plot_rp_matrix(study))
     if (encoding := plot_encoding(study)) is not None:
         files |= figure_files("encoding", encoding)
+    if (hist := plot_similarities(study)) is not None:
+        files |= figure_files("similarities_hist", hist)
     if (panel := encode_panel(study)) is not None:
         files["encode_panel.png"] = grid_png(panel[0])
     grids = {n: grid_png(grid) for n in study.sizes if (grid := sample_grid(study, n)) is not None}
@@ -521,8 +626,15 @@ def _sections(study: Study, figures: dict[str, bytes], grids: dict[int, bytes]) 
     matrix = figure_html(figures["rp_matrix.png"], "RP matrices", "RP of every pair of models, one matrix per n.")
     tables = "".join(_table_html(study, s) for s in study.samplers)
     encoding = _encoding_html(study, figures)
+    hist = "" if "similarities_hist.png" not in figures else figure_html(
+        figures["similarities_hist.png"], "similarities vs threshold",
+        "Per-sample similarities behind RP (top: each same-noise pair's cosine) and GL (bottom: each sample's cosine "
+        "to its nearest training image) at the smallest and the largest n; dashed: the threshold. similarities.npz "
+        "holds them all (keys rp/n/sampler/a/b and gl/n/sampler/model), so any threshold can be re-applied.")
     return [("Study", _summary_html(study)), ("What to look for", GUIDE), ("RP and GL against n", rp_gl),
-            ("Scores", "<p>Value, 95% bootstrap CI in brackets, and for RP the chance level.</p>" + tables),
+            ("Scores", "<p>Value, 95% Wilson interval in brackets, and for RP the chance level.</p>" + tables),
+            ("Is the dip real?", _dip_html(study)),
+            *([("Similarities against the threshold", hist)] if hist else []),
             ("RP matrices", matrix),
             *([("The encoder direction: image \u2192 noise", encoding)] if encoding else []),
             ("Samples from the same noise", _grids_html(study, grids)),

@@ -27,7 +27,7 @@ from ..files import save_npz
 from ..training.train import resolve_device
 from . import base
 from .base import SCHEMA, Kind, Report, ScoringFields
-from .render import figure_files, figure_html, grid_png, labelled_grid, series_style, table_html
+from .render import figure_files, figure_html, fmt_interval, grid_png, labelled_grid, series_style, table_html
 
 __all__ = ["KIND", "Text2ImageConfig", "Text2ImageModel", "report_text2image", "run_text2image",
            "summarize_text2image"]
@@ -138,11 +138,16 @@ def run_text2image(cfg: Text2ImageConfig, out: str | os.PathLike[str], *, progre
         features = base.scoring_features(cfg, str(device))
         images = _generate_all(cfg, folder, device, progress)
         results = _score({name: [features(x) for x in xs] for name, xs in images.items()}, cfg, folder)
-        rows = [["prompt", r["prompt"], r["a"], r["b"], r["rp"], r["chance"], *r["ci"]] for r in results["rp"]]
-        rows += [["pair", "", r["a"], r["b"], r["rp"], r["chance"], *r["ci"]] for r in results["rp_pairs"]]
-        header = ["scope", "prompt", "a", "b", "rp", "chance", "ci_low", "ci_high"]
-        base.write_results(folder, results, t0, header, rows)
+        base.write_results(folder, results, t0, scores_text2image(results))
         return results
+
+
+def scores_text2image(results: dict[str, Any]) -> base.ScoreTable:
+    """RP of every pair per prompt (scope ``prompt``) and pooled over the prompts (scope ``pair``), one row each."""
+    t = results["similarity"]["threshold"]
+    rows = [base.rp_scored(r, ["prompt", r["prompt"], r["a"], r["b"]], t) for r in results["rp"]]
+    rows += [base.rp_scored(r, ["pair", "", r["a"], r["b"]], t) for r in results["rp_pairs"]]
+    return base.ScoreTable(["scope", "prompt", "a", "b"], rows)
 
 
 def _score(feats: dict[str, list[Tensor]], cfg: Text2ImageConfig, out: Path) -> dict[str, Any]:
@@ -173,9 +178,9 @@ def summarize_text2image(results: dict[str, Any]) -> str:
              f"{results['similarity']['threshold']}), mean over model pairs:"]
     for r in results["rp_prompts"]:
         lines.append(f"  {r['rp']:.2f}  {results['prompts'][r['prompt']]}")
-    lines.append("RP per pair, pooled over prompts:")
+    lines.append("RP per pair, pooled over prompts [95% Wilson interval]:")
     for r in results["rp_pairs"]:
-        lines.append(f"  {r['rp']:.2f}  {r['a']} / {r['b']}  (chance {r['chance']:.2f})")
+        lines.append(f"  {fmt_interval(r['rp'], r['ci'])}  {r['a']} / {r['b']}  (chance {r['chance']:.2f})")
     return "\n".join(lines)
 
 
@@ -231,4 +236,5 @@ def report_text2image(folder: Path, results: dict[str, Any]) -> Report:
 
 
 KIND = Kind("text2image", Text2ImageConfig, run_text2image, summarize_text2image, report_text2image,
-            "RP per prompt of text-to-image checkpoints from the same latent noise (open question 2)")
+            "RP per prompt of text-to-image checkpoints from the same latent noise (open question 2)",
+            scores_text2image)
