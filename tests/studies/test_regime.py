@@ -12,7 +12,7 @@ import torch
 from reprodiff import metrics
 from reprodiff.cli import main
 from reprodiff.config import ConfigError
-from reprodiff.studies import KINDS
+from reprodiff.studies import KINDS, build_report
 from reprodiff.studies.base import SCHEMA, ModelSpec
 from reprodiff.studies.regime import StudyConfig, default_study, run_study
 from results_schema import check_outputs
@@ -30,6 +30,7 @@ def tiny_study(**kw) -> StudyConfig:
 
 def test_tiny_study_results_contract(tmp_path) -> None:
     res = run_study(tiny_study(), tmp_path)
+    assert "nfe_budgets" not in json.loads((tmp_path / "study.json").read_text()) and "rp_nfe" not in res
     on_disk = json.loads((tmp_path / "results.json").read_text())
     assert on_disk["schema"] == SCHEMA == res["schema"] and on_disk["models"] == ["unet", "mlp", "optimal"]
     pairs = {(r["n"], r["a"], r["b"]) for r in on_disk["rp"]}
@@ -54,8 +55,6 @@ def test_tiny_study_results_contract(tmp_path) -> None:
         (n, a, b, s) for n in (8, 16) for a, b in (("unet", "mlp"), ("unet", "optimal"), ("mlp", "optimal"))
         for s in ("train", "held-out", "samples of unet")}
     assert all(0 <= r["noise_agreement"] <= 1 and 0 <= r["cross_decode_rp"] <= 1 for r in enc)
-    from reprodiff.studies import build_report
-
     html = build_report(tmp_path).read_text()
     assert (tmp_path / "encoding.png").exists() and "The encoder direction" in html
     assert "Is the dip real" in html and "similarities_hist.png" in {p.name for p in tmp_path.iterdir()}
@@ -179,3 +178,28 @@ def test_a_model_that_outputs_nan_is_reported_failed_and_the_others_kept(tmp_pat
     gl = {(r["n"], r["model"]) for r in res["gl"]}
     assert gl == {(8, "unet"), (8, "mlp"), (8, "optimal"), (16, "unet"), (16, "optimal")}
     assert {(r["n"], r["a"], r["b"]) for r in res["rp"] if r["n"] == 16} == {(16, "unet", "optimal")}
+
+
+def test_nfe_budgets_score_every_pair_against_the_heun_reference(tmp_path) -> None:
+    with pytest.raises(ValueError, match="nfe_budgets entries"):
+        tiny_study(nfe_budgets=(("onestep", 2),))
+    with pytest.raises(ValueError, match="nfe_budgets entries"):
+        tiny_study(nfe_budgets=(("euler", 0),))
+    assert tiny_study().budgets() == []  # off by default; then study.json has no nfe_budgets (old folders stay valid)
+    cfg = tiny_study(sizes=(8, 16, 32), nfe_budgets=(("euler", 2), ("dpm++2m", 3)), sampler_steps=18,
+                     encode_count=0)
+    res = run_study(cfg, tmp_path)
+    assert json.loads((tmp_path / "study.json").read_text())["nfe_budgets"] == [["euler", 2], ["dpm++2m", 3]]
+    budgets = {(r["sampler"], r["steps"], r["nfe"]) for r in res["rp_nfe"]}
+    assert budgets == {("euler", 2, 2), ("dpm++2m", 3, 3), ("heun", 18, 35)}  # the reference added
+    assert {r["n"] for r in res["rp_nfe"]} == {8, 32}  # the smallest and the largest size
+    assert len(res["rp_nfe"]) == 2 * 3 * 3  # 2 sizes x 3 budgets x 3 pairs (D* included)
+    main_rp = {(r["n"], r["a"], r["b"]): r["rp"] for r in res["rp"]}
+    for r in res["rp_nfe"]:  # heun-18 from the same noise is the study's own sampling: the same RP
+        if r["sampler"] == "heun":
+            assert r["rp"] == main_rp[(r["n"], r["a"], r["b"])]
+    with np.load(tmp_path / "similarities.npz") as f:
+        assert "rp_nfe/8/euler/2/unet/mlp" in f.files
+    html = build_report(tmp_path).read_text()
+    assert "RP against NFE" in html and (tmp_path / "rp_nfe.pdf").exists()
+    check_outputs(tmp_path)

@@ -429,9 +429,9 @@ def rp_fields(s: metrics.Score) -> dict[str, Any]:
     return {"rp": s.value, "chance": s.chance, "ci": list(s.ci), "count": s.n}
 
 
-def rp_scored(r: dict[str, Any], keys: list[Any], threshold: float) -> Scored:
-    """A results row with ``rp_fields`` as a ``Scored`` row of ``score = "rp"``."""
-    return Scored("rp", keys, r["rp"], tuple(r["ci"]), r.get("chance"), threshold, r.get("count"))
+def rp_scored(r: dict[str, Any], keys: list[Any], threshold: float, score: str = "rp") -> Scored:
+    """A results row with ``rp_fields`` as a ``Scored`` row (``score``: its name in the tables)."""
+    return Scored(score, keys, r["rp"], tuple(r["ci"]), r.get("chance"), threshold, r.get("count"))
 
 
 def rp_pair(fa: Tensor, fb: Tensor, cfg: ScoringFields) -> metrics.Score:

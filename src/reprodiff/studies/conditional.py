@@ -246,7 +246,7 @@ def _plot(results: dict[str, Any]) -> Figure:
     handles = [Patch(facecolor=series_style(g).color, hatch=series_style(g).hatch, edgecolor="white", label=label)
                for g, label in enumerate(_GROUPS)]
     handles.append(Line2D([], [], color="0.3", ls=":", label="chance (mismatched noise)"))
-    fig.legend(handles=handles, loc="outside lower center", ncol=4, fontsize=8, frameon=False)
+    fig.legend(handles=handles, loc="outside lower center", ncol=2, fontsize=8, frameon=False)
     return fig
 
 

@@ -272,7 +272,7 @@ def _plot(results: dict[str, Any]) -> Figure:
         ax.axhline(r["rp"], color=series_style(2 + j).color, ls=ls, lw=1.2, label=f"{r['a']} / {r['b']}")
     ax.set_xscale("log")
     ax.set_ylim(0, 1.25)
-    ax.set_xlabel("trainable parameters / network parameters (fine-tuning depth; open markers: LoRA)")
+    ax.set_xlabel("trainable parameters / network parameters\n(fine-tuning depth; open markers: LoRA)")
     ax.set_ylabel("RP")
     ax.legend(fontsize=7, loc="lower right")
     return fig

@@ -16,9 +16,11 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from .. import sampling
 from ..config import ConfigError
 from ..data import Dataset, subset, to_uint8
 from ..encoding import compare_encodings, encodings_of
@@ -31,6 +33,7 @@ from .base import FAILURES, OPTIMAL, SCHEMA, Kind, ModelSpec, StudyFields
 from .regime_report import dip_lines, dip_rows, report
 from .render import fmt_interval
 
+REFERENCE = ("heun", 18)  # EDM's 35-NFE Heun: the budget every other one is compared with
 NOISE_AGREEMENT = 0.9  # encoding.compare_encodings' default: two noises "agree" at cosine > 0.9
 
 __all__ = ["KIND", "StudyConfig", "default_study", "run_study", "summarize"]
@@ -46,6 +49,10 @@ class StudyConfig(StudyFields):
     data (see ``tests/studies/test_regime.py::test_default_thresholds_are_calibrated``):
     0.9 leaves ~1% of mismatched digit pairs above it (chance RP), and 0.98 counts <= 5% of real digits as
     copies of the others (leave-one-out nearest neighbour).
+
+    ``nfe_budgets`` (e.g. ``[["euler", 10], ["dpm++2m", 10]]``; empty = off): at the smallest and the largest
+    size, RP of every pair of models (D* included) with each ODE sampler at each number of steps, from the same
+    noise, next to the 35-NFE reference ``["heun", 18]`` (added when missing): ``rp_nfe`` in ``results.json``.
     """
 
     sizes: tuple[int, ...] = (16, 32, 128, 1797)
@@ -55,6 +62,7 @@ class StudyConfig(StudyFields):
     gl_threshold: float | None = None
     optimal: bool = True
     encode_count: int = 16
+    nfe_budgets: tuple[tuple[str | int, ...], ...] = ()
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -67,6 +75,16 @@ class StudyConfig(StudyFields):
         base.check_samplers(self.samplers)
         if self.encode_count < 0 or self.encode_count == 1:
             raise ValueError(f"encode_count must be 0 (off) or >= 2, got {self.encode_count}")
+        for b in self.nfe_budgets:
+            ok = len(b) == 2 and isinstance(b[0], str) and isinstance(b[1], int) and b[1] >= 1
+            if not ok or b[0] not in sampling.SAMPLERS or b[0] == "onestep":
+                raise ValueError(f"nfe_budgets entries are [sampler, steps] with an ODE sampler of "
+                                 f"{sorted(set(sampling.SAMPLERS) - {'onestep'})} and steps >= 1, got {list(b)}")
+
+    def budgets(self) -> list[tuple[str, int]]:
+        """``nfe_budgets`` and the reference ``("heun", 18)``, without repeats (none when the field is empty)."""
+        listed = [(str(s), int(k)) for s, k in self.nfe_budgets]
+        return list(dict.fromkeys([*listed, REFERENCE])) if listed else []
 
     @property
     def gl(self) -> float:
@@ -106,7 +124,7 @@ def run_study(cfg: StudyConfig | None, out: str | os.PathLike[str], *, progress:
         data = base.load_data(cfg)
         device = str(resolve_device(cfg.device))
         outside = _load_outside_models(cfg, data.image_shape, device)
-        base.check_folder(folder, cfg.to_dict())
+        base.check_folder(folder, _folder_config(cfg))
         run = _Run(cfg, folder, device, base.scoring_features(cfg), _new_results(cfg), outside)
         with tqdm(total=len(cfg.sizes) * len(cfg.models), disable=not progress, desc="study", unit="run") as bar:
             for n in cfg.sizes:
@@ -115,11 +133,21 @@ def run_study(cfg: StudyConfig | None, out: str | os.PathLike[str], *, progress:
         return run.results
 
 
+def _folder_config(cfg: StudyConfig) -> dict[str, Any]:
+    """``study.json``: the config, without ``nfe_budgets`` while it is off, so folders of studies run before the
+    field existed stay valid."""
+    config = cfg.to_dict()
+    if not cfg.nfe_budgets:
+        config.pop("nfe_budgets")
+    return config
+
+
 def _new_results(cfg: StudyConfig) -> dict[str, Any]:
     return {"schema": SCHEMA, "kind": "regime", "config": cfg.to_dict(), "sizes": list(cfg.sizes),
             "models": [m.name for m in cfg.models] + [OPTIMAL] * cfg.optimal, "samplers": list(cfg.samplers),
             "similarity": {"backend": cfg.similarity, "threshold": cfg.threshold, "gl_threshold": cfg.gl},
-            "rp": [], "gl": [], "encoding": [], "encode_panels": [], "samples": [], "train": [], "failed": []}
+            "rp": [], "gl": [], "encoding": [], "encode_panels": [], "samples": [], "train": [], "failed": [],
+            **({"rp_nfe": []} if cfg.nfe_budgets else {})}
 
 
 def _run_size(run: _Run, data: Dataset, n: int, bar: Any) -> None:
@@ -132,6 +160,25 @@ def _run_size(run: _Run, data: Dataset, n: int, bar: Any) -> None:
     samples = _score_size(run, n, train_set.images, denoisers)
     if run.cfg.encode_count:
         _encode_size(run, data, n, denoisers, samples)
+    if run.cfg.nfe_budgets and n in (run.cfg.sizes[0], run.cfg.sizes[-1]):
+        _score_budgets(run, n, denoisers, tuple(train_set.images.shape[1:]))
+
+
+def _score_budgets(run: _Run, n: int, denoisers: dict[str, Any], shape: tuple[int, ...]) -> None:
+    """RP of every pair of (non-failed) models at each ``(sampler, steps)`` budget, all from the study's noise
+    (``sampling.sample_budgets``): how many denoiser calls reproducibility needs (``rp_nfe`` rows)."""
+    failed = {f["model"] for f in run.results["failed"] if f["n"] == n}
+    live = {k: D for k, D in denoisers.items() if k not in failed}
+    z = sampling.noise(run.cfg.seed, run.cfg.count, shape).to(run.device)
+    with torch.no_grad():
+        budgets = sampling.sample_budgets(live, z, run.cfg.budgets())
+    for b in budgets:
+        feats = {k: run.features(x) for k, x in b.samples.items() if bool(torch.isfinite(x).all())}
+        for a, c in combinations(feats, 2):
+            rp = base.rp_pair(feats[a], feats[c], run.cfg)
+            run.results["rp_nfe"].append({"n": n, "a": a, "b": c, "sampler": b.sampler, "steps": b.steps,
+                                          "nfe": b.nfe, **base.rp_fields(rp)})
+            run.sims[base.sim_key("rp_nfe", n, b.sampler, b.steps, a, c)] = rp.similarities
 
 
 def _train_all(run: _Run, n: int, bar: Any) -> dict[str, Any]:
@@ -232,8 +279,8 @@ def _write(run: _Run, t0: float) -> None:
 
 
 def scores(results: dict[str, Any]) -> base.ScoreTable:
-    """Every score as one row: RP per pair, GL per model, and the encoder direction's shares (noise agreement,
-    cross-decode RP, with their Wilson intervals) and mean noise cosine."""
+    """Every score as one row: RP per pair, GL per model, the encoder direction's shares (noise agreement,
+    cross-decode RP, with their Wilson intervals) and mean noise cosine, and RP per NFE budget (``rp_nfe``)."""
     cfg, sim = results["config"], results["similarity"]
     steps = cfg.get("sampler_steps")
     rows = [base.rp_scored(r, [r["n"], r["a"], r["b"], r["sampler"], steps, ""], sim["threshold"])
@@ -245,6 +292,8 @@ def scores(results: dict[str, Any]) -> base.ScoreTable:
         rows += [base.wilson_row("noise_agreement", keys, r["noise_agreement"], r.get("count"), NOISE_AGREEMENT),
                  base.wilson_row("cross_decode_rp", keys, r["cross_decode_rp"], r.get("count"), sim["threshold"]),
                  base.Scored("mean_noise_cosine", keys, r["mean_cosine"], count=r.get("count"))]
+    rows += [base.rp_scored(r, [r["n"], r["a"], r["b"], r["sampler"], r["steps"], ""], sim["threshold"], "rp_nfe")
+             for r in results.get("rp_nfe", [])]
     return base.ScoreTable(["n", "a", "b", "sampler", "steps", "images"], rows)
 
 

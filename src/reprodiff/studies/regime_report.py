@@ -85,6 +85,7 @@ class Study:
     encoding: list[dict[str, Any]] = field(default_factory=list)
     encode_panels: list[dict[str, Any]] = field(default_factory=list)
     dip: list[dict[str, Any]] = field(default_factory=list)
+    rp_nfe: list[dict[str, Any]] = field(default_factory=list)
     similarities: Path | None = None  # similarities.npz, where the study saved one
 
     def pairs(self) -> list[tuple[str, str]]:
@@ -132,6 +133,7 @@ def _parse(root: Path, raw: dict[str, Any]) -> Study:
         encoding=[dict(r) for r in raw.get("encoding", [])],
         encode_panels=[dict(r) for r in raw.get("encode_panels", [])],
         dip=[dict(r) for r in raw.get("dip", [])],
+        rp_nfe=[dict(r) for r in raw.get("rp_nfe", [])],
         similarities=root / raw["similarities"]["path"] if raw.get("similarities") else None,
     )
     if not (study.sizes and study.models and study.samplers):
@@ -418,6 +420,71 @@ def plot_similarities(study: Study) -> Figure | None:
     return fig
 
 
+NFE_REFERENCE = ("heun", 18)  # the study's reference budget (regime.REFERENCE)
+
+
+def _nfe_panel(ax: Axes, rows: list[dict[str, Any]], samplers: list[str], title: str) -> None:
+    """RP against NFE, one line (colour and marker) per sampler, with Wilson intervals; the reference as a grey
+    band (its interval) and a dashed line (its value)."""
+    for ref in (r for r in rows if (r["sampler"], r["steps"]) == NFE_REFERENCE):
+        ax.axhspan(ref["ci"][0], ref["ci"][1], color="0.6", alpha=0.25, lw=0)
+        ax.axhline(ref["rp"], color="0.35", ls="--", lw=1.2, label=f"reference heun 18 ({ref['nfe']} NFE)")
+    for i, sampler in enumerate(samplers):
+        pts = sorted((r for r in rows if r["sampler"] == sampler), key=lambda r: r["nfe"])
+        if not pts:
+            continue
+        y = np.array([r["rp"] for r in pts])
+        err = np.abs(np.array([r["ci"] for r in pts], dtype=float) - y[:, None]).T
+        st = series_style(i)
+        ax.errorbar([r["nfe"] for r in pts], y, yerr=err, color=st.color, marker=st.marker, ms=5, capsize=3,
+                    label=sampler)
+    ax.set_xscale("log")
+    ax.set_ylim(-0.02, 1.05)
+    ax.set(title=title, xlabel="denoiser calls per sample (NFE, log scale)", ylabel="RP")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+
+
+def plot_rp_nfe(study: Study) -> Figure | None:
+    """RP of every pair against the number of denoiser calls, one panel per (n, pair), one line per sampler;
+    the 35-NFE Heun reference as a band of its 95% Wilson interval (config ``nfe_budgets``)."""
+    if not study.rp_nfe:
+        return None
+    sizes = sorted({r["n"] for r in study.rp_nfe})
+    pairs = [p for p in study.pairs() if any(frozenset((r["a"], r["b"])) == frozenset(p) for r in study.rp_nfe)]
+    samplers = sorted({r["sampler"] for r in study.rp_nfe})
+    fig = Figure(figsize=(4.2 * len(pairs), 3.6 * len(sizes)), layout="constrained")
+    axes = fig.subplots(len(sizes), len(pairs), squeeze=False)
+    for i, n in enumerate(sizes):
+        for j, (a, b) in enumerate(pairs):
+            rows = [r for r in study.rp_nfe if r["n"] == n and frozenset((r["a"], r["b"])) == frozenset((a, b))]
+            _nfe_panel(axes[i][j], rows, samplers, f"{_label(a)} vs {_label(b)}, n = {n}")
+    fig.suptitle(f"RP against NFE ({_similarity_text(study)})")
+    return fig
+
+
+def nfe_verdict(rows: list[dict[str, Any]], r: dict[str, Any]) -> str:
+    """Whether RP at budget ``r`` lies within the 95% Wilson interval of the same pair's heun-18 reference."""
+    if (r["sampler"], r["steps"]) == NFE_REFERENCE:
+        return "reference"
+    ref = next((f for f in rows if (f["sampler"], f["steps"]) == NFE_REFERENCE and f["n"] == r["n"]
+                and frozenset((f["a"], f["b"])) == frozenset((r["a"], r["b"]))), None)
+    return "no reference" if ref is None else "within" if ref["ci"][0] <= r["rp"] <= ref["ci"][1] else "outside"
+
+
+def _nfe_html(study: Study, figures: dict[str, bytes]) -> str:
+    if "rp_nfe.png" not in figures:
+        return ""
+    rows = [[str(r["n"]), f"{_label(r['a'])} vs {_label(r['b'])}", r["sampler"], str(r["steps"]), str(r["nfe"]),
+             f"{r['rp']:.2f} [{r['ci'][0]:.2f}, {r['ci'][1]:.2f}]", nfe_verdict(study.rp_nfe, r)]
+            for r in study.rp_nfe]
+    return (figure_html(figures["rp_nfe.png"], "RP against NFE",
+                        "RP of every pair from the same noise at each (sampler, steps) budget; grey band: the 95% "
+                        "Wilson interval of the heun-18 (35 NFE) reference, dashed: its value.")
+            + table_html(["n", "pair", "sampler", "steps", "NFE", "RP [95% Wilson interval]",
+                          "RP within the reference's interval?"], rows))
+
+
 # ---------------------------------------------------------------------------------------------- sample grids
 
 
@@ -611,6 +678,8 @@ def report(root: Path, results: dict[str, Any]) -> Report:
         files |= figure_files("encoding", encoding)
     if (hist := plot_similarities(study)) is not None:
         files |= figure_files("similarities_hist", hist)
+    if (nfe := plot_rp_nfe(study)) is not None:
+        files |= figure_files("rp_nfe", nfe)
     if (panel := encode_panel(study)) is not None:
         files["encode_panel.png"] = grid_png(panel[0])
     grids = {n: grid_png(grid) for n in study.sizes if (grid := sample_grid(study, n)) is not None}
@@ -635,6 +704,7 @@ def _sections(study: Study, figures: dict[str, bytes], grids: dict[int, bytes]) 
             ("Scores", "<p>Value, 95% Wilson interval in brackets, and for RP the chance level.</p>" + tables),
             ("Is the dip real?", _dip_html(study)),
             *([("Similarities against the threshold", hist)] if hist else []),
+            *([("RP against NFE", _nfe_html(study, figures))] if "rp_nfe.png" in figures else []),
             ("RP matrices", matrix),
             *([("The encoder direction: image \u2192 noise", encoding)] if encoding else []),
             ("Samples from the same noise", _grids_html(study, grids)),
