@@ -87,7 +87,8 @@ FAILURES = (TrainingError, ValueError)  # what a failed run raises; the study go
 @dataclass(frozen=True)
 class Report:
     """What a kind's report renders: the page title, an intro (HTML), ``(heading, html)`` sections and the
-    files (name -> bytes, e.g. PNG figures) written beside ``report.html``."""
+    files (name -> bytes: each figure as PNG, SVG and PDF from ``render.figure_files``, sample grids as PNG)
+    written beside ``report.html``."""
 
     title: str
     intro: str

@@ -2,8 +2,10 @@
 
 It reads only what ``reprodiff study`` wrote (``results.json`` and the ``.npz`` files it lists) and never trains
 or samples. The central figure is Zhang et al. 2023 (arXiv 2310.05264), Fig. 2: RP of every model pair and GL
-of every model against the training-set size n. ``studies.build_report`` writes ``rp_gl.png``,
-``rp_matrix.png``, ``grid_n{n}.png`` per size and ``report.html`` into the study folder, atomically.
+of every model against the training-set size n. ``studies.build_report`` writes ``rp_gl``, ``rp_matrix``,
+``encoding``, ``similarities_hist`` and ``rp_nfe`` (each as PNG, SVG and PDF, where the study has the data),
+``grid_n{n}.png`` per size and ``report.html`` into the study folder, atomically. The "is the dip real" rows
+(``dip_rows``) are computed when the study writes its results, from the per-sample similarities.
 """
 
 from __future__ import annotations
