@@ -28,7 +28,8 @@ def run(cfg: PairConfig, out, *, progress=False) -> dict:
         rp = [{"a": a, "b": b, **base.rp_fields(base.rp_pair(feats[a], feats[b], cfg))}
               for a, b in combinations(feats, 2)]
         results = {"schema": base.SCHEMA, "kind": "pair", "config": cfg.to_dict(), "rp": rp, "failed": ctx.failed}
-        base.write_results(folder, results, t0, ["a", "b", "rp"], [[r["a"], r["b"], r["rp"]] for r in rp])
+        table = base.ScoreTable(["a", "b"], [base.rp_scored(r, [r["a"], r["b"]], cfg.threshold) for r in rp])
+        base.write_results(folder, results, t0, table)  # results.json, results.csv
         return results
 
 

@@ -55,3 +55,19 @@ def test_help_lists_commands_with_examples() -> None:
     r = subprocess.run([sys.executable, "-m", "reprodiff", "optimal", "--sampler", "bogus", "--out", "x"],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "Traceback" not in r.stderr and "invalid choice" in r.stderr
+
+
+def test_report_latex_format_writes_booktabs_tables(tmp_path, capsys) -> None:
+    from fake_results import make_fake_study
+
+    res = make_fake_study(tmp_path, sizes=(16, 64), failed=())
+    assert main(["report", "--study", str(tmp_path), "--format", "latex"]) == 0
+    assert "results_tables.tex" in capsys.readouterr().out and not (tmp_path / "report.html").exists()
+    tex = (tmp_path / "results_tables.tex").read_text().splitlines()
+    assert tex.count(r"\toprule") == 2 and r"\label{tab:regime_rp}" in tex and r"\label{tab:regime_gl}" in tex
+    body = tex[tex.index(r"\midrule") + 1: tex.index(r"\bottomrule")]  # the RP table: one row per RP score
+    assert len(body) == len(res["rp"]) and all(line.endswith(r" \\") for line in body)
+    r = res["rp"][0]
+    assert f"{r['rp']:.2f} {{[}}{r['ci'][0]:.2f}, {r['ci'][1]:.2f}{{]}}" in body[0]  # value [Wilson interval]
+    with pytest.raises(SystemExit, match="2"):  # argparse refuses other formats
+        main(["report", "--study", str(tmp_path), "--format", "pdf"])

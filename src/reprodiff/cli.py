@@ -32,6 +32,7 @@ EXAMPLES = """examples:
   reprodiff study --config studies/cifar10.toml --out runs/c10 --executor slurm --executor-option partition=gpu
   reprodiff report --study runs/study                       # re-render the report from results.json
   reprodiff report --study runs/study --threshold 0.8       # score again at another threshold (no retraining)
+  reprodiff report --study runs/study --format latex        # results_tables.tex (booktabs) for a paper
   reprodiff encode --model runs/unet --model runs/mlp --data digits --out runs/encode
 """
 
@@ -108,6 +109,9 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("--threshold", type=float, help="score a finished regime study again at this similarity "
                     "threshold first (no training or sampling; features from their cache)")
     rp.add_argument("--gl-threshold", type=float, help="with --threshold: GL's own threshold")
+    rp.add_argument("--format", choices=["html", "latex"], default="html",
+                    help="html: report.html and its figures (PNG, SVG, PDF); latex: results_tables.tex, the score "
+                         "tables as booktabs tables (default: html)")
     return p
 
 
@@ -170,14 +174,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"noise agreement (cosine > 0.9) {r['noise_agreement']:.2f}, mean cosine {r['mean_cosine']:.3f}, "
                   f"cross-decode RP {r['cross_decode_rp']:.2f} -> {args.out}/panel.png")
         elif args.command == "report":
-            from .studies import build_report
+            from .studies import build_report, build_tables
 
             if args.threshold is not None:
                 from .studies.regime import rescore, summarize
 
                 print(summarize(rescore(check_input_dir(args.study, "study folder"), args.threshold,
                                         args.gl_threshold)))
-            print(f"report: {build_report(check_input_dir(args.study, 'study folder'))}")
+            study = check_input_dir(args.study, "study folder")
+            if args.format == "latex":
+                print(f"tables: {build_tables(study)}")
+            else:
+                print(f"report: {build_report(study)}")
     except (ValueError, RuntimeError, OSError) as e:  # ConfigError, TrainingError, StorageError: one line
         print(f"reprodiff: error: {storage_error(e) if isinstance(e, OSError) else e}", file=sys.stderr)
         return 2

@@ -8,6 +8,7 @@ from reprodiff.config import ConfigError
 from reprodiff.studies import build_report
 from reprodiff.studies.base import ModelSpec
 from reprodiff.studies.conditional import ConditionalStudyConfig, run_conditional_study
+from results_schema import check_outputs
 from tiny_models import MLP, TINY
 
 
@@ -34,5 +35,7 @@ def test_conditional_study_contract_resume_and_report(tmp_path) -> None:
     assert (tmp_path / "runs" / "u" / "training.safetensors").stat().st_mtime_ns == stamp
     html = build_report(tmp_path).read_text()
     assert "conditional" in html and (tmp_path / "conditional_rp.png").exists()
+    assert "95% Wilson interval" in html and (tmp_path / "conditional_rp.pdf").exists()
+    check_outputs(tmp_path)
     with pytest.raises(ConfigError, match="holds another study"):
         run_conditional_study(tiny_conditional(count=22), tmp_path)

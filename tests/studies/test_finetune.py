@@ -8,6 +8,7 @@ from reprodiff.config import ConfigError
 from reprodiff.studies import build_report
 from reprodiff.studies.base import ModelSpec
 from reprodiff.studies.finetune import FinetuneStudyConfig, FinetuneVariant, run_finetune_study
+from results_schema import check_outputs
 from tiny_models import TINY
 
 
@@ -23,7 +24,8 @@ def test_finetune_study_contract_and_report(tmp_path) -> None:
     assert {(r["a"], r["b"]) for r in res["references"]} == {
         ("scratch-100", "scratch-101"), ("pretrained", "scratch-100"), ("pretrained", "scratch-101")}
     assert set(res["target_share"]) == {"pretrained", "scratch-100", "scratch-101", "ft-full", "ft-out", "ft-lora"}
-    assert "fine-tuned" in build_report(tmp_path).read_text()
+    assert "fine-tuned" in build_report(tmp_path).read_text() and (tmp_path / "finetune_rp.pdf").exists()
+    check_outputs(tmp_path)
     bad = FinetuneStudyConfig(model=ModelSpec("u", TINY, steps=4, batch_size=16), device="cpu",
                               variants=(FinetuneVariant("x", trainable=("decoder",)),))
     with pytest.raises(ConfigError, match="no layer 'decoder'"):

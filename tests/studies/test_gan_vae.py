@@ -13,6 +13,7 @@ from reprodiff.cli import main
 from reprodiff.studies import KINDS, load_config
 from reprodiff.studies.gan_vae import GanVaeConfig, default_gan_vae
 from reprodiff.training.baselines import ARCHS, FAMILIES
+from results_schema import check_outputs
 
 ROOT = Path(__file__).resolve().parents[2]
 ALL = [(f, a) for f in FAMILIES for a in ARCHS]
@@ -69,12 +70,13 @@ def test_tiny_study_end_to_end(tmp_path, capsys) -> None:
     within = {r["within"]: (r["a"], r["b"]) for r in res["rp"] if r["within"]}
     assert within == {"gan": ("gan-conv", "gan-mlp"), "vae": ("vae-conv", "vae-mlp"), "diffusion": ("unet", "mlp")}
     for r in res["rp"]:
-        assert set(r) == {"n", "a", "b", "family_a", "family_b", "within", "rp", "chance", "ci", "mean_similarity",
-                          "mean_similarity_mismatched"}
+        assert set(r) == {"n", "a", "b", "family_a", "family_b", "within", "rp", "chance", "ci", "count",
+                          "mean_similarity", "mean_similarity_mismatched"}
         assert 0 <= r["rp"] <= 1 and 0 <= r["chance"] <= 1 and r["ci"][0] <= r["rp"] <= r["ci"][1]
     assert {r["model"] for r in res["gl"]} == {m["name"] for m in res["models"]}
     rows = list(csv.reader((out / "results.csv").read_text().splitlines()))
-    assert rows[0][:2] == ["kind", "n"] and len(rows) == 1 + 15 + 6
+    assert rows[0][:3] == ["study", "score", "n"] and len(rows) == 1 + 15 + 6
+    check_outputs(out)
     for s in res["samples"]:
         assert (out / s["path"]).exists()
     html = (out / "report.html").read_text()

@@ -8,6 +8,7 @@ from reprodiff.config import ConfigError
 from reprodiff.studies import build_report
 from reprodiff.studies.base import ModelSpec
 from reprodiff.studies.inverse import InverseStudyConfig, run_inverse_study
+from results_schema import check_outputs
 from tiny_models import MLP, TINY
 
 
@@ -23,7 +24,8 @@ def test_inverse_study_contract_and_report(tmp_path) -> None:
     assert len(res["rp"]) == 2 * 2 * 2 * 3 and len(res["consistency"]) == 2 * 2 * 2 * 3
     assert all(c["residual_rms"] >= 0 for c in res["consistency"])
     html = build_report(tmp_path).read_text()
-    assert "within" in html and (tmp_path / "inverse_panel0.png").exists()
+    assert "within" in html and (tmp_path / "inverse_panel0.png").exists() and (tmp_path / "inverse_rp.svg").exists()
+    check_outputs(tmp_path)
     with pytest.raises(ConfigError, match="does not fit the 8x8 image"):
         run_inverse_study(InverseStudyConfig(n=64, operators=({"name": "inpaint_box", "size": 12},),
                                              device="cpu"), tmp_path / "bad")

@@ -5,12 +5,17 @@ from __future__ import annotations
 import csv
 import json
 
+import numpy as np
 import pytest
+import torch
 
+from reprodiff import metrics
 from reprodiff.cli import main
 from reprodiff.config import ConfigError
+from reprodiff.studies import KINDS, build_report
 from reprodiff.studies.base import SCHEMA, ModelSpec
 from reprodiff.studies.regime import StudyConfig, default_study, run_study
+from results_schema import check_outputs
 
 TINY_UNET = {"name": "unet", "model_channels": 8, "channel_mult": [1, 2], "num_blocks": 1, "dropout": 0.0}
 
@@ -25,18 +30,25 @@ def tiny_study(**kw) -> StudyConfig:
 
 def test_tiny_study_results_contract(tmp_path) -> None:
     res = run_study(tiny_study(), tmp_path)
+    assert "nfe_budgets" not in json.loads((tmp_path / "study.json").read_text()) and "rp_nfe" not in res
     on_disk = json.loads((tmp_path / "results.json").read_text())
     assert on_disk["schema"] == SCHEMA == res["schema"] and on_disk["models"] == ["unet", "mlp", "optimal"]
     pairs = {(r["n"], r["a"], r["b"]) for r in on_disk["rp"]}
     assert pairs == {(n, a, b) for n in (8, 16) for a, b in (("unet", "mlp"), ("unet", "optimal"), ("mlp", "optimal"))}
     for r in on_disk["rp"]:
-        assert set(r) == {"n", "a", "b", "sampler", "rp", "chance", "ci", "sampler_a", "sampler_b"}
+        assert set(r) == {"n", "a", "b", "sampler", "rp", "chance", "ci", "count", "sampler_a", "sampler_b"}
         assert r["sampler_a"] == r["sampler_b"] == r["sampler"] and 0 <= r["rp"] <= 1
-        assert r["ci"][0] <= r["rp"] <= r["ci"][1]
+        assert r["ci"][0] <= r["rp"] <= r["ci"][1] and r["count"] == 8
     gl = {(r["n"], r["model"]): r["gl"] for r in on_disk["gl"]}
     assert len(gl) == 6 and gl[(8, "optimal")] == 0.0 and gl[(16, "optimal")] == 0.0  # D* only copies
-    rows = list(csv.reader((tmp_path / "results.csv").read_text().splitlines()))
-    assert rows[0][0] == "kind" and len(rows) == 1 + 6 + 6
+    rows = list(csv.DictReader((tmp_path / "results.csv").read_text().splitlines()))
+    assert [sum(r["score"] == k for r in rows) for k in ("rp", "gl", "noise_agreement", "cross_decode_rp")] == \
+        [6, 6, 18, 18] and len(rows) == 6 + 6 + 3 * 18  # encoding rows too: 2 sizes x 3 pairs x 3 image sets
+    assert {(r["study"], r["similarity"]) for r in rows} == {("regime", "pixel")}
+    assert {float(r["threshold"]) for r in rows if r["score"] == "gl"} == {on_disk["similarity"]["gl_threshold"]}
+    for r in rows:
+        if r["score"] in ("rp", "gl", "noise_agreement"):  # every share with its Wilson interval and count
+            assert float(r["ci_low"]) <= float(r["value"]) <= float(r["ci_high"]) and int(r["count"]) >= 2
     for s in on_disk["samples"]:
         assert (tmp_path / s["path"]).exists()
     enc = on_disk["encoding"]  # the encoder direction: every pair, on training and held-out images
@@ -44,14 +56,37 @@ def test_tiny_study_results_contract(tmp_path) -> None:
         (n, a, b, s) for n in (8, 16) for a, b in (("unet", "mlp"), ("unet", "optimal"), ("mlp", "optimal"))
         for s in ("train", "held-out", "samples of unet")}
     assert all(0 <= r["noise_agreement"] <= 1 and 0 <= r["cross_decode_rp"] <= 1 for r in enc)
-    from reprodiff.studies import build_report
-
     html = build_report(tmp_path).read_text()
     assert (tmp_path / "encoding.png").exists() and "The encoder direction" in html
     sim = on_disk["similarity"]  # "auto" thresholds: the values used and how they were chosen
     assert on_disk["config"]["threshold"] == "auto" and isinstance(sim["threshold"], float)
     assert sim["calibration"]["auto"] == ["threshold", "gl_threshold"] and sim["gl_threshold"] > sim["threshold"]
     assert "Calibrated on 1,797 of the 1,797 real images" in html
+    assert "Is the dip real" in html and "similarities_hist.png" in {p.name for p in tmp_path.iterdir()}
+    check_outputs(tmp_path)
+
+
+def test_saved_similarities_give_back_every_score_and_the_dip(tmp_path) -> None:
+    res = run_study(tiny_study(sizes=(8, 16, 32), encode_count=0, threshold=0.9), tmp_path)
+    assert res["similarities"]["path"] == "similarities.npz"
+    with np.load(tmp_path / "similarities.npz") as f:
+        sims = {k: torch.from_numpy(f[k]) for k in f.files}
+    assert set(sims) == set(res["similarities"]["keys"])
+    for r in res["rp"]:  # any threshold can be re-applied: at the study's, the saved values give RP back
+        assert (sims[f"rp/{r['n']}/heun/{r['a']}/{r['b']}"] > 0.9).float().mean().item() == r["rp"]
+    for r in res["gl"]:
+        assert (~(sims[f"gl/{r['n']}/heun/{r['model']}"] > 0.9)).float().mean().item() == r["gl"]
+    rp = {(r["n"], r["a"], r["b"]): r["rp"] for r in res["rp"]}
+    assert {(d["a"], d["b"]) for d in res["dip"]} == {("unet", "mlp")}  # networks only, not D*
+    for d in res["dip"]:
+        n_min = min((8, 16, 32), key=lambda n: (rp[(n, "unet", "mlp")], n))
+        assert d["n_min"] == n_min and d["n_ref"] in {8, 32} - {n_min} and d["method"] == "newcombe"
+        want = metrics.paired_difference(sims[f"rp/{n_min}/heun/unet/mlp"] > 0.9,
+                                          sims[f"rp/{d['n_ref']}/heun/unet/mlp"] > 0.9)
+        assert d["difference"] == want.value == rp[(n_min, "unet", "mlp")] - rp[(d["n_ref"], "unet", "mlp")]
+        assert tuple(d["ci"]) == want.ci and d["real"] == (want.ci[1] < 0)
+    text = KINDS["regime"].summarize(res)
+    assert "is the dip real" in text and "95% Wilson interval" in text
 
 
 def test_rerun_skips_finished_work_and_other_study_is_refused(tmp_path) -> None:
@@ -167,3 +202,28 @@ def test_a_model_that_outputs_nan_is_reported_failed_and_the_others_kept(tmp_pat
     gl = {(r["n"], r["model"]) for r in res["gl"]}
     assert gl == {(8, "unet"), (8, "mlp"), (8, "optimal"), (16, "unet"), (16, "optimal")}
     assert {(r["n"], r["a"], r["b"]) for r in res["rp"] if r["n"] == 16} == {(16, "unet", "optimal")}
+
+
+def test_nfe_budgets_score_every_pair_against_the_heun_reference(tmp_path) -> None:
+    with pytest.raises(ValueError, match="nfe_budgets entries"):
+        tiny_study(nfe_budgets=(("onestep", 2),))
+    with pytest.raises(ValueError, match="nfe_budgets entries"):
+        tiny_study(nfe_budgets=(("euler", 0),))
+    assert tiny_study().budgets() == []  # off by default; then study.json has no nfe_budgets (old folders stay valid)
+    cfg = tiny_study(sizes=(8, 16, 32), nfe_budgets=(("euler", 2), ("dpm++2m", 3)), sampler_steps=18,
+                     encode_count=0)
+    res = run_study(cfg, tmp_path)
+    assert json.loads((tmp_path / "study.json").read_text())["nfe_budgets"] == [["euler", 2], ["dpm++2m", 3]]
+    budgets = {(r["sampler"], r["steps"], r["nfe"]) for r in res["rp_nfe"]}
+    assert budgets == {("euler", 2, 2), ("dpm++2m", 3, 3), ("heun", 18, 35)}  # the reference added
+    assert {r["n"] for r in res["rp_nfe"]} == {8, 32}  # the smallest and the largest size
+    assert len(res["rp_nfe"]) == 2 * 3 * 3  # 2 sizes x 3 budgets x 3 pairs (D* included)
+    main_rp = {(r["n"], r["a"], r["b"]): r["rp"] for r in res["rp"]}
+    for r in res["rp_nfe"]:  # heun-18 from the same noise is the study's own sampling: the same RP
+        if r["sampler"] == "heun":
+            assert r["rp"] == main_rp[(r["n"], r["a"], r["b"])]
+    with np.load(tmp_path / "similarities.npz") as f:
+        assert "rp_nfe/8/euler/2/unet/mlp" in f.files
+    html = build_report(tmp_path).read_text()
+    assert "RP against NFE" in html and (tmp_path / "rp_nfe.pdf").exists()
+    check_outputs(tmp_path)

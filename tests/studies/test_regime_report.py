@@ -41,6 +41,9 @@ def test_every_output_exists_and_decodes(study) -> None:
     for name, min_w, min_h in [("rp_gl.png", 800, 300), ("rp_matrix.png", 600, 200)]:
         img = _png(root / name)
         assert img.format == "PNG" and img.width >= min_w and img.height >= min_h, (name, img.size)
+        stem = root / name.removesuffix(".png")  # and the same figure as vector files beside it
+        assert stem.with_suffix(".pdf").read_bytes().startswith(b"%PDF")
+        assert b"<svg" in stem.with_suffix(".svg").read_bytes()
     for n in results["sizes"]:
         img = _png(root / f"grid_n{n}.png")
         # 3 model rows + nearest row of 8x8 digits upscaled 8x, 12 per row, plus a label margin
@@ -171,3 +174,18 @@ def test_report_renders_in_headless_chromium(study, tmp_path) -> None:
     assert pixels.shape == (3000, 1200, 3) and pixels.std() > 20, "blank screenshot"
     colourful = (pixels.max(-1) - pixels.min(-1) > 60).mean()  # plot lines and heatmaps, not black/grey text
     assert colourful > 0.01, f"figures not drawn: only {colourful:.4f} of the page is coloured"
+
+
+def test_nfe_verdict_compares_with_the_same_pairs_heun18_interval() -> None:
+    from reprodiff.studies.regime_report import nfe_verdict
+
+    def row(n, a, b, sampler, steps, rp, ci):
+        return {"n": n, "a": a, "b": b, "sampler": sampler, "steps": steps, "rp": rp, "ci": ci}
+
+    ref = row(16, "unet", "mlp", "heun", 18, 0.5, [0.4, 0.6])
+    other = row(16, "unet", "optimal", "heun", 18, 0.9, [0.8, 1.0])
+    rows = [ref, other]
+    assert nfe_verdict(rows, ref) == "reference"
+    assert nfe_verdict(rows, row(16, "mlp", "unet", "euler", 10, 0.6, [0.5, 0.7])) == "within"  # order-free pair
+    assert nfe_verdict(rows, row(16, "unet", "mlp", "euler", 5, 0.61, [0.5, 0.7])) == "outside"
+    assert nfe_verdict(rows, row(64, "unet", "mlp", "euler", 5, 0.5, [0.4, 0.6])) == "no reference"

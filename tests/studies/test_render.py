@@ -6,6 +6,7 @@ import ast
 from pathlib import Path
 
 import torch
+from matplotlib.figure import Figure
 
 from reprodiff.studies import render
 
@@ -28,3 +29,48 @@ def test_page_is_self_contained() -> None:
     page = render.page_html("T<", "<p>intro</p>", [("S", render.figure_html(png, "alt", "cap"))], {"k": 1})
     assert page.startswith("<!DOCTYPE html>") and "<title>T&lt;</title>" in page
     assert "data:image/png;base64," in page and "http" not in page.replace("http-equiv", "")
+
+
+def test_series_styles_differ_in_colour_and_marker() -> None:
+    first = [render.series_style(i) for i in range(10)]
+    assert len({s.color for s in first}) == 10 and len({s.marker for s in first}) == 10
+    assert len({s.hatch for s in first}) == 10
+    many = [(s.color, s.marker) for s in map(render.series_style, range(100))]
+    assert len(set(many)) == 100  # past 10 series, no two share both colour and marker
+
+
+def _figure() -> Figure:
+    fig = Figure(figsize=(3, 2))
+    fig.add_subplot(title="a_b").plot([1, 2, 3], [0.2, 0.5, 0.4])
+    return fig
+
+
+def test_every_figure_is_png_svg_and_pdf_and_the_same_bytes_twice(tmp_path) -> None:
+    files = render.figure_files("fig", _figure())
+    assert sorted(files) == ["fig.pdf", "fig.png", "fig.svg"]
+    assert files["fig.png"].startswith(b"\x89PNG") and files["fig.pdf"].startswith(b"%PDF")
+    assert b"<svg" in files["fig.svg"] and b"a_b" in files["fig.svg"]  # text stays text in the SVG
+    assert render.figure_files("fig", _figure()) == files  # no dates, fixed ids: reproducible bytes
+    paths = render.save_figure(_figure(), tmp_path / "out", "fig")
+    assert sorted(p.name for p in paths) == sorted(files) and all(p.read_bytes() == files[p.name] for p in paths)
+    assert not list((tmp_path / "out").glob(".*.tmp"))
+
+
+def test_latex_table_is_booktabs_with_escaped_cells() -> None:
+    t = render.Table("RP of unet_a & 50% [chance]", "rp_gl", ["n", "pair", "RP"],
+                     [["16", "unet_a / D*", render.fmt_interval(0.5, [0.4, 0.6])], ["32", "#x", "-"]])
+    tex = render.latex_table(t)
+    lines = tex.splitlines()
+    top, mid, bottom = lines.index(r"\toprule"), lines.index(r"\midrule"), lines.index(r"\bottomrule")
+    assert top < mid < bottom and mid - top == 2 and bottom - mid == 1 + len(t.rows)  # header, then one row each
+    assert r"\begin{tabular}{lcc}" in tex and r"\label{tab:rp_gl}" in tex
+    assert r"RP of unet\_a \& 50\% {[}chance{]}" in tex
+    assert r"16 & unet\_a / D* & 0.50 {[}0.40, 0.60{]} \\" in lines and r"32 & \#x & - \\" in lines
+    assert tex.count("_") == tex.count(r"\_") + tex.count("tab:rp_gl")  # every other underscore escaped
+    assert render.latex_escape("a\\b~^{}$") == r"a\textbackslash{}b\textasciitilde{}\textasciicircum{}\{\}\$"
+
+
+def test_intervals_are_formatted_or_left_out() -> None:
+    assert render.fmt_interval(0.4213, (0.3, 0.51)) == "0.42 [0.30, 0.51]"
+    assert render.fmt_interval(0.4, (float("nan"), float("nan"))) == "0.40"
+    assert render.fmt_interval(None, None) == "-"

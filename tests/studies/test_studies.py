@@ -70,3 +70,25 @@ def test_full_scale_configs_load_and_fit_cifar(name) -> None:
         _check_variants(cfg, (3, 32, 32))
 
 
+
+
+def test_results_schema_is_valid_and_rejects_malformed_results(tmp_path) -> None:
+    import copy
+
+    import jsonschema
+
+    from fake_results import make_fake_study
+    from reprodiff.studies import results_schema
+
+    schema = results_schema()
+    jsonschema.Draft202012Validator.check_schema(schema)
+    assert set(schema["properties"]["kind"]["enum"]) == set(KINDS)  # every kind has its part
+    good = make_fake_study(tmp_path) | {"kind": "regime"}
+    validator = jsonschema.Draft202012Validator(schema)
+    validator.validate(good)
+    for damage in (lambda r: r.pop("rp"), lambda r: r.update(kind="nope"), lambda r: r.update(schema=2),
+                   lambda r: r["rp"][0].update(rp=1.5), lambda r: r["gl"][0].update(ci=[0.1]),
+                   lambda r: r.pop("timing"), lambda r: r["rp"][0].pop("sampler")):
+        bad = copy.deepcopy(good)
+        damage(bad)
+        assert not validator.is_valid(bad)

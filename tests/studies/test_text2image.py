@@ -20,6 +20,7 @@ from reprodiff.adapters.text2image import TextToImage  # noqa: E402
 from reprodiff.cli import main  # noqa: E402
 from reprodiff.config import ConfigError, from_dict  # noqa: E402
 from reprodiff.studies.text2image import Text2ImageConfig  # noqa: E402
+from results_schema import check_outputs  # noqa: E402
 
 PROMPTS = ("a red cat", "an old boat")
 
@@ -98,13 +99,15 @@ def test_text2image_study_and_report(pipelines, tmp_path, capsys) -> None:
     assert {(r["a"], r["b"]) for r in res["rp_pairs"]} == {("a", "b"), ("a", "a2"), ("b", "a2")}
     assert [r["prompt"] for r in res["rp_prompts"]] == [0, 1]
     rows = list(csv.reader((out / "results.csv").read_text().splitlines()))
-    assert rows[0][:2] == ["scope", "prompt"] and len(rows) == 1 + 6 + 3
+    assert rows[0][:4] == ["study", "score", "scope", "prompt"] and len(rows) == 1 + 6 + 3
     assert "RP per prompt" in capsys.readouterr().out  # the CLI prints the summary and writes the report
     assert main(["report", "--study", str(out)]) == 0
     page = studies.build_report(out).read_text()
     assert "Text-to-image reproducibility" in page and "a red cat" in page and "data:image/png" in page
     for name in ("rp_prompts.png", "grid_p0.png", "grid_p1.png"):
         assert (out / name).read_bytes()[:4] == b"\x89PNG"
+    assert (out / "rp_prompts.pdf").read_bytes()[:4] == b"%PDF"
+    check_outputs(out)  # the tiny pipelines' results against the published schema
     again = studies.run(cfg_file, out)[1]  # resumed: samples read back, same scores
     assert again["rp"] == res["rp"]
 

@@ -43,10 +43,13 @@ __all__ = [
     "FAILURES",
     "OPTIMAL",
     "SCHEMA",
+    "SIMILARITIES",
     "Context",
     "Kind",
     "ModelSpec",
     "Report",
+    "ScoreTable",
+    "Scored",
     "ScoringFields",
     "StudyFields",
     "cached_features",
@@ -65,13 +68,16 @@ __all__ = [
     "record_failure",
     "rp_fields",
     "rp_pair",
+    "rp_scored",
     "sample_file",
     "save_train_subset",
     "score_gl",
     "scoring_features",
+    "sim_key",
     "study_folder",
     "train_model",
     "train_models",
+    "wilson_row",
     "write_csv",
     "write_results",
 ]
@@ -86,7 +92,8 @@ FAILURES = (TrainingError, ValueError)  # what a failed run raises; the study go
 @dataclass(frozen=True)
 class Report:
     """What a kind's report renders: the page title, an intro (HTML), ``(heading, html)`` sections and the
-    files (name -> bytes, e.g. PNG figures) written beside ``report.html``."""
+    files (name -> bytes: each figure as PNG, SVG and PDF from ``render.figure_files``, sample grids as PNG)
+    written beside ``report.html``."""
 
     title: str
     intro: str
@@ -97,7 +104,9 @@ class Report:
 @dataclass(frozen=True)
 class Kind:
     """One study kind: its config class, ``run(cfg, out, progress=...) -> results`` (writes ``results.json``),
-    a plain-text ``summarize(results)`` and ``report(folder, results) -> Report`` (reads results only)."""
+    a plain-text ``summarize(results)``, ``report(folder, results) -> Report`` (reads results only) and
+    ``scores(results) -> ScoreTable``, every score of the results as one row each (``results.csv`` and the
+    LaTeX tables)."""
 
     name: str
     config: type[Any]
@@ -105,6 +114,48 @@ class Kind:
     summarize: Callable[[dict[str, Any]], str]
     report: Callable[[Path, dict[str, Any]], Report]
     doc: str = ""
+    scores: Callable[[dict[str, Any]], ScoreTable] | None = None
+
+
+@dataclass(frozen=True)
+class Scored:
+    """One score of a study: its name (``rp``, ``gl``, ...), the values of its table's ``keys``, the score with
+    its 95% Wilson interval, its chance level (RP), the similarity ``threshold`` it used and its sample ``count``."""
+
+    score: str
+    keys: list[Any]
+    value: float | None
+    ci: tuple[float | None, float | None] = (None, None)
+    chance: float | None = None
+    threshold: float | None = None
+    count: int | None = None
+
+
+@dataclass(frozen=True)
+class ScoreTable:
+    """Every score of a study: the names of the columns that tell its scores apart (``keys``) and one row each."""
+
+    keys: list[str]
+    rows: list[Scored]
+
+    def header(self) -> list[str]:
+        return ["study", "score", *self.keys, *SCORE_COLUMNS]
+
+    def csv_rows(self, study: str, similarity: str) -> list[list[Any]]:
+        """One CSV row per score (``header``): the study kind, the score, its keys, value, interval, chance,
+        threshold, similarity backend and sample count."""
+        return [[study, r.score, *r.keys, r.value, *r.ci, r.chance, r.threshold, similarity, r.count]
+                for r in self.rows]
+
+
+SCORE_COLUMNS = ["value", "ci_low", "ci_high", "chance", "threshold", "similarity", "count"]
+
+
+def wilson_row(score: str, keys: list[Any], value: float | None, count: int | None, threshold: float | None
+               ) -> Scored:
+    """A share ``value`` of ``count`` samples (e.g. an encoding row) with its Wilson interval."""
+    ci = metrics.wilson_ci(round(value * count), count) if value is not None and count else (None, None)
+    return Scored(score, keys, value, ci, None, threshold, count)
 
 
 # ---------------------------------------------------------------------------------------------- configs
@@ -112,7 +163,8 @@ class Kind:
 class ScoringFields(TomlConfig):
     """The fields every study has: ``count`` samples per model from the noise of ``seed``, scored with the
     ``similarity`` backend (SSCD needs ``sscd_path``) at ``threshold`` (a cosine similarity; RP), with
-    ``n_boot`` bootstrap resamples for the CIs, on ``device``. Kinds override defaults by redeclaring a field."""
+    ``n_boot`` (kept for old configs: every score's interval is the closed-form 95% Wilson interval), on
+    ``device``. Kinds override defaults by redeclaring a field."""
 
     seed: int = 100000
     count: int = 256
@@ -460,12 +512,17 @@ def open_study(cfg: Any, out: Path, shape: tuple[int, ...], folder_config: dict[
 
 # ---------------------------------------------------------------------------------------------- scores
 def rp_fields(s: metrics.Score) -> dict[str, Any]:
-    """An RP score's results fields."""
-    return {"rp": s.value, "chance": s.chance, "ci": list(s.ci)}
+    """An RP score's results fields: the value, chance level, 95% Wilson interval and sample count."""
+    return {"rp": s.value, "chance": s.chance, "ci": list(s.ci), "count": s.n}
+
+
+def rp_scored(r: dict[str, Any], keys: list[Any], threshold: float, score: str = "rp") -> Scored:
+    """A results row with ``rp_fields`` as a ``Scored`` row (``score``: its name in the tables)."""
+    return Scored(score, keys, r["rp"], tuple(r["ci"]), r.get("chance"), threshold, r.get("count"))
 
 
 def rp_pair(fa: Tensor, fb: Tensor, cfg: ScoringFields) -> metrics.Score:
-    """RP of two models' same-noise samples (features), with its chance level and bootstrap CI."""
+    """RP of two models' same-noise samples (features), with its chance level and 95% Wilson interval."""
     return metrics.rp_score(fa, fb, threshold=cfg.threshold, n_boot=cfg.n_boot, seed=cfg.seed, features=None,
                             chance=True)
 
@@ -511,9 +568,24 @@ def write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
     atomic_write(path, lambda f: f.write(data))
 
 
-def write_results(out: Path, results: dict[str, Any], t0: float, header: list[str], rows: list[list[Any]]) -> None:
-    """``results.json`` (with the time since ``t0``) and ``results.csv`` (``header``, one row per score),
-    each atomically."""
+def write_results(out: Path, results: dict[str, Any], t0: float, scores: ScoreTable,
+                  similarities: dict[str, Tensor] | None = None) -> None:
+    """``results.json`` (with the time since ``t0``), ``results.csv`` (one row per score of ``scores``) and, with
+    ``similarities``, ``similarities.npz`` (the per-sample similarities behind each score, by key; listed in
+    ``results["similarities"]``), each atomically."""
     results["timing"] = {"total_s": round(time.perf_counter() - t0, 1)}
+    if similarities:
+        save_npz(out / SIMILARITIES, **{k: v.detach().cpu().float() for k, v in similarities.items()})
+        results["similarities"] = {"path": SIMILARITIES, "keys": sorted(similarities)}
     save_json(out / "results.json", results)
-    write_csv(out / "results.csv", header, rows)
+    backend = str(results.get("config", {}).get("similarity", ""))
+    write_csv(out / "results.csv", scores.header(), scores.csv_rows(results["kind"], backend))
+
+
+SIMILARITIES = "similarities.npz"
+
+
+def sim_key(*parts: Any) -> str:
+    """The key of one score's per-sample similarities in ``similarities.npz``: its parts joined by ``/``, e.g.
+    ``rp/16/heun/unet/mlp`` (RP of unet and mlp at N = 16 with heun) or ``gl/16/heun/unet``."""
+    return "/".join(str(p) for p in parts)

@@ -28,6 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
 from torch import Tensor
 
 from .. import metrics
@@ -37,7 +39,7 @@ from ..guidance import ClassifierFreeGuidance
 from ..training.train import DataConfig, TrainingError
 from . import base
 from .base import MLP, SCHEMA, UNET, Context, Kind, ModelSpec, Report, StudyFields
-from .render import figure_html, grid_section, npz_rows, png_bytes, table_html
+from .render import figure_files, figure_html, fmt_interval, grid_section, npz_rows, series_style, table_html
 
 __all__ = ["KIND", "ConditionalStudyConfig", "run_conditional_study"]
 
@@ -118,11 +120,17 @@ def run_conditional_study(cfg: ConditionalStudyConfig | None, out: str | os.Path
         feats, rows = _draw_all(ctx, cond, uncond, labels)
         results = _results(ctx, data, len(subset(data, n, cfg.subset_seed)), cond, uncond, rows)
         _score(ctx, results, feats, labels, data)
-        rows_csv = [[r["pair"], r["a"], r["b"], r["guidance"], r["subset"], r["count"], r["rp"], r["chance"], *r["ci"]]
-                    for r in results["rp"]]
-        base.write_results(folder, results, t0, ["pair", "a", "b", "guidance", "subset", "count", "rp", "chance",
-                                            "ci_low", "ci_high"], rows_csv)
+        base.write_results(folder, results, t0, scores(results))
         return results
+
+
+def scores(results: dict[str, Any]) -> base.ScoreTable:
+    """Every RP row (pair, guidance, subset) and each conditional model's label accuracy as one row."""
+    t, count = results["config"]["threshold"], results["config"]["count"]
+    rows = [base.rp_scored(r, [r["pair"], r["a"], r["b"], r["guidance"], r["subset"]], t) for r in results["rp"]]
+    rows += [base.wilson_row("label_accuracy", ["", r["model"], "", r["guidance"], ""], r["accuracy"], count, None)
+             for r in results["label_accuracy"]]
+    return base.ScoreTable(["pair", "a", "b", "guidance", "subset"], rows)
 
 
 def _draw_all(ctx: Context, cond: dict[str, Any], uncond: dict[str, Any], labels: Tensor
@@ -193,10 +201,10 @@ def _fmt(v: Any) -> str:
 def summarize(results: dict[str, Any]) -> str:
     lines = [f"conditional study ({results['train_size']} training images, {results['classes']} classes; "
              f"1-NN classifier leave-one-out accuracy {results['classifier']['leave_one_out_accuracy']:.3f})"]
-    lines.append(f"{'pair':<28}{'w':>5}{'subset':>10}{'count':>7}{'RP':>7}{'chance':>8}")
+    lines.append(f"{'pair':<28}{'w':>5}{'subset':>10}{'count':>7}{'RP [95% Wilson interval]':>26}{'chance':>8}")
     for r in results["rp"]:
         lines.append(f"{r['a'] + ' / ' + r['b']:<28}{r['guidance']:>5g}{r['subset']:>10}{r['count']:>7}"
-                     f"{_fmt(r['rp']):>7}{_fmt(r['chance']):>8}")
+                     f"{fmt_interval(r['rp'], r['ci']):>26}{_fmt(r['chance']):>8}")
     for r in results["label_accuracy"]:
         lines.append(f"{r['model']} at guidance {r['guidance']:g}: {r['accuracy']:.2f} of samples show their class")
     lines += base.failed_lines(results["failed"])
@@ -207,7 +215,14 @@ def summarize(results: dict[str, Any]) -> str:
 # ---------------------------------------------------------------------------------------------- report
 
 
-def _plot(results: dict[str, Any]) -> bytes:
+_GROUPS = ("conditional vs conditional", "vs unconditional, classes match", "vs unconditional, classes differ")
+
+
+def _group(r: dict[str, Any]) -> int:
+    return 0 if r["pair"] == "cond-cond" else 1 if r["subset"] == "match" else 2
+
+
+def _plot(results: dict[str, Any]) -> Figure:
     rows = [r for r in results["rp"] if r["rp"] is not None]
     ws = results["guidance"]
     fig = Figure(figsize=(4.2 * len(ws), 3.6), layout="constrained")
@@ -218,27 +233,31 @@ def _plot(results: dict[str, Any]) -> bytes:
         vals = [r["rp"] for r in sel]
         err = np.array([[max(0.0, r["rp"] - (r["ci"][0] if r["ci"][0] is not None else r["rp"])),
                          max(0.0, (r["ci"][1] if r["ci"][1] is not None else r["rp"]) - r["rp"])] for r in sel]).T
-        colors = ["#1f77b4" if r["pair"] == "cond-cond" else "#2ca02c" if r["subset"] == "match" else "#d62728"
-                  for r in sel]
-        ax.bar(range(len(sel)), vals, yerr=err if len(sel) else None, color=colors, capsize=3)
+        styles = [series_style(_group(r)) for r in sel]
+        ax.bar(range(len(sel)), vals, yerr=err if len(sel) else None, color=[st.color for st in styles],
+               hatch=[st.hatch for st in styles], edgecolor="white", capsize=3)
         for i, r in enumerate(sel):
             if r["chance"] is not None:
-                ax.plot([i - 0.4, i + 0.4], [r["chance"]] * 2, color="grey", ls=":", lw=1.5)
+                ax.plot([i - 0.4, i + 0.4], [r["chance"]] * 2, color="0.3", ls=":", lw=1.5)
         ax.set_xticks(range(len(sel)), labels, fontsize=7, rotation=30, ha="right")
         ax.set_ylim(0, 1.05)
         ax.set_title(f"guidance w = {w:g}")
         ax.set_ylabel("RP")
-    return png_bytes(fig)
+    handles = [Patch(facecolor=series_style(g).color, hatch=series_style(g).hatch, edgecolor="white", label=label)
+               for g, label in enumerate(_GROUPS)]
+    handles.append(Line2D([], [], color="0.3", ls=":", label="chance (mismatched noise)"))
+    fig.legend(handles=handles, loc="outside lower center", ncol=2, fontsize=8, frameon=False)
+    return fig
 
 
 def report(root: Path, results: dict[str, Any]) -> Report:
-    files = {"conditional_rp.png": _plot(results)}
+    files = figure_files("conditional_rp", _plot(results))
     w = results["guidance"][0]
     keys = [_key(m, w) for m in results["conditional"]] + list(results["unconditional"])
     paths = {s["key"]: s["path"] for s in results["samples"]}
     if (grid := grid_section(npz_rows(root, [(k, paths[k]) for k in keys if k in paths], 12))) is not None:
         files["conditional_grid.png"] = grid
-    head = ["pair", "guidance", "unconditional sample's class", "pairs", "RP", "95% CI", "chance"]
+    head = ["pair", "guidance", "unconditional sample's class", "pairs", "RP", "95% Wilson interval", "chance"]
     rows = [[f"{r['a']} / {r['b']}", f"{r['guidance']:g}",
              "-" if r["pair"] == "cond-cond" else r["subset"], r["count"], _fmt(r["rp"]),
              "-" if r["ci"][0] is None or math.isnan(r["ci"][0]) else f"[{r['ci'][0]:.2f}, {r['ci'][1]:.2f}]",
@@ -254,9 +273,10 @@ def report(root: Path, results: dict[str, Any]) -> Report:
              "between a conditional and an unconditional model only where the classes match.</p>")
     sections = [("RP among conditional models and with unconditional ones",
                  figure_html(files["conditional_rp.png"], "conditional RP",
-                             "Blue: conditional vs conditional (same class, same noise). Green / red: conditional vs "
-                             "unconditional where the unconditional sample's class matches / does not match the "
-                             "condition. Dotted: chance level (mismatched noise).")
+                             "Conditional vs conditional (same class, same noise), and conditional vs unconditional "
+                             "where the unconditional sample's class matches / does not match the condition (colours "
+                             "and hatches in the legend); error bars: 95% Wilson interval. Dotted: chance level "
+                             "(mismatched noise).")
                  + table_html(head, rows)),
                 ("Do conditional models follow their label?", acc)]
     if "conditional_grid.png" in files:
@@ -268,4 +288,4 @@ def report(root: Path, results: dict[str, Any]) -> Report:
 
 
 KIND = Kind("conditional", ConditionalStudyConfig, run_conditional_study, summarize, report,
-            "class-conditional vs conditional and unconditional models (Fig. 7)")
+            "class-conditional vs conditional and unconditional models (Fig. 7)", scores)

@@ -33,7 +33,7 @@ from ..data import Dataset, select_classes
 from ..training.train import DataConfig, FinetuneConfig, TrainingError, build_model
 from . import base
 from .base import SCHEMA, UNET, Context, Kind, ModelSpec, Report, StudyFields
-from .render import figure_html, grid_section, npz_rows, png_bytes, table_html
+from .render import figure_files, figure_html, fmt_interval, grid_section, npz_rows, series_style, table_html
 
 __all__ = ["KIND", "FinetuneStudyConfig", "FinetuneVariant", "run_finetune_study"]
 
@@ -114,8 +114,7 @@ def run_finetune_study(cfg: FinetuneStudyConfig | None, out: str | os.PathLike[s
         runs = _train_all(ctx)
         feats, paths = _draw_all(ctx, runs)
         results = _results(ctx, data, runs, feats, paths)
-        base.write_results(folder, results, t0, ["variant", "trainable_share", "versus", "rp", "chance", "ci_low",
-                                            "ci_high"], _csv_rows(results))
+        base.write_results(folder, results, t0, scores(results))
         return results
 
 
@@ -211,12 +210,16 @@ def _results(ctx: Context, data: Dataset, runs: dict[str, Any], feats: dict[str,
     return results
 
 
-def _csv_rows(results: dict[str, Any]) -> list[list[Any]]:
-    rows = [[v["variant"], v["trainable_share"], r["b"], r["rp"], r["chance"], *r["ci"]]
-            for v in results["variants"] for r in [*v["vs_scratch"], *([v["vs_pretrained"]] if v["vs_pretrained"]
-                                                                        else [])]]
-    return rows + [["reference", "", f"{r['a']} / {r['b']}", r["rp"], r["chance"], *r["ci"]]
-                   for r in results["references"]]
+def scores(results: dict[str, Any]) -> base.ScoreTable:
+    """Every RP of a variant (with each scratch model and the pre-trained one), the reference pairs, and each
+    model's target-class share as one row."""
+    t, count = results["config"]["threshold"], results["config"]["count"]
+    rows = [base.rp_scored(r, [v["variant"], v["trainable_share"], r["a"], r["b"]], t) for v in results["variants"]
+            for r in [*v["vs_scratch"], *([v["vs_pretrained"]] if v["vs_pretrained"] else [])]]
+    rows += [base.rp_scored(r, ["reference", "", r["a"], r["b"]], t) for r in results["references"]]
+    rows += [base.wilson_row("target_share", ["", "", k, ""], v, count, None)
+             for k, v in results["target_share"].items()]
+    return base.ScoreTable(["variant", "trainable_share", "a", "b"], rows)
 
 
 def _mean_rp(rows: list[dict[str, Any]]) -> float | None:
@@ -235,7 +238,8 @@ def summarize(results: dict[str, Any]) -> str:
         lines.append(f"{v['variant']:<14}{v['trainable_share']:>10.4f}{_fmt(_mean_rp(v['vs_scratch'])):>15}"
                      f"{_fmt(pre):>18}{_fmt(share.get('ft-' + v['variant'])):>14}")
     for r in results["references"]:
-        lines.append(f"reference {r['a']} / {r['b']}: RP {r['rp']:.2f} (chance {r['chance']:.2f})")
+        lines.append(f"reference {r['a']} / {r['b']}: RP {fmt_interval(r['rp'], r['ci'])} (95% Wilson interval; "
+                     f"chance {r['chance']:.2f})")
     lines.append("target share: " + ", ".join(f"{k} {v:.2f}" for k, v in share.items() if not k.startswith("ft-")))
     lines += base.failed_lines(results["failed"])
     lines.append(f"({results['timing']['total_s']:.0f} s)")
@@ -245,37 +249,37 @@ def summarize(results: dict[str, Any]) -> str:
 # ---------------------------------------------------------------------------------------------- report
 
 
-def _plot(results: dict[str, Any]) -> bytes:
+def _plot(results: dict[str, Any]) -> Figure:
     fig = Figure(figsize=(6.4, 4.0), layout="constrained")
     ax = fig.add_subplot()
     vs = sorted(results["variants"], key=lambda v: v["trainable_share"])
     partial = [v for v in vs if not v["lora_rank"]]
-    for key, color, label in (("vs_scratch", "#1f77b4", "RP with the scratch models"),
-                              ("vs_pretrained", "#ff7f0e", "RP with the pre-trained model")):
+    for k, (key, label) in enumerate((("vs_scratch", "RP with the scratch models"),
+                                      ("vs_pretrained", "RP with the pre-trained model"))):
+        st = series_style(k)
         xs = [v["trainable_share"] for v in partial]
         ys = [_mean_rp(v[key]) if key == "vs_scratch" else (v[key] or {}).get("rp") for v in partial]
-        ax.plot(xs, [math.nan if y is None else y for y in ys], "o-", color=color, label=label)
+        ax.plot(xs, [math.nan if y is None else y for y in ys], marker=st.marker, color=st.color, label=label)
         for v in vs:
             if v["lora_rank"]:
                 y = _mean_rp(v[key]) if key == "vs_scratch" else (v[key] or {}).get("rp")
-                ax.plot([v["trainable_share"]], [math.nan if y is None else y], "D", color=color, ms=7)
+                ax.plot([v["trainable_share"]], [math.nan if y is None else y], ls="none", marker=st.marker,
+                        color=st.color, ms=9, mfc="none", mew=2)
     for v in vs:
         ax.annotate(v["variant"], (v["trainable_share"], 1.0), rotation=60, fontsize=7, ha="left", va="bottom",
                     xytext=(0, 2), textcoords="offset points")
-    styles = iter([("#2ca02c", "--"), ("#7f7f7f", ":"), ("#9467bd", "-."), ("#8c564b", "--")])
-    for r in results["references"][:4]:
-        color, ls = next(styles)
-        ax.axhline(r["rp"], color=color, ls=ls, lw=1.2, label=f"{r['a']} / {r['b']}")
+    for j, (r, ls) in enumerate(zip(results["references"][:4], ("--", ":", "-.", (0, (5, 1))), strict=False)):
+        ax.axhline(r["rp"], color=series_style(2 + j).color, ls=ls, lw=1.2, label=f"{r['a']} / {r['b']}")
     ax.set_xscale("log")
     ax.set_ylim(0, 1.25)
-    ax.set_xlabel("trainable parameters / network parameters (fine-tuning depth; diamonds: LoRA)")
+    ax.set_xlabel("trainable parameters / network parameters\n(fine-tuning depth; open markers: LoRA)")
     ax.set_ylabel("RP")
     ax.legend(fontsize=7, loc="lower right")
-    return png_bytes(fig)
+    return fig
 
 
 def report(root: Path, results: dict[str, Any]) -> Report:
-    files = {"finetune_rp.png": _plot(results)}
+    files = figure_files("finetune_rp", _plot(results))
     if (grid := grid_section(npz_rows(root, list(results["samples"].items()), 12))) is not None:
         files["finetune_grid.png"] = grid
     share = results["target_share"]
@@ -286,7 +290,7 @@ def report(root: Path, results: dict[str, Any]) -> Report:
           ", ".join(f"{r['rp']:.2f}" for r in v["vs_scratch"]),
           _fmt((v["vs_pretrained"] or {}).get("rp")), _fmt(share.get("ft-" + v["variant"]))]
          for v in results["variants"]])
-    refs = table_html(["reference pair", "RP", "95% CI", "chance"],
+    refs = table_html(["reference pair", "RP", "95% Wilson interval", "chance"],
                       [[f"{r['a']} / {r['b']}", f"{r['rp']:.2f}", f"[{r['ci'][0]:.2f}, {r['ci'][1]:.2f}]"
                         if r["ci"][0] is not None and not math.isnan(r["ci"][0]) else "-", f"{r['chance']:.2f}"]
                        for r in results["references"]])
@@ -308,4 +312,4 @@ def report(root: Path, results: dict[str, Any]) -> Report:
 
 
 KIND = Kind("finetune", FinetuneStudyConfig, run_finetune_study, summarize, report,
-            "fine-tuning depth (full, partial, LoRA) vs reproducibility with models trained from scratch")
+            "fine-tuning depth (full, partial, LoRA) vs reproducibility with models trained from scratch", scores)

@@ -21,7 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
 from torch import Tensor
 
 from ..data import subset
@@ -30,7 +33,7 @@ from ..training.baselines import sample as sample_baseline
 from ..training.train import DataConfig, TrainingError
 from . import base
 from .base import SCHEMA, Context, Kind, ModelSpec, Report, StudyFields
-from .render import figure_html, grid_section, npz_rows, png_bytes, table_html
+from .render import SeriesStyle, figure_files, figure_html, grid_section, npz_rows, series_style, table_html
 
 __all__ = ["DIFFUSION", "KIND", "BaselineSpec", "GanVaeConfig", "default_gan_vae", "report", "run_gan_vae", "summarize"]
 
@@ -188,7 +191,8 @@ def _score(ctx: Context, results: dict[str, Any], n: int, train_images: Tensor, 
             path = base.sample_file(ctx.out, name, f"n{n}")
             gl = base.score_gl(path, x, feats[name], train_feats, cfg, cfg.gl_threshold)
             results["samples"].append({"n": n, "model": name, "path": ctx.rel(path)})
-            results["gl"].append({"n": n, "model": name, "family": fam[name], "gl": gl.value, "ci": list(gl.ci)})
+            results["gl"].append({"n": n, "model": name, "family": fam[name], "gl": gl.value, "ci": list(gl.ci),
+                                  "count": gl.n})
     for a, b in combinations(feats, 2):
         rp = base.rp_pair(feats[a], feats[b], cfg)
         results["rp"].append({"n": n, "a": a, "b": b, "family_a": fam[a], "family_b": fam[b],
@@ -205,11 +209,17 @@ def _mismatched_mean(fa: Tensor, fb: Tensor) -> float:
 
 
 def _write(ctx: Context, results: dict[str, Any], t0: float) -> None:
-    rows = [["rp", r["n"], r["a"], r["b"], r["within"] or "across", r["rp"], r["chance"], *r["ci"]]
+    base.write_results(ctx.out, results, t0, scores(results))
+
+
+def scores(results: dict[str, Any]) -> base.ScoreTable:
+    """RP of every pair (family: the pair's family, or ``across``) and GL of every model, one row each."""
+    sim = results["similarity"]
+    rows = [base.rp_scored(r, [r["n"], r["a"], r["b"], r["within"] or "across"], sim["threshold"])
             for r in results["rp"]]
-    rows += [["gl", r["n"], r["model"], "", r["family"], r["gl"], "", *r["ci"]] for r in results["gl"]]
-    base.write_results(ctx.out, results, t0, ["kind", "n", "a", "b", "family", "value", "chance", "ci_low", "ci_high"],
-                  rows)
+    rows += [base.Scored("gl", [r["n"], r["model"], "", r["family"]], r["gl"], tuple(r["ci"]), None,
+                         sim["gl_threshold"], r.get("count")) for r in results["gl"]]
+    return base.ScoreTable(["n", "a", "b", "family"], rows)
 
 
 # ------------------------------------------------------------------------------------------ summary, report
@@ -250,40 +260,48 @@ def summarize(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-FAMILY_COLOR = {"gan": "C3", "vae": "C2", DIFFUSION: "C0"}
+FAMILIES = ("gan", "vae", DIFFUSION)  # series 0-2: colour and hatch of a within-family pair / a family's model
+ACROSS = 3  # the style of pairs across families
 
 
-def _plot(results: dict[str, Any], n: int) -> bytes:
-    """Left: RP per pair (within-family pairs coloured by family, across pairs grey) with CI bars and the
-    chance level (black tick); right: GL per model with CI bars."""
-    order = list(FAMILY_COLOR)
+def _family_style(family: str | None) -> SeriesStyle:
+    return series_style(FAMILIES.index(family) if family in FAMILIES else ACROSS)
+
+
+def _bars(ax: Axes, rows: list[dict[str, Any]], key: str, styles: list[SeriesStyle]) -> None:
+    """One bar per row (its style), with its interval as an error bar."""
+    x = np.arange(len(rows))
+    vals = np.array([r[key] for r in rows], dtype=float)
+    ci = np.array([[float(c) if c is not None else np.nan for c in r["ci"]] for r in rows]).reshape(-1, 2)
+    err = np.nan_to_num(np.abs(ci - vals[:, None]).T)
+    ax.bar(x, vals, color=[st.color for st in styles], hatch=[st.hatch for st in styles], edgecolor="white",
+           yerr=err, capsize=3)
+    ax.set_ylim(0, 1.05)
+    ax.grid(axis="y", alpha=0.3)
+
+
+def _plot(results: dict[str, Any], n: int) -> Figure:
+    """Left: RP per pair (within-family pairs in the family's colour and hatch, pairs across families in a
+    fourth) with interval bars and the chance level (black tick); right: GL per model with interval bars."""
     rp = sorted((r for r in results["rp"] if r["n"] == n),
-                key=lambda r: (r["within"] is None, order.index(r["within"]) if r["within"] in order else 0))
+                key=lambda r: FAMILIES.index(r["within"]) if r["within"] in FAMILIES else ACROSS)
     gl = [r for r in results["gl"] if r["n"] == n]
-    fig = Figure(figsize=(11, 4.2))
+    fig = Figure(figsize=(11, 4.6), layout="constrained")
     ax1, ax2 = fig.subplots(1, 2, gridspec_kw={"width_ratios": [max(3, len(rp)), max(2, len(gl))]})
-    for ax, rows, labels, colors in (
-        (ax1, rp, [f"{r['a']}\nvs {r['b']}" for r in rp], [FAMILY_COLOR.get(r["within"], "0.7") for r in rp]),
-        (ax2, gl, [r["model"] for r in gl], [FAMILY_COLOR.get(r["family"], "0.5") for r in gl]),
-    ):
-        key = "rp" if ax is ax1 else "gl"
-        x = np.arange(len(rows))
-        vals = np.array([r[key] for r in rows], dtype=float)
-        ci = np.array([[float(c) if c is not None else np.nan for c in r["ci"]] for r in rows]).reshape(-1, 2)
-        err = np.nan_to_num(np.abs(ci - vals[:, None]).T)
-        ax.bar(x, vals, color=colors, yerr=err, capsize=3)
-        ax.set_xticks(x, labels, rotation=90 if ax is ax1 else 30, fontsize=7 if ax is ax1 else 9)
-        ax.set_ylim(0, 1.05)
-        ax.grid(axis="y", alpha=0.3)
-    ax1.scatter(np.arange(len(rp)), [r["chance"] for r in rp], marker="_", s=200, color="k", zorder=3,
-                label="chance (mismatched pairs)")
-    ax1.legend(loc="upper right", fontsize=8)
+    _bars(ax1, rp, "rp", [_family_style(r["within"]) for r in rp])
+    _bars(ax2, gl, "gl", [_family_style(r["family"]) for r in gl])
+    ax1.set_xticks(np.arange(len(rp)), [f"{r['a']}\nvs {r['b']}" for r in rp], rotation=90, fontsize=7)
+    ax2.set_xticks(np.arange(len(gl)), [r["model"] for r in gl], rotation=30, fontsize=9)
+    ax1.scatter(np.arange(len(rp)), [r["chance"] for r in rp], marker="_", s=200, color="k", zorder=3)
+    handles = [Patch(facecolor=_family_style(f).color, hatch=_family_style(f).hatch, edgecolor="white", label=label)
+               for f, label in (("gan", "GAN"), ("vae", "VAE"), (DIFFUSION, "diffusion"), (None, "across families"))]
+    handles.append(Line2D([], [], ls="none", marker="_", ms=12, color="k", label="chance (mismatched pairs)"))
+    fig.legend(handles=handles, loc="outside lower center", ncol=5, fontsize=8, frameon=False)
     ax1.set_title(f"RP (same noise / same latent), N = {n}")
     ax1.set_ylabel(f"RP (similarity > {results['similarity']['threshold']})")
     ax2.set_title(f"GL, N = {n}")
     ax2.set_ylabel(f"GL (nearest-training similarity <= {results['similarity']['gl_threshold']})")
-    fig.tight_layout()
-    return png_bytes(fig)
+    return fig
 
 
 def _grid(folder: Path, results: dict[str, Any], n: int, cols: int = 12) -> bytes | None:
@@ -314,11 +332,11 @@ def report(folder: Path, results: dict[str, Any]) -> Any:
     files: dict[str, bytes] = {}
     sections: list[tuple[str, str]] = []
     for n in results["sizes"]:
-        files[f"rp_gl_n{n}.png"] = _plot(results, n)
+        files |= figure_files(f"rp_gl_n{n}", _plot(results, n))
         finding = _findings(results, n)
         fig = figure_html(files[f"rp_gl_n{n}.png"], f"RP and GL, N = {n}",
-                          "Left: RP of every pair; coloured bars are pairs within a family (red GAN, green VAE, "
-                          "blue diffusion), grey bars pairs across families; error bars: 95% bootstrap CI; black "
+                          "Left: RP of every pair; pairs within a family (GAN, VAE, diffusion) and pairs across "
+                          "families in the colours and hatches of the legend; error bars: 95% Wilson interval; black "
                           "ticks: chance level. Right: GL of every model.")
         sections.append((f"What we found, N = {n}", finding + fig))
         grid = _grid(folder, results, n)
@@ -332,9 +350,9 @@ def report(folder: Path, results: dict[str, Any]) -> Any:
              f"{r['mean_similarity_mismatched']:.3f}"] for r in results["rp"]]
     gl_rows = [[str(r["n"]), r["model"], r["family"], f"{r['gl']:.3f}", _fmt_ci(r["ci"]).strip()]
                for r in results["gl"]]
-    sections.append(("Scores", table_html(["N", "pair", "family", "RP", "95% CI", "chance", "mean similarity",
-                                         "mean similarity, mismatched"], rows)
-                     + table_html(["N", "model", "family", "GL", "95% CI"], gl_rows)))
+    sections.append(("Scores", table_html(["N", "pair", "family", "RP", "95% Wilson interval", "chance",
+                                          "mean similarity", "mean similarity, mismatched"], rows)
+                     + table_html(["N", "model", "family", "GL", "95% Wilson interval"], gl_rows)))
     sim = results["similarity"]
     intro = ("<p>Is reproducibility special to diffusion models? Two GANs, two VAEs and two diffusion models "
              "(one convolutional, one MLP each) trained on the same images from the same seed; GANs and VAEs decode "
@@ -347,4 +365,4 @@ def report(folder: Path, results: dict[str, Any]) -> Any:
 
 
 KIND = Kind(NAME, GanVaeConfig, run_gan_vae, summarize, report,
-            "RP within and across GANs, VAEs and diffusion models trained on the same data")
+            "RP within and across GANs, VAEs and diffusion models trained on the same data", scores)

@@ -33,7 +33,7 @@ from ..inverse import Operator, check_operator_spec, make_method, make_operator,
 from ..training.train import DataConfig, TrainingError
 from . import base
 from .base import MLP, SCHEMA, UNET, Context, Kind, ModelSpec, Report, StudyFields
-from .render import figure_html, grid_section, npz_rows, png_bytes, table_html
+from .render import figure_files, figure_html, grid_section, npz_rows, series_style, table_html
 
 __all__ = ["KIND", "InverseStudyConfig", "run_inverse_study"]
 
@@ -192,10 +192,20 @@ def _consistency(problem: _Problem, x: Tensor, feats: Tensor) -> dict[str, float
 
 
 def _write(ctx: Context, results: dict[str, Any], t0: float) -> None:
-    base.write_results(ctx.out, results, t0, ["operator", "method", "sampler", "a", "b", "group", "rp", "chance",
-                                         "ci_low", "ci_high"],
-                  [[r["operator"], r["method"], r["sampler"], r["a"], r["b"], r["group"], r["rp"], r["chance"],
-                    *r["ci"]] for r in results["rp"]])
+    base.write_results(ctx.out, results, t0, scores(results))
+
+
+def scores(results: dict[str, Any]) -> base.ScoreTable:
+    """Every RP row (operator, method, sampler, pair) and each model's measurement consistency and similarity to
+    the truth (means, without intervals) as one row."""
+    t = results["config"]["threshold"]
+    rows = [base.rp_scored(r, [r["operator"], r["method"], r["sampler"], r["a"], r["b"], r["group"]], t)
+            for r in results["rp"]]
+    for c in results["consistency"]:
+        keys = [c["operator"], c["method"], c["sampler"], c["model"], "", ""]
+        rows += [base.Scored(k, keys, c[k], count=results["config"]["count"])
+                 for k in ("residual_rms", "truth_similarity")]
+    return base.ScoreTable(["operator", "method", "sampler", "a", "b", "group"], rows)
 
 
 def _group_means(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -236,23 +246,25 @@ def summarize(results: dict[str, Any]) -> str:
 # ---------------------------------------------------------------------------------------------- report
 
 
-def _plot(results: dict[str, Any]) -> bytes:
+def _plot(results: dict[str, Any]) -> Figure:
     rows = _group_means(results)
     fig = Figure(figsize=(max(6.0, 0.55 * len(rows) + 2), 3.8), layout="constrained")
     ax = fig.add_subplot()
     x = np.arange(len(rows))
-    for off, g, color in ((-0.2, "within", "#1f77b4"), (0.2, "across", "#ff7f0e")):
+    for k, (off, g) in enumerate(((-0.2, "within"), (0.2, "across"))):
         vals = [math.nan if r[g] is None else r[g] for r in rows]
-        ax.bar(x + off, vals, width=0.4, color=color, label=f"{g} architectures")
+        st = series_style(k)
+        ax.bar(x + off, vals, width=0.4, color=st.color, hatch=st.hatch, edgecolor="white", label=f"{g} architectures")
     for i, r in enumerate(rows):
         if r["chance"] is not None:
-            ax.plot([i - 0.4, i + 0.4], [r["chance"]] * 2, color="grey", ls=":", lw=1.5)
+            ax.plot([i - 0.4, i + 0.4], [r["chance"]] * 2, color="0.3", ls=":", lw=1.5,
+                    label="chance (mismatched noise)" if i == 0 else None)
     ax.set_xticks(x, [f"{r['operator']}\n{r['method']}, {r['sampler']}" for r in rows], fontsize=6.5, rotation=35,
                   ha="right")
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("mean RP of the pairs")
-    ax.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, frameon=False)
-    return png_bytes(fig)
+    ax.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, frameon=False)
+    return fig
 
 
 def _panel(root: Path, results: dict[str, Any], problem: int = 0) -> bytes | None:
@@ -269,7 +281,7 @@ def _panel(root: Path, results: dict[str, Any], problem: int = 0) -> bytes | Non
 
 
 def report(root: Path, results: dict[str, Any]) -> Report:
-    files = {"inverse_rp.png": _plot(results)}
+    files = figure_files("inverse_rp", _plot(results))
     panels = {}
     for i in range(len(results["problems"])):
         if (p := _panel(root, results, i)) is not None:
@@ -278,7 +290,7 @@ def report(root: Path, results: dict[str, Any]) -> Report:
     table = table_html(["operator", "method", "sampler", "RP within", "RP across", "chance", "||A(x) - y|| rms"],
                        [[r["operator"], r["method"], r["sampler"], _fmt(r["within"]), _fmt(r["across"]),
                          _fmt(r["chance"]), _fmt(r["residual_rms"], ".4f")] for r in means])
-    pairs = table_html(["operator", "method", "sampler", "pair", "group", "RP", "95% CI", "chance"],
+    pairs = table_html(["operator", "method", "sampler", "pair", "group", "RP", "95% Wilson interval", "chance"],
                        [[r["operator"], r["method"], r["sampler"], f"{r['a']} / {r['b']}", r["group"],
                          _fmt(r["rp"]), "-" if r["ci"][0] is None or math.isnan(r["ci"][0])
                          else f"[{r['ci'][0]:.2f}, {r['ci'][1]:.2f}]", _fmt(r["chance"])] for r in results["rp"]])
@@ -304,4 +316,4 @@ def report(root: Path, results: dict[str, Any]) -> Report:
 
 
 KIND = Kind("inverse", InverseStudyConfig, run_inverse_study, summarize, report,
-            "posterior samplers (DPS, PiGDM) on different models: RP within vs across architectures")
+            "posterior samplers (DPS, PiGDM) on different models: RP within vs across architectures", scores)

@@ -36,7 +36,11 @@ from ..training.runs import weights_at
 from ..training.train import DataConfig, TrainingError, resolve_device, train
 from . import base, plan
 from .base import FAILURES, OPTIMAL, SCHEMA, Kind, ModelSpec, StudyFields
-from .regime_report import report
+from .regime_report import dip_lines, dip_rows, report
+from .render import fmt_interval
+
+REFERENCE = ("heun", 18)  # EDM's 35-NFE Heun: the budget every other one is compared with
+NOISE_AGREEMENT = 0.9  # encoding.compare_encodings' default: two noises "agree" at cosine > 0.9
 
 __all__ = ["KIND", "StudyConfig", "default_study", "effective_sampler", "plan_tasks", "rescore", "run_study",
            "study_shape", "summarize"]
@@ -52,6 +56,10 @@ class StudyConfig(StudyFields):
     themselves (``calibration.py``): RP's is the value at most 1% of pairs of distinct real images exceed (the
     chance level), GL's the value at most 5% of real images exceed against their nearest other real image
     (leave-one-out). On the digits' pixels that gives ~0.89 and ~0.98, the values once tuned by hand.
+
+    ``nfe_budgets`` (e.g. ``[["euler", 10], ["dpm++2m", 10]]``; empty = off): at the smallest and the largest
+    size, RP of every pair of models (D* included) with each ODE sampler at each number of steps, from the same
+    noise, next to the 35-NFE reference ``["heun", 18]`` (added when missing): ``rp_nfe`` in ``results.json``.
     ``optimal_sampler`` / ``optimal_sampler_steps``: D*'s own sampler (e.g. ``euler``, as the paper's release
     samples it; "" / 0: the study's). The study's ``ddim`` is Euler on the Karras grid (``sampling``), not
     DDIM's uniform-time grid.
@@ -67,6 +75,7 @@ class StudyConfig(StudyFields):
     optimal_sampler: str = ""
     optimal_sampler_steps: int = 0
     encode_count: int = 16
+    nfe_budgets: tuple[tuple[str | int, ...], ...] = ()
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -82,6 +91,16 @@ class StudyConfig(StudyFields):
             raise ValueError(f"optimal_sampler_steps must be >= 0 (0: sampler_steps), got {self.optimal_sampler_steps}")
         if self.encode_count < 0 or self.encode_count == 1:
             raise ValueError(f"encode_count must be 0 (off) or >= 2, got {self.encode_count}")
+        for b in self.nfe_budgets:
+            ok = len(b) == 2 and isinstance(b[0], str) and isinstance(b[1], int) and b[1] >= 1
+            if not ok or b[0] not in sampling.SAMPLERS or b[0] == "onestep":
+                raise ValueError(f"nfe_budgets entries are [sampler, steps] with an ODE sampler of "
+                                 f"{sorted(set(sampling.SAMPLERS) - {'onestep'})} and steps >= 1, got {list(b)}")
+
+    def budgets(self) -> list[tuple[str, int]]:
+        """``nfe_budgets`` and the reference ``("heun", 18)``, without repeats (none when the field is empty)."""
+        listed = [(str(s), int(k)) for s, k in self.nfe_budgets]
+        return list(dict.fromkeys([*listed, REFERENCE])) if listed else []
 
     @property
     def gl(self) -> float:
@@ -158,7 +177,7 @@ def rescore(out: str | os.PathLike[str], threshold: float, gl_threshold: float |
         old = StudyConfig.from_dict(json.loads((folder / "study.json").read_text()))
         cfg = replace(old, threshold=threshold, gl_threshold=old.gl_threshold if gl_threshold is None else gl_threshold)
         shape = study_shape(cfg)
-        save_json(folder / "study.json", cfg.to_dict())
+        save_json(folder / "study.json", folder_config(cfg))
         cfg = resolve_thresholds(cfg, folder)
         tasks = plan_tasks(cfg, folder, shape, start=time.time(), final_lock=False)
         if missing := [t.key for t in tasks if t.stage not in ("score", "report") and not t.done()]:
@@ -170,11 +189,20 @@ def rescore(out: str | os.PathLike[str], threshold: float, gl_threshold: float |
         return base.read_results(folder / "results.json")
 
 
+def folder_config(cfg: StudyConfig) -> dict[str, Any]:
+    """``study.json``: the config, without ``nfe_budgets`` while it is off, so folders of studies run before the
+    field existed stay valid."""
+    config = cfg.to_dict()
+    if not cfg.nfe_budgets:
+        config.pop("nfe_budgets")
+    return config
+
+
 def check_study(cfg: StudyConfig, folder: Path) -> tuple[int, ...]:
     """The checks before any work (data sizes, outside models, the folder's ``study.json``); the image shape."""
     data = base.load_data(cfg)
     _load_outside_models(cfg, data.image_shape, "cpu")
-    base.check_folder(folder, cfg.to_dict())
+    base.check_folder(folder, folder_config(cfg))
     return tuple(data.image_shape)
 
 
@@ -441,7 +469,9 @@ def _score_task(cfg: StudyConfig, out: str, shape: tuple[int, ...], n: int) -> s
     features = base.scoring_features(cfg, str(resolve_device(cfg.device)))
     train_images = subset(base.load_data(cfg), n, cfg.subset_seed).images
     part: dict[str, list[Any]] = {"train": [base.save_train_subset(folder, n, train_images)], "samples": [],
-                                  "gl": [], "rp": [], "encoding": [], "encode_panels": [], "failed": []}
+                                  "gl": [], "rp": [], "encoding": [], "encode_panels": [], "failed": [],
+                                  **({"rp_nfe": []} if cfg.nfe_budgets else {})}
+    sims: dict[str, Tensor] = {}  # per-sample similarities behind each score, by base.sim_key
     train_feats = base.cached_features(base.features_path(folder / "samples" / f"train-n{n}.npz", cfg.similarity),
                                        train_images, features, _backend(cfg))
     names = _names(cfg)
@@ -449,12 +479,17 @@ def _score_task(cfg: StudyConfig, out: str, shape: tuple[int, ...], n: int) -> s
     alive = [m for m in names if not plan.read_failure(folder, f"train/{m}-n{n}")]
     first: dict[str, Tensor] = {}
     for s in cfg.samplers:
-        _score_sampler(cfg, folder, shape, n, s, alive, (features, train_feats), part, first)
-    if cfg.encode_count:
+        _score_sampler(cfg, folder, shape, n, s, alive, (features, train_feats), part, (first, sims))
+    budgets = bool(cfg.nfe_budgets) and n in (cfg.sizes[0], cfg.sizes[-1])
+    if cfg.encode_count or budgets:
         failed = {f["model"] for f in part["failed"]}
         device = str(resolve_device(cfg.device))
         live = {m: _denoiser(cfg, folder, m, n, device) for m in alive if m not in failed}
-        _encode_size(cfg, folder, n, live, first, features, part)
+        if cfg.encode_count:
+            _encode_size(cfg, folder, n, live, first, features, part)
+        if budgets:
+            _score_budgets(cfg, n, live, features, (part, sims))
+    save_npz(folder / "scores" / f"n{n}.similarities.npz", **sims)  # before the json: the task's done-marker
     save_json(folder / "scores" / f"n{n}.json", part)
     gl = ", ".join(f"{r['model']} {r['gl']:.2f}" for r in part["gl"] if r["sampler"] == cfg.samplers[0])
     rp = ", ".join(f"{r['a']}/{r['b']} {r['rp']:.2f}" for r in part["rp"] if r["sampler"] == cfg.samplers[0])
@@ -462,10 +497,14 @@ def _score_task(cfg: StudyConfig, out: str, shape: tuple[int, ...], n: int) -> s
 
 
 def _score_sampler(cfg: StudyConfig, out: Path, shape: tuple[int, ...], n: int, sampler: str, names: list[str],
-                   feats_of: tuple[FeatureMap, Tensor], part: dict[str, list[Any]], first: dict[str, Tensor]) -> None:
+                   feats_of: tuple[FeatureMap, Tensor], part: dict[str, list[Any]],
+                   kept: tuple[dict[str, Tensor], dict[str, Tensor]]) -> None:
     """GL and RP rows of the study sampler ``sampler`` (each model sampled with its own sampler where it names
-    one: RP's ``sampler_a`` / ``sampler_b``)."""
+    one: RP's ``sampler_a`` / ``sampler_b``); ``kept``: the first sampler's samples by model and the per-sample
+    similarities by key, filled in. (Nine parameters: the task's state, passed down rather than held in a
+    closure or an object.)"""
     features, train_feats = feats_of
+    first, sims = kept
     feats: dict[str, Tensor] = {}
     used: dict[str, str] = {}
     for name in names:
@@ -484,11 +523,32 @@ def _score_sampler(cfg: StudyConfig, out: Path, shape: tuple[int, ...], n: int, 
         if sampler == cfg.samplers[0]:
             first[name] = x
         part["samples"].append({"n": n, "model": name, "sampler": sampler, "path": str(path.relative_to(out))})
-        part["gl"].append({"n": n, "model": name, "sampler": sampler, "gl": gl.value, "ci": list(gl.ci)})
+        part["gl"].append({"n": n, "model": name, "sampler": sampler, "gl": gl.value, "ci": list(gl.ci),
+                           "count": gl.n})
+        sims[base.sim_key("gl", n, sampler, name)] = gl.similarities
     for a, b in combinations(feats, 2):
         rp = base.rp_pair(feats[a], feats[b], cfg)
         part["rp"].append({"n": n, "a": a, "b": b, "sampler": sampler, **base.rp_fields(rp),
                            "sampler_a": used[a], "sampler_b": used[b]})
+        sims[base.sim_key("rp", n, sampler, a, b)] = rp.similarities
+
+
+def _score_budgets(cfg: StudyConfig, n: int, live: dict[str, Any], features: FeatureMap,
+                   out: tuple[dict[str, list[Any]], dict[str, Tensor]]) -> None:
+    """RP of every pair of (non-failed) models at each ``(sampler, steps)`` budget, all from the study's noise
+    (``sampling.sample_budgets``): how many denoiser calls reproducibility needs (``rp_nfe`` rows)."""
+    part, sims = out
+    shape = tuple(base.load_data(cfg).image_shape)
+    z = sampling.noise(cfg.seed, cfg.count, shape).to(str(resolve_device(cfg.device)))
+    with torch.no_grad():
+        budgets = sampling.sample_budgets(live, z, cfg.budgets())
+    for b in budgets:
+        feats = {k: features(x) for k, x in b.samples.items() if bool(torch.isfinite(x).all())}
+        for a, c in combinations(feats, 2):
+            rp = base.rp_pair(feats[a], feats[c], cfg)
+            part["rp_nfe"].append({"n": n, "a": a, "b": c, "sampler": b.sampler, "steps": b.steps, "nfe": b.nfe,
+                                   **base.rp_fields(rp)})
+            sims[base.sim_key("rp_nfe", n, b.sampler, b.steps, a, c)] = rp.similarities
 
 
 def _encode_size(cfg: StudyConfig, out: Path, n: int, live: dict[str, Any], samples: dict[str, Tensor],
@@ -514,7 +574,8 @@ def _score_encoding(cfg: StudyConfig, out: Path, n: int, name: str, images: Tens
     for a, b in combinations(enc, 2):
         r = compare_encodings(enc[a], enc[b], images, features=features, threshold=cfg.threshold)
         part["encoding"].append({"n": n, "a": a, "b": b, "images": name, "noise_agreement": r.noise_agreement,
-                                 "mean_cosine": float(r.noise_cosine.mean()), "cross_decode_rp": r.cross_decode_rp})
+                                 "mean_cosine": float(r.noise_cosine.mean()), "cross_decode_rp": r.cross_decode_rp,
+                                 "count": int(images.shape[0])})
     if name == "train":
         path = out / "samples" / f"encode-n{n}.npz"
         arrays = {f"noise_{m}": e.noise for m, e in enc.items()}
@@ -533,12 +594,26 @@ def _report_task(cfg: StudyConfig, out: str, start: float, final_lock: bool) -> 
             for k, rows in json.loads((folder / "scores" / f"n{n}.json").read_text()).items():
                 results[k] += rows
         results["provenance"] = plan.provenance(folder)
-        _write(folder, results, time.perf_counter() - (time.time() - start))
+        sims = _read_similarities(folder, cfg.sizes)
+        results["dip"] = dip_rows(results, sims)
+        base.write_results(folder, results, time.perf_counter() - (time.time() - start), scores(results), sims)
         if final_lock:
             from . import build_report
 
             build_report(folder)
     return f"report: {len(results['rp'])} RP and {len(results['gl'])} GL scores -> {folder / 'results.json'}"
+
+
+def _read_similarities(folder: Path, sizes: tuple[int, ...]) -> dict[str, Tensor]:
+    """Every size's per-sample similarities (``scores/nN.similarities.npz``; a folder scored before they were
+    kept has none for that size)."""
+    sims: dict[str, Tensor] = {}
+    for n in sizes:
+        path = folder / "scores" / f"n{n}.similarities.npz"
+        if path.is_file():
+            with np.load(path, allow_pickle=False) as f:
+                sims |= {k: torch.from_numpy(f[k]) for k in f.files}
+    return sims
 
 
 def _new_results(cfg: StudyConfig, folder: Path) -> dict[str, Any]:
@@ -550,15 +625,27 @@ def _new_results(cfg: StudyConfig, folder: Path) -> dict[str, Any]:
     return {"schema": SCHEMA, "kind": "regime", "config": config, "sizes": list(cfg.sizes),
             "models": [m.name for m in cfg.models] + [OPTIMAL] * cfg.optimal, "samplers": list(cfg.samplers),
             "similarity": sim,
-            "rp": [], "gl": [], "encoding": [], "encode_panels": [], "samples": [], "train": [], "failed": []}
+            "rp": [], "gl": [], "encoding": [], "encode_panels": [], "samples": [], "train": [], "failed": [],
+            **({"rp_nfe": []} if cfg.nfe_budgets else {})}
 
 
-def _write(out: Path, res: dict[str, Any], t0: float) -> None:
-    """``results.json`` and ``results.csv`` (one row per score)."""
-    rows = [["rp", r["n"], r["a"], r["b"], r["sampler"], r["rp"], r["chance"], *r["ci"]] for r in res["rp"]]
-    rows += [["gl", r["n"], r["model"], "", r["sampler"], r["gl"], "", *r["ci"]] for r in res["gl"]]
-    header = ["kind", "n", "a", "b", "sampler", "value", "chance", "ci_low", "ci_high"]
-    base.write_results(out, res, t0, header, rows)
+def scores(results: dict[str, Any]) -> base.ScoreTable:
+    """Every score as one row: RP per pair, GL per model, the encoder direction's shares (noise agreement,
+    cross-decode RP, with their Wilson intervals) and mean noise cosine, and RP per NFE budget (``rp_nfe``)."""
+    cfg, sim = results["config"], results["similarity"]
+    steps = cfg.get("sampler_steps")
+    rows = [base.rp_scored(r, [r["n"], r["a"], r["b"], r["sampler"], steps, ""], sim["threshold"])
+            for r in results["rp"]]
+    rows += [base.Scored("gl", [r["n"], r["model"], "", r["sampler"], steps, ""], r["gl"], tuple(r["ci"]), None,
+                         sim.get("gl_threshold", sim["threshold"]), r.get("count")) for r in results["gl"]]
+    for r in results.get("encoding", []):
+        keys = [r["n"], r["a"], r["b"], results["samplers"][0], steps, r["images"]]
+        rows += [base.wilson_row("noise_agreement", keys, r["noise_agreement"], r.get("count"), NOISE_AGREEMENT),
+                 base.wilson_row("cross_decode_rp", keys, r["cross_decode_rp"], r.get("count"), sim["threshold"]),
+                 base.Scored("mean_noise_cosine", keys, r["mean_cosine"], count=r.get("count"))]
+    rows += [base.rp_scored(r, [r["n"], r["a"], r["b"], r["sampler"], r["steps"], ""], sim["threshold"], "rp_nfe")
+             for r in results.get("rp_nfe", [])]
+    return base.ScoreTable(["n", "a", "b", "sampler", "steps", "images"], rows)
 
 
 def _load_outside_models(cfg: StudyConfig, image_shape: tuple[int, ...] | None, device: str) -> dict[str, Any]:
@@ -585,23 +672,28 @@ def _load_outside_models(cfg: StudyConfig, image_shape: tuple[int, ...] | None, 
 
 
 def summarize(results: dict[str, Any]) -> str:
-    """A plain-text table: GL per model and RP per pair against N (first sampler)."""
+    """A plain-text table: GL per model and RP per pair against N (first sampler), each with its 95% Wilson
+    interval, and the paired "is the dip real" differences."""
     sampler = results["samplers"][0]
-    lines = [f"{'N':>6}  " + "  ".join(f"GL {m:>8}" for m in results["models"])]
-    gl = {(r["n"], r["model"]): r["gl"] for r in results["gl"] if r["sampler"] == sampler}
-    rp = {(r["n"], r["a"], r["b"]): r["rp"] for r in results["rp"] if r["sampler"] == sampler}
+    gl = {(r["n"], r["model"]): fmt_interval(r["gl"], r["ci"]) for r in results["gl"] if r["sampler"] == sampler}
+    rp = {(r["n"], r["a"], r["b"]): fmt_interval(r["rp"], r["ci"]) for r in results["rp"] if r["sampler"] == sampler}
     pairs = sorted({(a, b) for _, a, b in rp}, key=lambda p: (OPTIMAL in p, p))
-    lines[0] += "  " + "  ".join(f"RP {a}/{b}" for a, b in pairs)
+    heads = [f"GL {m}" for m in results["models"]] + [f"RP {a}/{b}" for a, b in pairs]
+    width = [max(18, len(h)) for h in heads]
+    lines = [f"{'N':>6}  " + "  ".join(f"{h:>{w}}" for h, w in zip(heads, width, strict=True))]
     for n in results["sizes"]:
-        cells = [f"{gl[(n, m)]:11.2f}" if (n, m) in gl else f"{'-':>11}" for m in results["models"]]
-        cells += [f"{rp[(n, a, b)]:>{len(a) + len(b) + 4}.2f}" if (n, a, b) in rp else "-" for a, b in pairs]
-        lines.append(f"{n:>6}  " + "  ".join(cells))
+        cells = [gl.get((n, m), "-") for m in results["models"]] + [rp.get((n, a, b), "-") for a, b in pairs]
+        lines.append(f"{n:>6}  " + "  ".join(f"{c:>{w}}" for c, w in zip(cells, width, strict=True)))
+    if results.get("dip"):
+        lines.append("is the dip real? RP at the N of its minimum minus RP at another N, same seeds "
+                     "(95% Newcombe interval):")
+        lines += [f"  {a} ({s}): N {m} vs N {r}: {d} -> {v}" for a, s, m, r, d, v in dip_lines(results["dip"])]
     lines += base.failed_lines(results["failed"])
     sim = results["similarity"]
-    lines.append(f"({sim['backend']} similarity > {sim['threshold']:.3g} for RP, > {sim['gl_threshold']:.3g} for GL; "
-                 f"{sampler}; {results['timing']['total_s']:.0f} s)")
+    lines.append(f"(in brackets: 95% Wilson interval; {sim['backend']} similarity > {sim['threshold']:.3g} for RP, "
+                 f"> {sim['gl_threshold']:.3g} for GL; {sampler}; {results['timing']['total_s']:.0f} s)")
     return "\n".join(lines)
 
 
 KIND = Kind("regime", StudyConfig, run_study, summarize, report,
-            "RP/GL against training-set size (Zhang et al. 2023, Fig. 2)")
+            "RP/GL against training-set size (Zhang et al. 2023, Fig. 2)", scores)

@@ -2,8 +2,10 @@
 
 It reads only what ``reprodiff study`` wrote (``results.json`` and the ``.npz`` files it lists) and never trains
 or samples. The central figure is Zhang et al. 2023 (arXiv 2310.05264), Fig. 2: RP of every model pair and GL
-of every model against the training-set size n. ``studies.build_report`` writes ``rp_gl.png``,
-``rp_matrix.png``, ``grid_n{n}.png`` per size and ``report.html`` into the study folder, atomically.
+of every model against the training-set size n. ``studies.build_report`` writes ``rp_gl``, ``rp_matrix``,
+``encoding``, ``similarities_hist`` and ``rp_nfe`` (each as PNG, SVG and PDF, where the study has the data),
+``grid_n{n}.png`` per size and ``report.html`` into the study folder, atomically. The "is the dip real" rows
+(``dip_rows``) are computed when the study writes its results, from the per-sample similarities.
 """
 
 from __future__ import annotations
@@ -27,11 +29,12 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import NullLocator
 from torch import Tensor
 
+from .. import metrics
 from ..calibration import describe
 from ..data import load_npz
 from ..files import image_grid
-from .base import OPTIMAL, Report, read_results
-from .render import figure_html, grid_png, labelled_grid, png_bytes
+from .base import OPTIMAL, Report, read_results, sim_key
+from .render import SeriesStyle, figure_files, figure_html, grid_png, labelled_grid, series_style, table_html
 
 __all__ = ["PAPER_CIFAR10", "ScoreRow", "Study", "build_report", "load_study", "parse_study", "plot_rp_gl",
            "plot_rp_matrix", "report", "sample_grid"]
@@ -84,6 +87,9 @@ class Study:
     total_s: float | None
     encoding: list[dict[str, Any]] = field(default_factory=list)
     encode_panels: list[dict[str, Any]] = field(default_factory=list)
+    dip: list[dict[str, Any]] = field(default_factory=list)
+    rp_nfe: list[dict[str, Any]] = field(default_factory=list)
+    similarities: Path | None = None  # similarities.npz, where the study saved one
 
     def pairs(self) -> list[tuple[str, str]]:
         """Every unordered pair of models, pairs between networks first, then each model vs D*."""
@@ -129,6 +135,9 @@ def _parse(root: Path, raw: dict[str, Any]) -> Study:
         total_s=_num((raw.get("timing") or {}).get("total_s")),
         encoding=[dict(r) for r in raw.get("encoding", [])],
         encode_panels=[dict(r) for r in raw.get("encode_panels", [])],
+        dip=[dict(r) for r in raw.get("dip", [])],
+        rp_nfe=[dict(r) for r in raw.get("rp_nfe", [])],
+        similarities=root / raw["similarities"]["path"] if raw.get("similarities") else None,
     )
     if not (study.sizes and study.models and study.samplers):
         raise ValueError("sizes, models and samplers must not be empty")
@@ -149,10 +158,36 @@ def parse_study(root: Path, raw: dict[str, Any]) -> Study:
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         detail = f"missing key {e}" if isinstance(e, KeyError) else f"{type(e).__name__}: {e}"
         raise ValueError(f"{path}: malformed results ({detail})".replace("\n", " ")) from None
-    for file in [*study.samples.values(), *study.train.values()]:
+    extra = [study.similarities] if study.similarities else []
+    for file in [*study.samples.values(), *study.train.values(), *extra]:
         if not file.is_file():
             raise ValueError(f"{file}: missing (listed in {path})")
     return study
+
+
+# ---------------------------------------------------------------------------------------------- is the dip real
+
+
+def dip_rows(results: dict[str, Any], sims: dict[str, Tensor]) -> list[dict[str, Any]]:
+    """"Is the dip real?": for each pair of networks (not D*) and sampler, RP at the size of its minimum against
+    RP at the smallest and at the largest size, as paired differences over the same noise seeds with Newcombe's
+    interval (``metrics.paired_difference``; the hits are the saved similarities ``> threshold``). The dip is real
+    where the interval lies below 0."""
+    threshold = float(results["similarity"]["threshold"])
+    rp = {(r["sampler"], r["a"], r["b"], r["n"]): r["rp"] for r in results["rp"] if OPTIMAL not in (r["a"], r["b"])}
+    rows = []
+    for sampler, a, b in sorted({k[:3] for k in rp}, key=lambda k: (results["samplers"].index(k[0]), k[1:])):
+        hits = {n: sims[key] > threshold for n in results["sizes"]
+                if (key := sim_key("rp", n, sampler, a, b)) in sims and (sampler, a, b, n) in rp}
+        if len(hits) < 2:
+            continue
+        n_min = min(hits, key=lambda n: (rp[(sampler, a, b, n)], n))
+        for n_ref in sorted({min(hits), max(hits)} - {n_min}):
+            d = metrics.paired_difference(hits[n_min], hits[n_ref])
+            rows.append({"a": a, "b": b, "sampler": sampler, "n_min": n_min, "rp_min": rp[(sampler, a, b, n_min)],
+                         "n_ref": n_ref, "rp_ref": rp[(sampler, a, b, n_ref)], "difference": d.value,
+                         "ci": list(d.ci), "method": d.method, "real": d.ci[1] < 0})
+    return rows
 
 
 # ---------------------------------------------------------------------------------------------- figures
@@ -162,22 +197,31 @@ def _label(model: str) -> str:
     return "D*" if model == OPTIMAL else model
 
 
-def _color(study: Study, model: str) -> str:
-    return "k" if model == OPTIMAL else f"C{study.models.index(model) % 10}"
+def _model_style(study: Study, model: str) -> SeriesStyle:
+    """A model's colour and marker (GL curves): its place in the study's model list."""
+    return series_style(study.models.index(model))
 
 
-def _plot_series(ax: Axes, x: np.ndarray, scores: list[ScoreRow | None], *, label: str, color: str,
+def _pair_style(study: Study, a: str, b: str) -> SeriesStyle:
+    """A pair's colour and marker (RP and encoding curves), the same in every figure: its place in
+    ``study.pairs()``, so no two pairs of one panel share a colour or a marker."""
+    pairs = study.pairs()
+    key = frozenset((a, b))
+    return series_style(next((i for i, p in enumerate(pairs) if frozenset(p) == key), len(pairs)))
+
+
+def _plot_series(ax: Axes, x: np.ndarray, scores: list[ScoreRow | None], *, label: str, style: SeriesStyle,
                  dashed: bool) -> bool:
     """One score against n: line + CI error bars + faint CI band; an "x" below 0 where the score is missing.
     Returns whether any point was missing."""
     y, lo, hi = (np.array([math.nan if s is None else s[k] for s in scores]) for k in range(3))
     yerr = np.vstack([np.clip(y - lo, 0, None), np.clip(hi - y, 0, None)])
     yerr[np.isnan(yerr)] = 0.0
-    ax.errorbar(x, y, yerr=yerr, color=color, ls="--" if dashed else "-", marker="s" if dashed else "o", ms=4,
+    ax.errorbar(x, y, yerr=yerr, color=style.color, ls="--" if dashed else "-", marker=style.marker, ms=5,
                 lw=1.6, capsize=3, label=label)
-    ax.fill_between(x, lo, hi, color=color, alpha=0.12, lw=0)
+    ax.fill_between(x, lo, hi, color=style.color, alpha=0.12, lw=0)
     missing = np.isnan(y)
-    ax.plot(x[missing], np.full(int(missing.sum()), MISSING_Y), ls="none", marker="x", ms=7, color=color)
+    ax.plot(x[missing], np.full(int(missing.sum()), MISSING_Y), ls="none", marker="x", ms=7, color=style.color)
     return bool(missing.any())
 
 
@@ -208,12 +252,10 @@ def _style_axes(ax: Axes, sizes: list[int], title: str, ylabel: str, missing: bo
 
 def _rp_panel(ax: Axes, study: Study, sampler: str) -> None:
     x, missing = np.array(study.sizes, dtype=float), False
-    for j, (a, b) in enumerate(study.pairs()):
-        vs_optimal = OPTIMAL in (a, b)
-        color = _color(study, b if a == OPTIMAL else a) if vs_optimal else f"C{(len(study.models) + j) % 10}"
+    for a, b in study.pairs():
         scores = [study.rp_score(n, sampler, a, b) for n in study.sizes]
-        label = f"{_label(a)} vs {_label(b)}"
-        missing |= _plot_series(ax, x, scores, label=label, color=color, dashed=vs_optimal)
+        missing |= _plot_series(ax, x, scores, label=f"{_label(a)} vs {_label(b)}", style=_pair_style(study, a, b),
+                                dashed=OPTIMAL in (a, b))
     _chance_line(ax, x, study, sampler)
     _style_axes(ax, study.sizes, f"Reproducibility (sampler {sampler})", "RP: same-noise pairs alike", missing)
 
@@ -222,13 +264,13 @@ def _gl_panel(ax: Axes, study: Study, sampler: str) -> None:
     x, missing = np.array(study.sizes, dtype=float), False
     for model in study.models:
         scores = [study.gl_score(n, sampler, model) for n in study.sizes]
-        color, dashed = _color(study, model), model == OPTIMAL
-        missing |= _plot_series(ax, x, scores, label=f"GL {_label(model)}", color=color, dashed=dashed)
+        missing |= _plot_series(ax, x, scores, label=f"GL {_label(model)}", style=_model_style(study, model),
+                                dashed=model == OPTIMAL)
     _style_axes(ax, study.sizes, f"Generalizability (sampler {sampler})", "GL: share of samples not copies", missing)
 
 
-def plot_rp_gl(study: Study) -> bytes:
-    """The paper's Fig. 2 as PNG bytes: per sampler a row of two panels, RP of every pair (vs D* dashed) and GL
+def plot_rp_gl(study: Study) -> Figure:
+    """The paper's Fig. 2: per sampler a row of two panels, RP of every pair (vs D* dashed) and GL
     of every model against n on a log2 axis, with CI error bars and bands and the chance level."""
     fig = Figure(figsize=(12, 5.2 * len(study.samplers)), layout="constrained")
     axes = fig.subplots(len(study.samplers), 2, squeeze=False)
@@ -236,17 +278,17 @@ def plot_rp_gl(study: Study) -> bytes:
         _rp_panel(row[0], study, sampler)
         _gl_panel(row[1], study, sampler)
     fig.suptitle(f"RP and GL vs training-set size ({_similarity_text(study)})")
-    return png_bytes(fig)
+    return fig
 
 
-def plot_encoding(study: Study) -> bytes | None:
+def plot_encoding(study: Study) -> Figure | None:
     """Mean cosine of the two models' inverted noises and cross-decode RP against n, per pair of models, one
     column per image set (training images, held-out images, a model's samples)."""
     if not study.encoding:
         return None
     sets = sorted({r["images"] for r in study.encoding}, key=lambda s: s != "train")
     pairs = sorted({(r["a"], r["b"]) for r in study.encoding}, key=lambda p: OPTIMAL in p)
-    fig = Figure(figsize=(5.5 * len(sets), 7.5))
+    fig = Figure(figsize=(5.5 * len(sets), 8.0), layout="constrained")
     axes = fig.subplots(2, len(sets), squeeze=False)
     x = np.array(study.sizes, dtype=float)
     rows = (("mean_cosine", "mean noise cosine"), ("cross_decode_rp", "cross-decode RP"))
@@ -256,11 +298,11 @@ def plot_encoding(study: Study) -> bytes | None:
             for a, b in pairs:
                 vals = {r["n"]: r[key] for r in study.encoding if (r["a"], r["b"], r["images"]) == (a, b, image_set)}
                 ys = np.array([vals.get(n, np.nan) for n in study.sizes], dtype=float)
-                ax.plot(x, ys, marker="o", color=_color(study, a if b == OPTIMAL else b),
-                        linestyle="--" if OPTIMAL in (a, b) else "-", label=f"{_label(a)} vs {_label(b)}")
+                style = _pair_style(study, a, b)
+                ax.plot(x, ys, marker=style.marker, color=style.color, linestyle="--" if OPTIMAL in (a, b) else "-",
+                        label=f"{_label(a)} vs {_label(b)}")
             _style_axes(ax, study.sizes, f"{name} ({image_set} images)", name, missing=False)
-    fig.tight_layout()
-    return png_bytes(fig)
+    return fig
 
 
 def encode_panel(study: Study, rows: int = 6) -> tuple[Tensor, int, list[str]] | None:
@@ -309,8 +351,8 @@ def _heatmap(ax: Axes, study: Study, n: int, sampler: str) -> AxesImage:
     return im
 
 
-def plot_rp_matrix(study: Study, max_cols: int = 4) -> bytes:
-    """Small multiples, one ``K x K`` RP heatmap per n (and sampler), values annotated, as PNG bytes."""
+def plot_rp_matrix(study: Study, max_cols: int = 4) -> Figure:
+    """Small multiples, one ``K x K`` RP heatmap per n (and sampler), values annotated."""
     ncol = min(max_cols, len(study.sizes))
     per_sampler = -(-len(study.sizes) // ncol)
     nrow = per_sampler * len(study.samplers)
@@ -327,7 +369,123 @@ def plot_rp_matrix(study: Study, max_cols: int = 4) -> bytes:
             im = _heatmap(ax, study, n, sampler)
     fig.colorbar(im, ax=axes, shrink=0.8, label="RP")
     fig.suptitle(f"RP of every model pair ({_similarity_text(study)}); grey: missing")
-    return png_bytes(fig)
+    return fig
+
+
+def _read_similarities(study: Study) -> dict[str, Tensor]:
+    if study.similarities is None:
+        return {}
+    try:
+        with np.load(study.similarities, allow_pickle=False) as f:
+            return {k: torch.from_numpy(f[k]) for k in f.files}
+    except (OSError, ValueError) as e:
+        detail = f"{type(e).__name__}: {e}".replace("\n", " ")
+        raise ValueError(f"{study.similarities}: not a readable npz ({detail})") from None
+
+
+def _histogram(ax: Axes, series: list[tuple[str, SeriesStyle, Tensor]], threshold: float, title: str) -> None:
+    lo = min(-0.05, *(float(x.min()) for _, _, x in series))
+    hi = max(1.0, *(float(x.max()) for _, _, x in series))
+    bins = np.linspace(lo, hi + 1e-6, 41)  # float32 cosines of equal images can exceed 1 by an ulp
+    centers = (bins[1:] + bins[:-1]) / 2
+    for label, style, x in series:  # a step line per series, its marker on every non-empty bin
+        counts, _ = np.histogram(x.numpy(), bins=bins)
+        ax.plot(centers, counts, drawstyle="steps-mid", lw=1.4, color=style.color, marker=style.marker, ms=5,
+                markevery=np.flatnonzero(counts).tolist(), ls="--" if "D*" in label else "-", label=label)
+    ax.axvline(threshold, color="k", ls="--", lw=1.2, label=f"threshold {threshold}")
+    ax.set(title=title, xlabel="cosine similarity", ylabel="samples")
+    ax.legend(fontsize=7, loc="upper left")
+    ax.grid(alpha=0.3)
+
+
+def plot_similarities(study: Study) -> Figure | None:
+    """Per-sample similarities behind RP (same-noise pairs) and GL (nearest training image) against their
+    thresholds, at the smallest and the largest n (first sampler), from ``similarities.npz``: how far the scores
+    sit from the threshold, i.e. how much another threshold would move them."""
+    sims, sampler = _read_similarities(study), study.samplers[0]
+    if not sims:
+        return None
+    sizes = sorted({study.sizes[0], study.sizes[-1]})
+    fig = Figure(figsize=(5.5 * len(sizes), 7.5), layout="constrained")
+    axes = fig.subplots(2, len(sizes), squeeze=False)
+    t_rp = float(study.similarity["threshold"])
+    t_gl = float(study.similarity.get("gl_threshold") or t_rp)
+    for col, n in enumerate(sizes):
+        rp = [(f"{_label(a)} vs {_label(b)}", _pair_style(study, a, b), sims[k]) for a, b in study.pairs()
+              if (k := sim_key("rp", n, sampler, a, b)) in sims]
+        gl = [(f"GL {_label(m)}", _model_style(study, m), sims[k]) for m in study.models
+              if (k := sim_key("gl", n, sampler, m)) in sims]
+        for row, series, t, what in ((0, rp, t_rp, "RP: same-noise pairs"), (1, gl, t_gl, "GL: nearest training")):
+            if series:
+                _histogram(axes[row][col], series, t, f"{what}, n = {n}")
+            else:
+                axes[row][col].set_axis_off()
+    return fig
+
+
+NFE_REFERENCE = ("heun", 18)  # the study's reference budget (regime.REFERENCE)
+
+
+def _nfe_panel(ax: Axes, rows: list[dict[str, Any]], samplers: list[str], title: str) -> None:
+    """RP against NFE, one line (colour and marker) per sampler, with Wilson intervals; the reference as a grey
+    band (its interval) and a dashed line (its value)."""
+    for ref in (r for r in rows if (r["sampler"], r["steps"]) == NFE_REFERENCE):
+        ax.axhspan(ref["ci"][0], ref["ci"][1], color="0.6", alpha=0.25, lw=0)
+        ax.axhline(ref["rp"], color="0.35", ls="--", lw=1.2, label=f"reference heun 18 ({ref['nfe']} NFE)")
+    for i, sampler in enumerate(samplers):
+        pts = sorted((r for r in rows if r["sampler"] == sampler), key=lambda r: r["nfe"])
+        if not pts:
+            continue
+        y = np.array([r["rp"] for r in pts])
+        err = np.abs(np.array([r["ci"] for r in pts], dtype=float) - y[:, None]).T
+        st = series_style(i)
+        ax.errorbar([r["nfe"] for r in pts], y, yerr=err, color=st.color, marker=st.marker, ms=5, capsize=3,
+                    label=sampler)
+    ax.set_xscale("log")
+    ax.set_ylim(-0.02, 1.05)
+    ax.set(title=title, xlabel="denoiser calls per sample (NFE, log scale)", ylabel="RP")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+
+
+def plot_rp_nfe(study: Study) -> Figure | None:
+    """RP of every pair against the number of denoiser calls, one panel per (n, pair), one line per sampler;
+    the 35-NFE Heun reference as a band of its 95% Wilson interval (config ``nfe_budgets``)."""
+    if not study.rp_nfe:
+        return None
+    sizes = sorted({r["n"] for r in study.rp_nfe})
+    pairs = [p for p in study.pairs() if any(frozenset((r["a"], r["b"])) == frozenset(p) for r in study.rp_nfe)]
+    samplers = sorted({r["sampler"] for r in study.rp_nfe})
+    fig = Figure(figsize=(4.2 * len(pairs), 3.6 * len(sizes)), layout="constrained")
+    axes = fig.subplots(len(sizes), len(pairs), squeeze=False)
+    for i, n in enumerate(sizes):
+        for j, (a, b) in enumerate(pairs):
+            rows = [r for r in study.rp_nfe if r["n"] == n and frozenset((r["a"], r["b"])) == frozenset((a, b))]
+            _nfe_panel(axes[i][j], rows, samplers, f"{_label(a)} vs {_label(b)}, n = {n}")
+    fig.suptitle(f"RP against NFE ({_similarity_text(study)})")
+    return fig
+
+
+def nfe_verdict(rows: list[dict[str, Any]], r: dict[str, Any]) -> str:
+    """Whether RP at budget ``r`` lies within the 95% Wilson interval of the same pair's heun-18 reference."""
+    if (r["sampler"], r["steps"]) == NFE_REFERENCE:
+        return "reference"
+    ref = next((f for f in rows if (f["sampler"], f["steps"]) == NFE_REFERENCE and f["n"] == r["n"]
+                and frozenset((f["a"], f["b"])) == frozenset((r["a"], r["b"]))), None)
+    return "no reference" if ref is None else "within" if ref["ci"][0] <= r["rp"] <= ref["ci"][1] else "outside"
+
+
+def _nfe_html(study: Study, figures: dict[str, bytes]) -> str:
+    if "rp_nfe.png" not in figures:
+        return ""
+    rows = [[str(r["n"]), f"{_label(r['a'])} vs {_label(r['b'])}", r["sampler"], str(r["steps"]), str(r["nfe"]),
+             f"{r['rp']:.2f} [{r['ci'][0]:.2f}, {r['ci'][1]:.2f}]", nfe_verdict(study.rp_nfe, r)]
+            for r in study.rp_nfe]
+    return (figure_html(figures["rp_nfe.png"], "RP against NFE",
+                        "RP of every pair from the same noise at each (sampler, steps) budget; grey band: the 95% "
+                        "Wilson interval of the heun-18 (35 NFE) reference, dashed: its value.")
+            + table_html(["n", "pair", "sampler", "steps", "NFE", "RP [95% Wilson interval]",
+                          "RP within the reference's interval?"], rows))
 
 
 # ---------------------------------------------------------------------------------------------- sample grids
@@ -458,6 +616,27 @@ def _table_html(study: Study, sampler: str) -> str:
     return f"<h3>Sampler {e(sampler)}</h3><table><tr><th>n</th>{head}</tr>{body}</table>"
 
 
+def dip_lines(dip: list[dict[str, Any]]) -> list[list[str]]:
+    """The "is the dip real" rows as text cells: pair, sampler, the size of the minimum and its RP, the size it is
+    compared with and its RP, the difference with its 95% Newcombe interval, and the verdict."""
+    return [[f"{_label(d['a'])} vs {_label(d['b'])}", d["sampler"], f"{d['n_min']}: {d['rp_min']:.2f}",
+             f"{d['n_ref']}: {d['rp_ref']:.2f}", f"{d['difference']:+.2f} [{d['ci'][0]:+.2f}, {d['ci'][1]:+.2f}]",
+             "yes: lower" if d["real"] else "not shown"] for d in dip]
+
+
+DIP_HEADER = ["pair", "sampler", "n of the minimum: RP", "compared with n: RP", "difference [95% interval]",
+              "dip real?"]
+
+
+def _dip_html(study: Study) -> str:
+    if not study.dip:
+        return ("<p>Not recorded (a study without saved similarities, or fewer than two sizes per pair).</p>")
+    return ("<p>For each pair of networks, RP at the size of its minimum against RP at the smallest and at the "
+            "largest size, paired over the same noise seeds: the difference with Newcombe's 95% interval for paired "
+            "proportions (<code>metrics.paired_difference</code>). The dip is real where the whole interval lies "
+            "below 0.</p>" + table_html(DIP_HEADER, dip_lines(study.dip)))
+
+
 def _paper_html() -> str:
     head = "".join(f"<th>2<sup>{k}</sup></th>" for k in PAPER_CIFAR10["log2_sizes"])
     body = "".join(f"<tr><th>{html.escape(name)}</th>{''.join(f'<td>{v}</td>' for v in vals)}</tr>"
@@ -502,9 +681,13 @@ def report(root: Path, results: dict[str, Any]) -> Report:
     """The regime study's report: ``rp_gl.png``, ``rp_matrix.png``, the encoding figures, ``grid_n{n}.png`` per
     size, and the page's sections, from ``results`` and the ``.npz`` files they list."""
     study = parse_study(root, results)
-    files = {"rp_gl.png": plot_rp_gl(study), "rp_matrix.png": plot_rp_matrix(study)}
+    files = figure_files("rp_gl", plot_rp_gl(study)) | figure_files("rp_matrix", plot_rp_matrix(study))
     if (encoding := plot_encoding(study)) is not None:
-        files["encoding.png"] = encoding
+        files |= figure_files("encoding", encoding)
+    if (hist := plot_similarities(study)) is not None:
+        files |= figure_files("similarities_hist", hist)
+    if (nfe := plot_rp_nfe(study)) is not None:
+        files |= figure_files("rp_nfe", nfe)
     if (panel := encode_panel(study)) is not None:
         files["encode_panel.png"] = grid_png(panel[0])
     grids = {n: grid_png(grid) for n in study.sizes if (grid := sample_grid(study, n)) is not None}
@@ -520,8 +703,16 @@ def _sections(study: Study, figures: dict[str, bytes], grids: dict[int, bytes]) 
     matrix = figure_html(figures["rp_matrix.png"], "RP matrices", "RP of every pair of models, one matrix per n.")
     tables = "".join(_table_html(study, s) for s in study.samplers)
     encoding = _encoding_html(study, figures)
+    hist = "" if "similarities_hist.png" not in figures else figure_html(
+        figures["similarities_hist.png"], "similarities vs threshold",
+        "Per-sample similarities behind RP (top: each same-noise pair's cosine) and GL (bottom: each sample's cosine "
+        "to its nearest training image) at the smallest and the largest n; dashed: the threshold. similarities.npz "
+        "holds them all (keys rp/n/sampler/a/b and gl/n/sampler/model), so any threshold can be re-applied.")
     return [("Study", _summary_html(study)), ("What to look for", GUIDE), ("RP and GL against n", rp_gl),
-            ("Scores", "<p>Value, 95% bootstrap CI in brackets, and for RP the chance level.</p>" + tables),
+            ("Scores", "<p>Value, 95% Wilson interval in brackets, and for RP the chance level.</p>" + tables),
+            ("Is the dip real?", _dip_html(study)),
+            *([("Similarities against the threshold", hist)] if hist else []),
+            *([("RP against NFE", _nfe_html(study, figures))] if "rp_nfe.png" in figures else []),
             ("RP matrices", matrix),
             *([("The encoder direction: image \u2192 noise", encoding)] if encoding else []),
             ("Samples from the same noise", _grids_html(study, grids)),

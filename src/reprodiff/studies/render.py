@@ -1,6 +1,9 @@
 """The study layer's page parts: a leaf module (it imports nothing from ``studies``) that turns figures, tables,
 sample grids and failure lists into one self-contained HTML page (images inline as data URIs, inline CSS, no
-external requests). Plots use matplotlib's Agg canvas, so no display is needed."""
+external requests), and the same figures and score tables into files a paper can use: every plot as PNG, SVG and
+PDF (``figure_files``, ``save_figure``), score tables as LaTeX ``booktabs`` tables (``latex_table``). Plots are
+matplotlib ``Figure`` objects on the Agg canvas, so no display is needed; each series has its own colour and its
+own marker (``series_style``), so a plot also reads in greyscale."""
 
 from __future__ import annotations
 
@@ -8,10 +11,14 @@ import base64
 import html
 import io
 import json
+import math
 import os
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import matplotlib
 import numpy as np
 import torch
 from matplotlib.figure import Figure
@@ -19,10 +26,11 @@ from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
 from ..data import npz_images
-from ..files import image_grid
+from ..files import atomic_write, image_grid
 
-__all__ = ["CSS", "GRID_PX", "SCRIPT", "failed_html", "figure_html", "grid_png", "labelled_grid", "npz_rows",
-           "page_html", "png_bytes", "table_html"]
+__all__ = ["CSS", "FIGURE_FORMATS", "GRID_PX", "SCRIPT", "SeriesStyle", "Table", "failed_html", "figure_files",
+           "figure_html", "fmt_interval", "grid_png", "labelled_grid", "latex_document", "latex_escape", "latex_table",
+           "npz_rows", "page_html", "png_bytes", "save_figure", "series_style", "table_html"]
 
 GRID_PX = 64  # tiny images are upscaled (nearest neighbour) to about this many pixels
 
@@ -50,11 +58,55 @@ addEventListener("load", function () {
 """
 
 
+FIGURE_FORMATS = ("png", "svg", "pdf")  # every plot is written in each: raster for the page, vector for a paper
+# no creation dates in the vector files and a fixed SVG id salt: the same figure gives the same bytes
+_METADATA = {"svg": {"Date": None}, "pdf": {"CreationDate": None, "ModDate": None}, "png": {}}
+
+# Tableau's 10 colours (distinct in colour and in lightness) and 10 marker shapes / bar hatches, cycled together
+COLORS = ("#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f",
+          "#bab0ac")
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "*")
+HATCHES = ("", "//", "..", "xx", "\\\\", "oo", "++", "--", "||", "**")
+
+
+@dataclass(frozen=True)
+class SeriesStyle:
+    """How series ``i`` of a plot is drawn: colour, marker (lines) and hatch (bars)."""
+
+    color: str
+    marker: str
+    hatch: str
+
+
+def series_style(i: int) -> SeriesStyle:
+    """The style of series ``i``: the first 10 series differ in colour and in marker/hatch; past 10, the marker
+    shifts against the colour, so any two of the first 100 series differ in at least one of them."""
+    k = (i + i // len(COLORS)) % len(MARKERS)
+    return SeriesStyle(COLORS[i % len(COLORS)], MARKERS[k], HATCHES[k])
+
+
 def png_bytes(fig: Figure, dpi: int = 100) -> bytes:
     """A matplotlib figure as PNG bytes (Agg canvas, white background)."""
+    return _figure_bytes(fig, "png", dpi)
+
+
+def _figure_bytes(fig: Figure, fmt: str, dpi: int = 100) -> bytes:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi, facecolor="white")
+    with matplotlib.rc_context({"svg.hashsalt": "reprodiff", "svg.fonttype": "none", "pdf.fonttype": 42}):
+        fig.savefig(buf, format=fmt, dpi=dpi, facecolor="white", metadata=_METADATA[fmt])
     return buf.getvalue()
+
+
+def figure_files(stem: str, fig: Figure, dpi: int = 100) -> dict[str, bytes]:
+    """``{stem.png, stem.svg, stem.pdf: bytes}``: one figure in every ``FIGURE_FORMATS`` (SVG text stays text,
+    PDF fonts embedded as TrueType), rendered before anything is written."""
+    return {f"{stem}.{fmt}": _figure_bytes(fig, fmt, dpi) for fmt in FIGURE_FORMATS}
+
+
+def save_figure(fig: Figure, folder: str | os.PathLike[str], stem: str) -> list[Path]:
+    """Write ``folder/stem.{png,svg,pdf}``, each atomically (``files.atomic_write``); returns the paths."""
+    return [atomic_write(Path(folder) / name, lambda f, d=data: f.write(d))
+            for name, data in figure_files(stem, fig).items()]
 
 
 def grid_png(grid: Tensor) -> bytes:
@@ -106,6 +158,57 @@ def table_html(header: list[str], rows: list[list[str]]) -> str:
     head = "".join(f"<th>{e(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in row) + "</tr>" for row in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def fmt_interval(value: float | None, ci: Sequence[float | None] | None, digits: int = 2) -> str:
+    """``"0.42 [0.33, 0.51]"``: a score and its interval (``"-"`` for a missing score; the value alone without an
+    interval)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    lo, hi = ci if ci else (None, None)
+    if lo is None or hi is None or math.isnan(float(lo)):
+        return f"{value:.{digits}f}"
+    return f"{value:.{digits}f} [{float(lo):.{digits}f}, {float(hi):.{digits}f}]"
+
+
+@dataclass(frozen=True)
+class Table:
+    """A score table for a paper: a caption, a ``label`` (``\\label{tab:...}``), a header and rows of text cells."""
+
+    caption: str
+    label: str
+    header: list[str]
+    rows: list[list[str]]
+
+
+_LATEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
+          "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "[": "{[}", "]": "{]}",
+          "<": r"\textless{}", ">": r"\textgreater{}"}
+
+
+def latex_escape(text: str) -> str:
+    """``text`` as literal LaTeX text: the ten special characters escaped, brackets braced (a cell that starts with
+    ``[`` is not read as the optional argument of the row end ``\\\\``), ``<``/``>`` as text symbols."""
+    return "".join(_LATEX.get(c, c) for c in str(text))
+
+
+def latex_table(table: Table) -> str:
+    """A ``booktabs`` table (``\\toprule``, ``\\midrule``, ``\\bottomrule``; no vertical rules), every cell
+    escaped; the first column left-aligned, the others centred."""
+    e = latex_escape
+    cols = "l" + "c" * (len(table.header) - 1)
+    lines = [r"\begin{table}[htbp]", r"\centering", f"\\caption{{{e(table.caption)}}}",
+             f"\\label{{tab:{table.label}}}", f"\\begin{{tabular}}{{{cols}}}", r"\toprule",
+             " & ".join(e(h) for h in table.header) + r" \\", r"\midrule"]
+    lines += [" & ".join(e(c) for c in row) + r" \\" for row in table.rows]
+    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+def latex_document(title: str, tables: list[Table]) -> str:
+    """The tables of one study as a ``.tex`` file to ``\\input`` (it needs ``\\usepackage{booktabs}``)."""
+    head = f"% {latex_escape(title)}: written by reprodiff; needs \\usepackage{{booktabs}}\n"
+    return head + "\n".join(latex_table(t) for t in tables)
 
 
 def page_html(title: str, intro: str, sections: list[tuple[str, str]], config: dict[str, Any]) -> str:

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from matplotlib.figure import Figure
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -26,7 +27,7 @@ from ..files import save_npz
 from ..training.train import resolve_device
 from . import base
 from .base import SCHEMA, Kind, Report, ScoringFields
-from .render import figure_html, grid_png, labelled_grid, png_bytes, table_html
+from .render import figure_files, figure_html, fmt_interval, grid_png, labelled_grid, series_style, table_html
 
 __all__ = ["KIND", "Text2ImageConfig", "Text2ImageModel", "report_text2image", "run_text2image",
            "summarize_text2image"]
@@ -137,11 +138,16 @@ def run_text2image(cfg: Text2ImageConfig, out: str | os.PathLike[str], *, progre
         features = base.scoring_features(cfg, str(device))
         images = _generate_all(cfg, folder, device, progress)
         results = _score({name: [features(x) for x in xs] for name, xs in images.items()}, cfg, folder)
-        rows = [["prompt", r["prompt"], r["a"], r["b"], r["rp"], r["chance"], *r["ci"]] for r in results["rp"]]
-        rows += [["pair", "", r["a"], r["b"], r["rp"], r["chance"], *r["ci"]] for r in results["rp_pairs"]]
-        header = ["scope", "prompt", "a", "b", "rp", "chance", "ci_low", "ci_high"]
-        base.write_results(folder, results, t0, header, rows)
+        base.write_results(folder, results, t0, scores_text2image(results))
         return results
+
+
+def scores_text2image(results: dict[str, Any]) -> base.ScoreTable:
+    """RP of every pair per prompt (scope ``prompt``) and pooled over the prompts (scope ``pair``), one row each."""
+    t = results["similarity"]["threshold"]
+    rows = [base.rp_scored(r, ["prompt", r["prompt"], r["a"], r["b"]], t) for r in results["rp"]]
+    rows += [base.rp_scored(r, ["pair", "", r["a"], r["b"]], t) for r in results["rp_pairs"]]
+    return base.ScoreTable(["scope", "prompt", "a", "b"], rows)
 
 
 def _score(feats: dict[str, list[Tensor]], cfg: Text2ImageConfig, out: Path) -> dict[str, Any]:
@@ -172,34 +178,32 @@ def summarize_text2image(results: dict[str, Any]) -> str:
              f"{results['similarity']['threshold']}), mean over model pairs:"]
     for r in results["rp_prompts"]:
         lines.append(f"  {r['rp']:.2f}  {results['prompts'][r['prompt']]}")
-    lines.append("RP per pair, pooled over prompts:")
+    lines.append("RP per pair, pooled over prompts [95% Wilson interval]:")
     for r in results["rp_pairs"]:
-        lines.append(f"  {r['rp']:.2f}  {r['a']} / {r['b']}  (chance {r['chance']:.2f})")
+        lines.append(f"  {fmt_interval(r['rp'], r['ci'])}  {r['a']} / {r['b']}  (chance {r['chance']:.2f})")
     return "\n".join(lines)
 
 
-def _rp_figure(results: dict[str, Any]) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def _rp_figure(results: dict[str, Any]) -> Figure:
+    """RP per prompt, one bar series (colour and hatch) per pair of models, with its Wilson interval."""
     P = len(results["prompts"])
     pairs = [(r["a"], r["b"]) for r in results["rp_pairs"]]
-    fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * P + 2), 3.2))
+    fig = Figure(figsize=(max(5.0, 0.9 * P + 2), 3.4), layout="constrained")
+    ax = fig.add_subplot()
     width = 0.8 / len(pairs)
     for k, (a, b) in enumerate(pairs):
-        vals = [next(r["rp"] for r in results["rp"] if (r["a"], r["b"], r["prompt"]) == (a, b, p)) for p in range(P)]
-        ax.bar(np.arange(P) + (k - (len(pairs) - 1) / 2) * width, vals, width, label=f"{a} / {b}")
+        rows = [next(r for r in results["rp"] if (r["a"], r["b"], r["prompt"]) == (a, b, p)) for p in range(P)]
+        vals = np.array([r["rp"] for r in rows])
+        err = np.abs(np.array([r["ci"] for r in rows], dtype=float) - vals[:, None]).T
+        st = series_style(k)
+        ax.bar(np.arange(P) + (k - (len(pairs) - 1) / 2) * width, vals, width, yerr=np.nan_to_num(err), capsize=2,
+               color=st.color, hatch=st.hatch, edgecolor="white", label=f"{a} / {b}")
     ax.set_xticks(np.arange(P), [f"prompt {p}" for p in range(P)])
     ax.set_ylim(0, 1.02)
     ax.set_ylabel("RP")
     ax.set_title("same-noise reproducibility per prompt")
     ax.legend(fontsize="small")
-    fig.tight_layout()
-    data = png_bytes(fig)
-    plt.close(fig)
-    return data
+    return fig
 
 
 def report_text2image(folder: Path, results: dict[str, Any]) -> Report:
@@ -213,7 +217,7 @@ def report_text2image(folder: Path, results: dict[str, Any]) -> Report:
     rows = [[str(p), text, *[f"{rp[(p, a, b)]:.2f}" for a, b in pairs], f"{results['rp_prompts'][p]['rp']:.2f}"]
             for p, text in enumerate(prompts)]
     rows.append(["", "all prompts", *[f"{r['rp']:.2f} (chance {r['chance']:.2f})" for r in results["rp_pairs"]], ""])
-    files = {"rp_prompts.png": _rp_figure(results)}
+    files = figure_files("rp_prompts", _rp_figure(results))
     grids = []
     paths = {(s["model"], s["prompt"]): s["path"] for s in results["samples"]}
     for p, text in enumerate(prompts):
@@ -232,4 +236,5 @@ def report_text2image(folder: Path, results: dict[str, Any]) -> Report:
 
 
 KIND = Kind("text2image", Text2ImageConfig, run_text2image, summarize_text2image, report_text2image,
-            "RP per prompt of text-to-image checkpoints from the same latent noise (open question 2)")
+            "RP per prompt of text-to-image checkpoints from the same latent noise (open question 2)",
+            scores_text2image)
