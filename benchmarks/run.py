@@ -18,6 +18,9 @@ checkpoint peak RSS of writing, reading and resuming a training state (net + EMA
           float32, 256 MiB with --quick), each in a fresh process, as a multiple of the state's tensor bytes:
           a memory-mapped read and a copy-free write stay near 1x and 0x. Run it with another checkout's
           Python (PYTHONPATH unset) to measure that checkout's code with the same script.
+nets      denoising loss per sigma bucket (weighted as DSM weights it, and plain MSE) of the U-Net, the
+          U-ViT (and its earlier initialisation) and the MLP, trained for the study's budget on 64 and on
+          all 1,797 digits, on training and held-out images, beside D*: where one net's fit lags another's.
 regime    seconds to reach the regime: each network trained for 1,200 steps (about a minute) on 64 and on
           all 1,797 digits; the share of samples that copy a training image (nearest-neighbour L2 ratio
           d1/d2 < 1/3, Carlini et al. 2023) should be high at N = 64 and ~0 at N = 1,797.
@@ -433,6 +436,22 @@ def bench_study(quick: bool, config: str = "") -> None:
     print(summarize(results))
 
 
+def bench_nets(quick: bool) -> None:
+    """Loss per sigma bucket, U-Net vs U-ViT (new and old initialisation) vs MLP (benchmarks/nets.py)."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from nets import fit_and_score, format_table
+    from reprodiff.data import load_digits
+
+    scale = 0.5 if quick else 1.0
+    old_uvit = {**STUDY_NETS["uvit"], "pos_embed_std": 0.02, "final_init": "zero"}
+    nets = {"unet": (STUDY_NETS["unet"], int(600 * scale), 2e-3), "uvit": (STUDY_NETS["uvit"], int(1200 * scale), 2e-3),
+            "uvit-old-init": (old_uvit, int(1200 * scale), 2e-3), "mlp": (STUDY_NETS["mlp"], int(800 * scale), 2e-3)}
+    for n in (64, 1797):
+        rows = fit_and_score(nets, load_digits(), "digits", n)
+        for key in ("weighted", "mse"):
+            print(format_table(rows, f"digits N = {n}, steps {[v[1] for v in nets.values()]}", key))
+
+
 def bench_invert(quick: bool) -> None:
     """Round-trip (image -> noise -> image) RMS against NFE per direction for each solver, beside DDIM
     inversion, on a U-Net trained on the digits; and inversion time against sampling time at equal NFE."""
@@ -484,7 +503,7 @@ def bench_invert(quick: bool) -> None:
 
 BENCHES: dict[str, Callable[[bool], None]] = {
     "optimal": bench_optimal, "samplers": bench_samplers, "train": bench_train, "regime": bench_regime,
-    "study": bench_study, "invert": bench_invert, "checkpoint": bench_checkpoint,
+    "study": bench_study, "invert": bench_invert, "checkpoint": bench_checkpoint, "nets": bench_nets,
 }
 
 if __name__ == "__main__":

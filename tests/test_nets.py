@@ -15,7 +15,7 @@ from reprodiff.nets.layers import PositionalEmbedding
 # Small widths so that 32x32 tests stay fast; unet's (16,) exercises attention at 16x16.
 SMALL: dict[str, dict[str, object]] = {
     "unet": dict(model_channels=8, channel_mult=(1, 2), num_blocks=1, attn_resolutions=(16,)),
-    "uvit": {"embed_dim": 32, "depth": 2, "num_heads": 2},
+    "uvit": {"embed_dim": 32, "depth": 2, "num_heads": 2, "final_init": "zero"},  # identity: tests/nets
     "mlp": {"hidden": 32, "depth": 2},
 }
 OUT_LAYER = {"unet": "conv_out", "uvit": "final_layer", "mlp": "fc_out"}  # zero-initialised
