@@ -28,9 +28,13 @@ def run(cfg: PairConfig, out, *, progress=False) -> dict:
         rp = [{"a": a, "b": b, **base.rp_fields(base.rp_pair(feats[a], feats[b], cfg))}
               for a, b in combinations(feats, 2)]
         results = {"schema": base.SCHEMA, "kind": "pair", "config": cfg.to_dict(), "rp": rp, "failed": ctx.failed}
-        table = base.ScoreTable(["a", "b"], [base.rp_scored(r, [r["a"], r["b"]], cfg.threshold) for r in rp])
-        base.write_results(folder, results, t0, table)  # results.json, results.csv
+        base.write_results(folder, results, t0, scores(results))
         return results
+
+
+def scores(results: dict) -> base.ScoreTable:  # every score, one row each: results.csv and the LaTeX tables
+    rows = [base.rp_scored(r, [r["a"], r["b"]], results["config"]["threshold"]) for r in results["rp"]]
+    return base.ScoreTable(["a", "b"], rows)
 
 
 def summarize(results: dict) -> str:
@@ -42,4 +46,4 @@ def report(folder, results: dict) -> Report:
     return Report("Two models, one noise", "<p>RP of every pair of models.</p>", [("RP", table)])
 
 
-KIND = Kind("pair", PairConfig, run, summarize, report, "RP of models trained on the same n images")
+KIND = Kind("pair", PairConfig, run, summarize, report, "RP of models trained on the same n images", scores)

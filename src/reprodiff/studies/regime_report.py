@@ -441,11 +441,15 @@ def _nfe_panel(ax: Axes, rows: list[dict[str, Any]], samplers: list[str], title:
         st = series_style(i)
         ax.errorbar([r["nfe"] for r in pts], y, yerr=err, color=st.color, marker=st.marker, ms=5, capsize=3,
                     label=sampler)
+    nfes: list[int] = []
+    for k in sorted({r["nfe"] for r in rows}):  # a tick per NFE, but none crowding the last (18 and 19, say)
+        nfes += [k] if not nfes or k > 1.15 * nfes[-1] else []
     ax.set_xscale("log")
+    ax.set_xticks(nfes, labels=[str(k) for k in nfes], fontsize=8)
+    ax.xaxis.set_minor_locator(NullLocator())
     ax.set_ylim(-0.02, 1.05)
     ax.set(title=title, xlabel="denoiser calls per sample (NFE, log scale)", ylabel="RP")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
 
 
 def plot_rp_nfe(study: Study) -> Figure | None:
@@ -462,6 +466,8 @@ def plot_rp_nfe(study: Study) -> Figure | None:
         for j, (a, b) in enumerate(pairs):
             rows = [r for r in study.rp_nfe if r["n"] == n and frozenset((r["a"], r["b"])) == frozenset((a, b))]
             _nfe_panel(axes[i][j], rows, samplers, f"{_label(a)} vs {_label(b)}, n = {n}")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), fontsize=8, frameon=False)
     fig.suptitle(f"RP against NFE ({_similarity_text(study)})")
     return fig
 
