@@ -227,3 +227,15 @@ def test_nfe_budgets_score_every_pair_against_the_heun_reference(tmp_path) -> No
     html = build_report(tmp_path).read_text()
     assert "RP against NFE" in html and (tmp_path / "rp_nfe.pdf").exists()
     check_outputs(tmp_path)
+
+
+def test_a_model_may_sample_with_multistep_consistency(tmp_path) -> None:
+    mlp = ModelSpec("mlp", {"name": "mlp", "hidden": 32, "depth": 1}, steps=6, batch_size=8, sampler="consistency",
+                    sampler_steps=2)
+    res = run_study(tiny_study(sizes=(8,), encode_count=0, models=(tiny_study().models[0], mlp)), tmp_path)
+    rows = {(r["a"], r["b"]): r for r in res["rp"]}
+    assert rows[("unet", "mlp")]["sampler_a"] == "heun" and rows[("unet", "mlp")]["sampler_b"] == "consistency"
+    again = run_study(tiny_study(sizes=(8,), encode_count=0, models=(tiny_study().models[0], mlp)), tmp_path / "b")
+    assert [r["rp"] for r in again["rp"]] == [r["rp"] for r in res["rp"]]  # its per-step noise is seeded too
+    with pytest.raises(ValueError, match="unknown sampler"):
+        ModelSpec("m", {"name": "mlp"}, sampler="consistensy")

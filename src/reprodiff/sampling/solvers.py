@@ -25,8 +25,8 @@ from torch import Tensor
 from ..denoiser import Denoiser
 from .schedules import check_sigmas
 
-__all__ = ["SAMPLERS", "STOCHASTIC_SAMPLERS", "Sampler", "SolverFn", "ddim", "dpm2", "dpm3", "dpmpp_2m",
-           "dpmpp_3m", "dpmpp_3m_exact", "euler", "euler_ancestral", "heun", "onestep"]
+__all__ = ["SAMPLERS", "STOCHASTIC_SAMPLERS", "Sampler", "SolverFn", "consistency_multistep", "ddim", "dpm2", "dpm3",
+           "dpmpp_2m", "dpmpp_3m", "dpmpp_3m_exact", "euler", "euler_ancestral", "heun", "onestep"]
 
 Callback = Callable[[dict[str, Any]], None]
 
@@ -356,4 +356,27 @@ SAMPLERS: dict[str, Sampler] = {
 }
 
 # Samplers that take per-step noise (``noise=[B, steps, ...]``) besides the common arguments.
-STOCHASTIC_SAMPLERS: dict[str, Callable[..., Tensor]] = {"ancestral": euler_ancestral}
+def consistency_multistep(D: Denoiser, x: Tensor, sigmas: Tensor, *, noise: Tensor, cond: Tensor | None = None,
+                          callback: Callback | None = None) -> Tensor:
+    """Multistep consistency sampling (Song et al. 2023, Alg. 1): ``x <- D(x, sigmas[0])``, then at each later
+    positive level ``sigma_i``: ``x <- D(x + sqrt(sigma_i^2 - eps^2) z_i, sigma_i)`` with ``eps`` the grid's smallest
+    positive level. One step is :func:`onestep`; ``noise[:, i]`` (``[B, steps, ...]``) is level ``i``'s draw,
+    passed in as for :func:`euler_ancestral` (row 0 is unused)."""
+    dtype = x.dtype
+    x, s, ev = _setup(D, x, sigmas, cond)
+    if noise.shape[:2] != (x.shape[0], len(s) - 1) or noise.shape[2:] != x.shape[1:]:
+        raise ValueError(f"noise must have shape [B, steps, ...] = {[x.shape[0], len(s) - 1, *x.shape[1:]]}, "
+                         f"got {list(noise.shape)}")
+    if s[0] < s[-1]:
+        raise ValueError("consistency sampling maps noise to data only; invert with an ODE sampler (e.g. heun)")
+    eps = min(v for v in s if v > 0)
+    x = ev(x, s[0])
+    _report(callback, 0, s, x, x, ev)
+    for i in range(1, len(s) - 1):
+        x = ev(x + math.sqrt(max(s[i] ** 2 - eps**2, 0.0)) * noise[:, i].to(x), s[i])
+        _report(callback, i, s, x, x, ev)
+    return x.to(dtype)
+
+
+STOCHASTIC_SAMPLERS: dict[str, Callable[..., Tensor]] = {"ancestral": euler_ancestral,
+                                                    "consistency": consistency_multistep}

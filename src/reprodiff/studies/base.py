@@ -279,8 +279,8 @@ class ModelSpec:
             raise ValueError(f"model {self.name!r}: a trained model needs net (e.g. net = {{ name = \"unet\" }})")
         if self.source == "diffusers" and not self.path:
             raise ValueError(f"model {self.name!r}: source = \"diffusers\" needs path, a local model folder")
-        if self.sampler:
-            check_samplers([self.sampler])
+        if self.sampler:  # a model may sample stochastically (e.g. multistep "consistency"), the study's own: ODE
+            check_samplers([self.sampler], stochastic=True)
         if self.sampler_steps < 0:
             raise ValueError(f"model {self.name!r}: sampler_steps must be >= 0 (0: the study's), got "
                              f"{self.sampler_steps}")

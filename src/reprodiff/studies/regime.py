@@ -41,6 +41,7 @@ from .render import fmt_interval
 
 REFERENCE = ("heun", 18)  # EDM's 35-NFE Heun: the budget every other one is compared with
 NOISE_AGREEMENT = 0.9  # encoding.compare_encodings' default: two noises "agree" at cosine > 0.9
+NOISE_SEED_OFFSET = 1_000_000  # a stochastic sampler's per-step noise: seed + this, apart from the initial noise
 
 __all__ = ["KIND", "StudyConfig", "default_study", "effective_sampler", "plan_tasks", "rescore", "run_study",
            "study_shape", "summarize"]
@@ -307,7 +308,7 @@ def _sample_tasks(cfg: StudyConfig, out: Path, shape: tuple[int, ...], name: str
     eff, steps = sampler
     key = _sample_key(cfg, name, n, eff)
     spec = _spec(cfg, name)
-    nfe = sampling.SAMPLERS[eff].nfe(steps)
+    nfe = sampling.SAMPLERS[eff].nfe(steps) if eff in sampling.SAMPLERS else steps  # stochastic: a call per step
     if name == OPTIMAL:
         per_call = 3.0 * n * math.prod(shape)  # a distance to every training image
     else:
@@ -433,8 +434,10 @@ def _sample_task(cfg: StudyConfig, out: str, shape: tuple[int, ...], name: str, 
     device = str(resolve_device(cfg.device))
     D = _denoiser(cfg, folder, name, n, device)
     try:
+        stochastic = eff in sampling.STOCHASTIC_SAMPLERS  # its per-step noise: a stream apart from the study's
         base.cached_samples(folder / "samples" / f"{key}.npz", D, cfg.seed, cfg.count, shape, sampler=eff,
-                            steps=steps, device=device, progress=progress)
+                            steps=steps, device=device, progress=progress,
+                            noise_seed=cfg.seed + NOISE_SEED_OFFSET if stochastic else None)
     except TrainingError as e:
         plan.save_failure(folder, f"sample/{key}", {"n": n, "model": name, "error": f"{eff}: {e}"})
         return f"sample {key}: failed: {e}"
