@@ -22,7 +22,7 @@ def test_one_step_is_onestep_and_later_steps_renoise_at_each_level() -> None:
     assert torch.equal(consistency_multistep(D, z * s1[0], s1, noise=noise), onestep(D, z * s1[0], s1))
     calls: list[float] = []
 
-    def spy(x: torch.Tensor, sigma: torch.Tensor, cond=None) -> torch.Tensor:  # noqa: ANN001
+    def spy(x: torch.Tensor, sigma: torch.Tensor, cond=None) -> torch.Tensor:
         calls.append(float(sigma[0]))
         return D(x, sigma, cond)
 
