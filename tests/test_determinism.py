@@ -4,34 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
 from reprodiff import sampling
-from reprodiff.denoiser import MicroBatched
-from reprodiff.kernels import EDM
 from reprodiff.optimal import EmpiricalOptimalDenoiser
 from reprodiff.precond import Precond
-
-
-class SmallConvNet(nn.Module):
-    """A stand-in network F(x_in, c_noise): convs and a linear on c_noise, float32."""
-
-    def __init__(self, c: int = 1, width: int = 32) -> None:
-        super().__init__()
-        self.inp = nn.Conv2d(c, width, 3, padding=1)
-        self.emb = nn.Linear(1, width)
-        self.mid = nn.Conv2d(width, width, 3, padding=1)
-        self.out = nn.Conv2d(width, c, 3, padding=1)
-
-    def forward(self, x, c_noise, cond=None):
-        h = torch.nn.functional.silu(self.inp(x) + self.emb(c_noise[:, None])[:, :, None, None])
-        return self.out(torch.nn.functional.silu(self.mid(h)))
-
-
-@pytest.fixture(scope="module")
-def net_denoiser() -> Precond:
-    torch.manual_seed(0)
-    return Precond(SmallConvNet(), EDM()).eval()
 
 
 @torch.no_grad()
@@ -54,15 +30,6 @@ def test_d_star_samples_identical_across_batch_sizes() -> None:
         assert torch.equal(sampling.sample(D, 0, 33, (1, 8, 8), steps=5, batch_size=bs), ref)
 
 
-@torch.no_grad()
-def test_micro_batching_pads_and_trims(net_denoiser: Precond) -> None:
-    x = torch.randn(5, 1, 8, 8, dtype=torch.float64)
-    s = torch.full((5,), 2.0, dtype=torch.float64)
-    out = MicroBatched(net_denoiser, 4)(x, s)
-    assert out.shape == x.shape
-    torch.testing.assert_close(out, net_denoiser(x, s), rtol=1e-5, atol=1e-5)
-    with pytest.raises(ValueError, match="micro_batch"):
-        MicroBatched(net_denoiser, 0)
 
 
 def test_runs_are_repeatable(net_denoiser: Precond) -> None:
