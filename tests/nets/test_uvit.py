@@ -1,4 +1,5 @@
-"""U-ViT (``reprodiff.nets.uvit``): the two initialisations that make it learn at the U-Net's pace.
+"""U-ViT (``reprodiff.nets.uvit``): its long-skip block layout, and the two initialisations that make it learn at the
+U-Net's pace.
 
 The fit itself (loss per sigma bucket against the U-Net's) is a benchmark: ``python benchmarks/run.py nets``.
 """
@@ -71,3 +72,10 @@ def test_pos_embed_starts_at_the_configured_scale(std: float) -> None:
 def test_bad_init_options_are_one_line_errors(kw: dict[str, object], match: str) -> None:
     with pytest.raises(ValueError, match=match):
         build(**kw)
+
+
+def test_uvit_has_depth_half_in_one_mid_half_out_blocks() -> None:
+    net = make_net("uvit", img_resolution=8, in_channels=1, depth=4, embed_dim=16, num_heads=2)
+    assert len(net.in_blocks) == 2 and len(net.out_blocks) == 2
+    assert all(b.skip_linear is not None for b in net.out_blocks)
+    assert all(b.skip_linear is None for b in [*net.in_blocks, net.mid_block])
