@@ -16,6 +16,8 @@ from typing import Any
 import pytest
 import torch
 
+PROMPTS = ("a red cat", "an old boat")  # two prompts for the tiny Stable-Diffusion-shaped pipeline
+
 
 def _in_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
