@@ -74,3 +74,15 @@ def test_without_a_target_every_step_runs() -> None:
         TrainConfig(fit_target=1.5)
     with pytest.raises(ConfigError, match="fit_every"):
         TrainConfig.from_dict({"fit_every": 0})
+
+
+def test_fit_sigma_in_chunks_equals_the_full_distance_matrix(monkeypatch) -> None:
+    from reprodiff.training import fit
+
+    y = torch.randn((37, 1, 3, 3), generator=torch.Generator().manual_seed(1))
+    Y = y.flatten(1).double()
+    d2 = torch.cdist(Y, Y).pow(2)
+    d2.fill_diagonal_(math.inf)
+    full = 0.5 * float(d2.min(1).values.median().sqrt()) / math.sqrt(Y.shape[1])
+    monkeypatch.setattr(fit, "_CHUNK", 5)  # memory O(chunk x N): rows in chunks of 5, the last one short
+    assert fit.fit_sigma(y) == full

@@ -38,9 +38,19 @@ def fit_sigma(images: Tensor) -> float:
     y = images.flatten(1).double()  # [N, D]
     if y.shape[0] < 2:
         return 0.5 * float(y.pow(2).mean().sqrt().clamp_min(1e-3))
-    d2 = torch.cdist(y, y).pow(2)  # [N, N]
-    d2.fill_diagonal_(math.inf)
-    return 0.5 * float(d2.min(1).values.median().sqrt()) / math.sqrt(y.shape[1])
+    nearest = torch.cat([_nearest_other(y, i, _CHUNK) for i in range(0, y.shape[0], _CHUNK)])  # [N]
+    return 0.5 * float(nearest.median().sqrt()) / math.sqrt(y.shape[1])
+
+
+_CHUNK = 1024  # rows of the distance matrix at a time: memory O(chunk x N), not O(N^2), at CIFAR's N = 50,000
+
+
+def _nearest_other(y: Tensor, i0: int, chunk: int) -> Tensor:
+    """Squared distance from rows ``i0 .. i0 + chunk`` of ``y`` to their nearest *other* row."""
+    d2 = torch.cdist(y[i0 : i0 + chunk], y).pow(2)  # [chunk, N]
+    rows = torch.arange(d2.shape[0])
+    d2[rows, rows + i0] = math.inf
+    return d2.min(1).values
 
 
 @torch.no_grad()
