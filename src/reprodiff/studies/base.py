@@ -77,6 +77,7 @@ __all__ = [
     "study_folder",
     "train_model",
     "train_models",
+    "train_row",
     "wilson_row",
     "write_csv",
     "write_results",
@@ -406,9 +407,13 @@ def sample_file(out: Path, *parts: Any) -> Path:
 
 def save_train_subset(out: Path, n: int, images: Tensor) -> dict[str, Any]:
     """The ``n`` training images as ``samples/train-n{n}.npz`` (uint8) for the report; its results row."""
-    path = out / "samples" / f"train-n{n}.npz"
-    save_npz(path, images=to_uint8(images))
-    return {"n": n, "path": str(path.relative_to(out))}
+    save_npz(out / "samples" / f"train-n{n}.npz", images=to_uint8(images))
+    return train_row(out, n)
+
+
+def train_row(out: Path, n: int) -> dict[str, Any]:
+    """The results row of the ``n`` training images that :func:`save_train_subset` wrote."""
+    return {"n": n, "path": str((out / "samples" / f"train-n{n}.npz").relative_to(out))}
 
 
 def read_samples(path: Path, shape: tuple[int, ...]) -> Tensor | None:

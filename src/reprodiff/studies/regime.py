@@ -471,15 +471,17 @@ def _score_task(cfg: StudyConfig, out: str, shape: tuple[int, ...], n: int) -> s
     folder = Path(out)
     features = base.scoring_features(cfg, str(resolve_device(cfg.device)))
     train_images = subset(base.load_data(cfg), n, cfg.subset_seed).images
-    part: dict[str, list[Any]] = {"train": [base.save_train_subset(folder, n, train_images)], "samples": [],
+    # samples/train-nN.npz: written by the features/train-nN task this one waits for
+    part: dict[str, list[Any]] = {"train": [base.train_row(folder, n)], "samples": [],
                                   "gl": [], "rp": [], "encoding": [], "encode_panels": [], "failed": [],
                                   **({"rp_nfe": []} if cfg.nfe_budgets else {})}
     sims: dict[str, Tensor] = {}  # per-sample similarities behind each score, by base.sim_key
     train_feats = base.cached_features(base.features_path(folder / "samples" / f"train-n{n}.npz", cfg.similarity),
                                        train_images, features, _backend(cfg))
     names = _names(cfg)
-    part["failed"] += [f for m in names if (f := plan.read_failure(folder, f"train/{m}-n{n}"))]
-    alive = [m for m in names if not plan.read_failure(folder, f"train/{m}-n{n}")]
+    trained = {m: plan.read_failure(folder, f"train/{m}-n{n}") for m in names}  # each failure file read once
+    part["failed"] += [f for f in trained.values() if f]
+    alive = [m for m, f in trained.items() if not f]
     first: dict[str, Tensor] = {}
     for s in cfg.samplers:
         _score_sampler(cfg, folder, shape, n, s, alive, (features, train_feats), part, (first, sims))
@@ -491,7 +493,7 @@ def _score_task(cfg: StudyConfig, out: str, shape: tuple[int, ...], n: int) -> s
         if cfg.encode_count:
             _encode_size(cfg, folder, n, live, first, features, part)
         if budgets:
-            _score_budgets(cfg, n, live, features, (part, sims))
+            _score_budgets(cfg, n, live, (features, shape), (part, sims))
     save_npz(folder / "scores" / f"n{n}.similarities.npz", **sims)  # before the json: the task's done-marker
     save_json(folder / "scores" / f"n{n}.json", part)
     gl = ", ".join(f"{r['model']} {r['gl']:.2f}" for r in part["gl"] if r["sampler"] == cfg.samplers[0])
@@ -536,12 +538,12 @@ def _score_sampler(cfg: StudyConfig, out: Path, shape: tuple[int, ...], n: int, 
         sims[base.sim_key("rp", n, sampler, a, b)] = rp.similarities
 
 
-def _score_budgets(cfg: StudyConfig, n: int, live: dict[str, Any], features: FeatureMap,
+def _score_budgets(cfg: StudyConfig, n: int, live: dict[str, Any], scoring: tuple[FeatureMap, tuple[int, ...]],
                    out: tuple[dict[str, list[Any]], dict[str, Tensor]]) -> None:
     """RP of every pair of (non-failed) models at each ``(sampler, steps)`` budget, all from the study's noise
     (``sampling.sample_budgets``): how many denoiser calls reproducibility needs (``rp_nfe`` rows)."""
     part, sims = out
-    shape = tuple(base.load_data(cfg).image_shape)
+    features, shape = scoring
     z = sampling.noise(cfg.seed, cfg.count, shape).to(str(resolve_device(cfg.device)))
     with torch.no_grad():
         budgets = sampling.sample_budgets(live, z, cfg.budgets())
