@@ -141,13 +141,14 @@ def test_slurm_study_equals_the_local_one_and_a_second_submission_adds_nothing(t
 @pytest.mark.slow
 @pytest.mark.usefixtures("slurm")
 def test_slurm_cancelled_training_resumes_to_the_same_numbers(tmp_path: Path) -> None:
-    toml = _tiny_toml(tmp_path / "s.toml", steps=1000, every=50, sizes="[16]")
+    toml = _tiny_toml(tmp_path / "s.toml", steps=5000, every=50, sizes="[16]")  # seconds left after the 1st checkpoint
     run_study(load_config(toml)[1], tmp_path / "local")
     folder = tmp_path / "slurm"
     jobs = _slurm(folder, toml)
     ckpt = folder / "runs" / "mlp-n16" / "training.safetensors"
     _wait_for(ckpt.exists)
-    subprocess.run(["scancel", jobs["train/mlp-n16"]], check=True)
+    # SIGKILL at once: submitit ignores SIGTERM, and a run could finish during Slurm's KillWait
+    subprocess.run(["scancel", "--signal=KILL", jobs["train/mlp-n16"]], check=True)
     wait_for_jobs(jobs.values(), timeout_s=120)  # what waited on it is cancelled with it
     assert not (folder / "results.json").exists()
     again = _slurm(folder, toml)
