@@ -12,8 +12,10 @@ samplers  per-step sampler overhead as a fraction of one denoiser call, for ever
 train     training images/s of each network of configs/ (the embedded study's sizes) against the plain
           eager fp32 baseline of the same network: channels-last, bf16 autocast, torch.compile.
 invert    round-trip error against NFE per solver beside DDIM inversion; inversion vs sampling time.
-study     the embedded default study (or --config FILE) end to end, against its 5-minute budget: wall and CPU
-          seconds per phase (each training run, sampling, features, scores, encoding, report), its RP/GL table.
+study     the embedded default study (or --config FILE) end to end as `reprodiff study` runs it, against its
+          5-minute budget: wall and CPU seconds, task seconds per phase (each training run, sampling, features,
+          scores, report), its RP/GL table; --baseline FILE runs another study first, one task at a time, for
+          ratios measured in the same run (e.g. benchmarks/default_before.toml, the default before issue 15).
 checkpoint peak RSS of writing, reading and resuming a training state (net + EMA + Adam moments; 1 GiB of
           float32, 256 MiB with --quick), each in a fresh process, as a multiple of the state's tensor bytes:
           a memory-mapped read and a copy-free write stay near 1x and 0x. Run it with another checkout's
@@ -32,7 +34,6 @@ regime    seconds to reach the regime: each network trained for 1,200 steps (abo
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import statistics
 import subprocess
@@ -40,7 +41,6 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -331,6 +331,8 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="smaller sizes, fewer repeats")
     p.add_argument("--peers", action="store_true", help="samplers: compare with k-diffusion and diffusers")
     p.add_argument("--config", default="", help="study: a study TOML to run instead of the embedded default")
+    p.add_argument("--baseline", default="", help="study: a study TOML run first, one task at a time (ratios)")
+    p.add_argument("--workers", type=int, default=0, help="study: tasks at once (0: the executor's choice)")
     args = p.parse_args()
     which = args.which or list(BENCHES)
     if unknown := set(which) - set(BENCHES):
@@ -341,7 +343,7 @@ def main() -> None:
         if name == "samplers":
             bench_samplers(args.quick, args.peers)
         elif name == "study":
-            bench_study(args.quick, args.config)
+            bench_study(args.quick, args.config, args.baseline, args.workers)
         else:
             BENCHES[name](args.quick)
 
@@ -354,88 +356,74 @@ def cpu_name() -> str:
         return "unknown CPU"
 
 
-class PhaseTimer:
-    """Wall and CPU seconds (``time.process_time``: every thread of this process) per phase of a study, measured by
-    wrapping the library calls the study makes; a call made inside another timed call counts to the outer one."""
-
-    def __init__(self) -> None:
-        self.wall: dict[str, float] = {}
-        self.cpu: dict[str, float] = {}
-        self.depth = 0
-
-    def wrap(self, fn: Callable[..., Any], phase: Callable[..., str]) -> Callable[..., Any]:
-        def timed(*args: Any, **kwargs: Any) -> Any:
-            if self.depth:
-                return fn(*args, **kwargs)
-            self.depth += 1
-            w0, c0 = time.perf_counter(), time.process_time()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                self.depth -= 1
-                name = phase(*args, **kwargs)
-                self.wall[name] = self.wall.get(name, 0.0) + time.perf_counter() - w0
-                self.cpu[name] = self.cpu.get(name, 0.0) + time.process_time() - c0
-
-        return timed
-
-    def patches(self) -> contextlib.ExitStack:
-        """Training (per run folder: model and N), sampling, features, scores and encoding, timed where the study
-        calls them."""
-        from unittest import mock
-
-        from reprodiff import encoding, metrics, similarity
-        from reprodiff.studies import base, regime
-
-        stack = contextlib.ExitStack()
-        where = [(base, "train", lambda cfg, out, **_: f"train {Path(out).name}"),
-                 (sampling, "sample", lambda *a, **k: "sampling"),
-                 (metrics, "rp_score", lambda *a, **k: "scores"), (metrics, "gl_score", lambda *a, **k: "scores"),
-                 (regime, "encodings_of", lambda *a, **k: "encoding"),
-                 (regime, "compare_encodings", lambda *a, **k: "encoding"),
-                 (encoding, "encodings_of", lambda *a, **k: "encoding")]
-        for module, name, phase in where:
-            if hasattr(module, name):
-                stack.enter_context(mock.patch.object(module, name, self.wrap(getattr(module, name), phase)))
-        features = similarity.make_features
-        stack.enter_context(mock.patch.object(
-            similarity, "make_features",
-            lambda *a, **k: self.wrap(features(*a, **k), lambda *a, **k: "features")))
-        return stack
-
-    def table(self, total_wall: float, total_cpu: float) -> str:
-        rows = sorted(self.wall, key=lambda k: (not k.startswith("train"), k))
-        other_w, other_c = total_wall - sum(self.wall.values()), total_cpu - sum(self.cpu.values())
-        lines = [f"  {'phase':<28} {'wall s':>8} {'cpu s':>8} {'share':>6}"]
-        for k, w, c in [*((k, self.wall[k], self.cpu[k]) for k in rows), ("other (D*, data, IO)", other_w, other_c),
-                        ("total", total_wall, total_cpu)]:
-            lines.append(f"  {k:<28} {w:8.1f} {c:8.1f} {w / total_wall:6.1%}")
-        train_w = sum(v for k, v in self.wall.items() if k.startswith("train"))
-        lines.append(f"  {'training, all runs':<28} {train_w:8.1f} "
-                     f"{sum(v for k, v in self.cpu.items() if k.startswith('train')):8.1f} {train_w / total_wall:6.1%}")
-        return "\n".join(lines)
+def study_phases(folder: Path) -> dict[str, float]:
+    """Seconds per phase of a finished study, from the wall time each task recorded (``tasks/<key>.json``):
+    each training run on its own, then sampling, features, scores and report summed. With several workers the
+    tasks overlap, so the phases add up to more than the study's wall time."""
+    phases: dict[str, float] = {}
+    for path in sorted((folder / "tasks").rglob("*.json")):
+        record = json.loads(path.read_text())
+        name = f"train {record['key'].split('/', 1)[1]}" if record["stage"] == "train" else record["stage"]
+        phases[name] = phases.get(name, 0.0) + record["seconds"]
+    return phases
 
 
-def bench_study(quick: bool, config: str = "") -> None:
-    """The embedded default study (or ``config``) end to end (budget: 5 minutes on 2 cores), then where its time
-    went (wall and CPU seconds per phase) and its table."""
+def run_timed_study(config: str, workers: int) -> tuple[float, float, dict[str, float], dict]:
+    """One study from scratch in a temporary folder: wall seconds, CPU seconds (this process and its workers),
+    the phases, the results."""
+    import resource
     import tempfile
 
+    from reprodiff.executors import ExecutorConfig
     from reprodiff.studies import build_report
-    from reprodiff.studies.regime import StudyConfig, run_study, summarize
+    from reprodiff.studies.regime import StudyConfig, run_study
+
+    def cpu() -> float:
+        return sum(r.ru_utime + r.ru_stime for r in (resource.getrusage(resource.RUSAGE_SELF),
+                                                     resource.getrusage(resource.RUSAGE_CHILDREN)))
 
     cfg = StudyConfig.from_toml(config) if config else None
-    timer = PhaseTimer()
-    with tempfile.TemporaryDirectory() as tmp, timer.patches():
-        t0, c0 = time.perf_counter(), time.process_time()
-        results = run_study(cfg, tmp)
-        r0, rc0 = time.perf_counter(), time.process_time()
-        build_report(tmp)
-        timer.wall["report"], timer.cpu["report"] = time.perf_counter() - r0, time.process_time() - rc0
-        seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+    with tempfile.TemporaryDirectory() as tmp:
+        t0, c0 = time.perf_counter(), cpu()
+        results = run_study(cfg, tmp, executor=ExecutorConfig(workers=workers))
+        r0 = time.perf_counter()
+        build_report(tmp)  # report.html, as `reprodiff study` writes it after the tasks
+        phases = study_phases(Path(tmp)) | {"report.html": time.perf_counter() - r0}
+        return time.perf_counter() - t0, cpu() - c0, phases, results
+
+
+def phase_table(runs: dict[str, tuple[float, float, dict[str, float], dict]]) -> str:
+    """Rows: phases; columns: seconds per run, and each run's total as a ratio of the first's."""
+    names = list(runs)
+    phases = sorted({p for r in runs.values() for p in r[2]}, key=lambda k: (not k.startswith("train"), k))
+    lines = [f"  {'phase (task seconds)':<26}" + "".join(f"{n:>16}" for n in names)]
+    for p in [*phases, "training, all runs"]:
+        vals = [sum(v for k, v in r[2].items() if k.startswith("train")) if p.startswith("training") else
+                r[2].get(p) for r in runs.values()]
+        lines.append(f"  {p:<26}" + "".join(f"{'' if v is None else f'{v:.1f}':>16}" for v in vals))
+    for label, i in (("study wall s", 0), ("CPU s", 1)):
+        lines.append(f"  {label:<26}" + "".join(f"{r[i]:16.1f}" for r in runs.values()))
+    first = next(iter(runs.values()))[0]
+    lines.append(f"  {'wall / first column':<26}" + "".join(f"{r[0] / first:16.2f}" for r in runs.values()))
+    return "\n".join(lines)
+
+
+def bench_study(quick: bool, config: str = "", baseline: str = "", workers: int = 0) -> None:
+    """The embedded default study (or ``config``) end to end against its 5-minute budget, as the README's
+    command runs it (``workers`` 0: the local executor's automatic choice), with where its time went (seconds per
+    task phase). ``baseline``: a study TOML run first in the same process, one task at a time (the code's
+    pre-workers behaviour), so the table shows the ratio measured in one run."""
+    from reprodiff.studies.regime import summarize
+
+    runs = {}
+    if baseline:
+        runs[f"baseline ({Path(baseline).stem}, 1 worker)"[:15]] = run_timed_study(baseline, 1)
+    label = Path(config).stem if config else "default"
+    runs[f"{label} (auto)"[:15] if not workers else f"{label} ({workers} w)"[:15]] = run_timed_study(config, workers)
+    seconds, cpu, _, results = runs[list(runs)[-1]]
     print(f"== {'study ' + config if config else 'default study'}: {seconds:.0f} s wall, {cpu:.0f} s CPU "
           f"({seconds / 300:.0%} of the 5-minute budget) ==")
-    print(timer.table(seconds, cpu))
+    print(phase_table(runs))
     print(summarize(results))
 
 

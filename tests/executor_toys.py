@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -68,3 +69,19 @@ class _Exists:
 
     def __call__(self) -> bool:
         return Path(self.path).exists()
+
+
+def sleep_then_combine(out: str, inputs: tuple[str, ...], label: str, log: str, sleep_s: float) -> None:
+    """``combine`` after ``sleep_s`` seconds, logging ``start <label> <pid>`` and ``end <label>`` (overlap)."""
+    with open(log, "a") as f:
+        f.write(f"start {label} {os.getpid()}\n")
+    time.sleep(sleep_s)
+    combine(out, inputs, label)
+    with open(log, "a") as f:
+        f.write(f"end {label}\n")
+
+
+def torch_threads(out: str) -> None:
+    import torch
+
+    write_text(out, str(torch.get_num_threads()))

@@ -9,12 +9,13 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from executor_toys import combine, toy_plan
+from executor_toys import _Exists, combine, sleep_then_combine, torch_threads, toy_plan
 from reprodiff.config import ConfigError
 from reprodiff.executors import (
     ExecutorConfig,
@@ -30,6 +31,7 @@ from reprodiff.executors import (
     plan_table,
     run_task,
     slurm_states,
+    usable_cores,
     wait_for_jobs,
 )
 from reprodiff.files import folder_lock
@@ -64,6 +66,85 @@ def test_local_skips_what_a_failed_task_feeds(tmp_path: Path) -> None:
                                                          "score": "skipped"}
     assert outcomes["train/b"].error == "RuntimeError: train/b broke"
     assert outcomes["score"].error == "dependency sample/b did not finish"
+
+
+def test_workers_run_ready_tasks_at_once_in_dependency_order(tmp_path: Path) -> None:
+    log = tmp_path / "log"
+    plan = [dataclasses.replace(t, fn=sleep_then_combine, args=(*t.args[:3], str(log), 1.0))
+            for t in toy_plan(tmp_path)]
+    outcomes = LocalExecutor(workers=2, threads=1).run(plan, tmp_path)
+    assert [o.key for o in outcomes] == [t.key for t in order_tasks(plan)] and {o.state for o in outcomes} == {"ran"}
+    serial = tmp_path / "serial"
+    LocalExecutor().run(toy_plan(serial), serial)
+    assert _outputs(tmp_path) == _outputs(serial)  # the same files as one task at a time
+    events = log.read_text().split("\n")
+    position = {e.split()[0] + " " + e.split()[1]: i for i, e in enumerate(events) if e}
+    for t in plan:  # a task starts only after its dependencies ended ...
+        assert all(position[f"end {d}"] < position[f"start {t.key}"] for d in t.deps), events
+    # ... and the two trainings (ready together) overlapped, in two worker processes, not this one
+    assert position["start train/b"] < position["end train/a"] and position["start train/a"] < position["end train/b"]
+    pids = {e.split()[2] for e in events if e.startswith("start")}
+    assert len(pids) == 2 and str(os.getpid()) not in pids
+
+
+def test_workers_get_their_thread_count_and_failures_are_reported(tmp_path: Path) -> None:
+    task = Task("train/t", "train", torch_threads, _Exists(str(tmp_path / "t.txt")), (str(tmp_path / "t.txt"),))
+    LocalExecutor(workers=2, threads=1).run([task], tmp_path)
+    assert (tmp_path / "t.txt").read_text() == "1"
+    outcomes = {o.key: o for o in LocalExecutor(workers=2).run(toy_plan(tmp_path / "b", broken="train/b"),
+                                                                 tmp_path / "b")}
+    assert {k: o.state for k, o in outcomes.items()} == {"train/a": "ran", "train/b": "failed",
+                                                         "sample/a": "ran", "sample/b": "skipped",
+                                                         "score": "skipped"}
+    assert outcomes["train/b"].error == "RuntimeError: train/b broke"
+    with pytest.raises(RuntimeError, match="train/b broke"):
+        LocalExecutor(workers=2, stop_on_error=True).run(toy_plan(tmp_path / "c", broken="train/b"), tmp_path / "c")
+    with pytest.raises(ValueError, match="workers and threads must be >= 1"):
+        LocalExecutor(workers=0)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_workers_die_with_a_killed_study(tmp_path: Path) -> None:
+    log = tmp_path / "log"
+    script = (f"import sys; sys.path.insert(0, {str(TESTS)!r})\n"
+              "import dataclasses\nfrom pathlib import Path\nfrom executor_toys import sleep_then_combine, toy_plan\n"
+              "from reprodiff.executors import LocalExecutor\n"
+              f"root = Path({str(tmp_path)!r})\n"
+              f"plan = [dataclasses.replace(t, fn=sleep_then_combine, args=(*t.args[:3], {str(log)!r}, 60.0))"
+              " for t in toy_plan(root)]\n"
+              "if __name__ == '__main__':\n    LocalExecutor(workers=2, threads=1).run(plan, root)\n")
+    (tmp_path / "study.py").write_text(script)
+    study = subprocess.Popen([sys.executable, str(tmp_path / "study.py")])
+    deadline = time.monotonic() + 60
+    while (not log.exists() or log.read_text().count("start") < 2) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    workers = [int(line.split()[2]) for line in log.read_text().splitlines()]
+    assert len(workers) == 2
+    study.kill()
+    study.wait()
+    deadline = time.monotonic() + 10
+    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(pid) for pid in workers)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_local_executor_config_chooses_workers() -> None:
+    auto = executor_from_config(ExecutorConfig())
+    assert isinstance(auto, LocalExecutor) and auto.workers == min(usable_cores(), 8)
+    assert auto.threads == max(1, usable_cores() // auto.workers)
+    assert executor_from_config(ExecutorConfig(), gpu=True).workers == 1
+    one = executor_from_config(ExecutorConfig.from_table({"workers": 3, "threads": 2}))
+    assert isinstance(one, LocalExecutor) and (one.workers, one.threads) == (3, 2)
+    with pytest.raises(ConfigError, match="workers must be >= 0"):
+        ExecutorConfig.from_table({"workers": -1})
 
 
 def test_a_task_whose_output_is_missing_fails(tmp_path: Path) -> None:

@@ -5,7 +5,7 @@ keys of the tasks it needs, an estimated cost and two picklable callables: ``fn(
 is idempotent (it resumes from its own files and writes atomically), ``done()`` says whether its output
 already exists. Executors run the tasks that are not done:
 
-- :class:`LocalExecutor` in this process, in dependency order;
+- :class:`LocalExecutor` on this machine, in dependency order (several tasks at once in worker processes);
 - :class:`SlurmExecutor` through submitit: tasks become Slurm jobs (job arrays where tasks share a stage,
   resources and dependencies), dependencies are Slurm's ``afterok``, a preempted or timed-out job is
   checkpointed by submitit and requeued (the task resumes from its files). Submitted job ids are recorded
@@ -38,7 +38,8 @@ from .config import ConfigError, from_dict
 from .files import folder_lock, save_json
 
 __all__ = ["EXECUTORS", "STAGES", "ExecutorConfig", "LocalExecutor", "Outcome", "SlurmExecutor", "Task",
-           "executor_from_config", "order_tasks", "plan_table", "run_task", "slurm_states", "wait_for_jobs"]
+           "executor_from_config", "order_tasks", "plan_table", "run_task", "slurm_states", "usable_cores",
+           "wait_for_jobs"]
 
 STAGES = ("train", "sample", "features", "score", "report")
 _GPU_STAGES = ("train", "sample", "features")  # the others ask for no GPU unless a task says otherwise
@@ -168,34 +169,114 @@ def plan_table(tasks: Iterable[Task], out: str | os.PathLike[str]) -> list[tuple
 
 
 class LocalExecutor:
-    """Runs the tasks that are not done in this process, in dependency order. A failing task is reported
+    """Runs the tasks that are not done on this machine, in dependency order. A failing task is reported
     (its error in one line) and the tasks that need it are skipped; the others still run -- or, with
-    ``stop_on_error``, its exception ends the run. ``progress``: a tqdm bar over the tasks."""
+    ``stop_on_error``, its exception ends the run. ``progress``: a tqdm bar over the tasks.
 
-    def __init__(self, *, stop_on_error: bool = False, progress: bool = False) -> None:
-        self.stop_on_error, self.progress = stop_on_error, progress
+    ``workers`` > 1 runs that many tasks at once, each in its own spawned process with ``threads`` CPU threads
+    (default: the usable cores over ``workers``), the longest ready task first (by ``cost``). Small networks use
+    two CPU threads poorly (per-operation overhead), so two one-thread processes train two runs in about the
+    time one takes (``benchmarks/run.py study``). A task's numbers depend on its thread count (CPU reductions
+    split differently), never on the order or the process it ran in: the same ``workers``/``threads`` give
+    bit-identical results on one machine."""
+
+    def __init__(self, *, stop_on_error: bool = False, progress: bool = False, workers: int = 1,
+                 threads: int | None = None) -> None:
+        if workers < 1 or (threads is not None and threads < 1):
+            raise ValueError(f"workers and threads must be >= 1, got {workers} and {threads}")
+        self.stop_on_error, self.progress, self.workers = stop_on_error, progress, workers
+        self.threads = threads or max(1, usable_cores() // workers)
 
     def run(self, tasks: Iterable[Task], out: str | os.PathLike[str]) -> list[Outcome]:
         from tqdm.auto import tqdm
 
-        outcomes: dict[str, Outcome] = {}
         ordered = order_tasks(tasks)
-        for t in tqdm(ordered, disable=not self.progress, desc="study", unit="task"):
-            bad = [d for d in t.deps if outcomes[d].state in ("failed", "skipped")]
-            if bad:
-                outcomes[t.key] = Outcome(t.key, "skipped", error=f"dependency {bad[0]} did not finish")
-            elif t.done():
-                outcomes[t.key] = Outcome(t.key, "done")
-            else:
-                try:
-                    run_task(t, out)
-                except Exception as e:
-                    if self.stop_on_error:
-                        raise
-                    outcomes[t.key] = Outcome(t.key, "failed", error=f"{type(e).__name__}: {e}")
-                else:
-                    outcomes[t.key] = Outcome(t.key, "ran")
-        return list(outcomes.values())
+        with tqdm(total=len(ordered), disable=not self.progress, desc="study", unit="task") as bar:
+            run = self._serial if self.workers == 1 else self._parallel
+            outcomes = run(ordered, out, bar)
+        return [outcomes[t.key] for t in ordered]
+
+    def _serial(self, ordered: list[Task], out: str | os.PathLike[str], bar: Any) -> dict[str, Outcome]:
+        outcomes: dict[str, Outcome] = {}
+        for t in ordered:
+            outcomes[t.key] = _skip_or_done(t, outcomes) or self._ran(t, lambda t=t: run_task(t, out))
+            bar.update()
+        return outcomes
+
+    def _ran(self, t: Task, call: Callable[[], Any]) -> Outcome:
+        try:
+            call()
+        except Exception as e:
+            if self.stop_on_error:
+                raise
+            return Outcome(t.key, "failed", error=f"{type(e).__name__}: {e}")
+        return Outcome(t.key, "ran")
+
+    def _parallel(self, ordered: list[Task], out: str | os.PathLike[str], bar: Any) -> dict[str, Outcome]:
+        import concurrent.futures as cf
+        import multiprocessing
+
+        outcomes: dict[str, Outcome] = {}
+        waiting = list(ordered)
+        running: dict[cf.Future[float], Task] = {}
+        context = multiprocessing.get_context("spawn")  # fork after torch's thread pools start can hang
+        with cf.ProcessPoolExecutor(self.workers, mp_context=context, initializer=_worker_init,
+                                    initargs=(self.threads, os.getpid())) as pool:
+            try:
+                while waiting or running:
+                    for t in [t for t in waiting if all(d in outcomes for d in t.deps)]:
+                        if (settled := _skip_or_done(t, outcomes)) is not None:
+                            outcomes[t.key] = settled
+                            waiting.remove(t)
+                            bar.update()
+                    ready = [t for t in waiting if all(d in outcomes for d in t.deps)]
+                    for t in sorted(ready, key=lambda t: -t.cost)[: self.workers - len(running)]:
+                        running[pool.submit(run_task, t, str(out))] = t
+                        waiting.remove(t)
+                    if not running:
+                        continue
+                    finished, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
+                    for future in finished:
+                        t = running.pop(future)
+                        outcomes[t.key] = self._ran(t, future.result)
+                        bar.update()
+            except BaseException:  # stop the other tasks now (they resume from their files), not when they end
+                for process in list(getattr(pool, "_processes", {}).values()):
+                    process.terminate()
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
+        return outcomes
+
+
+def _skip_or_done(t: Task, outcomes: Mapping[str, Outcome]) -> Outcome | None:
+    """``skipped`` when a dependency did not finish, ``done`` when the output exists, else None (to run)."""
+    bad = [d for d in t.deps if outcomes[d].state in ("failed", "skipped")]
+    if bad:
+        return Outcome(t.key, "skipped", error=f"dependency {bad[0]} did not finish")
+    return Outcome(t.key, "done") if t.done() else None
+
+
+def _worker_init(threads: int, parent: int) -> None:
+    """A worker process: ``threads`` CPU threads; on Linux it dies with the study process (a killed study must
+    not leave a worker training on, holding a run folder's lock when the study is resumed)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the study died before prctl
+            os._exit(1)
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask, e.g. a Slurm or container limit)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -205,7 +286,9 @@ class ExecutorConfig:
     ``account``, ``gpus_per_task``, ``cpus_per_task``, ``mem_gb`` (None: the cluster's default),
     ``time_min`` (a job's time limit; a timed-out task is requeued at most ``max_requeues`` times and
     resumes), ``max_parallel`` (at most this many tasks of one array at once) and ``sbatch``, any other
-    sbatch options (``{qos = "high", constraint = "a100"}``)."""
+    sbatch options (``{qos = "high", constraint = "a100"}``). For ``local``: ``workers``, how many tasks run at
+    once (0: one per usable core, at most 8, on the CPU; one on a GPU) with ``threads`` CPU threads each (0: the
+    usable cores over ``workers``) -- see :class:`LocalExecutor`."""
 
     name: str = "local"
     partition: str | None = None
@@ -217,11 +300,14 @@ class ExecutorConfig:
     max_parallel: int | None = None
     max_requeues: int = 3
     sbatch: dict[str, Any] = dataclasses.field(default_factory=dict)
+    workers: int = 0
+    threads: int = 0
 
     def __post_init__(self) -> None:
         if self.name not in EXECUTORS:
             raise ValueError(f"name {self.name!r} is not an executor; use one of {', '.join(EXECUTORS)}")
-        for field, low in (("gpus_per_task", 0), ("cpus_per_task", 1), ("max_requeues", 0)):
+        for field, low in (("gpus_per_task", 0), ("cpus_per_task", 1), ("max_requeues", 0), ("workers", 0),
+                           ("threads", 0)):
             if getattr(self, field) < low:
                 raise ValueError(f"{field} must be >= {low}, got {getattr(self, field)}")
         if self.time_min < 3:  # submitit asks for USR2 90 s before the limit, which Slurm may send 60 s early
@@ -263,13 +349,20 @@ def _toml_value(raw: str) -> Any:
         return raw
 
 
-def executor_from_config(config: ExecutorConfig, folder: str | os.PathLike[str] | None = None
+MAX_AUTO_WORKERS = 8
+
+
+def executor_from_config(config: ExecutorConfig, folder: str | os.PathLike[str] | None = None, *,
+                         gpu: bool = False, stop_on_error: bool = False, progress: bool = False
                          ) -> LocalExecutor | SlurmExecutor:
-    """The executor ``config.name`` names (``folder``: Slurm's log folder, default ``<out>/slurm``)."""
+    """The executor ``config.name`` names (``folder``: Slurm's log folder, default ``<out>/slurm``). ``gpu``:
+    the tasks run on a GPU (the local executor's automatic ``workers`` is then 1)."""
     if config.name == "local":
-        return LocalExecutor()
+        workers = config.workers or (1 if gpu else min(usable_cores(), MAX_AUTO_WORKERS))
+        return LocalExecutor(stop_on_error=stop_on_error, progress=progress, workers=workers,
+                             threads=config.threads or None)
     return SlurmExecutor(folder, **{f.name: getattr(config, f.name) for f in dataclasses.fields(config)
-                                    if f.name != "name"})
+                                    if f.name not in ("name", "workers", "threads")})
 
 
 class TaskJob:

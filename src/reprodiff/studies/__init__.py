@@ -64,12 +64,13 @@ def executor_table(path: str | os.PathLike[str] | None) -> dict[str, Any]:
 def run(path: str | os.PathLike[str] | None, out: str | os.PathLike[str], *, progress: bool = False,
         executor: ExecutorConfig | None = None) -> tuple[Kind, dict[str, Any] | None]:
     """Load the config at ``path`` and run (or resume) its study into ``out``; ``executor`` (the regime kind
-    only): ``slurm`` submits its tasks and returns None as results."""
+    only; the others run in this process): ``slurm`` submits its tasks and returns None as results, ``local``
+    runs them here, ``workers`` at once."""
     kind, cfg = load_config(path)
-    if executor is not None and executor.name != "local":
-        if kind.name != DEFAULT_KIND:
-            raise ConfigError(f"the {executor.name} executor runs regime studies; a {kind.name} study runs locally")
+    if executor is not None and kind.name == DEFAULT_KIND:
         return kind, kind.run(cfg, out, progress=progress, executor=executor)
+    if executor is not None and executor.name != "local":
+        raise ConfigError(f"the {executor.name} executor runs regime studies; a {kind.name} study runs locally")
     return kind, kind.run(cfg, out, progress=progress)
 
 

@@ -149,12 +149,13 @@ def resolve_thresholds(cfg: StudyConfig, folder: Path) -> StudyConfig:
 def run_study(cfg: StudyConfig | None, out: str | os.PathLike[str], *, progress: bool = False,
               executor: ExecutorConfig | None = None) -> dict[str, Any] | None:
     """Run (or resume) the study into ``out`` as a plan of tasks (:func:`plan_tasks`) and return the results
-    also written to ``results.json``. ``executor``: ``local`` (default) runs the tasks in this process, holding
-    the study folder's lock; ``slurm`` submits the tasks that are neither done nor queued and returns None at
-    once (the last task writes ``results.json`` and ``report.html``). Failures recorded by an earlier run are
-    forgotten first, so those tasks are tried again."""
+    also written to ``results.json``. ``executor``: ``local`` (default: one task at a time in this process;
+    ``workers``: several at once in worker processes) runs the tasks on this machine, holding the study folder's
+    lock; ``slurm`` submits the tasks that are neither done nor queued and returns None at once (the last task
+    writes ``results.json`` and ``report.html``). Failures recorded by an earlier run are forgotten first, so
+    those tasks are tried again."""
     cfg = cfg or default_study()
-    executor = executor or ExecutorConfig()
+    executor = executor or ExecutorConfig(workers=1)
     local = executor.name == "local"
     with base.study_folder(out) as folder:
         start = time.time()
@@ -163,11 +164,9 @@ def run_study(cfg: StudyConfig | None, out: str | os.PathLike[str], *, progress:
         plan.clear_failures(folder)
         tasks = plan_tasks(cfg, folder, shape, start=start, final_lock=not local, progress=progress)
         plan.note(announce(cfg, tasks, folder))
-        if not local:
-            executor_from_config(executor).run(tasks, folder)
-            return None
-        LocalExecutor(stop_on_error=True, progress=progress).run(tasks, folder)
-        return base.read_results(folder / "results.json")
+        gpu = resolve_device(cfg.device).type != "cpu"
+        executor_from_config(executor, gpu=gpu, stop_on_error=True, progress=progress).run(tasks, folder)
+        return base.read_results(folder / "results.json") if local else None
 
 
 def rescore(out: str | os.PathLike[str], threshold: float, gl_threshold: float | None = None) -> dict[str, Any]:
