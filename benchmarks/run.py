@@ -210,10 +210,10 @@ def bench_samplers(quick: bool, with_peers: bool = False) -> None:
               f"{ours * 1e3:.0f} ms (float64 state), k-diffusion {theirs * 1e3:.0f} ms (float32): ratio {ratio:.2f} ==")
 
 
-STUDY_NETS = {
-    "unet": {"name": "unet", "model_channels": 32, "channel_mult": [1, 2], "dropout": 0.0},
-    "uvit": {"name": "uvit", "embed_dim": 64, "depth": 6, "num_heads": 2},
-    "mlp": {"name": "mlp", "hidden": 512, "depth": 4},
+STUDY_NETS = {  # the embedded studies' networks: studies/default.toml (U-ViT, MLP), studies/uvit.toml (U-Net)
+    "unet": {"name": "unet", "model_channels": 16, "channel_mult": [1, 2], "dropout": 0.0},
+    "uvit": {"name": "uvit", "embed_dim": 96, "depth": 4, "num_heads": 3, "mlp_ratio": 2.0},
+    "mlp": {"name": "mlp", "hidden": 256, "depth": 4},
 }
 
 
@@ -436,7 +436,7 @@ def bench_nets(quick: bool) -> None:
     scale = 0.5 if quick else 1.0
     old_uvit = {**STUDY_NETS["uvit"], "pos_embed_std": 0.02, "final_init": "zero"}
     nets = {"unet": (STUDY_NETS["unet"], int(600 * scale), 2e-3), "uvit": (STUDY_NETS["uvit"], int(1200 * scale), 2e-3),
-            "uvit-old-init": (old_uvit, int(1200 * scale), 2e-3), "mlp": (STUDY_NETS["mlp"], int(800 * scale), 2e-3)}
+            "uvit-old-init": (old_uvit, int(1200 * scale), 2e-3), "mlp": (STUDY_NETS["mlp"], int(1200 * scale), 2e-3)}
     for n in (64, 1797):
         rows = fit_and_score(nets, load_digits(), "digits", n)
         for key in ("weighted", "mse"):
@@ -499,6 +499,7 @@ def bench_anydata(quick: bool) -> None:
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
     from other_data import letters, photo_crops, write_npz
+    from reprodiff.executors import ExecutorConfig
     from reprodiff.studies.regime import StudyConfig, default_study, run_study
 
     n = 500 if quick else 2000
@@ -507,7 +508,7 @@ def bench_anydata(quick: bool) -> None:
             path = write_npz(Path(tmp) / f"{name}.npz", make(n, seed=0))
             cfg = StudyConfig.from_dict({**default_study().to_dict(), "data": str(path), "sizes": [8, n]})
             t0 = time.perf_counter()
-            res = run_study(cfg, Path(tmp) / "study")
+            res = run_study(cfg, Path(tmp) / "study", executor=ExecutorConfig())  # as `reprodiff study` runs it
             gl = {(r["n"], r["model"]): r["gl"] for r in res["gl"]}
             ok = all(gl[(8, m.name)] <= 0.1 and gl[(n, m.name)] >= 0.9 for m in cfg.models)
             cells = ", ".join(f"{m.name} {gl[(8, m.name)]:.2f} -> {gl[(n, m.name)]:.2f}" for m in cfg.models)

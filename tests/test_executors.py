@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from executor_toys import _Exists, combine, sleep_then_combine, torch_threads, toy_plan
 from reprodiff.config import ConfigError
@@ -91,6 +92,10 @@ def test_workers_get_their_thread_count_and_failures_are_reported(tmp_path: Path
     task = Task("train/t", "train", torch_threads, _Exists(str(tmp_path / "t.txt")), (str(tmp_path / "t.txt"),))
     LocalExecutor(workers=2, threads=1).run([task], tmp_path)
     assert (tmp_path / "t.txt").read_text() == "1"
+    here = torch.get_num_threads()
+    (tmp_path / "t.txt").unlink()
+    LocalExecutor(threads=here + 1).run([task], tmp_path)  # one worker: this process, told how many threads
+    assert (tmp_path / "t.txt").read_text() == str(here + 1) and torch.get_num_threads() == here
     outcomes = {o.key: o for o in LocalExecutor(workers=2).run(toy_plan(tmp_path / "b", broken="train/b"),
                                                                  tmp_path / "b")}
     assert {k: o.state for k, o in outcomes.items()} == {"train/a": "ran", "train/b": "failed",

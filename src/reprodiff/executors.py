@@ -173,7 +173,8 @@ class LocalExecutor:
     (its error in one line) and the tasks that need it are skipped; the others still run -- or, with
     ``stop_on_error``, its exception ends the run. ``progress``: a tqdm bar over the tasks.
 
-    ``workers`` > 1 runs that many tasks at once, each in its own spawned process with ``threads`` CPU threads
+    ``workers`` = 1 runs the tasks in this process (with ``threads`` CPU threads while they run, if given);
+    ``workers`` > 1 runs that many at once, each in its own spawned process with ``threads`` CPU threads
     (default: the usable cores over ``workers``), the longest ready task first (by ``cost``). Small networks use
     two CPU threads poorly (per-operation overhead), so two one-thread processes train two runs in about the
     time one takes (``benchmarks/run.py study``). A task's numbers depend on its thread count (CPU reductions
@@ -186,6 +187,7 @@ class LocalExecutor:
             raise ValueError(f"workers and threads must be >= 1, got {workers} and {threads}")
         self.stop_on_error, self.progress, self.workers = stop_on_error, progress, workers
         self.threads = threads or max(1, usable_cores() // workers)
+        self.given_threads = threads  # one worker: this process keeps its own thread count unless told
 
     def run(self, tasks: Iterable[Task], out: str | os.PathLike[str]) -> list[Outcome]:
         from tqdm.auto import tqdm
@@ -197,10 +199,17 @@ class LocalExecutor:
         return [outcomes[t.key] for t in ordered]
 
     def _serial(self, ordered: list[Task], out: str | os.PathLike[str], bar: Any) -> dict[str, Outcome]:
+        import torch
+
         outcomes: dict[str, Outcome] = {}
-        for t in ordered:
-            outcomes[t.key] = _skip_or_done(t, outcomes) or self._ran(t, lambda t=t: run_task(t, out))
-            bar.update()
+        before = torch.get_num_threads()
+        torch.set_num_threads(self.given_threads or before)
+        try:
+            for t in ordered:
+                outcomes[t.key] = _skip_or_done(t, outcomes) or self._ran(t, lambda t=t: run_task(t, out))
+                bar.update()
+        finally:
+            torch.set_num_threads(before)
         return outcomes
 
     def _ran(self, t: Task, call: Callable[[], Any]) -> Outcome:

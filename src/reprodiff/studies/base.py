@@ -309,7 +309,8 @@ MLP = {"name": "mlp", "hidden": 512, "depth": 4}
 
 
 def default_models() -> tuple[ModelSpec, ...]:
-    """A small U-Net and an MLP: the regime study's (and the GAN/VAE contrast's) diffusion models."""
+    """A small U-Net and an MLP: the diffusion models of the GAN/VAE contrast (the regime study has its own,
+    ``regime.regime_models``)."""
     return ModelSpec("unet", UNET, steps=600), ModelSpec("mlp", MLP, steps=800)
 
 
