@@ -333,6 +333,7 @@ def main() -> None:
     p.add_argument("--config", default="", help="study: a study TOML to run instead of the embedded default")
     p.add_argument("--baseline", default="", help="study: a study TOML run first, one task at a time (ratios)")
     p.add_argument("--workers", type=int, default=0, help="study: tasks at once (0: the executor's choice)")
+    p.add_argument("--out", default="", help="study: keep the (new) study's folder here (report, figures)")
     args = p.parse_args()
     which = args.which or list(BENCHES)
     if unknown := set(which) - set(BENCHES):
@@ -343,7 +344,7 @@ def main() -> None:
         if name == "samplers":
             bench_samplers(args.quick, args.peers)
         elif name == "study":
-            bench_study(args.quick, args.config, args.baseline, args.workers)
+            bench_study(args.quick, args.config, args.baseline, args.workers, args.out)
         else:
             BENCHES[name](args.quick)
 
@@ -368,9 +369,9 @@ def study_phases(folder: Path) -> dict[str, float]:
     return phases
 
 
-def run_timed_study(config: str, workers: int) -> tuple[float, float, dict[str, float], dict]:
-    """One study from scratch in a temporary folder: wall seconds, CPU seconds (this process and its workers),
-    the phases, the results."""
+def run_timed_study(config: str, workers: int, keep: str = "") -> tuple[float, float, dict[str, float], dict]:
+    """One study from scratch in a temporary folder (or the new folder ``keep``, kept): wall seconds, CPU seconds
+    (this process and its workers), the phases, the results."""
     import resource
     import tempfile
 
@@ -383,7 +384,10 @@ def run_timed_study(config: str, workers: int) -> tuple[float, float, dict[str, 
                                                      resource.getrusage(resource.RUSAGE_CHILDREN)))
 
     cfg = StudyConfig.from_toml(config) if config else None
-    with tempfile.TemporaryDirectory() as tmp:
+    if keep and Path(keep).exists():
+        raise SystemExit(f"--out {keep} exists; the benchmark times a study from scratch: choose a new folder")
+    with tempfile.TemporaryDirectory() as scratch:
+        tmp = keep or scratch
         t0, c0 = time.perf_counter(), cpu()
         results = run_study(cfg, tmp, executor=ExecutorConfig(workers=workers))
         r0 = time.perf_counter()
@@ -408,7 +412,7 @@ def phase_table(runs: dict[str, tuple[float, float, dict[str, float], dict]]) ->
     return "\n".join(lines)
 
 
-def bench_study(quick: bool, config: str = "", baseline: str = "", workers: int = 0) -> None:
+def bench_study(quick: bool, config: str = "", baseline: str = "", workers: int = 0, out: str = "") -> None:
     """The embedded default study (or ``config``) end to end against its 5-minute budget, as the README's
     command runs it (``workers`` 0: the local executor's automatic choice), with where its time went (seconds per
     task phase). ``baseline``: a study TOML run first in the same process, one task at a time (the code's
@@ -419,7 +423,8 @@ def bench_study(quick: bool, config: str = "", baseline: str = "", workers: int 
     if baseline:
         runs[f"baseline ({Path(baseline).stem}, 1 worker)"[:15]] = run_timed_study(baseline, 1)
     label = Path(config).stem if config else "default"
-    runs[f"{label} (auto)"[:15] if not workers else f"{label} ({workers} w)"[:15]] = run_timed_study(config, workers)
+    runs[f"{label} (auto)"[:15] if not workers else f"{label} ({workers} w)"[:15]] = run_timed_study(config, workers,
+                                                                                                      out)
     seconds, cpu, _, results = runs[list(runs)[-1]]
     print(f"== {'study ' + config if config else 'default study'}: {seconds:.0f} s wall, {cpu:.0f} s CPU "
           f"({seconds / 300:.0%} of the 5-minute budget) ==")

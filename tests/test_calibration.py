@@ -12,6 +12,7 @@ from reprodiff.calibration import (
     calibrate,
     describe,
     exceeded_by,
+    first_occurrences,
     gl_threshold,
     leave_one_out_nearest,
     pair_similarities,
@@ -72,6 +73,26 @@ def test_calibrate_subsets_large_data_deterministically() -> None:
     assert full.images == 50 and full.threshold == rp_threshold(pixel_features(images))
     text = describe({**full.to_dict(), "auto": ["gl_threshold"]}, "pixel")
     assert "GL threshold" in text and "RP threshold" not in text and "50 of the 50 real images" in text
+
+
+def test_exact_duplicates_count_once_so_gl_stays_below_one() -> None:
+    """A dataset where 30% of the images are copies of others (rendered glyphs, crops): leave-one-out on the raw
+    set puts every copy at similarity 1 and the GL threshold at 1 (nothing could count as a copy); counted once,
+    the thresholds are those of the distinct images."""
+    distinct = torch.rand(70, 1, 4, 4, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    copies = distinct[torch.arange(30) * 2]
+    images = torch.cat([distinct, copies])[torch.randperm(100, generator=torch.Generator().manual_seed(2))]
+    assert gl_threshold(pixel_features(images)) >= 1.0 - 1e-6
+    c = calibrate(images, pixel_features)
+    assert (c.images, c.total, c.duplicates) == (70, 100, 30) and c.gl_threshold < 0.999
+    assert c.gl_threshold == gl_threshold(pixel_features(distinct))
+    assert c.threshold == rp_threshold(pixel_features(distinct))
+    assert "30 left out" in describe(c.to_dict(), "pixel")
+    assert first_occurrences(torch.tensor([[1.0], [2.0], [1.0], [3.0], [2.0]])).tolist() == [0, 1, 3]
+    with pytest.raises(ValueError, match="at least 2 distinct real images"):
+        calibrate(torch.zeros(5, 1, 2, 2), pixel_features)
+    near_one = calibrate(torch.stack([torch.ones(1, 2, 2), torch.ones(1, 2, 2) * (1 + 1e-7)]), pixel_features)
+    assert -1.0 <= near_one.threshold <= 1.0 and -1.0 <= near_one.gl_threshold <= 1.0
 
 
 def test_bad_input_is_one_line() -> None:

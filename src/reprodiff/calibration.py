@@ -12,6 +12,11 @@ Both thresholds are read off the real images in the study's feature space (a see
 
 "The smallest value that at most ``k`` of the ``M`` values exceed" is the ``(floor(rate * M) + 1)``-th largest
 value: with the strict ``>`` of the scores, ties only lower the share above it.
+
+Exact duplicates among the real images are counted once (a dataset of rendered glyphs or crops may hold many):
+otherwise every duplicated image would be its own "nearest other image" at similarity 1, and with more than 5% of
+them the GL threshold would be 1 -- nothing could ever count as a copy. Thresholds are clipped to [-1, 1] (a
+cosine of two near-identical feature vectors can round above 1).
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["AUTO", "GL_RATE", "MAX_IMAGES", "RP_RATE", "Calibration", "calibrate", "describe", "exceeded_by",
-           "gl_threshold", "rp_threshold"]
+           "first_occurrences", "gl_threshold", "rp_threshold"]
 
 AUTO = "auto"
 RP_RATE = 0.01
@@ -87,6 +92,7 @@ class Calibration:
     total: int
     pairs: int
     seed: int
+    duplicates: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -100,10 +106,26 @@ def calibrate(images: Tensor, features: Any, *, rp_rate: float = RP_RATE, gl_rat
         raise ValueError(f"max_images must be >= 2, got {max_images}")
     n = images.shape[0]
     pick = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:max_images] if n > max_images else None
-    f = features(images if pick is None else images[pick])  # [M, F]
+    chosen = images if pick is None else images[pick]
+    distinct = first_occurrences(chosen)
+    if distinct.numel() < 2:
+        raise ValueError("calibration needs at least 2 distinct real images; the data hold copies of one image")
+    f = features(chosen[distinct])  # [M, F]
     m = f.shape[0]
-    return Calibration(rp_threshold(f, rp_rate), gl_threshold(f, gl_rate), rp_rate, gl_rate, m, n,
-                       m * (m - 1) // 2, seed)
+    return Calibration(_clip(rp_threshold(f, rp_rate)), _clip(gl_threshold(f, gl_rate)), rp_rate, gl_rate, m, n,
+                       m * (m - 1) // 2, seed, duplicates=chosen.shape[0] - m)
+
+
+def first_occurrences(images: Tensor) -> Tensor:
+    """Indices of the images ``[N, ...]`` that are not an exact copy of an earlier one, in order."""
+    _, inverse = torch.unique(images.flatten(1), dim=0, return_inverse=True)
+    first = torch.full((int(inverse.max()) + 1,), images.shape[0], dtype=torch.long)
+    first.scatter_reduce_(0, inverse, torch.arange(images.shape[0]), reduce="amin")
+    return first.sort().values
+
+
+def _clip(t: float) -> float:
+    return min(1.0, max(-1.0, t))
 
 
 def describe(calibration: dict[str, Any], backend: str = "") -> str:
@@ -120,5 +142,6 @@ def describe(calibration: dict[str, Any], backend: str = "") -> str:
                      f"against their nearest other real image (leave-one-out)")
     if not parts:
         return ""
-    return (f"Calibrated on {c['images']:,} of the {c['total']:,} real images in {space}feature space: "
+    copies = f" (exact duplicates counted once: {c['duplicates']:,} left out)" if c.get("duplicates") else ""
+    return (f"Calibrated on {c['images']:,} of the {c['total']:,} real images{copies} in {space}feature space: "
             + "; ".join(parts) + ".")
