@@ -277,7 +277,7 @@ def plot_rp_gl(study: Study) -> Figure:
     for row, sampler in zip(axes, study.samplers, strict=True):
         _rp_panel(row[0], study, sampler)
         _gl_panel(row[1], study, sampler)
-    fig.suptitle(f"RP and GL vs training-set size ({_similarity_text(study)})")
+    fig.suptitle(f"RP and GL vs training-set size ({_similarity_text(study, short=True)})")
     return fig
 
 
@@ -368,7 +368,7 @@ def plot_rp_matrix(study: Study, max_cols: int = 4) -> Figure:
             ax.set_axis_on()
             im = _heatmap(ax, study, n, sampler)
     fig.colorbar(im, ax=axes, shrink=0.8, label="RP")
-    fig.suptitle(f"RP of every model pair ({_similarity_text(study)}); grey: missing")
+    fig.suptitle(f"RP of every model pair ({_similarity_text(study, short=True)}); grey: missing")
     return fig
 
 
@@ -468,7 +468,7 @@ def plot_rp_nfe(study: Study) -> Figure | None:
             _nfe_panel(axes[i][j], rows, samplers, f"{_label(a)} vs {_label(b)}, n = {n}")
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), fontsize=8, frameon=False)
-    fig.suptitle(f"RP against NFE ({_similarity_text(study)})")
+    fig.suptitle(f"RP against NFE ({_similarity_text(study, short=True)})")
     return fig
 
 
@@ -569,12 +569,17 @@ def _threshold(x: Any) -> str:
     return f"{x:.3g}" if isinstance(x, float) else str(x)
 
 
-def _similarity_text(study: Study) -> str:
+def _similarity_text(study: Study, *, short: bool = False) -> str:
+    """The thresholds, and how they were calibrated (``short``, for a figure title: only that they were)."""
     sim = study.similarity
     t, gl = sim.get("threshold", "?"), sim.get("gl_threshold")
     text = f"{sim.get('backend', '?')} similarity > {_threshold(t)}"
     text = text if gl is None or gl == t else f"{text} (RP), > {_threshold(gl)} (GL)"
-    return f"{text}. {describe(sim['calibration'], sim.get('backend', ''))}" if sim.get("calibration") else text
+    if not sim.get("calibration"):
+        return text
+    if short:
+        return f"{text}, calibrated on the real images"
+    return f"{text}. {describe(sim['calibration'], sim.get('backend', ''))}"
 
 
 def _fmt_time(seconds: float | None) -> str:
