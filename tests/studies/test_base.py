@@ -37,3 +37,26 @@ def test_study_folders_written_before_model_sources_still_resume(tmp_path) -> No
     check_folder(tmp_path, config)  # the same study: no error
     with pytest.raises(ConfigError, match="holds another study"):
         check_folder(tmp_path, config | {"count": 3})
+
+
+@pytest.mark.skipif(__import__("reprodiff.executors").executors.usable_cores() < 2, reason="needs 2 cores")
+def test_train_models_trains_the_runs_at_once_and_records_a_bad_one(tmp_path: Path) -> None:
+    """Two runs train in worker processes at once (their task timings are recorded); a model whose config
+    cannot build is recorded as failed and the others are kept; a second call trains nothing."""
+    from reprodiff.studies.base import ModelSpec, train_models
+    from reprodiff.training.train import DataConfig
+
+    tiny = {"name": "unet", "model_channels": 8, "channel_mult": [1, 2], "num_blocks": 1, "dropout": 0.0}
+    specs = [ModelSpec("a", tiny, steps=4, batch_size=8), ModelSpec("b", {"name": "mlp", "hidden": 16, "depth": 1},
+                                                                     steps=4, batch_size=8),
+             ModelSpec("c", {**tiny, "model_channels": 0}, steps=4, batch_size=8)]
+    failed: list = []
+    models = train_models(specs, DataConfig(n=16), tmp_path, "cpu", failed)
+    assert set(models) == {"a", "b"} and [f["model"] for f in failed] == ["c"]
+    assert {p.stem for p in (tmp_path / "tasks" / "train").glob("*.json")} == {"a", "b"}
+    x, sigma = torch.zeros(2, 1, 8, 8), torch.ones(2)
+    before = {k: m(x, sigma) for k, m in models.items()}
+    stamp = (tmp_path / "runs" / "a" / "ema.safetensors").stat().st_mtime_ns
+    again = train_models(specs[:2], DataConfig(n=16), tmp_path, "cpu", [])
+    assert (tmp_path / "runs" / "a" / "ema.safetensors").stat().st_mtime_ns == stamp
+    assert all(torch.equal(again[k](x, sigma), before[k]) for k in before)

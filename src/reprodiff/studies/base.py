@@ -29,7 +29,9 @@ from .. import metrics, sampling, similarity
 from ..calibration import AUTO
 from ..config import ConfigError, TomlConfig, from_dict
 from ..data import Dataset, load_dataset, to_uint8
+from ..executors import MAX_AUTO_WORKERS, LocalExecutor, Task, usable_cores
 from ..files import atomic_write, folder_lock, remove_stale_temp_files, save_json, save_npz
+from ..training.runs import weights_at
 from ..training.train import (
     DataConfig,
     TrainConfig,
@@ -356,13 +358,50 @@ def record_failure(failed: list[dict[str, Any]], entry: dict[str, Any], prefix: 
 def train_models(specs: tuple[ModelSpec, ...] | list[ModelSpec], data: DataConfig, out: Path, device: str,
                  failed: list[dict[str, Any]], *, prefix: str = "", **extra: Any) -> dict[str, Any]:
     """Train (or resume, or skip when finished) each model into ``out/runs/{prefix}{name}`` and load its EMA
-    denoiser; a model that fails is appended to ``failed`` and left out."""
-    denoisers: dict[str, Any] = {}
+    denoiser; a model that fails is appended to ``failed`` and left out. On the CPU the runs train at once, one
+    per usable core (the local executor's workers, one thread each where the cores allow: a run's numbers
+    then depend on the machine's core count, as they do on its thread count)."""
+    configs: dict[str, TrainConfig] = {}
     for i, spec in enumerate(specs):
         with record_failure(failed, {"model": spec.name}):
-            cfg = model_train_config(spec, i, data, device, **extra)
-            denoisers[spec.name] = train_model(cfg, out / "runs" / f"{prefix}{spec.name}", device)
+            configs[spec.name] = model_train_config(spec, i, data, device, **extra)
+    trained = _train_at_once(configs, out, prefix) if torch.device(device).type == "cpu" else set()
+    denoisers: dict[str, Any] = {}
+    for name, cfg in configs.items():
+        run_dir = out / "runs" / f"{prefix}{name}"
+        with record_failure(failed, {"model": name}):
+            denoisers[name] = (load_model(run_dir, device=device)[0] if name in trained
+                               else train_model(cfg, run_dir, device))
     return denoisers
+
+
+def _train_at_once(configs: dict[str, TrainConfig], out: Path, prefix: str) -> set[str]:
+    """Train the runs in worker processes at once (more than one run and core); the names that finished."""
+    workers = min(len(configs), usable_cores(), MAX_AUTO_WORKERS)
+    if workers < 2:
+        return set()
+    tasks = [Task(f"train/{prefix}{name}", "train", _train_run, _RunDone(str(out / "runs" / f"{prefix}{name}"),
+                                                                        cfg.steps),
+                  (cfg, str(out / "runs" / f"{prefix}{name}")), cost=float(cfg.steps * cfg.batch_size))
+             for name, cfg in configs.items()]
+    outcomes = LocalExecutor(workers=workers).run(tasks, out)
+    return {name for name, o in zip(configs, outcomes, strict=True) if o.state in ("ran", "done")}
+
+
+def _train_run(cfg: TrainConfig, run_dir: str) -> str:
+    """A worker's training run (resumes; raises on failure, which the caller then records)."""
+    r = train(cfg, run_dir)
+    return (f"train {Path(run_dir).name}: {r['steps']} steps ({r['steps'] * cfg.batch_size:,} images), "
+            f"loss {r['last_loss']:.4g}")
+
+
+@dataclass(frozen=True)
+class _RunDone:
+    run_dir: str
+    steps: int
+
+    def __call__(self) -> bool:
+        return weights_at(Path(self.run_dir), self.steps)
 
 
 # ---------------------------------------------------------------------------------------------- folders, samples
