@@ -177,9 +177,9 @@ class LocalExecutor:
     ``workers`` > 1 runs that many at once, each in its own spawned process with ``threads`` CPU threads
     (default: the usable cores over ``workers``), the longest ready task first (by ``cost``). The embedded
     studies' small networks train only 1.2-1.4x faster on two CPU threads than on one, so two one-thread
-    processes train two runs in about the time one takes (``benchmarks/run.py study``). A task's numbers depend on its thread count (CPU reductions
-    split differently), never on the order or the process it ran in: the same ``workers``/``threads`` give
-    bit-identical results on one machine."""
+    processes train two runs in about the time one takes (``benchmarks/run.py study``). A task's numbers depend
+    on its thread count (CPU reductions split differently), never on the order or the process it ran in: the
+    same ``workers``/``threads`` give bit-identical results on one machine."""
 
     def __init__(self, *, stop_on_error: bool = False, progress: bool = False, workers: int = 1,
                  threads: int | None = None) -> None:
