@@ -37,9 +37,23 @@ from typing import Any
 from .config import ConfigError, from_dict
 from .files import folder_lock, save_json
 
-__all__ = ["EXECUTORS", "STAGES", "ExecutorConfig", "LocalExecutor", "Outcome", "SlurmExecutor", "Task",
-           "executor_from_config", "order_tasks", "plan_table", "run_task", "slurm_states", "usable_cores",
-           "wait_for_jobs"]
+__all__ = [
+    "EXECUTORS",
+    "STAGES",
+    "ExecutorConfig",
+    "LocalExecutor",
+    "Outcome",
+    "SlurmExecutor",
+    "Task",
+    "auto_workers",
+    "executor_from_config",
+    "order_tasks",
+    "plan_table",
+    "run_task",
+    "slurm_states",
+    "usable_cores",
+    "wait_for_jobs",
+]
 
 STAGES = ("train", "sample", "features", "score", "report")
 _GPU_STAGES = ("train", "sample", "features")  # the others ask for no GPU unless a task says otherwise
@@ -361,13 +375,18 @@ def _toml_value(raw: str) -> Any:
 MAX_AUTO_WORKERS = 8
 
 
+def auto_workers(gpu: bool = False) -> int:
+    """The local executor's default ``workers``: one per usable core (at most 8) on the CPU, one on a GPU."""
+    return 1 if gpu else min(usable_cores(), MAX_AUTO_WORKERS)
+
+
 def executor_from_config(config: ExecutorConfig, folder: str | os.PathLike[str] | None = None, *,
                          gpu: bool = False, stop_on_error: bool = False, progress: bool = False
                          ) -> LocalExecutor | SlurmExecutor:
     """The executor ``config.name`` names (``folder``: Slurm's log folder, default ``<out>/slurm``). ``gpu``:
     the tasks run on a GPU (the local executor's automatic ``workers`` is then 1)."""
     if config.name == "local":
-        workers = config.workers or (1 if gpu else min(usable_cores(), MAX_AUTO_WORKERS))
+        workers = config.workers or auto_workers(gpu)
         return LocalExecutor(stop_on_error=stop_on_error, progress=progress, workers=workers,
                              threads=config.threads or None)
     return SlurmExecutor(folder, **{f.name: getattr(config, f.name) for f in dataclasses.fields(config)

@@ -29,7 +29,7 @@ from .. import metrics, sampling, similarity
 from ..calibration import AUTO
 from ..config import ConfigError, TomlConfig, from_dict
 from ..data import Dataset, load_dataset, to_uint8
-from ..executors import MAX_AUTO_WORKERS, LocalExecutor, Task, usable_cores
+from ..executors import LocalExecutor, Task, auto_workers
 from ..files import atomic_write, folder_lock, remove_stale_temp_files, save_json, save_npz
 from ..training.runs import weights_at
 from ..training.train import (
@@ -332,9 +332,7 @@ def model_train_config(spec: ModelSpec, index: int, data: DataConfig, device: st
 def train_model(cfg: TrainConfig, run_dir: Path, device: str) -> Any:
     """Train (or resume, or skip when finished) one run and load its EMA denoiser; one line on stderr."""
     t0 = time.perf_counter()
-    r = train(cfg, run_dir)
-    _note(f"train {run_dir.name}: {r['steps']} steps ({r['steps'] * cfg.batch_size:,} images), "
-          f"loss {r['last_loss']:.4g} [{time.perf_counter() - t0:.1f} s]")
+    _note(f"{_train_run(cfg, str(run_dir))} [{time.perf_counter() - t0:.1f} s]")
     return load_model(run_dir, device=device)[0]
 
 
@@ -377,7 +375,7 @@ def train_models(specs: tuple[ModelSpec, ...] | list[ModelSpec], data: DataConfi
 
 def _train_at_once(configs: dict[str, TrainConfig], out: Path, prefix: str) -> set[str]:
     """Train the runs in worker processes at once (more than one run and core); the names that finished."""
-    workers = min(len(configs), usable_cores(), MAX_AUTO_WORKERS)
+    workers = min(len(configs), auto_workers())
     if workers < 2:
         return set()
     tasks = [Task(f"train/{prefix}{name}", "train", _train_run, _RunDone(str(out / "runs" / f"{prefix}{name}"),
@@ -389,7 +387,7 @@ def _train_at_once(configs: dict[str, TrainConfig], out: Path, prefix: str) -> s
 
 
 def _train_run(cfg: TrainConfig, run_dir: str) -> str:
-    """A worker's training run (resumes; raises on failure, which the caller then records)."""
+    """Train (or resume) one run; its line (what, how long, the loss). Raises on failure."""
     r = train(cfg, run_dir)
     return (f"train {Path(run_dir).name}: {r['steps']} steps ({r['steps'] * cfg.batch_size:,} images), "
             f"loss {r['last_loss']:.4g}")
