@@ -85,8 +85,10 @@ def _match(module: nn.Module, tensors: dict[str, torch.Tensor], source: str) -> 
     if missing or unexpected or bad or dtypes:
         parts = [f"missing {missing[:3]}" if missing else "", f"unexpected {unexpected[:3]}" if unexpected else "",
                  f"shape mismatch {bad[:3]}" if bad else "", f"dtype mismatch {dtypes[:3]}" if dtypes else ""]
+        hint = ("; an MLP trained before the gated skip (nets/mlp.py): add gated_skip = false to its net"
+                if missing and all("skip.gate" in k for k in missing) else "")
         raise ValueError(f"{source}: weights do not match the network of config.json "
-                         f"({'; '.join(p for p in parts if p)})")
+                         f"({'; '.join(p for p in parts if p)}){hint}")
     return tensors
 
 
