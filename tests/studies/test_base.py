@@ -60,3 +60,30 @@ def test_train_models_trains_the_runs_at_once_and_records_a_bad_one(tmp_path: Pa
     again = train_models(specs[:2], DataConfig(n=16), tmp_path, "cpu", [])
     assert (tmp_path / "runs" / "a" / "ema.safetensors").stat().st_mtime_ns == stamp
     assert all(torch.equal(again[k](x, sigma), before[k]) for k in before)
+
+
+@pytest.mark.skipif(__import__("reprodiff.executors").executors.usable_cores() < 2, reason="needs 2 cores")
+def test_a_fine_tuned_run_trains_after_the_run_it_starts_from_and_not_without_it(tmp_path: Path) -> None:
+    """``after``: the fine-tuned run starts from its base run's EMA weights, so it trains once the base has
+    finished (in a worker); when the base fails, it is left out without being tried."""
+    from reprodiff.studies.base import ModelSpec, model_train_config, train_configs
+    from reprodiff.training.train import DataConfig, FinetuneConfig
+
+    mlp = {"name": "mlp", "hidden": 16, "depth": 1}
+
+    def configs(base_net: dict, out: Path) -> dict:
+        data = DataConfig(n=16)
+        return {"base": model_train_config(ModelSpec("base", base_net, steps=4, batch_size=8), 0, data, "cpu"),
+                "other": model_train_config(ModelSpec("other", mlp, steps=4, batch_size=8), 1, data, "cpu"),
+                "ft": model_train_config(ModelSpec("ft", mlp, steps=2, batch_size=8), 0, data, "cpu",
+                                         finetune=FinetuneConfig(init=str(out / "runs" / "base")))}
+
+    failed: list = []
+    models = train_configs(configs(mlp, tmp_path / "a"), tmp_path / "a", "cpu", failed, after={"ft": "base"})
+    assert set(models) == {"base", "other", "ft"} and failed == []
+    base_done = (tmp_path / "a" / "runs" / "base" / "ema.safetensors").stat().st_mtime_ns
+    assert (tmp_path / "a" / "runs" / "ft" / "ema.safetensors").stat().st_mtime_ns > base_done
+    failed = []
+    models = train_configs(configs({**mlp, "hidden": 0}, tmp_path / "b"), tmp_path / "b", "cpu", failed, after={"ft": "base"})
+    assert set(models) == {"other"} and [f["model"] for f in failed] == ["base"]
+    assert not (tmp_path / "b" / "runs" / "ft").exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from reprodiff.config import ConfigError
+from reprodiff.executors import auto_workers
 from reprodiff.studies import build_report
 from reprodiff.studies.base import ModelSpec
 from reprodiff.studies.inverse import InverseStudyConfig, run_inverse_study
@@ -19,6 +20,8 @@ def test_inverse_study_contract_and_report(tmp_path) -> None:
                              operators=({"name": "inpaint_box", "size": 3}, {"name": "superres", "factor": 2}),
                              count=6, sampler_steps=3, n_boot=10, device="cpu")
     res = run_inverse_study(cfg, tmp_path)
+    if auto_workers() > 1:  # on the CPU every solution was solved in a worker, then read back
+        assert len(list((tmp_path / "tasks" / "solve").glob("*.json"))) == 2 * 2 * 2 * 3
     groups = {(r["a"], r["b"]): r["group"] for r in res["rp"]}
     assert groups == {("u", "u-vp"): "within", ("u", "m"): "across", ("u-vp", "m"): "across"}
     assert len(res["rp"]) == 2 * 2 * 2 * 3 and len(res["consistency"]) == 2 * 2 * 2 * 3

@@ -77,6 +77,7 @@ __all__ = [
     "scoring_features",
     "sim_key",
     "study_folder",
+    "train_configs",
     "train_model",
     "train_models",
     "train_row",
@@ -356,16 +357,30 @@ def record_failure(failed: list[dict[str, Any]], entry: dict[str, Any], prefix: 
 def train_models(specs: tuple[ModelSpec, ...] | list[ModelSpec], data: DataConfig, out: Path, device: str,
                  failed: list[dict[str, Any]], *, prefix: str = "", **extra: Any) -> dict[str, Any]:
     """Train (or resume, or skip when finished) each model into ``out/runs/{prefix}{name}`` and load its EMA
-    denoiser; a model that fails is appended to ``failed`` and left out. On the CPU the runs train at once, one
-    per usable core (the local executor's workers, one thread each where the cores allow: a run's numbers
-    then depend on the machine's core count, as they do on its thread count)."""
+    denoiser; a model that fails is appended to ``failed`` and left out. On the CPU the runs train at once
+    (:func:`train_configs`)."""
     configs: dict[str, TrainConfig] = {}
     for i, spec in enumerate(specs):
         with record_failure(failed, {"model": spec.name}):
             configs[spec.name] = model_train_config(spec, i, data, device, **extra)
-    trained = _train_at_once(configs, out, prefix) if torch.device(device).type == "cpu" else set()
+    return train_configs(configs, out, device, failed, prefix=prefix)
+
+
+def train_configs(configs: dict[str, TrainConfig], out: Path, device: str, failed: list[dict[str, Any]], *,
+                  prefix: str = "", after: dict[str, str] | None = None) -> dict[str, Any]:
+    """Train (or resume, or skip when finished) each ``name -> TrainConfig`` into ``out/runs/{prefix}{name}`` and
+    load its EMA denoiser; a run that fails is appended to ``failed`` and left out. ``after`` maps a run to the
+    run it starts from (fine-tuning): it trains once that one has, and not at all when that one failed.
+
+    On the CPU the runs train at once, one per usable core (the local executor's workers, one thread each where
+    the cores allow: a run's numbers then depend on the machine's core count, as they do on its thread count);
+    a run that fails there is trained again in this process, so its error is the one recorded."""
+    after = after or {}
+    trained = _train_at_once(configs, out, prefix, after) if torch.device(device).type == "cpu" else set()
     denoisers: dict[str, Any] = {}
     for name, cfg in configs.items():
+        if name in after and after[name] not in denoisers:
+            continue  # the run it starts from failed: nothing to fine-tune
         run_dir = out / "runs" / f"{prefix}{name}"
         with record_failure(failed, {"model": name}):
             denoisers[name] = (load_model(run_dir, device=device)[0] if name in trained
@@ -373,17 +388,21 @@ def train_models(specs: tuple[ModelSpec, ...] | list[ModelSpec], data: DataConfi
     return denoisers
 
 
-def _train_at_once(configs: dict[str, TrainConfig], out: Path, prefix: str) -> set[str]:
+def _train_at_once(configs: dict[str, TrainConfig], out: Path, prefix: str, after: dict[str, str]) -> set[str]:
     """Train the runs in worker processes at once (more than one run and core); the names that finished."""
     workers = min(len(configs), auto_workers())
     if workers < 2:
         return set()
-    tasks = [Task(f"train/{prefix}{name}", "train", _train_run, _RunDone(str(out / "runs" / f"{prefix}{name}"),
-                                                                        cfg.steps),
-                  (cfg, str(out / "runs" / f"{prefix}{name}")), cost=float(cfg.steps * cfg.batch_size))
-             for name, cfg in configs.items()]
-    outcomes = LocalExecutor(workers=workers).run(tasks, out)
-    return {name for name, o in zip(configs, outcomes, strict=True) if o.state in ("ran", "done")}
+
+    def key(name: str) -> str:
+        return f"train/{prefix}{name}"
+
+    tasks = [Task(key(name), "train", _train_run, _RunDone(str(out / "runs" / f"{prefix}{name}"), cfg.steps),
+                  (cfg, str(out / "runs" / f"{prefix}{name}")), cost=float(cfg.steps * cfg.batch_size),
+                  deps=(key(after[name]),) if name in after else ())
+             for name, cfg in configs.items() if name not in after or after[name] in configs]
+    finished = {o.key for o in LocalExecutor(workers=workers).run(tasks, out) if o.state in ("ran", "done")}
+    return {name for name in configs if key(name) in finished}
 
 
 def _train_run(cfg: TrainConfig, run_dir: str) -> str:

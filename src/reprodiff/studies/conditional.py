@@ -114,9 +114,15 @@ def run_conditional_study(cfg: ConditionalStudyConfig | None, out: str | os.Path
         classes = int(data.labels.max()) + 1
         labels = torch.arange(cfg.count) % classes  # sample i is conditioned on class i mod classes
         dcfg = DataConfig(name=cfg.data, n=n, seed=cfg.subset_seed)
-        cond = base.train_models(cfg.conditional, dataclasses.replace(dcfg, conditional=True), folder, ctx.device,
-                            ctx.failed, label_dropout=cfg.label_dropout)
-        uncond = base.train_models(cfg.unconditional, dcfg, folder, ctx.device, ctx.failed)
+        configs: dict[str, Any] = {}  # both groups in one call: on the CPU all their runs train at once
+        for group, data_cfg, extra in ((cfg.conditional, dataclasses.replace(dcfg, conditional=True),
+                                        {"label_dropout": cfg.label_dropout}), (cfg.unconditional, dcfg, {})):
+            for i, spec in enumerate(group):
+                with ctx.fail(model=spec.name):
+                    configs[spec.name] = base.model_train_config(spec, i, data_cfg, ctx.device, **extra)
+        models = base.train_configs(configs, folder, ctx.device, ctx.failed)
+        cond = {m.name: models[m.name] for m in cfg.conditional if m.name in models}
+        uncond = {m.name: models[m.name] for m in cfg.unconditional if m.name in models}
         feats, rows = _draw_all(ctx, cond, uncond, labels)
         results = _results(ctx, data, len(subset(data, n, cfg.subset_seed)), cond, uncond, rows)
         _score(ctx, results, feats, labels, data)

@@ -146,24 +146,17 @@ def _train_all(ctx: Context) -> dict[str, Any]:
     cfg = ctx.cfg
     source = DataConfig(name=cfg.data, classes=cfg.source_classes)
     target = DataConfig(name=cfg.data, classes=cfg.target_classes)
+    init = ctx.out / "runs" / "pretrained"
+    ft_spec = dataclasses.replace(cfg.model, steps=cfg.finetune_steps, lr=cfg.finetune_lr)
     jobs: list[tuple[str, ModelSpec, DataConfig, dict[str, Any]]] = [("pretrained", cfg.model, source, {})]
     jobs += [(f"scratch-{s}", dataclasses.replace(cfg.model, seed=s), target, {}) for s in cfg.scratch_seeds]
-    runs = _train_jobs(ctx, jobs)
-    if "pretrained" in runs:
-        ft_spec = dataclasses.replace(cfg.model, steps=cfg.finetune_steps, lr=cfg.finetune_lr)
-        init = ctx.out / "runs" / "pretrained"
-        runs |= _train_jobs(ctx, [(f"ft-{v.name}", ft_spec, target, {"finetune": _finetune_config(v, init)})
-                                  for v in cfg.variants])
-    return runs
-
-
-def _train_jobs(ctx: Context, jobs: list[tuple[str, ModelSpec, DataConfig, dict[str, Any]]]) -> dict[str, Any]:
-    runs: dict[str, Any] = {}
+    jobs += [(f"ft-{v.name}", ft_spec, target, {"finetune": _finetune_config(v, init)}) for v in cfg.variants]
+    configs: dict[str, Any] = {}
     for name, spec, data, extra in jobs:
         with ctx.fail(model=name):
-            cfg = base.model_train_config(spec, 0, data, ctx.device, **extra)
-            runs[name] = base.train_model(cfg, ctx.out / "runs" / name, ctx.device)
-    return runs
+            configs[name] = base.model_train_config(spec, 0, data, ctx.device, **extra)
+    return base.train_configs(configs, ctx.out, ctx.device, ctx.failed,
+                              after={f"ft-{v.name}": "pretrained" for v in cfg.variants})
 
 
 def _draw_all(ctx: Context, runs: dict[str, Any]) -> tuple[dict[str, Tensor], dict[str, str]]:
