@@ -84,6 +84,7 @@ def test_a_fine_tuned_run_trains_after_the_run_it_starts_from_and_not_without_it
     base_done = (tmp_path / "a" / "runs" / "base" / "ema.safetensors").stat().st_mtime_ns
     assert (tmp_path / "a" / "runs" / "ft" / "ema.safetensors").stat().st_mtime_ns > base_done
     failed = []
-    models = train_configs(configs({**mlp, "hidden": 0}, tmp_path / "b"), tmp_path / "b", "cpu", failed, after={"ft": "base"})
+    bad = configs({**mlp, "hidden": 0}, tmp_path / "b")
+    models = train_configs(bad, tmp_path / "b", "cpu", failed, after={"ft": "base"})
     assert set(models) == {"other"} and [f["model"] for f in failed] == ["base"]
     assert not (tmp_path / "b" / "runs" / "ft").exists()
