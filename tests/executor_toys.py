@@ -85,3 +85,11 @@ def torch_threads(out: str) -> None:
     import torch
 
     write_text(out, str(torch.get_num_threads()))
+
+
+def bar_line(out: str, sleep_s: float) -> None:
+    """Write this process's pid and its progress bars' tqdm options (after ``sleep_s``: tasks overlap)."""
+    from reprodiff.progress import bar_options
+
+    time.sleep(sleep_s)
+    write_text(out, f"{os.getpid()} {bar_options()}")

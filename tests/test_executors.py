@@ -108,6 +108,21 @@ def test_workers_get_their_thread_count_and_failures_are_reported(tmp_path: Path
         LocalExecutor(workers=0)
 
 
+def test_each_worker_draws_its_progress_bars_on_its_own_line(tmp_path: Path) -> None:
+    # two tasks at once: two workers, bars at tqdm positions 1 and 2 (below the study's bar), cleared when done
+    from executor_toys import bar_line
+    from reprodiff.progress import bar_options
+
+    tasks = [Task(f"train/{k}", "train", bar_line, _Exists(str(tmp_path / k)), (str(tmp_path / k), 1.0))
+             for k in ("a", "b")]
+    LocalExecutor(workers=2, threads=1).run(tasks, tmp_path)
+    lines = sorted((tmp_path / k).read_text() for k in ("a", "b"))
+    assert len({line.split()[0] for line in lines}) == 2
+    assert sorted(line.split(" ", 1)[1] for line in lines) == ["{'position': 1, 'leave': False}",
+                                                               "{'position': 2, 'leave': False}"]
+    assert bar_options() == {}  # the study process: its bars as before
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
 def test_workers_die_with_a_killed_study(tmp_path: Path) -> None:
     log = tmp_path / "log"

@@ -243,8 +243,9 @@ class LocalExecutor:
         waiting = list(ordered)
         running: dict[cf.Future[float], Task] = {}
         context = multiprocessing.get_context("spawn")  # fork after torch's thread pools start can hang
+        slots = context.Value("i", 0)  # each worker takes the next line for its progress bars
         with cf.ProcessPoolExecutor(self.workers, mp_context=context, initializer=_worker_init,
-                                    initargs=(self.threads, os.getpid())) as pool:
+                                    initargs=(self.threads, os.getpid(), slots, context.RLock())) as pool:
             try:
                 while waiting or running:
                     for t in [t for t in waiting if all(d in outcomes for d in t.deps)]:
@@ -279,9 +280,16 @@ def _skip_or_done(t: Task, outcomes: Mapping[str, Outcome]) -> Outcome | None:
     return Outcome(t.key, "done") if t.done() else None
 
 
-def _worker_init(threads: int, parent: int) -> None:
-    """A worker process: ``threads`` CPU threads; on Linux it dies with the study process (a killed study must
+def _worker_init(threads: int, parent: int, slots: Any = None, lock: Any = None) -> None:
+    """A worker process: ``threads`` CPU threads, the next free line for its progress bars (``slots``, a shared
+    counter; ``lock``, the bars' shared write lock); on Linux it dies with the study process (a killed study must
     not leave a worker training on, holding a run folder's lock when the study is resumed)."""
+    if slots is not None:
+        from .progress import set_worker_slot
+
+        with slots.get_lock():
+            slots.value += 1
+            set_worker_slot(slots.value, lock)
     if sys.platform.startswith("linux"):
         import ctypes
         import signal

@@ -10,6 +10,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..denoiser import Denoiser, MicroBatched
+from ..progress import bar_options
 from .noise import noise
 from .schedules import karras_sigmas, ve_sigmas, vp_sigmas
 from .solvers import SAMPLERS, STOCHASTIC_SAMPLERS
@@ -88,7 +89,8 @@ def sample(
     z = noise(seed, count, shape, start)  # [count, *shape], drawn on CPU
     step = max(micro_batch, batch_size // micro_batch * micro_batch)
     out = []
-    for b in tqdm(range(0, count, step), disable=not progress, desc=f"sampling ({sampler})", unit="batch"):
+    for b in tqdm(range(0, count, step), disable=not progress, desc=f"sampling ({sampler})", unit="batch",
+                  **bar_options()):
         x = z[b : b + step].to(device, torch.float64) * float(sigmas[0])
         c = None if cond is None else cond[b : b + step].to(device)
         if stochastic:

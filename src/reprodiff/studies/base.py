@@ -308,6 +308,7 @@ def check_train_options(spec: ModelSpec) -> None:
 
 
 UNET = {"name": "unet", "model_channels": 32, "channel_mult": [1, 2], "dropout": 0.0}
+UNET16 = {**UNET, "model_channels": 16}  # half as wide: about half the training time on the CPU
 MLP = {"name": "mlp", "hidden": 512, "depth": 4}
 
 

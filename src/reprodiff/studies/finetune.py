@@ -32,7 +32,7 @@ from .. import metrics
 from ..data import Dataset, select_classes
 from ..training.train import DataConfig, FinetuneConfig, TrainingError, build_model
 from . import base
-from .base import SCHEMA, UNET, Context, Kind, ModelSpec, Report, StudyFields
+from .base import SCHEMA, UNET16, Context, Kind, ModelSpec, Report, StudyFields
 from .render import figure_files, figure_html, fmt_interval, grid_section, npz_rows, series_style, table_html
 
 __all__ = ["KIND", "FinetuneStudyConfig", "FinetuneVariant", "run_finetune_study"]
@@ -67,7 +67,7 @@ def _variants() -> tuple[FinetuneVariant, ...]:
 
 
 def _model() -> ModelSpec:
-    return ModelSpec("unet", UNET, steps=600, seed=0)
+    return ModelSpec("unet", UNET16, steps=600, seed=0)
 
 
 @dataclass(frozen=True)

@@ -34,13 +34,10 @@ from ..files import save_npz
 from ..inverse import Operator, check_operator_spec, make_method, make_operator, measure, operator_name
 from ..training.train import DataConfig, TrainingError, load_model
 from . import base
-from .base import MLP, SCHEMA, UNET, Context, Kind, ModelSpec, Report, StudyFields
+from .base import MLP, SCHEMA, UNET16, Context, Kind, ModelSpec, Report, StudyFields
 from .render import figure_files, figure_html, grid_section, npz_rows, series_style, table_html
 
 __all__ = ["KIND", "InverseStudyConfig", "run_inverse_study"]
-
-
-UNET16 = {**UNET, "model_channels": 16}  # half the width of the other studies' U-Net: about half the training time
 
 
 def _models() -> tuple[ModelSpec, ...]:

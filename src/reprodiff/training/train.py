@@ -32,6 +32,7 @@ from ..lora import add_lora, freeze_except
 from ..nets import NETS, make_net
 from ..objectives import Objective, make_objective
 from ..precond import Precond
+from ..progress import bar_options
 from .augment import AUGMENT_DIM
 from .augment import apply as apply_augment
 from .augment import draw as draw_augment
@@ -434,7 +435,7 @@ def _loop(cfg: TrainConfig, out: Path, data: Dataset, num_classes: int, device: 
     rows = slice(dist.rank * cfg.batch_size // dist.world, (dist.rank + 1) * cfg.batch_size // dist.world)
     t0, losses, loss = time.perf_counter(), [], float("nan")
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not (progress and dist.main),
-               desc="training", unit="step")
+               desc=f"training {out.name}", unit="step", **bar_options())
     model.train()
     for step in bar:
         g = step_generator(cfg.seed, step)
