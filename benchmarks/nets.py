@@ -61,11 +61,12 @@ def bucket_losses(D: Denoiser, images: torch.Tensor, kernel: Kernel, edges: list
     return out
 
 
-def _train(spec: dict[str, Any], data_name: str, n: int, steps: int, lr: float, seed: int) -> tuple[Any, float]:
+def _train(spec: dict[str, Any], data_name: str, n: int, steps: int, lr: float, seed: int,
+           kernel: dict[str, Any]) -> tuple[Any, float]:
     from reprodiff.training.train import DataConfig, TrainConfig, load_model, train
 
-    cfg = TrainConfig(data=DataConfig(name=data_name, n=n), net=spec, steps=steps, batch_size=64, lr=lr,
-                      seed=seed, checkpoint_every=steps, log_every=steps)
+    cfg = TrainConfig(data=DataConfig(name=data_name, n=n), net=spec, kernel=kernel, steps=steps, batch_size=64,
+                      lr=lr, seed=seed, checkpoint_every=steps, log_every=steps)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.process_time()
         train(cfg, tmp)
@@ -75,18 +76,20 @@ def _train(spec: dict[str, Any], data_name: str, n: int, steps: int, lr: float, 
 
 
 def fit_and_score(nets: dict[str, tuple[dict[str, Any], int, float]], data: Dataset, data_name: str, n: int, *,
-                  edges: list[float] | None = None, held: int = 256, seed: int = 0
-                  ) -> dict[str, dict[str, Any]]:
+                  edges: list[float] | None = None, held: int = 256, seed: int = 0,
+                  kernel_spec: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
     """Train each ``name -> (net spec, steps, lr)`` on the first ``n`` images of ``data`` (the study's subset)
-    and score it, and D* of those images, per bucket on the training images and on held-out ones."""
+    and score it, and D* of those images, per bucket on the training images and on held-out ones
+    (``kernel_spec``: the training noise levels, default EDM's)."""
     edges = edges or bucket_edges()
-    kernel = make_kernel("edm")
+    kernel_spec = kernel_spec or {"name": "edm"}
+    kernel = make_kernel(**kernel_spec)
     train_set = subset(data, n)
     held = min(held, len(data) - n)
     test_set = held_out(data, n, held) if held > 0 else None
     models: dict[str, tuple[Denoiser, float]] = {"D*": (EmpiricalOptimalDenoiser(train_set.images), 0.0)}
     for name, (spec, steps, lr) in nets.items():
-        models[name] = _train(spec, data_name, n, steps, lr, seed)
+        models[name] = _train(spec, data_name, n, steps, lr, seed, kernel_spec)
     rows = {}
     for name, (D, cpu) in models.items():
         rows[name] = {"cpu_s": cpu, "train": bucket_losses(D, train_set.images, kernel, edges),

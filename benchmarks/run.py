@@ -22,7 +22,8 @@ checkpoint peak RSS of writing, reading and resuming a training state (net + EMA
           Python (PYTHONPATH unset) to measure that checkout's code with the same script.
 nets      denoising loss per sigma bucket (weighted as DSM weights it, and plain MSE) of the U-Net, the
           U-ViT (and its earlier initialisation) and the MLP, trained for the study's budget on 64 and on
-          all 1,797 digits, on training and held-out images, beside D*: where one net's fit lags another's.
+          all 1,797 digits, on training and held-out images, beside D*: where one net's fit lags another's;
+          then the default study's MLP with and without its gated skip on 8 letters, photo crops, digits.
 anydata   the default study with only `data` and `sizes` changed, on data unlike the digits (12x12 letters,
           8x8 RGB photo crops; tests/other_data.py): GL per network at N = 8 (want <= 0.1) and N = 2,000
           (want >= 0.9), thresholds calibrated on the data. Minutes per dataset; issue 15's open check.
@@ -446,6 +447,28 @@ def bench_nets(quick: bool) -> None:
         rows = fit_and_score(nets, load_digits(), "digits", n)
         for key in ("weighted", "mse"):
             print(format_table(rows, f"digits N = {n}, steps {[v[1] for v in nets.values()]}", key))
+    bench_mlp_gate(quick)
+
+
+def bench_mlp_gate(quick: bool) -> None:
+    """The default study's MLP with and without its gated skip (``nets/mlp.py``), N = 8, the study's noise
+    levels: on images wider than its hidden layer (12x12 letters, 8x8 RGB crops; tests/other_data.py) and on
+    the digits."""
+    import tempfile
+
+    sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parent.parent / "tests")]
+    from nets import fit_and_score, format_table
+    from other_data import letters, photo_crops, write_npz
+    from reprodiff.data import load_dataset
+    from reprodiff.studies.regime import SMALL_MLP, WIDE_SIGMA
+
+    steps = 600 if quick else 1200
+    nets = {"mlp": (SMALL_MLP, steps, 2e-3), "mlp-no-gate": ({**SMALL_MLP, "gated_skip": False}, steps, 2e-3)}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, make in (("letters", letters), ("photos", photo_crops), ("digits", None)):
+            path = "digits" if make is None else str(write_npz(Path(tmp) / f"{name}.npz", make(2000, seed=0)))
+            rows = fit_and_score(nets, load_dataset(path), path, 8, held=0, kernel_spec=WIDE_SIGMA)
+            print(format_table(rows, f"{name} N = 8, {steps} steps, MLP with / without the gated skip"))
 
 
 def bench_invert(quick: bool) -> None:

@@ -153,7 +153,8 @@ def _solve_at_once(ctx: Context, problems: list[_Problem], names: list[str]) -> 
                          str(path), cfg.seed, cfg.count, sampler, cfg.sampler_steps,
                          cfg.noise_seed if stochastic else None),
                         cost=2.0 if mspec["name"] == "dps" else 1.0))  # DPS back-propagates through the net
-    LocalExecutor(workers=min(workers, len(tasks))).run(tasks, ctx.out)
+    if tasks:
+        LocalExecutor(workers=min(workers, len(tasks))).run(tasks, ctx.out)
 
 
 def _solve_task(run_dir: str, op_spec: dict[str, Any], mspec: dict[str, Any], shape: tuple[int, ...], sigma_y: float,
