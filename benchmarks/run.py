@@ -29,7 +29,7 @@ anydata   the default study with only `data` and `sizes` changed, on data unlike
           (want >= 0.9), thresholds calibrated on the data. Minutes per dataset; issue 15's open check.
 regime    seconds to reach the regime: each network trained for 1,200 steps (about a minute) on 64 and on
           all 1,797 digits; the share of samples that copy a training image (nearest-neighbour L2 ratio
-          d1/d2 < 1/3, Carlini et al. 2023) should be high at N = 64 and ~0 at N = 1,797.
+          d1/d2 < 1/3, Yoon et al. 2023; Gu et al. 2023) should be high at N = 64 and ~0 at N = 1,797.
 """
 
 from __future__ import annotations
