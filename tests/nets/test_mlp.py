@@ -84,3 +84,14 @@ def test_the_gated_skip_lets_a_narrow_mlp_remove_the_noise() -> None:
     without, with_gate = _mid_noise_loss(False, 800), _mid_noise_loss(True, 800)
     assert without > 0.8
     assert with_gate < 0.25 * without  # measured: 0.15 against 0.97
+
+
+def test_weights_from_before_the_gated_skip_name_the_fix(tmp_path) -> None:
+    from reprodiff.checkpoint import load_weights, write_safetensors
+
+    old = make_net("mlp", img_resolution=4, in_channels=1, hidden=8, depth=1, gated_skip=False)
+    path = write_safetensors(tmp_path / "ema.safetensors", old.state_dict(), {})
+    with pytest.raises(ValueError, match="add gated_skip = false to its net") as e:
+        load_weights(make_net("mlp", img_resolution=4, in_channels=1, hidden=8, depth=1), path)
+    assert "\n" not in str(e.value)
+    load_weights(make_net("mlp", img_resolution=4, in_channels=1, hidden=8, depth=1, gated_skip=False), path)
