@@ -2,7 +2,9 @@
 
 Each block adds a projection of the noise (+class) embedding to its input, then applies the
 pre-norm residual branch ``LayerNorm, Linear, SiLU, dropout, Linear`` (He et al. 2016; embedding as
-in Karras et al. 2022, ``SongUNet``). The output layer is zero-initialised.
+in Karras et al. 2022, ``SongUNet``). The output layer is zero-initialised; ``gated_skip`` adds a per-pixel,
+noise-gated copy of the input (:class:`GatedSkip`), without which the net cannot remove the noise of images with
+more values than it has hidden units.
 """
 
 from __future__ import annotations
