@@ -50,6 +50,8 @@ from reprodiff.data import load_digits
 from reprodiff.kernels import EDM
 from reprodiff.optimal import EmpiricalOptimalDenoiser
 from reprodiff.precond import Precond
+from reprodiff.studies.base import UNET16
+from reprodiff.studies.regime import SMALL_MLP, UVIT
 
 
 def timeit(fn: Callable[[], object], repeat: int = 5, min_time: float = 0.2) -> float:
@@ -211,11 +213,8 @@ def bench_samplers(quick: bool, with_peers: bool = False) -> None:
               f"{ours * 1e3:.0f} ms (float64 state), k-diffusion {theirs * 1e3:.0f} ms (float32): ratio {ratio:.2f} ==")
 
 
-STUDY_NETS = {  # the embedded studies' networks: studies/default.toml (U-ViT, MLP), studies/uvit.toml (U-Net)
-    "unet": {"name": "unet", "model_channels": 16, "channel_mult": [1, 2], "dropout": 0.0},
-    "uvit": {"name": "uvit", "embed_dim": 96, "depth": 4, "num_heads": 3, "mlp_ratio": 2.0},
-    "mlp": {"name": "mlp", "hidden": 256, "depth": 4},
-}
+# the embedded studies' networks: studies/default.toml (U-ViT, MLP), studies/uvit.toml (U-Net)
+STUDY_NETS = {"unet": UNET16, "uvit": UVIT, "mlp": SMALL_MLP}
 
 
 def bench_train(quick: bool) -> None:
@@ -460,7 +459,7 @@ def bench_mlp_gate(quick: bool) -> None:
     from nets import fit_and_score, format_table
     from other_data import letters, photo_crops, write_npz
     from reprodiff.data import load_dataset
-    from reprodiff.studies.regime import SMALL_MLP, WIDE_SIGMA
+    from reprodiff.studies.regime import WIDE_SIGMA
 
     steps = 600 if quick else 1200
     nets = {"mlp": (SMALL_MLP, steps, 2e-3), "mlp-no-gate": ({**SMALL_MLP, "gated_skip": False}, steps, 2e-3)}

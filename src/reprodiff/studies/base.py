@@ -555,13 +555,13 @@ class Context:
                save: bool = True) -> Tensor:
         """``cached_samples`` from the study's shared noise (``cfg.seed``, ``cfg.count``, ``cfg.sampler_steps``);
         one line on stderr when they were drawn now (not read back from an earlier run or a worker)."""
+        if (x := read_samples(path, (self.cfg.count, *self.shape))) is not None:
+            return x
         t0 = time.perf_counter()
-        drawn = read_samples(path, (self.cfg.count, *self.shape)) is None
         x = cached_samples(path, D, self.cfg.seed, self.cfg.count, self.shape, sampler=sampler,
                            steps=self.cfg.sampler_steps, device=self.device, cond=cond, noise_seed=noise_seed,
                            save=save)
-        if drawn:
-            _note(f"sample {path.stem}: {self.cfg.count} samples, {sampler} [{time.perf_counter() - t0:.1f} s]")
+        _note(f"sample {path.stem}: {self.cfg.count} samples, {sampler} [{time.perf_counter() - t0:.1f} s]")
         return x
 
     def rel(self, path: Path) -> str:
