@@ -33,7 +33,8 @@ def test_depth_is_the_number_of_residual_blocks_and_the_noise_reaches_every_one(
     assert not torch.allclose(net(x, torch.zeros(3)), net(x, torch.ones(3)))
 
 
-@pytest.mark.parametrize(("kw", "match"), [({"depth": 0}, "depth"), ({"num_classes": -1}, "num_classes")])
+@pytest.mark.parametrize(("kw", "match"), [({"depth": 0}, "depth"), ({"num_classes": -1}, "num_classes"),
+                                           ({"gated_skip": "false"}, "gated_skip must be true or false")])
 def test_bad_options_are_one_line(kw: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match) as e:
         make_net("mlp", img_resolution=4, in_channels=1, **kw)

@@ -50,6 +50,8 @@ class MLPConfig:
         if self.num_classes < 0:
             raise ValueError(f"mlp: num_classes must be >= 0, got {self.num_classes}")
         check_dropout("mlp", self.dropout)
+        if not isinstance(self.gated_skip, bool):
+            raise ValueError(f"mlp: gated_skip must be true or false, got {self.gated_skip!r}")
 
 
 class ResidualBlock(nn.Module):
