@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from reprodiff.nets import make_net
-from reprodiff.nets.uvit import UViT
+from reprodiff.nets.uvit import UViT, UViTConfig, auto_patch_size
 
 SMALL = {"img_resolution": 8, "in_channels": 1, "embed_dim": 32, "depth": 2, "num_heads": 2}
 
@@ -79,3 +79,22 @@ def test_uvit_has_depth_half_in_one_mid_half_out_blocks() -> None:
     assert len(net.in_blocks) == 2 and len(net.out_blocks) == 2
     assert all(b.skip_linear is not None for b in net.out_blocks)
     assert all(b.skip_linear is None for b in [*net.in_blocks, net.mid_block])
+
+
+@pytest.mark.parametrize(("res", "patch"), [(8, 2), (12, 3), (16, 4), (28, 7), (32, 8), (10, 2), (6, 2), (1, 1)])
+def test_auto_patch_size_keeps_the_token_grid_nearest_4x4(res: int, patch: int) -> None:
+    assert auto_patch_size(res) == patch and res % patch == 0
+    others = [p for p in range(1, res + 1) if res % p == 0]  # brute force: no divisor gives a grid nearer 16
+    assert all(abs((res // p) ** 2 - 16) >= abs((res // patch) ** 2 - 16) for p in others)
+
+
+def test_auto_patch_size_is_resolved_in_the_config_and_builds_the_same_net() -> None:
+    cfg = UViTConfig(img_resolution=12, in_channels=3, patch_size="auto", embed_dim=16, depth=2, num_heads=2)
+    assert cfg.patch_size == 3 and cfg.num_patches == 16
+    torch.manual_seed(0)
+    a = UViT(cfg)
+    torch.manual_seed(0)
+    b = UViT(UViTConfig(img_resolution=12, in_channels=3, patch_size=3, embed_dim=16, depth=2, num_heads=2))
+    assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+    with pytest.raises(ValueError, match='patch_size must be a positive integer or "auto"'):
+        UViTConfig(img_resolution=12, in_channels=1, patch_size="large")
