@@ -86,3 +86,27 @@ def test_fit_sigma_in_chunks_equals_the_full_distance_matrix(monkeypatch) -> Non
     full = 0.5 * float(d2.min(1).values.median().sqrt()) / math.sqrt(Y.shape[1])
     monkeypatch.setattr(fit, "_CHUNK", 5)  # memory O(chunk x N): rows in chunks of 5, the last one short
     assert fit.fit_sigma(y) == full
+
+
+def test_fit_sigma_counts_exact_copies_once() -> None:
+    y = torch.randn((9, 1, 3, 3), generator=torch.Generator().manual_seed(2))
+    copies = torch.cat([y, y[:6], y[:6]])  # most images twice or three times: a median nearest distance of 0
+    assert math.isclose(fit_sigma(copies), fit_sigma(y), rel_tol=1e-12) and fit_sigma(y) > 0
+
+
+def test_a_run_with_fit_min_steps_trains_at_least_that_long_and_is_the_plain_run_there(tmp_path) -> None:
+    from reprodiff.checkpoint import read_safetensors
+    from reprodiff.training.runs import ended_fitted
+
+    early = train(fit_run(fit_target=0.99, fit_min_steps=40), tmp_path / "early")  # fitted at its first check
+    assert early["fitted"] and early["steps"] == 40 and ended_fitted(tmp_path / "early")
+    plain = train(fit_run(fit_target=0.0, steps=40), tmp_path / "plain")
+    assert not plain["fitted"] and not ended_fitted(tmp_path / "plain")
+    a, b = (read_safetensors(tmp_path / d / "ema.safetensors")[0] for d in ("early", "plain"))
+    assert all(torch.equal(a[k], b[k]) for k in a)  # bit-identical: the cap does not change the first 40 steps
+    log = [json.loads(line) for line in (tmp_path / "early" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if "fit_ratio" in r] == [40]  # no check before fit_min_steps
+    on = train(fit_run(fit_target=1e-6, fit_min_steps=40, steps=60), tmp_path / "on")  # never fits: to the cap
+    assert not on["fitted"] and on["steps"] == 60 and not ended_fitted(tmp_path / "on")
+    with pytest.raises(ValueError, match="fit_min_steps must be in"):
+        fit_run(fit_min_steps=500)

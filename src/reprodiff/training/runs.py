@@ -12,7 +12,7 @@ from ..checkpoint import read_safetensors
 from ..config import ConfigError
 from ..files import append_line
 
-__all__ = ["append_log", "ema_beta", "existing_config", "weights_at"]
+__all__ = ["append_log", "ema_beta", "ended_fitted", "existing_config", "weights_at"]
 
 
 def existing_config(out: Path) -> dict[str, Any] | None:
@@ -34,6 +34,28 @@ def weights_at(out: Path, step: int) -> bool:
                    for f in ("model.safetensors", "ema.safetensors"))
     except ValueError:
         return False
+
+
+def ended_fitted(out: Path) -> bool:
+    """Whether the run ended early, fitted: its ``log.jsonl`` records a fit check at the step of the weights on
+    disk with ``fit_ratio`` at most the config's ``fit_target`` (``training/fit.py``)."""
+    try:
+        target = float((existing_config(out) or {}).get("fit_target", 0.0))
+        steps = {read_safetensors(out / f)[1].get("step") for f in ("model.safetensors", "ema.safetensors")}
+        lines = (out / "log.jsonl").read_text().splitlines()
+    except (ValueError, OSError, ConfigError):
+        return False
+    if target <= 0 or len(steps) != 1:
+        return False
+    step = steps.pop()
+    for line in lines:
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(rec, dict) and str(rec.get("step")) == step and "fit_ratio" in rec:
+            return float(rec["fit_ratio"]) <= target
+    return False
 
 
 def ema_beta(batch_size: int, halflife: float) -> float:

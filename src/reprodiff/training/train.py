@@ -96,7 +96,9 @@ class TrainConfig(TomlConfig):
     share of the images seen so far; 0 = off).
 
     ``fit_target`` > 0 ends a run early, once its EMA denoiser has *memorized* its training images
-    (:class:`FitCheck`, checked every ``fit_every`` steps); ``steps`` is then the cap.
+    (:class:`FitCheck`, checked every ``fit_every`` steps from ``fit_min_steps`` on); ``steps`` is then the cap.
+    With ``fit_min_steps`` a run trains at least that long and then on until fitted: with the constant learning
+    rate its first ``fit_min_steps`` steps are those of a run of that length.
 
     ``precision`` ``bf16`` autocasts the network (CPU or GPU), ``fp16`` needs CUDA; ``compile`` runs
     the network through ``torch.compile``. Both trade bit-exactness with fp32 eager for speed. On the CPU runs
@@ -128,10 +130,13 @@ class TrainConfig(TomlConfig):
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     fit_target: float = 0.0
     fit_every: int = 50
+    fit_min_steps: int = 0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.fit_target < 1.0:
             raise ValueError(f"fit_target must be in [0, 1) (0 = train all steps), got {self.fit_target}")
+        if not 0 <= self.fit_min_steps <= self.steps:
+            raise ValueError(f"fit_min_steps must be in [0, steps = {self.steps}], got {self.fit_min_steps}")
         for name in ("steps", "batch_size", "checkpoint_every", "log_every", "fit_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -416,7 +421,8 @@ def _loop(cfg: TrainConfig, out: Path, data: Dataset, num_classes: int, device: 
     if resuming:
         start, _ = load_state(out / "training.safetensors", net=model.net, ema=ema.net, opt=opt)
     _trim_log(out / "log.jsonl", start, dist.main)
-    fit = FitCheck(data.images.to(device), cfg.fit_target, cfg.fit_every) if cfg.fit_target > 0 else None
+    fit = FitCheck(data.images.to(device), cfg.fit_target, cfg.fit_every, cfg.fit_min_steps) \
+        if cfg.fit_target > 0 else None
     if fit is not None and fit.due(start) and fit.ratio(ema.eval()) <= fit.target:  # finished: fitted at start
         return {"out": str(out), "steps": start, "resumed_from": start, "last_loss": float("nan"), "fitted": True}
     if dist.main and start > 0 and not weights_at(out, start):  # killed between the two checkpoint writes
