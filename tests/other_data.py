@@ -1,6 +1,7 @@
 """Datasets unlike the digits, built offline for the any-dataset check: 12x12 grayscale letters rendered with
-PIL's bundled font (random glyph, jitter, scale and stroke) and 8x8 RGB crops of scikit-learn's two bundled
-photos. Both are written as the ``.npz`` a user would bring (uint8 ``images``)."""
+PIL's bundled font (random glyph, jitter, scale and stroke), 16x16 RGB shapes (a disc, square, triangle or
+cross in one colour on another) and 8x8 RGB crops of scikit-learn's two bundled photos. All are written as the
+``.npz`` a user would bring (uint8 ``images``)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,36 @@ def letters(n: int, size: int = 12, seed: int = 0) -> np.ndarray:
                                  str(rng.choice(list(string.ascii_uppercase))), fill=255, font=font, anchor="mm",
                                  stroke_width=int(rng.integers(0, 2)), stroke_fill=255)
         out[i] = np.asarray(img)
+    return out
+
+
+def shapes(n: int, size: int = 16, seed: int = 0) -> np.ndarray:
+    """``n`` uint8 RGB images ``[n, size, size, 3]``: a disc, square, triangle or cross of random colour, size
+    (0.3-0.6 x ``size`` across) and position on a background of another random colour, drawn at 4x and
+    downscaled (anti-aliased edges)."""
+    from PIL import Image, ImageDraw
+
+    rng = np.random.default_rng(seed)
+    out = np.zeros((n, size, size, 3), np.uint8)
+    big = 4 * size
+    for i in range(n):
+        bg, fg = (tuple(int(v) for v in rng.integers(0, 256, 3)) for _ in range(2))
+        img = Image.new("RGB", (big, big), bg)
+        draw = ImageDraw.Draw(img)
+        r = rng.uniform(0.15, 0.3) * big
+        cx, cy = rng.uniform(r, big - r, 2)
+        kind = int(rng.integers(4))
+        if kind == 0:
+            draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fg)
+        elif kind == 1:
+            draw.rectangle((cx - r, cy - r, cx + r, cy + r), fill=fg)
+        elif kind == 2:
+            draw.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=fg)
+        else:
+            w = r / 3
+            draw.rectangle((cx - r, cy - w, cx + r, cy + w), fill=fg)
+            draw.rectangle((cx - w, cy - r, cx + w, cy + r), fill=fg)
+        out[i] = np.asarray(img.resize((size, size), Image.Resampling.BOX))
     return out
 
 

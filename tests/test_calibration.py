@@ -10,11 +10,13 @@ import torch
 
 from reprodiff.calibration import (
     calibrate,
+    calibrate_gl_at,
     describe,
     exceeded_by,
     first_occurrences,
     gl_threshold,
     leave_one_out_nearest,
+    nearest_in,
     pair_similarities,
     rp_threshold,
 )
@@ -73,6 +75,11 @@ def test_calibrate_subsets_large_data_deterministically() -> None:
     assert full.images == 50 and full.threshold == rp_threshold(pixel_features(images))
     text = describe({**full.to_dict(), "auto": ["gl_threshold"]}, "pixel")
     assert "GL threshold" in text and "RP threshold" not in text and "50 of the 50 real images" in text
+    rows = [{"n": 16, "threshold": 0.9, "method": "leave-one-out", "images": 16, "duplicates": 0, "rate": 0.05},
+            {"n": 4, "threshold": 0.7, "method": "held-out", "images": 46, "duplicates": 0, "rate": 0.05}]
+    per_size = describe({**full.to_dict(), "auto": ["gl_threshold"], "gl_per_size": rows}, "pixel")
+    assert "GL threshold per training-set size N" in per_size and f"{full.gl_threshold:.3f}" not in per_size
+    assert per_size.index("N = 4: 0.700") < per_size.index("N = 16: 0.900 (leave-one-out)")
 
 
 def test_exact_duplicates_count_once_so_gl_stays_below_one() -> None:
@@ -102,3 +109,33 @@ def test_bad_input_is_one_line() -> None:
         gl_threshold(torch.full((3, 2), float("nan")))
     with pytest.raises(ValueError, match="max_images must be >= 2"):
         calibrate(torch.zeros(4, 1, 2, 2), pixel_features, max_images=1)
+
+
+def test_nearest_in_is_the_brute_force_maximum_in_any_chunking() -> None:
+    q, r = unit_rows(37, seed=1), unit_rows(50, seed=2)
+    want = torch.tensor([max(float(a @ b) for b in r) for a in q])
+    assert torch.allclose(nearest_in(q, r, chunk=7), want, atol=1e-6)
+    assert torch.allclose(nearest_in(r, r, exclude_self=True, chunk=9), leave_one_out_nearest(r), atol=1e-6)
+    with pytest.raises(ValueError, match="query features"):
+        nearest_in(unit_rows(3, d=4), r)
+
+
+def _images(n: int, seed: int) -> torch.Tensor:
+    return torch.randn(n, 1, 3, 3, generator=torch.Generator().manual_seed(seed))
+
+
+def test_per_size_gl_threshold_holds_its_guarantee_on_the_held_out_images() -> None:
+    """At most 5% of fresh real images exceed it against the training set, with exact copies of a training image
+    left out; with too few held-out images, leave-one-out among the training images (= ``gl_threshold``)."""
+    train, rest = _images(20, 0), torch.cat([_images(300, 1), _images(20, 0)[:15]])  # 15 copies of training images
+    c = calibrate_gl_at(train, pixel_features(train), rest, pixel_features)
+    assert (c.method, c.images, c.duplicates, c.n) == ("held-out", 300, 15, 20)
+    near = nearest_in(pixel_features(rest[:300]), pixel_features(train))
+    assert int((near > c.threshold).sum()) <= 0.05 * 300 < int((near >= c.threshold).sum())
+    few = calibrate_gl_at(train, pixel_features(train), rest[:100], pixel_features)
+    assert few.method == "leave-one-out" and few.threshold == gl_threshold(pixel_features(train))
+    dup = torch.cat([train, train[:5]])  # duplicated training images count once
+    again = calibrate_gl_at(dup, pixel_features(dup), rest[:0], pixel_features)
+    assert (again.threshold, again.duplicates) == (few.threshold, 5)
+    with pytest.raises(ValueError, match="needs 256 held-out images or 2 distinct"):
+        calibrate_gl_at(train[:1], pixel_features(train[:1]), rest[:10], pixel_features)

@@ -10,6 +10,18 @@ Both thresholds are read off the real images in the study's feature space (a see
   their nearest *other* real image (leave-one-out nearest neighbour) -- at most ``rate`` of novel images that
   look like the data count as copies.
 
+The GL threshold is calibrated **per training-set size** when a study scores GL (``calibrate_gl_at``): the
+guarantee above is about novel images against *the training set a model saw*, and a novel image is much further
+from 8 training images than from all 2,000 of a dataset. So at size ``N`` GL's threshold is the smallest value
+that at most ``rate`` (5%) of real images *not* among the ``N`` training images (up to ``max_images`` of them)
+exceed against their nearest training image; where fewer than ``MIN_HELD_OUT`` images are left out (``N`` near
+the whole dataset) each of (up to ``max_images``) training images is compared with the other training images
+instead (leave-one-out). At the whole dataset that is the leave-one-out threshold above. It is the reference of
+Meehan et al. 2020's data-copying test (held-out images' distances to the training set): a sample counts as a
+copy only where it is closer to the training set than all but 5% of fresh real images are. Held-out images that
+are exact copies of a training image are left out (they *are* that image; with more than 5% of them the
+threshold would be 1).
+
 "The smallest value that at most ``k`` of the ``M`` values exceed" is the ``(floor(rate * M) + 1)``-th largest
 value: with the strict ``>`` of the scores, ties only lower the share above it.
 
@@ -28,8 +40,24 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["AUTO", "GL_RATE", "MAX_IMAGES", "RP_RATE", "Calibration", "calibrate", "describe", "exceeded_by",
-           "first_occurrences", "gl_threshold", "rp_threshold"]
+__all__ = [
+    "AUTO",
+    "GL_RATE",
+    "MAX_IMAGES",
+    "MIN_HELD_OUT",
+    "RP_RATE",
+    "Calibration",
+    "SizeCalibration",
+    "calibrate",
+    "calibrate_gl_at",
+    "describe",
+    "describe_per_size",
+    "exceeded_by",
+    "first_occurrences",
+    "gl_threshold",
+    "nearest_in",
+    "rp_threshold",
+]
 
 AUTO = "auto"
 RP_RATE = 0.01
@@ -124,6 +152,86 @@ def first_occurrences(images: Tensor) -> Tensor:
     return first.sort().values
 
 
+MIN_HELD_OUT = 256  # fewer held-out images than this: leave-one-out among the training images instead
+
+
+def nearest_in(queries: Tensor, reference: Tensor, *, exclude_self: bool = False, chunk: int = 1024) -> Tensor:
+    """Each row of ``queries`` ``[Q, F]``: its largest similarity to a row of ``reference`` ``[R, F]``, in row
+    chunks (memory O(chunk x R)); ``exclude_self``: ``queries`` are the first ``Q`` rows of ``reference``, and row
+    ``i`` is not compared with itself (leave-one-out)."""
+    _check(reference)
+    if queries.ndim != 2 or queries.shape[1] != reference.shape[1] or queries.shape[0] == 0:
+        raise ValueError(f"need query features [Q, {reference.shape[1]}], got {list(queries.shape)}")
+    out = []
+    for i0 in range(0, queries.shape[0], chunk):
+        sims = queries[i0 : i0 + chunk] @ reference.T  # [chunk, R]
+        if exclude_self:
+            rows = torch.arange(sims.shape[0], device=sims.device)
+            sims[rows, rows + i0] = -math.inf
+        out.append(sims.max(1).values)
+    return torch.cat(out)
+
+
+@dataclass(frozen=True)
+class SizeCalibration:
+    """GL's threshold at training-set size ``n`` (module docstring): ``method`` "held-out" (``images`` real
+    images not in the training set against it) or "leave-one-out" (``images`` training images against the
+    others); ``duplicates``: images left out as exact copies (of a training image, or of another one)."""
+
+    n: int
+    threshold: float
+    method: str
+    images: int
+    duplicates: int
+    rate: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def calibrate_gl_at(train: Tensor, train_features: Tensor, held_out: Tensor, features: Any, *,
+                    rate: float = GL_RATE, max_images: int = MAX_IMAGES,
+                    min_held_out: int = MIN_HELD_OUT) -> SizeCalibration:
+    """GL's threshold for a model trained on ``train`` ``[N, C, H, W]`` (features ``train_features`` ``[N, F]``):
+    from the real images ``held_out`` (not in ``train``; their features by the feature map ``features``) against
+    their nearest training image, or leave-one-out among the training images where fewer than ``min_held_out``
+    distinct held-out images remain (module docstring)."""
+    n = train.shape[0]
+    if train_features.shape[0] != n:
+        raise ValueError(f"{n} training images but {train_features.shape[0]} rows of training features")
+    held = held_out[:max_images]
+    if held.shape[0]:
+        both = first_occurrences(torch.cat([train, held]))  # training rows first: a held-out copy is dropped
+        keep = both[both >= n] - n
+    else:
+        keep = torch.zeros(0, dtype=torch.long)
+    if keep.numel() >= min_held_out:
+        near = nearest_in(features(held[keep]).to(train_features.device), train_features)
+        return SizeCalibration(n, _clip(exceeded_by(near, rate)), "held-out", int(keep.numel()),
+                               int(held.shape[0] - keep.numel()), rate)
+    distinct = first_occurrences(train)
+    if distinct.numel() < 2:
+        raise ValueError(f"GL calibration at N = {n} needs {min_held_out} held-out images or 2 distinct "
+                         f"training images, got {keep.numel()} and {distinct.numel()}")
+    f = train_features[distinct]
+    near = nearest_in(f[:max_images], f, exclude_self=True)
+    return SizeCalibration(n, _clip(exceeded_by(near, rate)), "leave-one-out", int(min(max_images, f.shape[0])),
+                           int(n - distinct.numel()), rate)
+
+
+def describe_per_size(rows: list[dict[str, Any]]) -> str:
+    """One sentence for a report: GL's per-size thresholds (``SizeCalibration.to_dict`` rows) and how."""
+    if not rows:
+        return ""
+    rate = rows[0]["rate"]
+    values = ", ".join(f"N = {r['n']:,}: {r['threshold']:.3f}"
+                       + ("" if r["method"] == "held-out" else " (leave-one-out)")
+                       for r in sorted(rows, key=lambda r: r["n"]))
+    return (f"GL threshold per training-set size N: the value at most {rate:.0%} of real images not among the N "
+            f"training images exceed against their nearest training image (leave-one-out among the training "
+            f"images where fewer than {MIN_HELD_OUT} are left out): {values}.")
+
+
 def _clip(t: float) -> float:
     return min(1.0, max(-1.0, t))
 
@@ -137,7 +245,9 @@ def describe(calibration: dict[str, Any], backend: str = "") -> str:
     if "threshold" in auto:
         parts.append(f"RP threshold {c['threshold']:.3f}: at most {c['rp_rate']:.0%} of the {c['pairs']:,} pairs of "
                      f"distinct real images exceed it")
-    if "gl_threshold" in auto:
+    if "gl_threshold" in auto and c.get("gl_per_size"):
+        parts.append(describe_per_size(c["gl_per_size"]).rstrip("."))
+    elif "gl_threshold" in auto:
         parts.append(f"GL threshold {c['gl_threshold']:.3f}: at most {c['gl_rate']:.0%} of the real images exceed it "
                      f"against their nearest other real image (leave-one-out)")
     if not parts:

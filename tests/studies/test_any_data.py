@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from other_data import letters, photo_crops, write_npz
-from reprodiff.calibration import first_occurrences, leave_one_out_nearest, pair_similarities
-from reprodiff.data import load_npz
+from reprodiff.calibration import calibrate_gl_at, first_occurrences, leave_one_out_nearest, pair_similarities
+from reprodiff.data import held_out, load_npz, subset
 from reprodiff.studies.base import scoring_features
 from reprodiff.studies.regime import StudyConfig, calibrated
 
@@ -26,6 +26,12 @@ def test_other_data_are_deterministic_and_calibrate_their_own_thresholds(tmp_pat
     f = scoring_features(cfg)(data.images[first_occurrences(data.images)])  # exact copies count once
     pairs = pair_similarities(f)
     assert int((pairs > resolved.threshold).sum()) <= 0.01 * len(pairs)  # counts: no float rounding at the edge
-    assert int((leave_one_out_nearest(f) > resolved.gl).sum()) <= 0.05 * len(f)
+    whole = sim["calibration"]["gl_threshold"]  # GL's reference at the whole dataset (leave-one-out)
+    assert int((leave_one_out_nearest(f) > whole).sum()) <= 0.05 * len(f)
     assert sim["calibration"]["images"] == len(f) and sim["calibration"]["total"] == 300
-    assert resolved.gl < 1.0  # some distinct images are still nobody's copy
+    assert whole < 1.0 and resolved.gl_per_size  # some distinct images are still nobody's copy
+    feats = scoring_features(cfg)
+    train, rest = subset(data, 8, cfg.subset_seed).images, held_out(data, 8, 292, cfg.subset_seed).images
+    c = calibrate_gl_at(train, feats(train), rest, feats)  # GL at N = 8: fresh images against the 8
+    assert c.method == "held-out" and c.images + c.duplicates == 292 and c.threshold < whole
+    assert c.images >= 250 and c.threshold < 1.0  # most fresh images are nobody's copy

@@ -250,7 +250,11 @@ class ModelSpec:
     when the config loads. ``sampler`` / ``sampler_steps``: this model's own sampler (e.g. ``onestep`` for a
     consistency model), used in place of each of the study's samplers ("" / 0: the study's).
     ``fit_target`` > 0 ends each run once it has memorized its training images (``training/fit.py``), checked
-    every ``steps // 20`` steps; ``steps`` is then a cap.
+    every ``steps // 20`` steps; ``steps`` is then a cap. ``memorize`` > 0 (the regime study) does the opposite at
+    the study's *smallest* size only: the run trains ``steps`` and then on until it has memorized its training
+    images (fit ratio at most ``memorize``, checked every ``steps // 20`` steps), at most ``memorize_steps``
+    (0: ``4 * steps``) -- so that data harder than the digits still reach the memorization regime at the
+    smallest N without hand-tuned steps; where the fit holds at ``steps`` the run is exactly the plain one.
 
     ``source = "diffusers"`` with ``path`` (a local ``save_pretrained`` folder of a ``UNet2DModel`` and its
     scheduler, see ``adapters/diffusers.py``) brings in an outside checkpoint instead: it is not trained, it is
@@ -272,6 +276,8 @@ class ModelSpec:
     sampler: str = ""
     sampler_steps: int = 0
     fit_target: float = 0.0
+    memorize: float = 0.0
+    memorize_steps: int = 0
 
     def __post_init__(self) -> None:
         if not self.name or self.name == OPTIMAL or not self.name.replace("-", "").replace("_", "").isalnum():
@@ -288,6 +294,11 @@ class ModelSpec:
         if self.sampler_steps < 0:
             raise ValueError(f"model {self.name!r}: sampler_steps must be >= 0 (0: the study's), got "
                              f"{self.sampler_steps}")
+        if not 0.0 <= self.memorize < 1.0:
+            raise ValueError(f"model {self.name!r}: memorize must be in [0, 1) (0 = off), got {self.memorize}")
+        if self.memorize_steps and self.memorize_steps < self.steps:
+            raise ValueError(f"model {self.name!r}: memorize_steps must be 0 (4 x steps) or >= steps = "
+                             f"{self.steps}, got {self.memorize_steps}")
         if self.source == "train":
             check_train_options(self)
 
@@ -318,16 +329,26 @@ def default_models() -> tuple[ModelSpec, ...]:
     return ModelSpec("unet", UNET, steps=600), ModelSpec("mlp", MLP, steps=800)
 
 
-def model_train_config(spec: ModelSpec, index: int, data: DataConfig, device: str, **extra: Any) -> TrainConfig:
+def model_train_config(spec: ModelSpec, index: int, data: DataConfig, device: str, *, smallest: bool | None = None,
+                       **extra: Any) -> TrainConfig:
     """``spec.steps`` at ``spec.batch_size`` at every data size: where the data are fewer than a batch, the batch
     cycles through them (``train.batch_indices``, EDM's ``InfiniteSampler``), so a run's cost does not grow as N
-    shrinks. ``extra``: further ``TrainConfig`` fields (e.g. ``finetune``, ``label_dropout``)."""
+    shrinks. ``smallest``: this run is at the study's smallest size (``memorize`` trains it on until fitted; a
+    study kind that does not say cannot take ``memorize``). ``extra``: further ``TrainConfig`` fields (e.g.
+    ``finetune``, ``label_dropout``)."""
+    if spec.memorize and smallest is None:
+        raise ConfigError(f"model {spec.name!r}: memorize is an option of the regime study (its smallest size); "
+                          "remove it here")
     options = {"checkpoint_every": max(1, spec.steps // 4), "log_every": max(1, spec.steps // 20)}
     fit = {"fit_target": spec.fit_target, "fit_every": max(1, spec.steps // 20)} if spec.fit_target else {}
+    if spec.memorize and smallest:
+        fit = {"fit_target": spec.memorize, "fit_every": max(1, spec.steps // 20), "fit_min_steps": spec.steps,
+               "steps": spec.memorize_steps or 4 * spec.steps}
+    settings = {"steps": spec.steps} | options | fit | spec.train | extra
     return TrainConfig(
-        data=data, net=spec.net, kernel=spec.kernel, objective=spec.objective, steps=spec.steps,
-        batch_size=spec.batch_size, lr=spec.lr, ema_halflife=spec.ema_halflife,
-        seed=index if spec.seed < 0 else spec.seed, device=device, **(options | fit | spec.train | extra),
+        data=data, net=spec.net, kernel=spec.kernel, objective=spec.objective, batch_size=spec.batch_size,
+        lr=spec.lr, ema_halflife=spec.ema_halflife, seed=index if spec.seed < 0 else spec.seed, device=device,
+        **settings,
     )
 
 
@@ -449,9 +470,10 @@ def check_folder(out: Path, config: dict[str, Any]) -> None:
 
 def _with_model_defaults(config: Any) -> Any:
     """A ``study.json`` written before models had ``source``/``path``/``train``/``sampler``/``sampler_steps``/
-    ``fit_target`` names the same study with the defaults."""
+    ``fit_target``/``memorize``/``memorize_steps`` names the same study with the defaults."""
     if isinstance(config, dict) and isinstance(config.get("models"), list):
-        new = {"source": "train", "path": "", "train": {}, "sampler": "", "sampler_steps": 0, "fit_target": 0.0}
+        new = {"source": "train", "path": "", "train": {}, "sampler": "", "sampler_steps": 0, "fit_target": 0.0,
+               "memorize": 0.0, "memorize_steps": 0}
         models = [new | m if isinstance(m, dict) and "net" in m else m
                   for m in config["models"]]
         return config | {"models": models}

@@ -24,19 +24,19 @@ import torch
 from torch import Tensor
 
 from .. import sampling
-from ..calibration import AUTO, calibrate
+from ..calibration import AUTO, MAX_IMAGES, calibrate, calibrate_gl_at
 from ..config import ConfigError
-from ..data import Dataset, subset, to_uint8
+from ..data import Dataset, held_out, subset, to_uint8
 from ..encoding import compare_encodings, encodings_of
 from ..executors import ExecutorConfig, LocalExecutor, Task, executor_from_config
 from ..files import folder_lock, save_json, save_npz
 from ..optimal import EmpiricalOptimalDenoiser
 from ..similarity import FeatureMap
-from ..training.runs import weights_at
-from ..training.train import DataConfig, TrainingError, resolve_device, train
+from ..training.runs import ended_fitted, weights_at
+from ..training.train import DataConfig, TrainConfig, TrainingError, resolve_device, train
 from . import base, plan
 from .base import FAILURES, OPTIMAL, SCHEMA, Kind, ModelSpec, StudyFields
-from .regime_report import dip_lines, dip_rows, report
+from .regime_report import dip_lines, dip_rows, gl_threshold_at, report
 from .render import fmt_interval
 
 REFERENCE = ("heun", 18)  # EDM's 35-NFE Heun: the budget every other one is compared with
@@ -55,8 +55,11 @@ class StudyConfig(StudyFields):
     sample copies its nearest training image (GL); unset, ``gl_threshold`` is ``threshold`` where that is a
     number (the paper uses one threshold, SSCD > 0.6). ``"auto"`` (the default) calibrates them on the data
     themselves (``calibration.py``): RP's is the value at most 1% of pairs of distinct real images exceed (the
-    chance level), GL's the value at most 5% of real images exceed against their nearest other real image
-    (leave-one-out). On the digits' pixels that gives ~0.89 and ~0.98, the values once tuned by hand.
+    chance level), GL's -- per training-set size N, when each size is scored -- the value at most 5% of real
+    images not among the N training images exceed against their nearest training image (leave-one-out among
+    the training images at the whole dataset; ``calibration.calibrate_gl_at``). On the digits' pixels that
+    gives ~0.89 for RP and, for GL, ~0.87 at N = 4 up to ~0.98 at all 1,797 (the values once tuned by hand:
+    0.9 and 0.98).
 
     ``nfe_budgets`` (e.g. ``[["euler", 10], ["dpm++2m", 10]]``; empty = off): at the smallest and the largest
     size, RP of every pair of models (D* included) with each ODE sampler at each number of steps, from the same
@@ -112,6 +115,11 @@ class StudyConfig(StudyFields):
         return gl
 
     @property
+    def gl_per_size(self) -> bool:
+        """GL's threshold is ``"auto"``: calibrated per training-set size as each size is scored."""
+        return (self.threshold if self.gl_threshold is None else self.gl_threshold) == AUTO
+
+    @property
     def auto(self) -> list[str]:
         """The thresholds to calibrate on the data: ``threshold`` and/or ``gl_threshold``."""
         gl = self.threshold if self.gl_threshold is None else self.gl_threshold
@@ -123,16 +131,21 @@ class StudyConfig(StudyFields):
 # log-normal noise levels widened (P_std 1.8 for 1.2) and moved up (P_mean -0.8 for -1.2): sampling decides which
 # training image to approach at noise about as large as the distance between images (sigma ~ 2-6 on the digits),
 # which EDM's CIFAR-10 setting rarely trains; measured on 4 digits (U-Net/MLP), agreement with D* rose from
-# 0.75-0.80 to 0.81-0.85 at equal steps (README, "The regime study").
+# 0.75-0.80 to 0.81-0.85 at equal steps (README, "The regime study"). The U-ViT's patch follows the image size
+# (``patch_size = "auto"``: a 4x4 token grid, patch 2 on the digits; nets/uvit.py).
 WIDE_SIGMA = {"name": "edm", "P_mean": -0.8, "P_std": 1.8}
-UVIT = {"name": "uvit", "embed_dim": 96, "depth": 4, "num_heads": 3, "mlp_ratio": 2.0}
+UVIT = {"name": "uvit", "patch_size": "auto", "embed_dim": 96, "depth": 4, "num_heads": 3, "mlp_ratio": 2.0}
 SMALL_MLP = {"name": "mlp", "hidden": 256, "depth": 4}
+# At the smallest size each run trains on past its 1,200 steps until it has memorized its training images (fit
+# ratio <= 0.02, training/fit.py), at most 4,800 steps: on the digits both fit by step 1,200 (the runs are the plain
+# ones), on 16x16 RGB shapes the U-ViT needs ~3,600 (README, "Any dataset").
+MEMORIZE = 0.02
 
 
 def regime_models() -> tuple[ModelSpec, ...]:
     """The default study's U-ViT and MLP (``studies/default.toml``)."""
-    return (ModelSpec("uvit", UVIT, kernel=WIDE_SIGMA, steps=1200, batch_size=32),
-            ModelSpec("mlp", SMALL_MLP, kernel=WIDE_SIGMA, steps=1200, batch_size=64))
+    return (ModelSpec("uvit", UVIT, kernel=WIDE_SIGMA, steps=1200, batch_size=32, memorize=MEMORIZE),
+            ModelSpec("mlp", SMALL_MLP, kernel=WIDE_SIGMA, steps=1200, batch_size=64, memorize=MEMORIZE))
 
 
 def default_study() -> StudyConfig:
@@ -141,16 +154,20 @@ def default_study() -> StudyConfig:
 
 
 def calibrated(cfg: StudyConfig, data: Dataset, features: FeatureMap) -> tuple[StudyConfig, dict[str, Any]]:
-    """``cfg`` with numeric thresholds -- the ``"auto"`` ones calibrated on ``data``'s real images in the feature
-    space of ``features`` (``calibration.calibrate``) -- and the results' ``similarity`` record: the backend,
-    both thresholds and, where any was calibrated, ``calibration`` (how: rates, images, pairs)."""
+    """``cfg`` with a numeric RP threshold -- calibrated on ``data``'s real images in the feature space of
+    ``features`` where ``"auto"`` (``calibration.calibrate``) -- and the results' ``similarity`` record: the
+    backend, both thresholds and, where any was calibrated, ``calibration`` (how: rates, images, pairs). An
+    ``"auto"`` GL threshold stays ``"auto"`` (explicitly, not inherited): each size's score task calibrates it
+    for its training set (:func:`_gl_threshold_at`); the record's ``gl_threshold`` is then None until the
+    report task fills in ``gl_thresholds`` per size. (``calibration.gl_threshold`` is the whole dataset's
+    leave-one-out value, for reference.)"""
     sim: dict[str, Any] = {"backend": cfg.similarity}
     if auto := cfg.auto:
         c = calibrate(data.images, features, seed=cfg.subset_seed)
-        values = {"threshold": c.threshold, "gl_threshold": c.gl_threshold}
-        cfg = replace(cfg, **{name: values[name] for name in auto})
+        cfg = replace(cfg, **({"threshold": c.threshold} if "threshold" in auto else {}),
+                      **({"gl_threshold": AUTO} if "gl_threshold" in auto else {}))
         sim["calibration"] = {**c.to_dict(), "auto": auto}
-    sim |= {"threshold": cfg.threshold, "gl_threshold": cfg.gl}
+    sim |= {"threshold": cfg.threshold, "gl_threshold": None if cfg.gl_per_size else cfg.gl}
     return cfg, sim
 
 
@@ -237,9 +254,11 @@ def announce(cfg: StudyConfig, tasks: list[Task], out: Path) -> str:
     steps = sum(cfg.models[t.args[2]].steps for t in trains)
     images = sum(cfg.models[t.args[2]].steps * cfg.models[t.args[2]].batch_size for t in trains)
     passes = sum(t.stage == "sample" for t in todo)
+    more = any(cfg.models[t.args[2]].memorize and t.args[3] == min(cfg.sizes) for t in trains)
     return (f"regime study -> {out}: {len(todo)} of {len(tasks)} tasks to run: {len(trains)} training runs "
-            f"({steps:,} steps, {images:,} images seen), {passes} sampling passes of {cfg.count} samples, "
-            f"{sum(t.stage == 'score' for t in todo)} sizes to score")
+            f"({steps:,} steps, {images:,} images seen{'; more where a run at the smallest N memorizes late' * more}"
+            f"), {passes} sampling passes of {cfg.count} samples, {sum(t.stage == 'score' for t in todo)} sizes "
+            "to score")
 
 
 def _names(cfg: StudyConfig) -> list[str]:
@@ -296,7 +315,8 @@ def _size_tasks(cfg: StudyConfig, out: Path, shape: tuple[int, ...], n: int, pro
         if spec.source == "train":
             cost = 3 * plan.forward_flops(spec.net, shape) * spec.steps * spec.batch_size
             key = f"train/{spec.name}-n{n}"
-            tasks.append(Task(key, "train", _train_task, _TrainDone(str(out), spec.name, n, spec.steps),
+            steps = _train_config(cfg, i, n).steps  # the cap, where the run may train on until it memorizes
+            tasks.append(Task(key, "train", _train_task, _TrainDone(str(out), spec.name, n, steps),
                               (cfg, str(out), i, n, progress), cost=cost))
             deps.append(key)
     for name in _names(cfg):
@@ -367,9 +387,8 @@ class _TrainDone:
     steps: int
 
     def __call__(self) -> bool:
-        key = f"train/{self.name}-n{self.n}"
-        return plan.read_failure(Path(self.out), key) is not None or weights_at(
-            Path(self.out) / "runs" / f"{self.name}-n{self.n}", self.steps)
+        key, run = f"train/{self.name}-n{self.n}", Path(self.out) / "runs" / f"{self.name}-n{self.n}"
+        return plan.read_failure(Path(self.out), key) is not None or weights_at(run, self.steps) or ended_fitted(run)
 
 
 @dataclass(frozen=True)
@@ -416,16 +435,25 @@ def _read_or_failed(out: Path, key: str) -> Tensor | None:
 
 
 # ---------------------------------------------------------------------------------------------- the tasks
+def _train_config(cfg: StudyConfig, i: int, n: int) -> TrainConfig:
+    """Model ``i``'s run at size ``n`` (at the smallest size, ``memorize`` may train it on until fitted)."""
+    return base.model_train_config(cfg.models[i], i, DataConfig(name=cfg.data, n=n, seed=cfg.subset_seed),
+                                   cfg.device, smallest=n == min(cfg.sizes))
+
+
 def _train_task(cfg: StudyConfig, out: str, i: int, n: int, progress: bool = False) -> str:
     """Train (or resume) model ``i`` at size ``n``; a failure is recorded, not raised."""
     spec, folder = cfg.models[i], Path(out)
-    tc = base.model_train_config(spec, i, DataConfig(name=cfg.data, n=n, seed=cfg.subset_seed), cfg.device)
+    tc = _train_config(cfg, i, n)
     try:
         r = train(tc, folder / "runs" / f"{spec.name}-n{n}", progress=progress)
     except FAILURES as e:
         plan.save_failure(folder, f"train/{spec.name}-n{n}", {"n": n, "model": spec.name, "error": str(e)})
         return f"train {spec.name} N={n}: failed: {e}"
-    return f"train {spec.name} N={n}: {tc.steps} steps ({tc.steps * tc.batch_size:,} images), loss {r['last_loss']:.4g}"
+    steps = int(r["steps"])
+    fitted = f", memorized (fit ratio <= {tc.fit_target:g})" if r.get("fitted") else ""
+    return (f"train {spec.name} N={n}: {steps} steps ({steps * tc.batch_size:,} images){fitted}, "
+            f"loss {r['last_loss']:.4g}")
 
 
 def _denoiser(cfg: StudyConfig, out: Path, name: str, n: int, device: str) -> Any:
@@ -486,7 +514,8 @@ def _score_task(cfg: StudyConfig, out: str, shape: tuple[int, ...], n: int) -> s
     ``scores/nN.json`` (the rows ``results.json`` lists for this size)."""
     folder = Path(out)
     features = base.scoring_features(cfg, str(resolve_device(cfg.device)))
-    train_images = subset(base.load_data(cfg), n, cfg.subset_seed).images
+    data = base.load_data(cfg)
+    train_images = subset(data, n, cfg.subset_seed).images
     # samples/train-nN.npz: written by the features/train-nN task this one waits for
     part: dict[str, list[Any]] = {"train": [base.train_row(folder, n)], "samples": [],
                                   "gl": [], "rp": [], "encoding": [], "encode_panels": [], "failed": [],
@@ -494,13 +523,14 @@ def _score_task(cfg: StudyConfig, out: str, shape: tuple[int, ...], n: int) -> s
     sims: dict[str, Tensor] = {}  # per-sample similarities behind each score, by base.sim_key
     train_feats = base.cached_features(base.features_path(folder / "samples" / f"train-n{n}.npz", cfg.similarity),
                                        train_images, features, _backend(cfg))
+    gl_threshold = _gl_threshold_at(cfg, data, n, train_images, (features, train_feats), part)
     names = _names(cfg)
     trained = {m: plan.read_failure(folder, f"train/{m}-n{n}") for m in names}  # each failure file read once
     part["failed"] += [f for f in trained.values() if f]
     alive = [m for m, f in trained.items() if not f]
     first: dict[str, Tensor] = {}
     for s in cfg.samplers:
-        _score_sampler(cfg, folder, shape, n, s, alive, (features, train_feats), part, (first, sims))
+        _score_sampler(cfg, folder, shape, n, s, alive, (features, train_feats, gl_threshold), part, (first, sims))
     budgets = bool(cfg.nfe_budgets) and n in (cfg.sizes[0], cfg.sizes[-1])
     if cfg.encode_count or budgets:
         failed = {f["model"] for f in part["failed"]}
@@ -514,17 +544,32 @@ def _score_task(cfg: StudyConfig, out: str, shape: tuple[int, ...], n: int) -> s
     save_json(folder / "scores" / f"n{n}.json", part)
     gl = ", ".join(f"{r['model']} {r['gl']:.2f}" for r in part["gl"] if r["sampler"] == cfg.samplers[0])
     rp = ", ".join(f"{r['a']}/{r['b']} {r['rp']:.2f}" for r in part["rp"] if r["sampler"] == cfg.samplers[0])
-    return f"score N={n}: GL {gl}; RP {rp}"
+    return f"score N={n}: GL {gl} (threshold {gl_threshold:.3f}); RP {rp}"
+
+
+def _gl_threshold_at(cfg: StudyConfig, data: Dataset, n: int, train_images: Tensor,
+                     feats: tuple[FeatureMap, Tensor], part: dict[str, list[Any]]) -> float:
+    """GL's threshold at size ``n``: the study's number, or -- ``"auto"`` -- calibrated for these training
+    images against (up to ``MAX_IMAGES``) real images left out of them (``calibration.calibrate_gl_at``; the
+    next ones of the subset permutation, so every run and resume sees the same), recorded in ``part``."""
+    if not cfg.gl_per_size:
+        return cfg.gl
+    features, train_feats = feats
+    rest = held_out(data, n, min(MAX_IMAGES, len(data) - n), cfg.subset_seed).images
+    c = calibrate_gl_at(train_images, train_feats, rest, features)
+    part["gl_calibration"] = [c.to_dict()]
+    return c.threshold
 
 
 def _score_sampler(cfg: StudyConfig, out: Path, shape: tuple[int, ...], n: int, sampler: str, names: list[str],
-                   feats_of: tuple[FeatureMap, Tensor], part: dict[str, list[Any]],
+                   feats_of: tuple[FeatureMap, Tensor, float], part: dict[str, list[Any]],
                    kept: tuple[dict[str, Tensor], dict[str, Tensor]]) -> None:
     """GL and RP rows of the study sampler ``sampler`` (each model sampled with its own sampler where it names
-    one: RP's ``sampler_a`` / ``sampler_b``); ``kept``: the first sampler's samples by model and the per-sample
+    one: RP's ``sampler_a`` / ``sampler_b``); ``feats_of``: the feature map, the training features and GL's
+    threshold at this size; ``kept``: the first sampler's samples by model and the per-sample
     similarities by key, filled in. (Nine parameters: the task's state, passed down rather than held in a
     closure or an object.)"""
-    features, train_feats = feats_of
+    features, train_feats, gl_threshold = feats_of
     first, sims = kept
     feats: dict[str, Tensor] = {}
     used: dict[str, str] = {}
@@ -539,13 +584,13 @@ def _score_sampler(cfg: StudyConfig, out: Path, shape: tuple[int, ...], n: int, 
         feats[name] = base.cached_features(base.features_path(out / "samples" / f"{key}.npz", cfg.similarity), x,
                                            features, _backend(cfg))
         path = base.sample_file(out, name, f"n{n}", eff)
-        gl = base.score_gl(path, x, feats[name], train_feats, cfg, cfg.gl)
+        gl = base.score_gl(path, x, feats[name], train_feats, cfg, gl_threshold)
         used[name] = eff
         if sampler == cfg.samplers[0]:
             first[name] = x
         part["samples"].append({"n": n, "model": name, "sampler": sampler, "path": str(path.relative_to(out))})
         part["gl"].append({"n": n, "model": name, "sampler": sampler, "gl": gl.value, "ci": list(gl.ci),
-                           "count": gl.n})
+                           "count": gl.n, "threshold": gl_threshold})
         sims[base.sim_key("gl", n, sampler, name)] = gl.similarities
     for a, b in combinations(feats, 2):
         rp = base.rp_pair(feats[a], feats[b], cfg)
@@ -614,6 +659,9 @@ def _report_task(cfg: StudyConfig, out: str, start: float, final_lock: bool) -> 
         for n in cfg.sizes:
             for k, rows in json.loads((folder / "scores" / f"n{n}.json").read_text()).items():
                 results[k] += rows
+        if per_size := results.pop("gl_calibration"):  # GL calibrated per size: into the similarity record
+            results["similarity"]["gl_thresholds"] = {str(r["n"]): r["threshold"] for r in per_size}
+            results["similarity"].setdefault("calibration", {})["gl_per_size"] = per_size
         results["provenance"] = plan.provenance(folder)
         sims = _read_similarities(folder, cfg.sizes)
         results["dip"] = dip_rows(results, sims)
@@ -640,14 +688,33 @@ def _read_similarities(folder: Path, sizes: tuple[int, ...]) -> dict[str, Tensor
 def _new_results(cfg: StudyConfig, folder: Path) -> dict[str, Any]:
     path = folder / "similarity.json"
     sim = json.loads(path.read_text()) if path.is_file() else {
-        "backend": cfg.similarity, "threshold": cfg.threshold, "gl_threshold": cfg.gl}
+        "backend": cfg.similarity, "threshold": cfg.threshold, "gl_threshold": None if cfg.gl_per_size else cfg.gl}
     given = folder / "study.json"  # the config as given ("auto" thresholds), not as calibrated
     config = json.loads(given.read_text()) if given.is_file() else cfg.to_dict()
     return {"schema": SCHEMA, "kind": "regime", "config": config, "sizes": list(cfg.sizes),
             "models": [m.name for m in cfg.models] + [OPTIMAL] * cfg.optimal, "samplers": list(cfg.samplers),
             "similarity": sim,
             "rp": [], "gl": [], "encoding": [], "encode_panels": [], "samples": [], "train": [], "failed": [],
-            **({"rp_nfe": []} if cfg.nfe_budgets else {})}
+            "gl_calibration": [], **({"rp_nfe": []} if cfg.nfe_budgets else {})}
+
+
+def gl_threshold_of(results: dict[str, Any], row: dict[str, Any]) -> float:
+    """The GL threshold a ``results["gl"]`` row was scored at: its own (per size), else the study's."""
+    return float(row["threshold"]) if "threshold" in row else gl_threshold_at(results["similarity"], row["n"])
+
+
+def gl_threshold_text(sim: dict[str, Any]) -> str:
+    """GL's threshold(s) in a line of text: one number, or the range over the sizes where calibrated per size."""
+    if (t := sim.get("gl_threshold")) is not None:
+        return f"{t:.3g}"
+    per = sim.get("gl_thresholds") or {}
+    if not per:
+        return f"{sim['threshold']:.3g}"
+    sizes = sorted(per, key=int)
+    first, last = sizes[0], sizes[-1]
+    if first == last:
+        return f"{per[first]:.3g}"
+    return f"{per[first]:.3g} (N = {int(first):,}) to {per[last]:.3g} (N = {int(last):,}), per size"
 
 
 def scores(results: dict[str, Any]) -> base.ScoreTable:
@@ -658,7 +725,7 @@ def scores(results: dict[str, Any]) -> base.ScoreTable:
     rows = [base.rp_scored(r, [r["n"], r["a"], r["b"], r["sampler"], steps, ""], sim["threshold"])
             for r in results["rp"]]
     rows += [base.Scored("gl", [r["n"], r["model"], "", r["sampler"], steps, ""], r["gl"], tuple(r["ci"]), None,
-                         sim.get("gl_threshold", sim["threshold"]), r.get("count")) for r in results["gl"]]
+                         gl_threshold_of(results, r), r.get("count")) for r in results["gl"]]
     for r in results.get("encoding", []):
         keys = [r["n"], r["a"], r["b"], results["samplers"][0], steps, r["images"]]
         rows += [base.wilson_row("noise_agreement", keys, r["noise_agreement"], r.get("count"), NOISE_AGREEMENT),
@@ -712,7 +779,7 @@ def summarize(results: dict[str, Any]) -> str:
     lines += base.failed_lines(results["failed"])
     sim = results["similarity"]
     lines.append(f"(in brackets: 95% Wilson interval; {sim['backend']} similarity > {sim['threshold']:.3g} for RP, "
-                 f"> {sim['gl_threshold']:.3g} for GL; {sampler}; {results['timing']['total_s']:.0f} s)")
+                 f"> {gl_threshold_text(sim)} for GL; {sampler}; {results['timing']['total_s']:.0f} s)")
     return "\n".join(lines)
 
 

@@ -409,8 +409,8 @@ def plot_similarities(study: Study) -> Figure | None:
     fig = Figure(figsize=(5.5 * len(sizes), 7.5), layout="constrained")
     axes = fig.subplots(2, len(sizes), squeeze=False)
     t_rp = float(study.similarity["threshold"])
-    t_gl = float(study.similarity.get("gl_threshold") or t_rp)
     for col, n in enumerate(sizes):
+        t_gl = gl_threshold_at(study.similarity, n)
         rp = [(f"{_label(a)} vs {_label(b)}", _pair_style(study, a, b), sims[k]) for a, b in study.pairs()
               if (k := sim_key("rp", n, sampler, a, b)) in sims]
         gl = [(f"GL {_label(m)}", _model_style(study, m), sims[k]) for m in study.models
@@ -565,6 +565,13 @@ no more than mismatched pairs do. With another similarity than SSCD &gt; 0.6 (pi
 say) the threshold means something else, so compare the shape of the curves with the paper, not the values.</p>"""
 
 
+def gl_threshold_at(sim: dict[str, Any], n: int) -> float:
+    """GL's threshold at size ``n`` from a results' ``similarity`` record: calibrated for that size
+    (``gl_thresholds``), else the study's ``gl_threshold``, else RP's ``threshold``."""
+    t = (sim.get("gl_thresholds") or {}).get(str(n), sim.get("gl_threshold"))
+    return float(sim["threshold"] if t is None else t)
+
+
 def _threshold(x: Any) -> str:
     return f"{x:.3g}" if isinstance(x, float) else str(x)
 
@@ -574,7 +581,11 @@ def _similarity_text(study: Study, *, short: bool = False) -> str:
     sim = study.similarity
     t, gl = sim.get("threshold", "?"), sim.get("gl_threshold")
     text = f"{sim.get('backend', '?')} similarity > {_threshold(t)}"
-    text = text if gl is None or gl == t else f"{text} (RP), > {_threshold(gl)} (GL)"
+    if gl is None and (per := sim.get("gl_thresholds")):
+        values = [per[k] for k in sorted(per, key=int)]
+        text = f"{text} (RP), > {_threshold(min(values))}-{_threshold(max(values))} by training-set size (GL)"
+    elif gl is not None and gl != t:
+        text = f"{text} (RP), > {_threshold(gl)} (GL)"
     if not sim.get("calibration"):
         return text
     if short:
