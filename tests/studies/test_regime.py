@@ -282,3 +282,15 @@ def test_memorize_is_checked_and_belongs_to_the_regime_study() -> None:
         ModelSpec("m", {"name": "mlp"}, memorize=1.0)
     with pytest.raises(ValueError, match="memorize_steps must be 0"):
         ModelSpec("m", {"name": "mlp"}, steps=100, memorize=0.1, memorize_steps=50)
+
+
+def test_a_size_scored_before_per_size_gl_calibration_is_scored_again(tmp_path) -> None:
+    cfg = tiny_study(encode_count=0)
+    first = run_study(cfg, tmp_path)
+    part = tmp_path / "scores" / "n8.json"
+    old = json.loads(part.read_text())
+    old.pop("gl_calibration")  # as written before GL was calibrated per size
+    part.write_text(json.dumps(old))
+    again = run_study(cfg, tmp_path)
+    assert "gl_calibration" in json.loads(part.read_text())
+    assert again["similarity"]["gl_thresholds"] == first["similarity"]["gl_thresholds"] and again["gl"] == first["gl"]

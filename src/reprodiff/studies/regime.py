@@ -334,8 +334,8 @@ def _size_tasks(cfg: StudyConfig, out: Path, shape: tuple[int, ...], n: int, pro
                       cost=n * (plan.SSCD_FLOPS if cfg.similarity == "sscd" else 0.0)))
     deps.append(f"features/train-n{n}")
     inputs += [str(out / "failed"), str(base.features_path(train_file, cfg.similarity))]
-    tasks.append(Task(f"score/n{n}", "score", _score_task, _Newer(str(out / "scores" / f"n{n}.json"), tuple(inputs)),
-                      (cfg, str(out), shape, n), tuple(deps)))
+    done = _Scored(str(out / "scores" / f"n{n}.json"), tuple(inputs), cfg.gl_per_size)
+    tasks.append(Task(f"score/n{n}", "score", _score_task, done, (cfg, str(out), shape, n), tuple(deps)))
     return tasks
 
 
@@ -377,6 +377,24 @@ class _Newer:
         mtime = target.stat().st_mtime_ns
         files = [f for p in map(Path, self.inputs) for f in ([*p.glob("*")] if p.is_dir() else [p]) if f.exists()]
         return all(f.stat().st_mtime_ns <= mtime for f in files)
+
+
+@dataclass(frozen=True)
+class _Scored(_Newer):
+    """A size's scores, newer than their inputs and -- GL calibrated per size -- scored so (a folder scored before
+    per-size calibration is scored again)."""
+
+    per_size: bool = False
+
+    def __call__(self) -> bool:
+        if not super().__call__():
+            return False
+        if not self.per_size:
+            return True
+        try:
+            return "gl_calibration" in json.loads(Path(self.path).read_text())
+        except (OSError, ValueError):
+            return False
 
 
 @dataclass(frozen=True)
