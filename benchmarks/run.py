@@ -24,8 +24,8 @@ nets      denoising loss per sigma bucket (weighted as DSM weights it, and plain
           U-ViT (and its earlier initialisation) and the MLP, trained for the study's budget on 64 and on
           all 1,797 digits, on training and held-out images, beside D*: where one net's fit lags another's;
           then the default study's MLP with and without its gated skip on 8 letters, photo crops, digits.
-anydata   the default study with only `data` and `sizes` changed, on data unlike the digits (12x12 letters,
-          16x16 RGB shapes, 8x8 RGB photo crops; tests/other_data.py): GL per network at N = 8 (want <= 0.1)
+anydata   the default study with only `data` and `sizes` changed, on data unlike the digits (12x12 and 28x28
+          letters, 16x16 RGB shapes, 8x8 RGB photo crops; tests/other_data.py): GL per network at N = 8 (want <= 0.1)
           and N = 2,000 (want >= 0.9), thresholds calibrated on the data (GL's per N). Minutes per dataset.
 regime    seconds to reach the regime: each network trained for 1,200 steps (about a minute) on 64 and on
           all 1,797 digits; the share of samples that copy a training image (nearest-neighbour L2 ratio
@@ -35,6 +35,7 @@ regime    seconds to reach the regime: each network trained for 1,200 steps (abo
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import subprocess
@@ -520,8 +521,8 @@ def bench_invert(quick: bool) -> None:
 
 
 def bench_anydata(quick: bool) -> None:
-    """The default study on letters, RGB shapes and photo crops, ``data`` and ``sizes`` changed only: does every
-    network copy at N = 8 and make new images at N = 2,000?"""
+    """The default study on letters (12x12 and 28x28), RGB shapes and photo crops, ``data`` and ``sizes`` changed
+    only: does every network copy at N = 8 and make new images at N = 2,000?"""
     import tempfile
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
@@ -530,7 +531,8 @@ def bench_anydata(quick: bool) -> None:
     from reprodiff.studies.regime import StudyConfig, default_study, run_study
 
     n = 500 if quick else 2000
-    for name, make in (("letters", letters), ("shapes", shapes), ("photos", photo_crops)):
+    letters28 = functools.partial(letters, size=28)
+    for name, make in (("letters", letters), ("letters28", letters28), ("shapes", shapes), ("photos", photo_crops)):
         with tempfile.TemporaryDirectory() as tmp:
             path = write_npz(Path(tmp) / f"{name}.npz", make(n, seed=0))
             cfg = StudyConfig.from_dict({**default_study().to_dict(), "data": str(path), "sizes": [8, n]})
