@@ -88,13 +88,19 @@ def test_auto_patch_size_keeps_the_token_grid_nearest_4x4(res: int, patch: int) 
     assert all(abs((res // p) ** 2 - 16) >= abs((res // patch) ** 2 - 16) for p in others)
 
 
+@pytest.mark.parametrize(("res", "channels", "patch"), [(8, 3, 2), (16, 3, 4), (32, 3, 4), (28, 1, 7), (32, 1, 8)])
+def test_auto_patch_size_keeps_a_patch_within_a_token(res: int, channels: int, patch: int) -> None:
+    assert auto_patch_size(res, channels, 96) == patch and patch * patch * channels <= 96
+    assert auto_patch_size(32, 3) == 8  # without a width: the grid alone
+
+
 def test_auto_patch_size_is_resolved_in_the_config_and_builds_the_same_net() -> None:
-    cfg = UViTConfig(img_resolution=12, in_channels=3, patch_size="auto", embed_dim=16, depth=2, num_heads=2)
-    assert cfg.patch_size == 3 and cfg.num_patches == 16
+    cfg = UViTConfig(img_resolution=12, in_channels=3, patch_size="auto", embed_dim=32, depth=2, num_heads=2)
+    assert cfg.patch_size == 3 and cfg.num_patches == 16  # 27 values per patch <= 32 channels
     torch.manual_seed(0)
     a = UViT(cfg)
     torch.manual_seed(0)
-    b = UViT(UViTConfig(img_resolution=12, in_channels=3, patch_size=3, embed_dim=16, depth=2, num_heads=2))
+    b = UViT(UViTConfig(img_resolution=12, in_channels=3, patch_size=3, embed_dim=32, depth=2, num_heads=2))
     assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
     with pytest.raises(ValueError, match='patch_size must be a positive integer or "auto"'):
         UViTConfig(img_resolution=12, in_channels=1, patch_size="large")

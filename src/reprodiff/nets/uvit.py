@@ -17,7 +17,9 @@ per sigma bucket) where the net learned several times more slowly than a U-Net o
   barely know their position and the net must first grow it to output a per-pixel mean.
 
 ``patch_size = "auto"`` (the studies' U-ViT) picks the divisor of the image size whose token grid is nearest 4x4
-(16 tokens; the smaller patch on a tie): 2 on 8x8 digits, 3 on 12x12, 4 on 16x16, 8 on 32x32. So the net's
+(16 tokens; the smaller patch on a tie) among the patches a token can hold (``p * p * C <= embed_dim``): 2 on 8x8
+digits, 3 on 12x12, 7 on 28x28, 4 on 16x16 RGB, 4 (64 tokens) on 32x32 RGB, where patch 8 (192 values into 96
+channels) left the net unable to fit 8 images in 4,800 steps (every sample novel). So the net's
 sequence length, cost per step and steps to memorize stay those measured on the digits for a dataset of
 another image size: on 12x12 letters (``tests/other_data.py``, 8 training images, 1,200 steps), patch 2
 (36 tokens) took 95 s and left 17% of samples novel, patch 3 (16 tokens) 47 s and 8% (``benchmarks/run.py
@@ -50,10 +52,11 @@ FINAL_INITS = ("identity", "zero")  # how the final 3x3 conv starts (module docs
 AUTO_TOKENS = 16  # patch_size = "auto": the token grid nearest 4 x 4 (module docstring)
 
 
-def auto_patch_size(img_resolution: int) -> int:
+def auto_patch_size(img_resolution: int, in_channels: int = 1, embed_dim: int | None = None) -> int:
     """The divisor ``p`` of ``img_resolution`` with ``(img_resolution / p)^2`` tokens nearest ``AUTO_TOKENS``
-    (the smaller ``p`` on a tie)."""
-    divisors = [p for p in range(1, img_resolution + 1) if img_resolution % p == 0]
+    (the smaller ``p`` on a tie), among those whose patch fits a token (``p^2 * in_channels <= embed_dim``)."""
+    divisors = [p for p in range(1, img_resolution + 1) if img_resolution % p == 0
+                and (embed_dim is None or p == 1 or p * p * in_channels <= embed_dim)]
     return min(divisors, key=lambda p: (abs((img_resolution // p) ** 2 - AUTO_TOKENS), p))
 
 
@@ -84,7 +87,8 @@ class UViTConfig:
             if not isinstance(self.img_resolution, int) or isinstance(self.img_resolution, bool) \
                     or self.img_resolution < 1:
                 raise ValueError(f"uvit: img_resolution must be a positive integer, got {self.img_resolution!r}")
-            object.__setattr__(self, "patch_size", auto_patch_size(self.img_resolution))
+            object.__setattr__(self, "patch_size", auto_patch_size(self.img_resolution, self.in_channels,
+                                                                   self.embed_dim))
         elif isinstance(self.patch_size, str):
             raise ValueError(f"uvit: patch_size must be a positive integer or \"auto\", got {self.patch_size!r}")
         check_int_fields("uvit", self, ("img_resolution", "in_channels", "patch_size", "embed_dim",

@@ -98,7 +98,8 @@ class TrainConfig(TomlConfig):
     ``fit_target`` > 0 ends a run early, once its EMA denoiser has *memorized* its training images
     (:class:`FitCheck`, checked every ``fit_every`` steps from ``fit_min_steps`` on); ``steps`` is then the cap.
     With ``fit_min_steps`` a run trains at least that long and then on until fitted: with the constant learning
-    rate its first ``fit_min_steps`` steps are those of a run of that length.
+    rate and an objective whose draws do not depend on the total steps (``dsm``; not consistency training's
+    schedule) its first ``fit_min_steps`` steps are those of a run of that length.
 
     ``precision`` ``bf16`` autocasts the network (CPU or GPU), ``fp16`` needs CUDA; ``compile`` runs
     the network through ``torch.compile``. Both trade bit-exactness with fp32 eager for speed. On the CPU runs
