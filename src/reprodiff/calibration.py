@@ -90,11 +90,9 @@ def pair_similarities(features: Tensor) -> Tensor:
 
 
 def leave_one_out_nearest(features: Tensor) -> Tensor:
-    """Each row's largest similarity to any *other* row: ``[N]``."""
+    """Each row's largest similarity to any *other* row: ``[N]`` (``nearest_in`` against itself)."""
     _check(features)
-    sims = features @ features.T  # [N, N]
-    sims.fill_diagonal_(-math.inf)
-    return sims.max(1).values
+    return nearest_in(features, features, exclude_self=True)
 
 
 def rp_threshold(features: Tensor, rate: float = RP_RATE) -> float:
