@@ -88,6 +88,19 @@ def test_workers_run_ready_tasks_at_once_in_dependency_order(tmp_path: Path) -> 
     assert len(pids) == 2 and str(os.getpid()) not in pids
 
 
+def test_workers_skip_done_tasks_whose_dependencies_are_done(tmp_path: Path) -> None:
+    """A rerun with workers runs nothing that is done -- also a task whose dependencies settled as done in the
+    same pass (it once went to a worker, to find its output there)."""
+    log = tmp_path / "log"
+    plan = toy_plan(tmp_path, log)
+    LocalExecutor(workers=2, threads=1).run(plan, tmp_path)
+    ran = log.read_text().split()
+    (tmp_path / "sample-b.txt").unlink()
+    again = {o.key: o.state for o in LocalExecutor(workers=2, threads=1).run(plan, tmp_path)}
+    assert again == {"train/a": "done", "train/b": "done", "sample/a": "done", "sample/b": "ran", "score": "done"}
+    assert log.read_text().split() == [*ran, "sample/b"]
+
+
 def test_workers_get_their_thread_count_and_failures_are_reported(tmp_path: Path) -> None:
     task = Task("train/t", "train", torch_threads, _Exists(str(tmp_path / "t.txt")), (str(tmp_path / "t.txt"),))
     LocalExecutor(workers=2, threads=1).run([task], tmp_path)

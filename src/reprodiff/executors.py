@@ -248,11 +248,15 @@ class LocalExecutor:
                                     initargs=(self.threads, os.getpid(), slots, context.RLock())) as pool:
             try:
                 while waiting or running:
-                    for t in [t for t in waiting if all(d in outcomes for d in t.deps)]:
-                        if (settled := _skip_or_done(t, outcomes)) is not None:
-                            outcomes[t.key] = settled
-                            waiting.remove(t)
-                            bar.update()
+                    settling = True
+                    while settling:  # until no more: a task settled as done may let its dependents settle too
+                        settling = False
+                        for t in [t for t in waiting if all(d in outcomes for d in t.deps)]:
+                            if (settled := _skip_or_done(t, outcomes)) is not None:
+                                outcomes[t.key] = settled
+                                waiting.remove(t)
+                                bar.update()
+                                settling = True
                     ready = [t for t in waiting if all(d in outcomes for d in t.deps)]
                     for t in sorted(ready, key=lambda t: -t.cost)[: self.workers - len(running)]:
                         running[pool.submit(run_task, t, str(out))] = t

@@ -12,12 +12,18 @@ from results_schema import check_outputs
 from tiny_models import TINY
 
 
-def test_finetune_study_contract_and_report(tmp_path) -> None:
+def test_finetune_study_contract_and_report(tmp_path, capfd) -> None:
     cfg = FinetuneStudyConfig(model=ModelSpec("u", TINY, steps=4, batch_size=16), finetune_steps=3, count=8,
                               sampler_steps=3, n_boot=10, device="cpu",
                               variants=(FinetuneVariant("full"), FinetuneVariant("out", trainable=("conv_out",)),
                                         FinetuneVariant("lora", lora_rank=2)))
     res = run_finetune_study(cfg, tmp_path)
+    runs = ("pretrained", "scratch-100", "scratch-101", "ft-full", "ft-out", "ft-lora")
+    err = capfd.readouterr().err  # each run trains, then samples in its worker: one line each, off a TTY too
+    assert all(err.count(f"sample {r}: 8 samples, heun") == 1 and f"train {r}:" in err for r in runs), err
+    again = run_finetune_study(cfg, tmp_path)  # a rerun reads the runs and samples back: nothing trains or draws
+    assert {k: v for k, v in again.items() if k != "timing"} == {k: v for k, v in res.items() if k != "timing"}
+    assert "sample " not in (err := capfd.readouterr().err) and "train " not in err, err
     share = {v["variant"]: v["trainable_share"] for v in res["variants"]}
     assert share["full"] == 1.0 and 0 < share["out"] < share["lora"] < 1
     assert all(len(v["vs_scratch"]) == 2 and v["vs_pretrained"] is not None for v in res["variants"])

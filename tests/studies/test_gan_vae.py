@@ -56,12 +56,15 @@ def test_default_config_file_is_the_default() -> None:
     assert {b.family for b in cfg.baselines} == {"gan", "vae"} and {b.arch for b in cfg.baselines} == {"conv", "mlp"}
 
 
-def test_tiny_study_end_to_end(tmp_path, capsys) -> None:
+def test_tiny_study_end_to_end(tmp_path, capfd) -> None:
     toml = tmp_path / "s.toml"
     toml.write_text(TINY_STUDY.format(baselines=baselines_toml()))
     out = tmp_path / "out"
     assert main(["study", "--config", str(toml), "--out", str(out)]) == 0
-    printed = capsys.readouterr().out
+    captured = capfd.readouterr()
+    printed = captured.out
+    for name in ("gan-conv", "gan-mlp", "vae-conv", "vae-mlp", "unet", "mlp"):  # one line per run, off a TTY too
+        assert f"train {name}-n64: 5 steps (40 images)" in captured.err, captured.err
     assert "RP       gan gan-conv/gan-mlp" in printed and "report:" in printed
     res = json.loads((out / "results.json").read_text())
     assert res["schema"] == 1 and res["kind"] == "gan_vae" and res["config"]["sizes"] == [64]
@@ -91,7 +94,7 @@ def test_tiny_study_end_to_end(tmp_path, capsys) -> None:
     assert again["rp"] == res["rp"] and again["gl"] == res["gl"]
     toml.write_text(TINY_STUDY.format(baselines=baselines_toml()).replace("count = 8", "count = 10"))
     assert main(["study", "--config", str(toml), "--out", str(out)]) == 2
-    assert "holds another study" in capsys.readouterr().err
+    assert "holds another study" in capfd.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -50,6 +50,8 @@ __all__ = [
     "Kind",
     "ModelSpec",
     "Report",
+    "RunJob",
+    "SampleJob",
     "ScoreTable",
     "Scored",
     "ScoringFields",
@@ -61,6 +63,7 @@ __all__ = [
     "check_samplers",
     "check_sizes",
     "default_models",
+    "diffusion_job",
     "features_path",
     "model_train_config",
     "open_study",
@@ -77,6 +80,7 @@ __all__ = [
     "scoring_features",
     "sim_key",
     "study_folder",
+    "train_at_once",
     "train_configs",
     "train_model",
     "train_models",
@@ -389,16 +393,19 @@ def train_models(specs: tuple[ModelSpec, ...] | list[ModelSpec], data: DataConfi
 
 
 def train_configs(configs: dict[str, TrainConfig], out: Path, device: str, failed: list[dict[str, Any]], *,
-                  prefix: str = "", after: dict[str, str] | None = None) -> dict[str, Any]:
+                  prefix: str = "", after: dict[str, str] | None = None,
+                  samples: dict[str, SampleJob] | None = None) -> dict[str, Any]:
     """Train (or resume, or skip when finished) each ``name -> TrainConfig`` into ``out/runs/{prefix}{name}`` and
     load its EMA denoiser; a run that fails is appended to ``failed`` and left out. ``after`` maps a run to the
     run it starts from (fine-tuning): it trains once that one has, and not at all when that one failed.
+    ``samples``: a run's samples, drawn in the worker that trained it once it has (:func:`train_at_once`).
 
     On the CPU the runs train at once, one per usable core (the local executor's workers, one thread each where
     the cores allow: a run's numbers then depend on the machine's core count, as they do on its thread count);
     a run that fails there is trained again in this process, so its error is the one recorded."""
     after = after or {}
-    trained = _train_at_once(configs, out, prefix, after) if torch.device(device).type == "cpu" else set()
+    trained = train_at_once({name: diffusion_job(cfg) for name, cfg in configs.items()}, out, prefix=prefix,
+                            after=after, samples=samples) if torch.device(device).type == "cpu" else set()
     denoisers: dict[str, Any] = {}
     for name, cfg in configs.items():
         if name in after and after[name] not in denoisers:
@@ -410,21 +417,81 @@ def train_configs(configs: dict[str, TrainConfig], out: Path, device: str, faile
     return denoisers
 
 
-def _train_at_once(configs: dict[str, TrainConfig], out: Path, prefix: str, after: dict[str, str]) -> set[str]:
-    """Train the runs in worker processes at once (more than one run and core); the names that finished."""
-    workers = min(len(configs), auto_workers())
+@dataclass(frozen=True)
+class RunJob:
+    """A training run for :func:`train_at_once`: ``fn(cfg, run_dir)`` trains (or resumes, or skips) it and returns
+    its line (what, the loss; raises on failure); it is finished when weights of step ``steps`` are on disk.
+    ``cost``: its estimated work (FLOPs, or images seen), by which the workers take the largest first. ``fn`` must
+    be a module-level function (workers pickle it)."""
+
+    fn: Callable[[Any, str], str]
+    cfg: Any
+    steps: int
+    cost: float = 0.0
+
+
+@dataclass(frozen=True)
+class SampleJob:
+    """Samples of a run for :func:`train_at_once`: ``cached_samples`` of its EMA denoiser into ``path`` from the
+    study's shared noise (``seed``, ``count`` of ``shape``, ``sampler`` with ``steps``), in the worker that
+    trained it; the study then reads them back (``read_samples``)."""
+
+    path: str
+    seed: int
+    count: int
+    shape: tuple[int, ...]
+    sampler: str
+    steps: int
+
+    def __call__(self) -> bool:  # the task's done check: the file holds samples of this shape
+        return read_samples(Path(self.path), (self.count, *self.shape)) is not None
+
+
+def train_at_once(jobs: dict[str, RunJob], out: Path, *, prefix: str = "", after: dict[str, str] | None = None,
+                  samples: dict[str, SampleJob] | None = None) -> set[str]:
+    """Train the runs ``out/runs/{prefix}{name}`` in worker processes at once (where there is more than one
+    run and core; each worker one thread, one line per finished run); the names that finished. ``after``: a run
+    starts once the named one has finished (and not when it failed). ``samples``: a run's samples, drawn (one
+    line) once it has trained, while other runs still train. Fewer than two: nothing (the caller trains and
+    samples in this process)."""
+    after, samples = after or {}, samples or {}
+    workers = min(len(jobs), auto_workers())
     if workers < 2:
         return set()
 
     def key(name: str) -> str:
         return f"train/{prefix}{name}"
 
-    tasks = [Task(key(name), "train", _train_run, _RunDone(str(out / "runs" / f"{prefix}{name}"), cfg.steps),
-                  (cfg, str(out / "runs" / f"{prefix}{name}")), cost=float(cfg.steps * cfg.batch_size),
-                  deps=(key(after[name]),) if name in after else ())
-             for name, cfg in configs.items() if name not in after or after[name] in configs]
+    def run_dir(name: str) -> str:
+        return str(out / "runs" / f"{prefix}{name}")
+
+    names = [name for name in jobs if name not in after or after[name] in jobs]
+    tasks = [Task(key(name), "train", jobs[name].fn, _RunDone(run_dir(name), jobs[name].steps),
+                  (jobs[name].cfg, run_dir(name)), cost=float(jobs[name].cost),
+                  deps=(key(after[name]),) if name in after else ()) for name in names]
+    tasks += [Task(f"sample/{prefix}{name}", "sample", _sample_run, samples[name], (run_dir(name), samples[name]),
+                   deps=(key(name),)) for name in names if name in samples]
     finished = {o.key for o in LocalExecutor(workers=workers).run(tasks, out) if o.state in ("ran", "done")}
-    return {name for name in configs if key(name) in finished}
+    return {name for name in jobs if key(name) in finished}
+
+
+def _sample_run(run_dir: str, job: SampleJob) -> str:
+    """Draw (or read back) a run's samples in a worker; its line. Raises on failure (non-finite samples)."""
+    D = load_model(run_dir, device="cpu")[0]
+    cached_samples(Path(job.path), D, job.seed, job.count, job.shape, sampler=job.sampler, steps=job.steps,
+                   device="cpu")
+    return f"sample {Path(job.path).stem}: {job.count} samples, {job.sampler}"
+
+
+def diffusion_job(cfg: TrainConfig, shape: tuple[int, ...] | None = None) -> RunJob:
+    """A diffusion model's run (``TrainConfig``) as a :class:`RunJob`; its cost the training FLOPs (3 forward
+    passes' worth per image, ``plan.forward_flops``) where the image ``shape`` is given, else the images seen."""
+    images = float(cfg.steps * cfg.batch_size)
+    if shape is None:
+        return RunJob(_train_run, cfg, cfg.steps, images)
+    from .plan import forward_flops
+
+    return RunJob(_train_run, cfg, cfg.steps, 3 * forward_flops(cfg.net, shape) * images)
 
 
 def _train_run(cfg: TrainConfig, run_dir: str) -> str:

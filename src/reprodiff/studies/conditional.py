@@ -38,18 +38,18 @@ from ..data import Dataset, subset
 from ..guidance import ClassifierFreeGuidance
 from ..training.train import DataConfig, TrainingError
 from . import base
-from .base import MLP, SCHEMA, UNET, Context, Kind, ModelSpec, Report, StudyFields
+from .base import MLP, SCHEMA, UNET16, Context, Kind, ModelSpec, Report, StudyFields
 from .render import figure_files, figure_html, fmt_interval, grid_section, npz_rows, series_style, table_html
 
 __all__ = ["KIND", "ConditionalStudyConfig", "run_conditional_study"]
 
 
 def _cond_models() -> tuple[ModelSpec, ...]:
-    return ModelSpec("unet", UNET, steps=600), ModelSpec("mlp", MLP, steps=800)
+    return ModelSpec("unet", UNET16, steps=600), ModelSpec("mlp", MLP, steps=800)
 
 
 def _uncond_models() -> tuple[ModelSpec, ...]:
-    return (ModelSpec("unet-uncond", UNET, steps=600, seed=10),)
+    return (ModelSpec("unet-uncond", UNET16, steps=600, seed=10),)
 
 
 @dataclass(frozen=True)

@@ -142,7 +142,7 @@ def _trainable_share(D: Any) -> float:
 
 def _train_all(ctx: Context) -> dict[str, Any]:
     """The pre-trained model, the scratch models and (when pre-training finished) every fine-tuned variant, by
-    run name; failures go to ``ctx.failed``."""
+    run name, each sampled in the worker that trained it (on the CPU); failures go to ``ctx.failed``."""
     cfg = ctx.cfg
     source = DataConfig(name=cfg.data, classes=cfg.source_classes)
     target = DataConfig(name=cfg.data, classes=cfg.target_classes)
@@ -155,7 +155,9 @@ def _train_all(ctx: Context) -> dict[str, Any]:
     for name, spec, data, extra in jobs:
         with ctx.fail(model=name):
             configs[name] = base.model_train_config(spec, 0, data, ctx.device, **extra)
-    return base.train_configs(configs, ctx.out, ctx.device, ctx.failed,
+    samples = {name: base.SampleJob(str(base.sample_file(ctx.out, name)), cfg.seed, cfg.count, ctx.shape,
+                                    cfg.sampler, cfg.sampler_steps) for name in configs}
+    return base.train_configs(configs, ctx.out, ctx.device, ctx.failed, samples=samples,
                               after={f"ft-{v.name}": "pretrained" for v in cfg.variants})
 
 

@@ -21,18 +21,22 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from torch import Tensor
+from torch.utils.flop_counter import FlopCounterMode
 
 from ..data import subset
-from ..training.baselines import BaselineConfig, load_baseline, train_baseline
+from ..training.baselines import GAN, BaselineConfig, build_baseline, load_baseline, train_baseline
 from ..training.baselines import sample as sample_baseline
-from ..training.train import DataConfig, TrainingError
+from ..training.runs import weights_at
+from ..training.train import DataConfig, TrainConfig, TrainingError, load_model
 from . import base
 from .base import SCHEMA, Context, Kind, ModelSpec, Report, StudyFields
+from .plan import note
 from .render import SeriesStyle, figure_files, figure_html, grid_section, npz_rows, series_style, table_html
 
 __all__ = ["DIFFUSION", "KIND", "BaselineSpec", "GanVaeConfig", "default_gan_vae", "report", "run_gan_vae", "summarize"]
@@ -135,6 +139,8 @@ def run_gan_vae(cfg: GanVaeConfig | None, out: str | Path, *, progress: bool = F
             "models": [{"name": k, "family": f} for k, f in cfg.families().items()],
             "similarity": {"backend": cfg.similarity, "threshold": cfg.threshold, "gl_threshold": cfg.gl_threshold},
             "rp": [], "gl": [], "samples": [], "train": [], "failed": ctx.failed}
+        if ctx.device == "cpu":  # every run of every size at once, one per core; sampling below reads them back
+            base.train_at_once(_jobs(cfg, data.image_shape), folder)
         for n in cfg.sizes:
             train_set = subset(data, n, cfg.subset_seed)
             results["train"].append(base.save_train_subset(folder, n, train_set.images))
@@ -160,10 +166,44 @@ def _sample_all(ctx: Context, n: int, progress: bool) -> dict[str, Tensor]:
     return samples
 
 
+def _jobs(cfg: GanVaeConfig, shape: tuple[int, int, int]) -> dict[str, base.RunJob]:
+    """Every run of the study (``{model}-n{size}``) with its training FLOPs, for ``base.train_at_once`` (whose
+    workers take the largest first: started last, the U-Net ended ~25 s after the other worker on 2 cores)."""
+    jobs: dict[str, base.RunJob] = {}
+    for n in cfg.sizes:
+        for spec in cfg.baselines:
+            bc = _baseline_config(cfg, spec, n)
+            jobs[f"{spec.name}-n{n}"] = base.RunJob(_train_baseline, bc, spec.steps,
+                                                    3 * _baseline_flops(bc, shape) * spec.steps * spec.batch_size)
+        for spec in cfg.diffusion:
+            jobs[f"{spec.name}-n{n}"] = base.diffusion_job(_diffusion_config(cfg, spec, n), shape)
+    return jobs
+
+
+def _baseline_flops(cfg: BaselineConfig, shape: tuple[int, int, int]) -> float:
+    """FLOPs of one image through a GAN's generator and discriminator (a VAE's decoder and encoder)."""
+    model = build_baseline(cfg, shape)
+    decoder, encoder = (model.generator, model.discriminator) if isinstance(model, GAN) else \
+        (model.decoder, model.encoder)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        encoder(decoder(torch.zeros(1, cfg.latent_dim)))
+    return float(counter.get_total_flops())
+
+
+def _train_baseline(cfg: BaselineConfig, run_dir: str) -> str:
+    """Train (or resume) one GAN or VAE; its line (what, the last step's losses). Raises on failure."""
+    r = train_baseline(cfg, run_dir)
+    last = "".join(f", {k} {v:.4g}" for k, v in r["last"].items())
+    return f"train {Path(run_dir).name}: {r['steps']} steps ({r['steps'] * cfg.batch_size:,} images){last}"
+
+
 def _baseline_samples(ctx: Context, spec: BaselineSpec, n: int) -> Tensor:
     """A GAN's or VAE's decodes of the shared latents (read back where a previous run wrote them)."""
     run_dir = ctx.out / "runs" / f"{spec.name}-n{n}"
-    train_baseline(_baseline_config(ctx.cfg, spec, n), run_dir)
+    if not weights_at(run_dir, spec.steps):  # not trained at once (one core, a GPU) or failed there: here
+        t0 = time.perf_counter()
+        note(f"{_train_baseline(_baseline_config(ctx.cfg, spec, n), str(run_dir))} "
+                  f"[{time.perf_counter() - t0:.1f} s]")
     x = base.read_samples(base.sample_file(ctx.out, spec.name, f"n{n}"), (ctx.cfg.count, *ctx.shape))
     if x is None:
         model, _ = load_baseline(run_dir, device=ctx.device)
@@ -171,10 +211,16 @@ def _baseline_samples(ctx: Context, spec: BaselineSpec, n: int) -> Tensor:
     return x
 
 
+def _diffusion_config(cfg: GanVaeConfig, spec: ModelSpec, n: int) -> TrainConfig:
+    return base.model_train_config(spec, cfg.train_seed, DataConfig(name=cfg.data, n=n, seed=cfg.subset_seed),
+                                   cfg.device)
+
+
 def _diffusion_samples(ctx: Context, spec: ModelSpec, n: int) -> Tensor:
     cfg = ctx.cfg
-    tc = base.model_train_config(spec, cfg.train_seed, DataConfig(name=cfg.data, n=n, seed=cfg.subset_seed), cfg.device)
-    D = base.train_model(tc, ctx.out / "runs" / f"{spec.name}-n{n}", ctx.device)
+    tc, run_dir = _diffusion_config(cfg, spec, n), ctx.out / "runs" / f"{spec.name}-n{n}"
+    D = load_model(run_dir, device=ctx.device)[0] if weights_at(run_dir, tc.steps) else \
+        base.train_model(tc, run_dir, ctx.device)
     # written once by _score, with the samples' scores
     return ctx.sample(base.sample_file(ctx.out, spec.name, f"n{n}"), D, sampler=cfg.sampler, save=False)
 
