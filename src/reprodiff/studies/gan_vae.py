@@ -12,6 +12,7 @@ pixel similarity and thresholds. Results: ``results.json`` (schema 1, ``kind = "
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import sys
 import time
@@ -172,11 +173,13 @@ def _jobs(cfg: GanVaeConfig, shape: tuple[int, int, int]) -> dict[str, base.RunJ
     jobs: dict[str, base.RunJob] = {}
     for n in cfg.sizes:
         for spec in cfg.baselines:
-            bc = _baseline_config(cfg, spec, n)
-            jobs[f"{spec.name}-n{n}"] = base.RunJob(_train_baseline, bc, spec.steps,
-                                                    3 * _baseline_flops(bc, shape) * spec.steps * spec.batch_size)
+            with contextlib.suppress(*base.FAILURES):  # a run that cannot be set up fails where it is recorded
+                bc = _baseline_config(cfg, spec, n)
+                jobs[f"{spec.name}-n{n}"] = base.RunJob(_train_baseline, bc, spec.steps,
+                                                        3 * _baseline_flops(bc, shape) * spec.steps * spec.batch_size)
         for spec in cfg.diffusion:
-            jobs[f"{spec.name}-n{n}"] = base.diffusion_job(_diffusion_config(cfg, spec, n), shape)
+            with contextlib.suppress(*base.FAILURES):
+                jobs[f"{spec.name}-n{n}"] = base.diffusion_job(_diffusion_config(cfg, spec, n), shape)
     return jobs
 
 
@@ -202,8 +205,8 @@ def _baseline_samples(ctx: Context, spec: BaselineSpec, n: int) -> Tensor:
     run_dir = ctx.out / "runs" / f"{spec.name}-n{n}"
     if not weights_at(run_dir, spec.steps):  # not trained at once (one core, a GPU) or failed there: here
         t0 = time.perf_counter()
-        note(f"{_train_baseline(_baseline_config(ctx.cfg, spec, n), str(run_dir))} "
-                  f"[{time.perf_counter() - t0:.1f} s]")
+        line = _train_baseline(_baseline_config(ctx.cfg, spec, n), str(run_dir))
+        note(f"{line} [{time.perf_counter() - t0:.1f} s]")
     x = base.read_samples(base.sample_file(ctx.out, spec.name, f"n{n}"), (ctx.cfg.count, *ctx.shape))
     if x is None:
         model, _ = load_baseline(run_dir, device=ctx.device)
