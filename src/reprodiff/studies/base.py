@@ -484,14 +484,14 @@ def _sample_run(run_dir: str, job: SampleJob) -> str:
 
 
 def diffusion_job(cfg: TrainConfig, shape: tuple[int, ...] | None = None) -> RunJob:
-    """A diffusion model's run (``TrainConfig``) as a :class:`RunJob`; its cost the training FLOPs (3 forward
-    passes' worth per image, ``plan.forward_flops``) where the image ``shape`` is given, else the images seen."""
+    """A diffusion model's run (``TrainConfig``) as a :class:`RunJob`; its cost the training FLOPs
+    (``plan.train_flops``) where the image ``shape`` is given, else the images seen."""
     images = float(cfg.steps * cfg.batch_size)
     if shape is None:
         return RunJob(_train_run, cfg, cfg.steps, images)
-    from .plan import forward_flops
+    from .plan import train_flops
 
-    return RunJob(_train_run, cfg, cfg.steps, 3 * forward_flops(cfg.net, shape) * images)
+    return RunJob(_train_run, cfg, cfg.steps, train_flops(cfg.net, shape, images))
 
 
 def _train_run(cfg: TrainConfig, run_dir: str) -> str:

@@ -27,7 +27,7 @@ from ..files import save_json
 from ..nets import make_net
 
 __all__ = ["ASSUMED_TFLOPS", "SSCD_FLOPS", "clear_failures", "forward_flops", "note", "plan_text", "provenance",
-           "read_failure", "save_failure"]
+           "read_failure", "save_failure", "train_flops"]
 
 ASSUMED_TFLOPS = 100.0
 """Effective training/sampling throughput per GPU assumed by the GPU-hour estimate (TFLOP/s): about a third of
@@ -60,6 +60,12 @@ def forward_flops(net: dict[str, Any], shape: tuple[int, ...]) -> float:
     """FLOPs of one forward pass of the net ``net`` (a study's ``net`` table) on one image of ``shape``."""
     options = {k: v for k, v in net.items() if k != "name"}
     return _forward_flops(net["name"], json.dumps(options, sort_keys=True), tuple(shape))
+
+
+def train_flops(net: dict[str, Any], shape: tuple[int, ...], images: float) -> float:
+    """FLOPs of training the net ``net`` on ``images`` images of ``shape``: a forward and a backward pass (about
+    two forwards) each."""
+    return 3 * forward_flops(net, shape) * images
 
 
 # ---------------------------------------------------------------------------------------------- the plan

@@ -317,7 +317,7 @@ def _size_tasks(cfg: StudyConfig, out: Path, shape: tuple[int, ...], n: int, pro
     tasks, inputs, deps = [], [], []
     for i, spec in enumerate(cfg.models):
         if spec.source == "train":
-            cost = 3 * plan.forward_flops(spec.net, shape) * spec.steps * spec.batch_size
+            cost = plan.train_flops(spec.net, shape, spec.steps * spec.batch_size)
             key = f"train/{spec.name}-n{n}"
             steps = _train_config(cfg, i, n).steps  # the cap, where the run may train on until it memorizes
             tasks.append(Task(key, "train", _train_task, _TrainDone(str(out), spec.name, n, steps),
