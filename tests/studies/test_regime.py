@@ -89,8 +89,15 @@ def test_saved_similarities_give_back_every_score_and_the_dip(tmp_path) -> None:
                                           sims[f"rp/{d['n_ref']}/heun/unet/mlp"] > 0.9)
         assert d["difference"] == want.value == rp[(n_min, "unet", "mlp")] - rp[(d["n_ref"], "unet", "mlp")]
         assert tuple(d["ci"]) == want.ci and d["real"] == (want.ci[1] < 0)
+    gl = {(r["n"], r["model"]): r["gl"] for r in res["gl"]}
+    assert [(r["model"], r["n"]) for r in res["regimes"]] == [("unet", 8), ("unet", 32), ("mlp", 8), ("mlp", 32)]
+    for r in res["regimes"]:  # GL at both ends against its bar, and how near the samples are to a training image
+        assert r["gl"] == gl[(r["n"], r["model"])]
+        assert r["reached"] == (r["gl"] <= 0.1 if r["regime"] == "memorization" else r["gl"] >= 0.9)
+        assert r["median_similarity"] == sims[f"gl/{r['n']}/heun/{r['model']}"].median().item()
     text = KINDS["regime"].summarize(res)
-    assert "is the dip real" in text and "95% Wilson interval" in text
+    assert "is the dip real" in text and "95% Wilson interval" in text and "were both regimes reached" in text
+    assert "Were both regimes reached?" in build_report(tmp_path).read_text()
 
 
 def test_rerun_skips_finished_work_and_other_study_is_refused(tmp_path) -> None:

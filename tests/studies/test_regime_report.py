@@ -189,3 +189,30 @@ def test_nfe_verdict_compares_with_the_same_pairs_heun18_interval() -> None:
     assert nfe_verdict(rows, row(16, "mlp", "unet", "euler", 10, 0.6, [0.5, 0.7])) == "within"  # order-free pair
     assert nfe_verdict(rows, row(16, "unet", "mlp", "euler", 5, 0.61, [0.5, 0.7])) == "outside"
     assert nfe_verdict(rows, row(64, "unet", "mlp", "euler", 5, 0.5, [0.4, 0.6])) == "no reference"
+
+
+def test_regime_rows_check_gl_at_both_ends_and_say_what_to_change() -> None:
+    import torch
+
+    from reprodiff.studies.regime_report import GENERALIZED_GL, MEMORIZED_GL, regime_lines, regime_rows
+
+    def gl(n, model, value, **extra):
+        return {"n": n, "model": model, "sampler": "heun", "gl": value, "ci": [max(0.0, value - 0.05), value], **extra}
+
+    results = {"sizes": [8, 64, 2000], "models": ["uvit", "mlp", "optimal"], "samplers": ["heun"],
+               "similarity": {"threshold": 0.9, "gl_threshold": None, "gl_thresholds": {"8": 0.95, "2000": 0.98}},
+               "gl": [gl(8, "uvit", MEMORIZED_GL), gl(2000, "uvit", GENERALIZED_GL, threshold=0.97),
+                      gl(8, "mlp", 0.57), gl(2000, "mlp", 0.5), gl(8, "optimal", 0.0), gl(2000, "optimal", 0.0),
+                      gl(64, "mlp", 1.0)]}
+    sims = {"gl/8/heun/mlp": torch.tensor([0.90, 0.94, 0.96])}
+    rows = regime_rows(results, sims)
+    assert [(r["model"], r["regime"], r["n"], r["reached"]) for r in rows] == [
+        ("uvit", "memorization", 8, True), ("uvit", "generalization", 2000, True),  # the bars are inclusive
+        ("mlp", "memorization", 8, False), ("mlp", "generalization", 2000, False)]  # D* is no network: not checked
+    assert [r["threshold"] for r in rows] == [0.95, 0.97, 0.95, 0.98]  # the row's own, else the size's
+    assert rows[2]["median_similarity"] == pytest.approx(0.94) and rows[0]["median_similarity"] is None
+    lines = regime_lines(rows)
+    assert lines[0] == "uvit (heun): memorization at N 8: GL 0.10 [0.05, 0.10] (<= 0.1) -> reached"
+    assert "NOT reached" in lines[2] and "0.940 against the threshold 0.950" in lines[2]
+    assert "train longer at the smallest N" in lines[2] and "add larger N" in lines[3]
+    assert regime_rows({**results, "sizes": [8]}, sims) == []  # one size: no transition to check

@@ -36,7 +36,7 @@ from ..training.runs import ended_fitted, weights_at
 from ..training.train import DataConfig, TrainConfig, TrainingError, resolve_device, train
 from . import base, plan
 from .base import FAILURES, OPTIMAL, SCHEMA, Kind, ModelSpec, StudyFields
-from .regime_report import dip_lines, dip_rows, gl_threshold_at, report
+from .regime_report import dip_lines, dip_rows, gl_threshold_at, regime_lines, regime_rows, report
 from .render import fmt_interval
 
 REFERENCE = ("heun", 18)  # EDM's 35-NFE Heun: the budget every other one is compared with
@@ -687,6 +687,7 @@ def _report_task(cfg: StudyConfig, out: str, start: float, final_lock: bool) -> 
         results["provenance"] = plan.provenance(folder)
         sims = _read_similarities(folder, cfg.sizes)
         results["dip"] = dip_rows(results, sims)
+        results["regimes"] = regime_rows(results, sims)
         base.write_results(folder, results, time.perf_counter() - (time.time() - start), scores(results), sims)
         if final_lock:
             from . import build_report
@@ -798,6 +799,9 @@ def summarize(results: dict[str, Any]) -> str:
         lines.append("is the dip real? RP at the N of its minimum minus RP at another N, same seeds "
                      "(95% Newcombe interval):")
         lines += [f"  {a} ({s}): N {m} vs N {r}: {d} -> {v}" for a, s, m, r, d, v in dip_lines(results["dip"])]
+    if results.get("regimes"):
+        lines.append("were both regimes reached? GL at the smallest and at the largest N:")
+        lines += [f"  {line}" for line in regime_lines(results["regimes"])]
     lines += base.failed_lines(results["failed"])
     sim = results["similarity"]
     lines.append(f"(in brackets: 95% Wilson interval; {sim['backend']} similarity > {sim['threshold']:.3g} for RP, "

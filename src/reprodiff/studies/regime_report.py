@@ -5,7 +5,8 @@ or samples. The central figure is Zhang et al. 2023 (arXiv 2310.05264), Fig. 2: 
 of every model against the training-set size n. ``studies.build_report`` writes ``rp_gl``, ``rp_matrix``,
 ``encoding``, ``similarities_hist`` and ``rp_nfe`` (each as PNG, SVG and PDF, where the study has the data),
 ``grid_n{n}.png`` per size and ``report.html`` into the study folder, atomically. The "is the dip real" rows
-(``dip_rows``) are computed when the study writes its results, from the per-sample similarities.
+(``dip_rows``) and the "were both regimes reached" rows (``regime_rows``) are computed when the study writes its
+results, from the scores and the per-sample similarities.
 """
 
 from __future__ import annotations
@@ -34,10 +35,33 @@ from ..calibration import describe
 from ..data import load_npz
 from ..files import image_grid
 from .base import OPTIMAL, Report, read_results, sim_key
-from .render import SeriesStyle, figure_files, figure_html, grid_png, labelled_grid, series_style, table_html
+from .render import (
+    SeriesStyle,
+    figure_files,
+    figure_html,
+    fmt_interval,
+    grid_png,
+    labelled_grid,
+    series_style,
+    table_html,
+)
 
-__all__ = ["PAPER_CIFAR10", "ScoreRow", "Study", "build_report", "load_study", "parse_study", "plot_rp_gl",
-           "plot_rp_matrix", "report", "sample_grid"]
+__all__ = [
+    "GENERALIZED_GL",
+    "MEMORIZED_GL",
+    "PAPER_CIFAR10",
+    "ScoreRow",
+    "Study",
+    "build_report",
+    "load_study",
+    "parse_study",
+    "plot_rp_gl",
+    "plot_rp_matrix",
+    "regime_lines",
+    "regime_rows",
+    "report",
+    "sample_grid",
+]
 
 GRID_SAMPLES = 12  # samples per row of grid_n{n}.png
 MISSING_Y = -0.06  # where the plots put an "x" for a missing or failed score
@@ -88,6 +112,7 @@ class Study:
     encoding: list[dict[str, Any]] = field(default_factory=list)
     encode_panels: list[dict[str, Any]] = field(default_factory=list)
     dip: list[dict[str, Any]] = field(default_factory=list)
+    regimes: list[dict[str, Any]] = field(default_factory=list)
     rp_nfe: list[dict[str, Any]] = field(default_factory=list)
     similarities: Path | None = None  # similarities.npz, where the study saved one
 
@@ -136,6 +161,7 @@ def _parse(root: Path, raw: dict[str, Any]) -> Study:
         encoding=[dict(r) for r in raw.get("encoding", [])],
         encode_panels=[dict(r) for r in raw.get("encode_panels", [])],
         dip=[dict(r) for r in raw.get("dip", [])],
+        regimes=[dict(r) for r in raw.get("regimes", [])],
         rp_nfe=[dict(r) for r in raw.get("rp_nfe", [])],
         similarities=root / raw["similarities"]["path"] if raw.get("similarities") else None,
     )
@@ -188,6 +214,58 @@ def dip_rows(results: dict[str, Any], sims: dict[str, Tensor]) -> list[dict[str,
                          "n_ref": n_ref, "rp_ref": rp[(sampler, a, b, n_ref)], "difference": d.value,
                          "ci": list(d.ci), "method": d.method, "real": d.ci[1] < 0})
     return rows
+
+
+MEMORIZED_GL = 0.1  # the memorization regime: at most 10% of samples novel (the paper's GL ~ 0 at small n)
+GENERALIZED_GL = 0.9  # the generalization regime: at least 90% novel (GL ~ 1 at large n)
+
+
+def regime_rows(results: dict[str, Any], sims: dict[str, Tensor]) -> list[dict[str, Any]]:
+    """"Were both regimes reached?": for each network (not D*) and sampler, GL at the smallest size against
+    ``MEMORIZED_GL`` and at the largest against ``GENERALIZED_GL`` (Zhang et al. 2023: GL ~ 0 in the memorization
+    regime, ~ 1 in the generalization regime), with the median similarity of the network's samples to their
+    nearest training image there against GL's threshold -- how near a miss is. None with a single size."""
+    sizes = results["sizes"]
+    if len(sizes) < 2:
+        return []
+    gl = {(r["sampler"], r["model"], r["n"]): r for r in results["gl"] if r["model"] != OPTIMAL}
+    rows = []
+    for sampler in results["samplers"]:
+        for model in results["models"]:
+            for regime, n in (("memorization", sizes[0]), ("generalization", sizes[-1])):
+                if (r := gl.get((sampler, model, n))) is None:
+                    continue
+                s = sims.get(sim_key("gl", n, sampler, model))
+                reached = r["gl"] <= MEMORIZED_GL if regime == "memorization" else r["gl"] >= GENERALIZED_GL
+                rows.append({"model": model, "sampler": sampler, "regime": regime, "n": n, "gl": r["gl"],
+                             "ci": list(r["ci"]), "reached": bool(reached),
+                             "threshold": float(r["threshold"]) if "threshold" in r
+                             else gl_threshold_at(results["similarity"], n),
+                             "median_similarity": None if s is None or not s.numel() else float(s.median())})
+    return rows
+
+
+def regime_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """The ``regime_rows`` as text: one line per network, sampler and regime; a miss says what to change."""
+    lines = []
+    for r in rows:
+        bar = f"<= {MEMORIZED_GL:g}" if r["regime"] == "memorization" else f">= {GENERALIZED_GL:g}"
+        line = (f"{r['model']} ({r['sampler']}): {r['regime']} at N {r['n']:,}: GL {r['gl']:.2f} "
+                f"[{r['ci'][0]:.2f}, {r['ci'][1]:.2f}] ({bar}) -> {'reached' if r['reached'] else 'NOT reached'}")
+        if not r["reached"]:
+            line += "; " + _regime_hint(r)
+        lines.append(line)
+    return lines
+
+
+def _regime_hint(r: dict[str, Any]) -> str:
+    near = ("" if r["median_similarity"] is None else
+            f"median similarity of its samples to their nearest training image {r['median_similarity']:.3f} "
+            f"against the threshold {r['threshold']:.3f}; ")
+    if r["regime"] == "memorization":
+        return (near + "train longer at the smallest N (memorize, memorize_steps) or add a smaller N: its samples "
+                "are not (yet) copies of training images under this similarity")
+    return near + "add larger N (more data), or a smaller network: its samples still copy training images"
 
 
 # ---------------------------------------------------------------------------------------------- figures
@@ -659,6 +737,22 @@ def _dip_html(study: Study) -> str:
             "below 0.</p>" + table_html(DIP_HEADER, dip_lines(study.dip)))
 
 
+def _regimes_html(study: Study) -> str:
+    if not study.regimes:
+        return "<p>Not recorded (a study with a single size, or run before this check existed).</p>"
+    head = ["network", "sampler", "regime", "n", "GL [95% interval]", "median nearest-training similarity "
+            "(threshold)", "reached?"]
+    rows = [[r["model"], r["sampler"], r["regime"], f"{r['n']:,}", fmt_interval(r["gl"], r["ci"]),
+             "–" if r["median_similarity"] is None else f"{r['median_similarity']:.3f} ({r['threshold']:.3f})",
+             "yes" if r["reached"] else "no"] for r in study.regimes]
+    misses = "".join(f"<li>{html.escape(line)}</li>" for line in regime_lines(study.regimes)
+                     if "NOT reached" in line)
+    return (f"<p>The paper's two regimes in this study's own terms: at the smallest n each network should copy "
+            f"(GL &le; {MEMORIZED_GL:g}), at the largest it should make new images (GL &ge; {GENERALIZED_GL:g}). "
+            f"Where a regime is not reached, the RP curve does not span the transition.</p>"
+            + table_html(head, rows) + (f"<ul>{misses}</ul>" if misses else ""))
+
+
 def _paper_html() -> str:
     head = "".join(f"<th>2<sup>{k}</sup></th>" for k in PAPER_CIFAR10["log2_sizes"])
     body = "".join(f"<tr><th>{html.escape(name)}</th>{''.join(f'<td>{v}</td>' for v in vals)}</tr>"
@@ -732,6 +826,7 @@ def _sections(study: Study, figures: dict[str, bytes], grids: dict[int, bytes]) 
         "holds them all (keys rp/n/sampler/a/b and gl/n/sampler/model), so any threshold can be re-applied.")
     return [("Study", _summary_html(study)), ("What to look for", GUIDE), ("RP and GL against n", rp_gl),
             ("Scores", "<p>Value, 95% Wilson interval in brackets, and for RP the chance level.</p>" + tables),
+            ("Were both regimes reached?", _regimes_html(study)),
             ("Is the dip real?", _dip_html(study)),
             *([("Similarities against the threshold", hist)] if hist else []),
             *([("RP against NFE", _nfe_html(study, figures))] if "rp_nfe.png" in figures else []),
