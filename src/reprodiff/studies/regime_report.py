@@ -250,8 +250,8 @@ def regime_lines(rows: list[dict[str, Any]]) -> list[str]:
     lines = []
     for r in rows:
         bar = f"<= {MEMORIZED_GL:g}" if r["regime"] == "memorization" else f">= {GENERALIZED_GL:g}"
-        line = (f"{r['model']} ({r['sampler']}): {r['regime']} at N {r['n']:,}: GL {r['gl']:.2f} "
-                f"[{r['ci'][0]:.2f}, {r['ci'][1]:.2f}] ({bar}) -> {'reached' if r['reached'] else 'NOT reached'}")
+        line = (f"{r['model']} ({r['sampler']}): {r['regime']} at N {r['n']:,}: GL {fmt_interval(r['gl'], r['ci'])} "
+                f"({bar}) -> {'reached' if r['reached'] else 'NOT reached'}")
         if not r["reached"]:
             line += "; " + _regime_hint(r)
         lines.append(line)
