@@ -749,7 +749,9 @@ def _regimes_html(study: Study) -> str:
                      if "NOT reached" in line)
     return (f"<p>The paper's two regimes in this study's own terms: at the smallest n each network should copy "
             f"(GL &le; {MEMORIZED_GL:g}), at the largest it should make new images (GL &ge; {GENERALIZED_GL:g}). "
-            f"Where a regime is not reached, the RP curve does not span the transition.</p>"
+            f"Where a regime is not reached, the RP curve does not span the transition. GL &ge; "
+            f"{GENERALIZED_GL:g} says only that the samples are not copies; whether they look like the data, the "
+            f"sample grids show.</p>"
             + table_html(head, rows) + (f"<ul>{misses}</ul>" if misses else ""))
 
 
