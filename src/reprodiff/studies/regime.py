@@ -36,7 +36,7 @@ from ..training.runs import ended_fitted, weights_at
 from ..training.train import DataConfig, TrainConfig, TrainingError, resolve_device, train
 from . import base, plan
 from .base import FAILURES, OPTIMAL, SCHEMA, Kind, ModelSpec, StudyFields
-from .regime_report import dip_lines, dip_rows, gl_threshold_at, regime_lines, regime_rows, report
+from .regime_report import dip_lines, dip_rows, gl_threshold_of, regime_lines, regime_rows, report
 from .render import fmt_interval
 
 REFERENCE = ("heun", 18)  # EDM's 35-NFE Heun: the budget every other one is compared with
@@ -719,11 +719,6 @@ def _new_results(cfg: StudyConfig, folder: Path) -> dict[str, Any]:
             "similarity": sim,
             "rp": [], "gl": [], "encoding": [], "encode_panels": [], "samples": [], "train": [], "failed": [],
             "gl_calibration": [], **({"rp_nfe": []} if cfg.nfe_budgets else {})}
-
-
-def gl_threshold_of(results: dict[str, Any], row: dict[str, Any]) -> float:
-    """The GL threshold a ``results["gl"]`` row was scored at: its own (per size), else the study's."""
-    return float(row["threshold"]) if "threshold" in row else gl_threshold_at(results["similarity"], row["n"])
 
 
 def gl_threshold_text(sim: dict[str, Any]) -> str:

@@ -239,8 +239,7 @@ def regime_rows(results: dict[str, Any], sims: dict[str, Tensor]) -> list[dict[s
                 reached = r["gl"] <= MEMORIZED_GL if regime == "memorization" else r["gl"] >= GENERALIZED_GL
                 rows.append({"model": model, "sampler": sampler, "regime": regime, "n": n, "gl": r["gl"],
                              "ci": list(r["ci"]), "reached": bool(reached),
-                             "threshold": float(r["threshold"]) if "threshold" in r
-                             else gl_threshold_at(results["similarity"], n),
+                             "threshold": gl_threshold_of(results, r),
                              "median_similarity": None if s is None or not s.numel() else float(s.median())})
     return rows
 
@@ -650,6 +649,11 @@ def gl_threshold_at(sim: dict[str, Any], n: int) -> float:
     return float(sim["threshold"] if t is None else t)
 
 
+def gl_threshold_of(results: dict[str, Any], row: dict[str, Any]) -> float:
+    """The GL threshold a ``results["gl"]`` row was scored at: its own (per size), else the study's."""
+    return float(row["threshold"]) if "threshold" in row else gl_threshold_at(results["similarity"], row["n"])
+
+
 def _threshold(x: Any) -> str:
     return f"{x:.3g}" if isinstance(x, float) else str(x)
 
@@ -745,8 +749,8 @@ def _regimes_html(study: Study) -> str:
     rows = [[r["model"], r["sampler"], r["regime"], f"{r['n']:,}", fmt_interval(r["gl"], r["ci"]),
              "–" if r["median_similarity"] is None else f"{r['median_similarity']:.3f} ({r['threshold']:.3f})",
              "yes" if r["reached"] else "no"] for r in study.regimes]
-    misses = "".join(f"<li>{html.escape(line)}</li>" for line in regime_lines(study.regimes)
-                     if "NOT reached" in line)
+    misses = "".join(f"<li>{html.escape(line)}</li>"
+                     for line in regime_lines([r for r in study.regimes if not r["reached"]]))
     return (f"<p>The paper's two regimes in this study's own terms: at the smallest n each network should copy "
             f"(GL &le; {MEMORIZED_GL:g}), at the largest it should make new images (GL &ge; {GENERALIZED_GL:g}). "
             f"Where a regime is not reached, the RP curve does not span the transition. GL &ge; "
