@@ -15,7 +15,8 @@ invert    round-trip error against NFE per solver beside DDIM inversion; inversi
 study     the embedded default study (or --config FILE) end to end as `reprodiff study` runs it, against its
           5-minute budget: wall and CPU seconds, task seconds per phase (each training run, sampling, features,
           scores, report), its RP/GL table; --baseline FILE runs another study first, one task at a time, for
-          ratios measured in the same run (e.g. benchmarks/default_before.toml, the default before issue 15).
+          ratios measured in the same run (e.g. benchmarks/default_before.toml, the default before issue 15);
+          --baseline-src DIR runs another checkout's default study first, as that code ran it (DIR: its src/).
 checkpoint peak RSS of writing, reading and resuming a training state (net + EMA + Adam moments; 1 GiB of
           float32, 256 MiB with --quick), each in a fresh process, as a multiple of the state's tensor bytes:
           a memory-mapped read and a copy-free write stay near 1x and 0x. Run it with another checkout's
@@ -333,6 +334,8 @@ def main() -> None:
     p.add_argument("--peers", action="store_true", help="samplers: compare with k-diffusion and diffusers")
     p.add_argument("--config", default="", help="study: a study TOML to run instead of the embedded default")
     p.add_argument("--baseline", default="", help="study: a study TOML run first, one task at a time (ratios)")
+    p.add_argument("--baseline-src", default="", help="study: another checkout's src/ folder; its default study "
+                   "runs first, as that code runs it (ratios against older code)")
     p.add_argument("--workers", type=int, default=0, help="study: tasks at once (0: the executor's choice)")
     p.add_argument("--out", default="", help="study: keep the (new) study's folder here (report, figures)")
     args = p.parse_args()
@@ -345,7 +348,7 @@ def main() -> None:
         if name == "samplers":
             bench_samplers(args.quick, args.peers)
         elif name == "study":
-            bench_study(args.quick, args.config, args.baseline, args.workers, args.out)
+            bench_study(args.quick, args.config, args.baseline, args.workers, args.out, args.baseline_src)
         else:
             BENCHES[name](args.quick)
 
@@ -397,14 +400,43 @@ def run_timed_study(config: str, workers: int, keep: str = "") -> tuple[float, f
         return time.perf_counter() - t0, cpu() - c0, phases, results
 
 
+def run_other_checkout(src: str) -> tuple[float, float, dict[str, float], dict]:
+    """The embedded default study as another checkout's code runs it: ``python -m reprodiff study`` in a
+    subprocess with ``PYTHONPATH=src`` (that checkout's ``src/`` folder, e.g. the commit an issue timed, from
+    ``git worktree add``), in a temporary folder. Wall and CPU seconds (the subprocess and its workers), its phases
+    where that code records them, and its ``results.json``."""
+    import os
+    import resource
+    import tempfile
+
+    if not (Path(src) / "reprodiff" / "__init__.py").is_file():
+        raise SystemExit(f"--baseline-src {src}: no reprodiff package there; pass the src/ folder of a checkout")
+
+    def cpu() -> float:
+        r = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return r.ru_utime + r.ru_stime
+
+    with tempfile.TemporaryDirectory() as tmp:
+        env = os.environ | {"PYTHONPATH": str(Path(src).resolve())}
+        t0, c0 = time.perf_counter(), cpu()
+        done = subprocess.run([sys.executable, "-m", "reprodiff", "study", "--out", tmp], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        seconds, cpu_s = time.perf_counter() - t0, cpu() - c0
+        if done.returncode:
+            tail = done.stderr.strip().splitlines()[-1:] or ["no output"]
+            raise SystemExit(f"--baseline-src {src}: its study failed (exit {done.returncode}): {tail[0]}")
+        phases = study_phases(Path(tmp)) if (Path(tmp) / "tasks").is_dir() else {}
+        return seconds, cpu_s, phases, json.loads((Path(tmp) / "results.json").read_text())
+
+
 def phase_table(runs: dict[str, tuple[float, float, dict[str, float], dict]]) -> str:
     """Rows: phases; columns: seconds per run, and each run's total as a ratio of the first's."""
     names = list(runs)
     phases = sorted({p for r in runs.values() for p in r[2]}, key=lambda k: (not k.startswith("train"), k))
     lines = [f"  {'phase (task seconds)':<26}" + "".join(f"{n:>16}" for n in names)]
     for p in [*phases, "training, all runs"]:
-        vals = [sum(v for k, v in r[2].items() if k.startswith("train")) if p.startswith("training") else
-                r[2].get(p) for r in runs.values()]
+        vals = [(sum(v for k, v in r[2].items() if k.startswith("train")) if r[2] else None)
+                if p.startswith("training") else r[2].get(p) for r in runs.values()]  # None: no phases recorded
         lines.append(f"  {p:<26}" + "".join(f"{'' if v is None else f'{v:.1f}':>16}" for v in vals))
     for label, i in (("study wall s", 0), ("CPU s", 1)):
         lines.append(f"  {label:<26}" + "".join(f"{r[i]:16.1f}" for r in runs.values()))
@@ -413,14 +445,20 @@ def phase_table(runs: dict[str, tuple[float, float, dict[str, float], dict]]) ->
     return "\n".join(lines)
 
 
-def bench_study(quick: bool, config: str = "", baseline: str = "", workers: int = 0, out: str = "") -> None:
+def bench_study(quick: bool, config: str = "", baseline: str = "", workers: int = 0, out: str = "",
+                baseline_src: str = "") -> None:
     """The embedded default study (or ``config``) end to end against its 5-minute budget, as the README's
     command runs it (``workers`` 0: the local executor's automatic choice), with where its time went (seconds per
     task phase). ``baseline``: a study TOML run first in the same process, one task at a time (the code's
-    pre-workers behaviour), so the table shows the ratio measured in one run."""
+    pre-workers behaviour); ``baseline_src``: another checkout's default study, as its own code runs it
+    (:func:`run_other_checkout`); either way the table shows the ratio measured in one run."""
     from reprodiff.studies.regime import summarize
 
     runs = {}
+    if baseline_src:
+        rev = subprocess.run(["git", "-C", baseline_src, "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True).stdout.strip() or Path(baseline_src).resolve().parent.name
+        runs[f"code {rev}"[:15]] = run_other_checkout(baseline_src)
     if baseline:
         runs[f"baseline ({Path(baseline).stem}, 1 worker)"[:15]] = run_timed_study(baseline, 1)
     label = Path(config).stem if config else "default"
