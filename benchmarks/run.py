@@ -420,11 +420,10 @@ def run_other_checkout(src: str) -> tuple[float, float, dict[str, float], dict]:
         env = os.environ | {"PYTHONPATH": str(Path(src).resolve())}
         t0, c0 = time.perf_counter(), cpu()
         done = subprocess.run([sys.executable, "-m", "reprodiff", "study", "--out", tmp], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                              stdout=subprocess.DEVNULL)  # its progress (stderr) shows as it runs
         seconds, cpu_s = time.perf_counter() - t0, cpu() - c0
         if done.returncode:
-            tail = done.stderr.strip().splitlines()[-1:] or ["no output"]
-            raise SystemExit(f"--baseline-src {src}: its study failed (exit {done.returncode}): {tail[0]}")
+            raise SystemExit(f"--baseline-src {src}: its study failed (exit {done.returncode}; its output above)")
         phases = study_phases(Path(tmp)) if (Path(tmp) / "tasks").is_dir() else {}
         return seconds, cpu_s, phases, json.loads((Path(tmp) / "results.json").read_text())
 
@@ -456,8 +455,12 @@ def bench_study(quick: bool, config: str = "", baseline: str = "", workers: int 
 
     runs = {}
     if baseline_src:
-        rev = subprocess.run(["git", "-C", baseline_src, "rev-parse", "--short", "HEAD"], capture_output=True,
-                             text=True).stdout.strip() or Path(baseline_src).resolve().parent.name
+        try:
+            rev = subprocess.run(["git", "-C", baseline_src, "rev-parse", "--short", "HEAD"], capture_output=True,
+                                 text=True).stdout.strip()
+        except OSError:  # no git
+            rev = ""
+        rev = rev or Path(baseline_src).resolve().parent.name
         runs[f"code {rev}"[:15]] = run_other_checkout(baseline_src)
     if baseline:
         runs[f"baseline ({Path(baseline).stem}, 1 worker)"[:15]] = run_timed_study(baseline, 1)
