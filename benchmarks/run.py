@@ -373,31 +373,34 @@ def study_phases(folder: Path) -> dict[str, float]:
     return phases
 
 
+def cpu_seconds(*, children_only: bool = False) -> float:
+    """User + system CPU seconds so far of this process (unless ``children_only``) and its finished children."""
+    import resource
+
+    who = (resource.RUSAGE_CHILDREN,) if children_only else (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+    return sum(r.ru_utime + r.ru_stime for r in map(resource.getrusage, who))
+
+
 def run_timed_study(config: str, workers: int, keep: str = "") -> tuple[float, float, dict[str, float], dict]:
     """One study from scratch in a temporary folder (or the new folder ``keep``, kept): wall seconds, CPU seconds
     (this process and its workers), the phases, the results."""
-    import resource
     import tempfile
 
     from reprodiff.executors import ExecutorConfig
     from reprodiff.studies import build_report
     from reprodiff.studies.regime import StudyConfig, run_study
 
-    def cpu() -> float:
-        return sum(r.ru_utime + r.ru_stime for r in (resource.getrusage(resource.RUSAGE_SELF),
-                                                     resource.getrusage(resource.RUSAGE_CHILDREN)))
-
     cfg = StudyConfig.from_toml(config) if config else None
     if keep and Path(keep).exists():
         raise SystemExit(f"--out {keep} exists; the benchmark times a study from scratch: choose a new folder")
     with tempfile.TemporaryDirectory() as scratch:
         tmp = keep or scratch
-        t0, c0 = time.perf_counter(), cpu()
+        t0, c0 = time.perf_counter(), cpu_seconds()
         results = run_study(cfg, tmp, executor=ExecutorConfig(workers=workers))
         r0 = time.perf_counter()
         build_report(tmp)  # report.html, as `reprodiff study` writes it after the tasks
         phases = study_phases(Path(tmp)) | {"report.html": time.perf_counter() - r0}
-        return time.perf_counter() - t0, cpu() - c0, phases, results
+        return time.perf_counter() - t0, cpu_seconds() - c0, phases, results
 
 
 def run_other_checkout(src: str) -> tuple[float, float, dict[str, float], dict]:
@@ -406,22 +409,17 @@ def run_other_checkout(src: str) -> tuple[float, float, dict[str, float], dict]:
     ``git worktree add``), in a temporary folder. Wall and CPU seconds (the subprocess and its workers), its phases
     where that code records them, and its ``results.json``."""
     import os
-    import resource
     import tempfile
 
     if not (Path(src) / "reprodiff" / "__init__.py").is_file():
         raise SystemExit(f"--baseline-src {src}: no reprodiff package there; pass the src/ folder of a checkout")
 
-    def cpu() -> float:
-        r = resource.getrusage(resource.RUSAGE_CHILDREN)
-        return r.ru_utime + r.ru_stime
-
     with tempfile.TemporaryDirectory() as tmp:
         env = os.environ | {"PYTHONPATH": str(Path(src).resolve())}
-        t0, c0 = time.perf_counter(), cpu()
+        t0, c0 = time.perf_counter(), cpu_seconds(children_only=True)
         done = subprocess.run([sys.executable, "-m", "reprodiff", "study", "--out", tmp], env=env,
                               stdout=subprocess.DEVNULL)  # its progress (stderr) shows as it runs
-        seconds, cpu_s = time.perf_counter() - t0, cpu() - c0
+        seconds, cpu_s = time.perf_counter() - t0, cpu_seconds(children_only=True) - c0
         if done.returncode:
             raise SystemExit(f"--baseline-src {src}: its study failed (exit {done.returncode}; its output above)")
         phases = study_phases(Path(tmp)) if (Path(tmp) / "tasks").is_dir() else {}

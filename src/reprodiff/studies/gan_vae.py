@@ -37,7 +37,7 @@ from ..training.runs import weights_at
 from ..training.train import DataConfig, TrainConfig, TrainingError, load_model
 from . import base
 from .base import SCHEMA, Context, Kind, ModelSpec, Report, StudyFields
-from .plan import note
+from .plan import TRAIN_PASSES, note
 from .render import SeriesStyle, figure_files, figure_html, grid_section, npz_rows, series_style, table_html
 
 __all__ = ["DIFFUSION", "KIND", "BaselineSpec", "GanVaeConfig", "default_gan_vae", "report", "run_gan_vae", "summarize"]
@@ -176,7 +176,8 @@ def _jobs(cfg: GanVaeConfig, shape: tuple[int, int, int]) -> dict[str, base.RunJ
             with contextlib.suppress(*base.FAILURES):  # a run that cannot be set up fails where it is recorded
                 bc = _baseline_config(cfg, spec, n)
                 jobs[f"{spec.name}-n{n}"] = base.RunJob(_train_baseline, bc, spec.steps,
-                                                        3 * _baseline_flops(bc, shape) * spec.steps * spec.batch_size)
+                                                        TRAIN_PASSES * _baseline_flops(bc, shape) * spec.steps
+                                                        * spec.batch_size)
         for spec in cfg.diffusion:
             with contextlib.suppress(*base.FAILURES):
                 jobs[f"{spec.name}-n{n}"] = base.diffusion_job(_diffusion_config(cfg, spec, n), shape)

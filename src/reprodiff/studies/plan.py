@@ -26,8 +26,8 @@ from ..executors import Task, measured_seconds, order_tasks
 from ..files import save_json
 from ..nets import make_net
 
-__all__ = ["ASSUMED_TFLOPS", "SSCD_FLOPS", "clear_failures", "forward_flops", "note", "plan_text", "provenance",
-           "read_failure", "save_failure", "train_flops"]
+__all__ = ["ASSUMED_TFLOPS", "SSCD_FLOPS", "TRAIN_PASSES", "clear_failures", "forward_flops", "note", "plan_text",
+           "provenance", "read_failure", "save_failure", "train_flops"]
 
 ASSUMED_TFLOPS = 100.0
 """Effective training/sampling throughput per GPU assumed by the GPU-hour estimate (TFLOP/s): about a third of
@@ -62,10 +62,13 @@ def forward_flops(net: dict[str, Any], shape: tuple[int, ...]) -> float:
     return _forward_flops(net["name"], json.dumps(options, sort_keys=True), tuple(shape))
 
 
+TRAIN_PASSES = 3
+"""A training image's cost in forward passes: its forward and its backward pass (about two forwards)."""
+
+
 def train_flops(net: dict[str, Any], shape: tuple[int, ...], images: float) -> float:
-    """FLOPs of training the net ``net`` on ``images`` images of ``shape``: a forward and a backward pass (about
-    two forwards) each."""
-    return 3 * forward_flops(net, shape) * images
+    """FLOPs of training the net ``net`` on ``images`` images of ``shape`` (``TRAIN_PASSES`` forwards each)."""
+    return TRAIN_PASSES * forward_flops(net, shape) * images
 
 
 # ---------------------------------------------------------------------------------------------- the plan
