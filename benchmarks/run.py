@@ -24,7 +24,9 @@ checkpoint peak RSS of writing, reading and resuming a training state (net + EMA
 nets      denoising loss per sigma bucket (weighted as DSM weights it, and plain MSE) of the U-Net, the
           U-ViT (and its earlier initialisation) and the MLP, trained for the study's budget on 64 and on
           all 1,797 digits, on training and held-out images, beside D*: where one net's fit lags another's;
-          then the default study's MLP with and without its gated skip on 8 letters, photo crops, digits.
+          then the default study's MLP with and without its gated skip on 8 letters, photo crops, digits, and the
+          share of an offset from a training image each removes, by direction (mean colour, random, toward the
+          nearest other image).
 anydata   the default study with only `data` and `sizes` changed, on data unlike the digits (12x12 and 28x28
           letters, 16x16 RGB shapes, 8x8 RGB photo crops; tests/other_data.py): GL per network at N = 8 (want <= 0.1)
           and N = 2,000 (want >= 0.9), thresholds calibrated on the data (GL's per N). Minutes per dataset.
@@ -496,7 +498,7 @@ def bench_mlp_gate(quick: bool) -> None:
     import tempfile
 
     sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parent.parent / "tests")]
-    from nets import fit_and_score, format_table
+    from nets import fit_and_score, format_offsets, format_table
     from other_data import letters, photo_crops, write_npz
     from reprodiff.data import load_dataset
     from reprodiff.studies.regime import WIDE_SIGMA
@@ -506,8 +508,9 @@ def bench_mlp_gate(quick: bool) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name, make in (("letters", letters), ("photos", photo_crops), ("digits", None)):
             path = "digits" if make is None else str(write_npz(Path(tmp) / f"{name}.npz", make(2000, seed=0)))
-            rows = fit_and_score(nets, load_dataset(path), path, 8, held=0, kernel_spec=WIDE_SIGMA)
+            rows = fit_and_score(nets, load_dataset(path), path, 8, held=0, kernel_spec=WIDE_SIGMA, offsets=True)
             print(format_table(rows, f"{name} N = 8, {steps} steps, MLP with / without the gated skip"))
+            print(format_offsets(rows, f"{name} N = 8, {steps} steps"))
 
 
 def bench_invert(quick: bool) -> None:
