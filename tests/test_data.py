@@ -64,8 +64,11 @@ def test_npz_with_object_arrays_is_refused_without_unpickling(tmp_path) -> None:
     ("arrays", "match"),
     [
         ({"pixels": np.zeros((2, 4, 4), np.uint8)}, "no 'images' array"),
-        ({"images": np.zeros((2, 4, 4), np.float32)}, "must be uint8"),
+        ({"images": np.zeros((2, 4, 4), np.float32)}, r"must be uint8 .* \(images \* 255\)\.round\(\)"),
+        ({"images": np.zeros((2, 4, 4), np.int64)}, "must be uint8 .* convert them to uint8"),
         ({"images": np.zeros((2, 4, 4, 5), np.uint8)}, "C = 1 or 3"),
+        ({"images": np.zeros((2, 4, 4, 4), np.uint8)}, r"drop the alpha channel first \(images\[\.\.\., :3\]\)"),
+        ({"images": np.zeros((2, 4, 5, 5), np.uint8)}, r"drop the alpha channel first \(images\[:, :3\]\)"),
         ({"images": np.zeros((2, 4, 4), np.uint8), "labels": np.zeros(3, np.int64)}, "labels"),
     ],
 )

@@ -68,15 +68,20 @@ def load_digits() -> Dataset:
 def _from_uint8(a: np.ndarray, source: str) -> Tensor:
     """uint8 ``[N, H, W]``, ``[N, H, W, C]`` or ``[N, C, H, W]`` (C in 1, 3) -> float32 NCHW in [-1, 1]."""
     if a.dtype != np.uint8:
-        raise ValueError(f"{source}: images must be uint8 in [0, 255], got dtype {a.dtype}")
+        fix = ("; convert them first, e.g. (images * 255).round().astype(np.uint8) for values in [0, 1]"
+               if np.issubdtype(a.dtype, np.floating) else "; convert them to uint8 first")
+        raise ValueError(f"{source}: images must be uint8 in [0, 255], got dtype {a.dtype}{fix}")
     if a.ndim == 3:
         a = a[:, None]
     elif a.ndim == 4 and a.shape[-1] in (1, 3) and a.shape[1] not in (1, 3):
         a = a.transpose(0, 3, 1, 2)
     if a.ndim != 4 or a.shape[1] not in (1, 3) or a.shape[0] == 0:
+        alpha = ""  # RGBA: name the fix
+        if a.ndim == 4 and 4 in (a.shape[1], a.shape[-1]):
+            alpha = f"; drop the alpha channel first (images{'[..., :3]' if a.shape[-1] == 4 else '[:, :3]'})"
         raise ValueError(
             f"{source}: expected images [N, H, W], [N, H, W, C] or [N, C, H, W] with C = 1 or 3, "
-            f"got shape {list(a.shape)}"
+            f"got shape {list(a.shape)}{alpha}"
         )
     return torch.from_numpy(np.ascontiguousarray(a)).float().div_(127.5).sub_(1.0)
 

@@ -88,3 +88,19 @@ def test_a_fine_tuned_run_trains_after_the_run_it_starts_from_and_not_without_it
     models = train_configs(bad, tmp_path / "b", "cpu", failed, after={"ft": "base"})
     assert set(models) == {"other"} and [f["model"] for f in failed] == ["base"]
     assert not (tmp_path / "b" / "runs" / "ft").exists()
+
+
+def test_load_data_names_non_square_images_and_sizes_beyond_the_data(tmp_path: Path) -> None:
+    """Data the networks cannot take fail at once with the problem and the fix, not deep in a network."""
+    import numpy as np
+
+    from reprodiff.studies.base import load_data
+    from reprodiff.studies.regime import StudyConfig
+
+    np.savez(tmp_path / "wide.npz", images=np.zeros((6, 8, 12, 3), np.uint8))
+    np.savez(tmp_path / "few.npz", images=np.arange(6 * 64, dtype=np.uint8).reshape(6, 8, 8))
+    with pytest.raises(ConfigError, match=r"8x12 images .* need square images: crop or pad"):
+        load_data(StudyConfig(data=str(tmp_path / "wide.npz"), sizes=[2, 4]))
+    with pytest.raises(ConfigError, match="sizes go up to 8 but .* has 6 images"):
+        load_data(StudyConfig(data=str(tmp_path / "few.npz"), sizes=[2, 8]))
+    assert len(load_data(StudyConfig(data=str(tmp_path / "few.npz"), sizes=[2, 6]))) == 6

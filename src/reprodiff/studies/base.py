@@ -214,6 +214,10 @@ def load_data(cfg: StudyFields, *, labels: str = "") -> Dataset:
     data = load_dataset(cfg.data)
     if labels and data.labels is None:
         raise ConfigError(f"{labels}; {cfg.data!r} has no labels")
+    height, width = data.image_shape[1:]
+    if height != width:
+        raise ConfigError(f"{cfg.data!r} holds {height}x{width} images (height x width); the networks need square "
+                          f"images: crop or pad them to one side first")
     sizes = getattr(cfg, "sizes", ())
     if sizes and sizes[-1] > len(data):
         raise ConfigError(f"sizes go up to {sizes[-1]} but {cfg.data!r} has {len(data)} images")

@@ -185,7 +185,8 @@ def _net_kwargs(cfg: TrainConfig, image_shape: tuple[int, ...], num_classes: int
     kw = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.net.items() if k != "name"}
     c, h, w = image_shape
     if h != w:
-        raise ConfigError(f"images must be square, got {h}x{w}")
+        raise ConfigError(f"images must be square for the networks, got {h}x{w} (height x width); crop or pad them "
+                          "to one side first")
     return {"img_resolution": h, "in_channels": c, "num_classes": num_classes, **kw}
 
 
