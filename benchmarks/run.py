@@ -28,8 +28,10 @@ nets      denoising loss per sigma bucket (weighted as DSM weights it, and plain
           share of an offset from a training image each removes, by direction (mean colour, random, toward the
           nearest other image).
 anydata   the default study with only `data` and `sizes` changed, on data unlike the digits (12x12 and 28x28
-          letters, 16x16 RGB shapes, 8x8 RGB photo crops; tests/other_data.py): GL per network at N = 8 (want <= 0.1)
-          and N = 2,000 (want >= 0.9), thresholds calibrated on the data (GL's per N). Minutes per dataset.
+          letters, 16x16 RGB shapes, 8x8 RGB photo crops, 16x16 RGB photo thumbnails of three photos and of
+          two; tests/other_data.py): GL per network at N = 8 (want <= 0.1) and N = 2,000 (want >= 0.9),
+          thresholds calibrated on the data (GL's per N). Minutes per dataset; ANYDATA=thumbnails,photos runs
+          those alone.
 regime    seconds to reach the regime: each network trained for 1,200 steps (about a minute) on 64 and on
           all 1,797 digits; the share of samples that copy a training image (nearest-neighbour L2 ratio
           d1/d2 < 1/3, Yoon et al. 2023; Gu et al. 2023) should be high at N = 64 and ~0 at N = 1,797.
@@ -40,6 +42,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -563,18 +566,25 @@ def bench_invert(quick: bool) -> None:
 
 
 def bench_anydata(quick: bool) -> None:
-    """The default study on letters (12x12 and 28x28), RGB shapes and photo crops, ``data`` and ``sizes`` changed
-    only: does every network copy at N = 8 and make new images at N = 2,000?"""
+    """The default study on letters (12x12 and 28x28), RGB shapes, photo crops and photo thumbnails, ``data`` and
+    ``sizes`` changed only: does every network copy at N = 8 and make new images at N = 2,000? (``ANYDATA``: a
+    comma-separated subset of the names.)"""
     import tempfile
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-    from other_data import letters, photo_crops, shapes, write_npz
+    from other_data import letters, photo_crops, photo_thumbnails, shapes, write_npz
     from reprodiff.executors import ExecutorConfig
     from reprodiff.studies.regime import StudyConfig, default_study, run_study
 
     n = 500 if quick else 2000
     letters28 = functools.partial(letters, size=28)
-    for name, make in (("letters", letters), ("letters28", letters28), ("shapes", shapes), ("photos", photo_crops)):
+    thumbnails2 = functools.partial(photo_thumbnails, photos=2)  # scikit-learn's two photos alone
+    makers = (("letters", letters), ("letters28", letters28), ("shapes", shapes), ("photos", photo_crops),
+              ("thumbnails", photo_thumbnails), ("thumbnails2", thumbnails2))
+    only = os.environ.get("ANYDATA", "")  # e.g. ANYDATA=thumbnails,photos: those alone
+    for name, make in makers:
+        if only and name not in only.split(","):
+            continue
         with tempfile.TemporaryDirectory() as tmp:
             path = write_npz(Path(tmp) / f"{name}.npz", make(n, seed=0))
             cfg = StudyConfig.from_dict({**default_study().to_dict(), "data": str(path), "sizes": [8, n]})

@@ -1,7 +1,8 @@
 """Datasets unlike the digits, built offline for the any-dataset check: 12x12 grayscale letters rendered with
 PIL's bundled font (random glyph, jitter, scale and stroke), 16x16 RGB shapes (a disc, square, triangle or
-cross in one colour on another) and 8x8 RGB crops of scikit-learn's two bundled photos. All are written as the
-``.npz`` a user would bring (uint8 ``images``)."""
+cross in one colour on another), 8x8 RGB crops of scikit-learn's two bundled photos and 16x16 RGB thumbnails
+of regions of them and of matplotlib's bundled photo. All are written as the ``.npz`` a user would bring
+(uint8 ``images``)."""
 
 from __future__ import annotations
 
@@ -71,6 +72,28 @@ def photo_crops(n: int, size: int = 8, seed: int = 0) -> np.ndarray:
         p = photos[int(rng.integers(len(photos)))]
         y, x = rng.integers(0, p.shape[0] - size), rng.integers(0, p.shape[1] - size)
         out[i] = p[y : y + size, x : x + size]
+    return out
+
+
+def photo_thumbnails(n: int, size: int = 16, seed: int = 0, photos: int = 3) -> np.ndarray:
+    """``n`` uint8 RGB thumbnails ``[n, size, size, 3]``: square regions of random side (48 pixels up to half the
+    photo's shorter side) and position, each box-filtered down to ``size``, from the first ``photos`` of
+    scikit-learn's two sample photos and matplotlib's ``grace_hopper.jpg`` (both bundled with the packages)."""
+    import matplotlib.cbook
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+
+    rng = np.random.default_rng(seed)
+    with Image.open(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)) as im:
+        hopper = np.asarray(im.convert("RGB"))
+    sources = [*load_sample_images().images, hopper][:photos]
+    out = np.zeros((n, size, size, 3), np.uint8)
+    for i in range(n):
+        p = sources[int(rng.integers(len(sources)))]
+        side = int(rng.integers(48, min(p.shape[:2]) // 2))
+        y, x = rng.integers(0, p.shape[0] - side), rng.integers(0, p.shape[1] - side)
+        region = Image.fromarray(p[y : y + side, x : x + side])
+        out[i] = np.asarray(region.resize((size, size), Image.Resampling.BOX))
     return out
 
 

@@ -1,19 +1,20 @@
-"""Any dataset, no hand-tuning: data unlike the digits (12x12 letters, 16x16 RGB shapes, 8x8 RGB photo crops;
-tests/other_data.py) calibrate their own thresholds. Whether the default study, only ``data`` and ``sizes``
-changed, goes from memorization to generalization on them takes minutes: ``python benchmarks/run.py anydata``."""
+"""Any dataset, no hand-tuning: data unlike the digits (12x12 letters, 16x16 RGB shapes, 8x8 RGB photo crops,
+16x16 RGB photo thumbnails; tests/other_data.py) calibrate their own thresholds. Whether the default study, only
+``data`` and ``sizes`` changed, goes from memorization to generalization on them takes minutes:
+``python benchmarks/run.py anydata``."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from other_data import letters, photo_crops, shapes, write_npz
+from other_data import letters, photo_crops, photo_thumbnails, shapes, write_npz
 from reprodiff.calibration import calibrate_gl_at, first_occurrences, leave_one_out_nearest, pair_similarities
 from reprodiff.data import held_out, load_npz, subset
 from reprodiff.studies.base import scoring_features
 from reprodiff.studies.regime import StudyConfig, calibrated
 
-MAKERS = {"letters": letters, "shapes": shapes, "photos": photo_crops}
+MAKERS = {"letters": letters, "shapes": shapes, "photos": photo_crops, "thumbnails": photo_thumbnails}
 
 
 @pytest.mark.parametrize("name", list(MAKERS))

@@ -12,7 +12,7 @@ import torch
 from reprodiff.config import ConfigError
 from reprodiff.data import load_digits, subset
 from reprodiff.optimal import EmpiricalOptimalDenoiser
-from reprodiff.training.fit import FitCheck, fit_ratio, fit_sigma
+from reprodiff.training.fit import FitCheck, fit_levels, fit_ratio, fit_sigma
 from reprodiff.training.train import DataConfig, TrainConfig, train
 
 MLP = {"name": "mlp", "hidden": 64, "depth": 2}
@@ -42,13 +42,42 @@ def test_fit_ratio_is_zero_for_the_optimal_denoiser_and_one_for_the_identity() -
     assert fit_ratio(lambda x, sigma, cond=None: mean.expand_as(x), y, check.sigma, check.noise) > 1.0
 
 
+def test_the_check_looks_down_to_where_the_noisy_input_itself_passes() -> None:
+    """Level k (sigma / 2**k) has the bar target * 4**k: an RMS error of sqrt(target) * sigma at every level."""
+    assert [fit_levels(t) for t in (0.5, 0.25, 0.1, 0.02, 0.01)] == [1, 1, 2, 3, 4]
+    y = subset(load_digits(), 16, 0).images
+    check = FitCheck(y, 0.02, 10)
+    assert check.sigmas == [check.sigma, check.sigma / 2, check.sigma / 4]
+    assert check.passed([0.02, 0.08, 0.32]) and not check.passed([0.02, 0.081, 0.0])
+    exact = check.ratios(EmpiricalOptimalDenoiser(y))
+    assert max(exact) < 1e-4 and check.passed(exact)
+    assert not check.passed(check.ratios(lambda x, sigma, cond=None: x))
+
+
+def test_a_denoiser_that_copies_at_fit_sigma_but_keeps_the_lower_noise_has_not_fitted() -> None:
+    """Its samples pick a training image but keep the noise of the last steps (what the single-level check let
+    through on 16x16 photo thumbnails: ratio 0.007 at fit_sigma, 14% of samples new): the lower levels catch it."""
+    y = subset(load_digits(), 16, 0).images
+    check = FitCheck(y, 0.02, 10)
+    Ds = EmpiricalOptimalDenoiser(y)
+
+    def late(x, sigma, cond=None):
+        return Ds(x, sigma) if float(sigma.min()) >= check.sigma else x
+
+    ratios = check.ratios(late)
+    assert ratios[0] < 1e-4 and check.ratio(late) == ratios[0]
+    assert ratios[1:] == pytest.approx([1.0, 1.0]) and not check.passed(ratios)
+
+
 def test_a_run_ends_at_its_first_fitted_check_and_resumes_to_the_same_end(tmp_path) -> None:
     summary = train(fit_run(), tmp_path / "a")
     log = [json.loads(line) for line in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
     checks = [r for r in log if "fit_ratio" in r]
     assert summary["fitted"] and summary["steps"] < 400 and summary["steps"] % 10 == 0
     assert [r["step"] for r in checks] == list(range(10, summary["steps"] + 1, 10))
-    assert all(r["fit_ratio"] > 0.5 for r in checks[:-1]) and checks[-1]["fit_ratio"] <= 0.5
+    assert all(r["fit_ratio"] > 0.5 and not r["fitted"] for r in checks[:-1])
+    last = checks[-1]
+    assert last["fit_ratio"] <= 0.5 and last["fitted"] and last["fit_ratios"] == [last["fit_ratio"]]
 
     class StopError(Exception):
         pass

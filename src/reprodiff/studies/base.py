@@ -260,7 +260,7 @@ class ModelSpec:
     ``fit_target`` > 0 ends each run once it has memorized its training images (``training/fit.py``), checked
     every ``steps // 20`` steps; ``steps`` is then a cap. ``memorize`` > 0 (the regime study) does the opposite at
     the study's *smallest* size only: the run trains ``steps`` and then on until it has memorized its training
-    images (fit ratio at most ``memorize``, checked every ``steps // 20`` steps), at most ``memorize_steps``
+    images (the fit check at ``memorize``, checked every ``steps // 20`` steps), at most ``memorize_steps``
     (0: ``4 * steps``) -- so that data harder than the digits still reach the memorization regime at the
     smallest N without hand-tuned steps; where the fit holds at ``steps`` the run is exactly the plain one.
 

@@ -136,11 +136,11 @@ class StudyConfig(StudyFields):
 WIDE_SIGMA = {"name": "edm", "P_mean": -0.8, "P_std": 1.8}
 UVIT = {"name": "uvit", "patch_size": "auto", "embed_dim": 96, "depth": 4, "num_heads": 3, "mlp_ratio": 2.0}
 SMALL_MLP = {"name": "mlp", "hidden": 256, "depth": 4}
-# At the smallest size each run trains on past its 800 steps until it has memorized its training images (fit
-# ratio <= 0.02, training/fit.py), at most 6,400 (U-ViT, batch 24) and 4,800 (MLP, batch 64) steps -- the U-ViT's
+# At the smallest size each run trains on past its 800 steps until it has memorized its training images (the fit
+# check at 0.02, training/fit.py), at most 6,400 (U-ViT, batch 24) and 4,800 (MLP, batch 64) steps -- the U-ViT's
 # cap is the 153,600 images of the 4,800 steps at batch 32 it had before: on the digits the MLP fits at 800 (the
-# plain run) and the U-ViT at 1,440; on 12x12 letters the U-ViT needed 2,700 steps at batch 32, on 16x16 RGB shapes it
-# stopped at the cap (README, "Any dataset").
+# plain run) and the U-ViT at 1,440; on 12x12 letters the U-ViT at 5,920, on 16x16 RGB shapes and photo thumbnails
+# it stops at the cap (README, "Any dataset").
 MEMORIZE = 0.02
 
 
@@ -473,7 +473,7 @@ def _train_task(cfg: StudyConfig, out: str, i: int, n: int, progress: bool = Fal
         plan.save_failure(folder, f"train/{spec.name}-n{n}", {"n": n, "model": spec.name, "error": str(e)})
         return f"train {spec.name} N={n}: failed: {e}"
     steps = int(r["steps"])
-    fitted = f", memorized (fit ratio <= {tc.fit_target:g})" if r.get("fitted") else ""
+    fitted = f", memorized (fit check at {tc.fit_target:g} passed)" if r.get("fitted") else ""
     return (f"train {spec.name} N={n}: {steps} steps ({steps * tc.batch_size:,} images){fitted}, "
             f"loss {r['last_loss']:.4g}")
 

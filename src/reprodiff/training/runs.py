@@ -37,8 +37,9 @@ def weights_at(out: Path, step: int) -> bool:
 
 
 def ended_fitted(out: Path) -> bool:
-    """Whether the run ended early, fitted: its ``log.jsonl`` records a fit check at the step of the weights on
-    disk with ``fit_ratio`` at most the config's ``fit_target`` (``training/fit.py``)."""
+    """Whether the run ended early, fitted: its ``log.jsonl`` records a passed fit check (``fitted``; in logs
+    written before that field, ``fit_ratio`` at most the config's ``fit_target``) at the step of the weights on
+    disk (``training/fit.py``)."""
     try:
         target = float((existing_config(out) or {}).get("fit_target", 0.0))
         steps = {read_safetensors(out / f)[1].get("step") for f in ("model.safetensors", "ema.safetensors")}
@@ -54,7 +55,7 @@ def ended_fitted(out: Path) -> bool:
         except json.JSONDecodeError:
             continue
         if isinstance(rec, dict) and str(rec.get("step")) == step and "fit_ratio" in rec:
-            return float(rec["fit_ratio"]) <= target
+            return bool(rec["fitted"]) if "fitted" in rec else float(rec["fit_ratio"]) <= target
     return False
 
 

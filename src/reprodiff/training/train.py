@@ -425,7 +425,7 @@ def _loop(cfg: TrainConfig, out: Path, data: Dataset, num_classes: int, device: 
     _trim_log(out / "log.jsonl", start, dist.main)
     fit = FitCheck(data.images.to(device), cfg.fit_target, cfg.fit_every, cfg.fit_min_steps) \
         if cfg.fit_target > 0 else None
-    if fit is not None and fit.due(start) and fit.ratio(ema.eval()) <= fit.target:  # finished: fitted at start
+    if fit is not None and fit.due(start) and fit.passed(fit.ratios(ema.eval())):  # finished: fitted at start
         return {"out": str(out), "steps": start, "resumed_from": start, "last_loss": float("nan"), "fitted": True}
     if dist.main and start > 0 and not weights_at(out, start):  # killed between the two checkpoint writes
         save_weights(out, start, model, ema)
@@ -496,11 +496,14 @@ def _fused_adam(device: torch.device, params: list[nn.Parameter]) -> bool | None
 
 
 def _fitted(fit: FitCheck, ema: Precond, step: int, out: Path, main: bool) -> bool:
-    """The fit check at ``step`` (EMA weights, eval mode), logged as ``{"step", "fit_ratio", "fit_sigma"}``."""
-    ratio = fit.ratio(ema.eval())
+    """The fit check at ``step`` (EMA weights, eval mode), logged as ``{"step", "fit_ratio", "fit_sigma",
+    "fit_ratios", "fitted"}`` (``fit_ratio`` at ``fit_sigma``; ``fit_ratios`` at it and its halvings)."""
+    ratios = fit.ratios(ema.eval())
+    fitted = fit.passed(ratios)
     if main:
-        append_log(out / "log.jsonl", {"step": step, "fit_ratio": ratio, "fit_sigma": fit.sigma})
-    return ratio <= fit.target
+        append_log(out / "log.jsonl", {"step": step, "fit_ratio": ratios[0], "fit_sigma": fit.sigma,
+                                       "fit_ratios": ratios, "fitted": fitted})
+    return fitted
 
 
 def save_checkpoint(out: Path, step: int, model: Precond, ema: Precond, opt: torch.optim.Optimizer) -> None:
