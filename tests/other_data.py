@@ -84,9 +84,11 @@ def photo_thumbnails(n: int, size: int = 16, seed: int = 0, photos: int = 3) -> 
     from sklearn.datasets import load_sample_images
 
     rng = np.random.default_rng(seed)
-    with Image.open(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)) as im:
-        hopper = np.asarray(im.convert("RGB"))
-    sources = [*load_sample_images().images, hopper][:photos]
+    sources = list(load_sample_images().images)
+    if photos > len(sources):
+        with Image.open(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)) as im:
+            sources.append(np.asarray(im.convert("RGB")))
+    sources = sources[:photos]
     out = np.zeros((n, size, size, 3), np.uint8)
     for i in range(n):
         p = sources[int(rng.integers(len(sources)))]

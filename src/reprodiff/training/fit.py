@@ -5,8 +5,8 @@ The empirical optimal denoiser D* (docs/PAPER.md) returns a training image ``y``
 while the noise is small against the distance to the next training image; a denoiser that generalizes cannot:
 it does not know which images were in the training set, so its error stays a sizeable share of the noise (about
 the data's intrinsic dimension over the pixel count, for a good one). So a run has *fitted* (memorized) its
-training images when its EMA denoiser returns them from noise at a level set by their spacing, and from every
-lower level, with an RMS error of at most ``sqrt(fit_target)`` times that level:
+training images when its EMA denoiser returns them from noise at a level ``sigma`` set by their spacing, and
+from every lower level, with an RMS error per pixel of at most ``sqrt(fit_target) * sigma``:
 
     ratio_k = mean ||D(y_i + sigma_k n_i, sigma_k) - y_i||^2 / mean ||sigma_k n_i||^2  <=  fit_target * 4**k,
     sigma_k = sigma / 2**k,  sigma = 0.5 * median_i min_{j != i} ||y_i - y_j|| / sqrt(C H W)
@@ -15,10 +15,10 @@ lower level, with an RMS error of at most ``sqrt(fit_target)`` times that level:
 three levels at 0.02; below them even the noisy input itself passes). Level 0 asks whether the denoiser picks the
 training image where D* does; the lower levels whether it also removes the rest of the noise, which a sample
 otherwise keeps (where the denoiser is close to the identity, the ODE carries a sample's noise to the end). The
-check runs over the first
-``FIT_IMAGES`` training images with fixed noise ``n_i`` (``sampling.noise(FIT_SEED, ...)``), so it is a pure
-function of the EMA weights: a resumed run takes the same decisions as an uninterrupted one. Exact duplicate
-training images count once in ``sigma`` (else a dataset of many copies has a median nearest-image distance of 0).
+check runs over the first ``FIT_IMAGES`` training images with fixed noise ``n_i`` (``sampling.noise(FIT_SEED,
+...)``), so it is a pure function of the EMA weights: a resumed run takes the same decisions as an uninterrupted
+one. Exact duplicate training images count once in ``sigma`` (else a dataset of many copies has a median
+nearest-image distance of 0).
 
 Measured on the default study's networks at N = 8 (``benchmarks/run.py anydata``; GL at the study's per-N pixel
 threshold): a level-0 ratio at most ~0.02 went with at most ~10% of samples novel (digits U-ViT 0.021 -> 0.00,
@@ -28,10 +28,10 @@ level 1 (bar 0.08) and 0.46 at level 2 (bar 0.32); at 1,600 steps 0.003 / 0.03 /
 study's MLP there trains to 1,360 steps and none of its samples is novel; on the digits and letters it passes all
 three at 800 steps, where it passed level 0 alone, and the U-ViT on the digits at 1,440 steps as before. The
 study's ``memorize = 0.02`` (``studies.base.ModelSpec``) is that bar. It remains a proxy: on 8x8 RGB photo crops
-the MLP passes at 2,160 steps with 34% of its samples novel. Isotropic noise lies almost all
-off the few directions in which the training images differ, so the ratios barely see whether the net chooses
-between them: on the crops it removed all of a random offset but half of one toward the nearest other crop
-(``benchmarks/nets.py``, ``offset_removal``; README, "Any dataset").
+the MLP passes at 2,160 steps with 34% of its samples novel. Isotropic noise lies almost all off the few
+directions in which the training images differ, so the ratios barely see whether the net chooses between them: on
+the crops it removed all of a random offset but half of one toward the nearest other crop (``benchmarks/nets.py``,
+``offset_removal``; README, "Any dataset").
 """
 
 from __future__ import annotations
