@@ -413,7 +413,6 @@ def run_other_checkout(src: str) -> tuple[float, float, dict[str, float], dict]:
     subprocess with ``PYTHONPATH=src`` (that checkout's ``src/`` folder, e.g. the commit an issue timed, from
     ``git worktree add``), in a temporary folder. Wall and CPU seconds (the subprocess and its workers), its phases
     where that code records them, and its ``results.json``."""
-    import os
     import tempfile
 
     if not (Path(src) / "reprodiff" / "__init__.py").is_file():
