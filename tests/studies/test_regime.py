@@ -15,6 +15,7 @@ from reprodiff.config import ConfigError
 from reprodiff.studies import KINDS, build_report
 from reprodiff.studies.base import SCHEMA, ModelSpec
 from reprodiff.studies.regime import StudyConfig, default_study, run_study
+from reprodiff.studies.regime_report import regime_lines
 from results_schema import check_outputs
 
 TINY_UNET = {"name": "unet", "model_channels": 8, "channel_mult": [1, 2], "num_blocks": 1, "dropout": 0.0}
@@ -269,6 +270,11 @@ def test_memorize_trains_only_the_smallest_size_on_and_a_rerun_trains_nothing(tm
     assert max(r["step"] for r in logs[8]) == 10 and max(r["step"] for r in logs[16]) == 6
     assert [r["step"] for r in logs[8] if "fit_ratio" in r] == [6, 7, 8, 9, 10]  # from `steps` on, every steps // 20
     assert not any("fit_ratio" in r for r in logs[16])
+    memo = next(r for r in first["regimes"] if r["regime"] == "memorization")  # how the smallest N's run ended
+    assert memo["run"] == {"steps": 10, "memorize": 1e-9, "memorize_steps": 10, "fitted": False}
+    assert not memo["reached"]  # 10 steps copy nothing
+    assert "reached memorize_steps (10 steps) before passing the fit check" in regime_lines([memo])[0]
+    assert all(r["run"] is None for r in first["regimes"] if r["regime"] == "generalization")
     stamp = (tmp_path / "runs" / "mlp-n8" / "ema.safetensors").stat().st_mtime_ns
     assert run_study(cfg, tmp_path)["gl"] == first["gl"]
     assert (tmp_path / "runs" / "mlp-n8" / "ema.safetensors").stat().st_mtime_ns == stamp

@@ -216,3 +216,13 @@ def test_regime_rows_check_gl_at_both_ends_and_say_what_to_change() -> None:
     assert "NOT reached" in lines[2] and "0.940 against the threshold 0.950" in lines[2]
     assert "train longer at the smallest N" in lines[2] and "add larger N" in lines[3]
     assert regime_rows({**results, "sizes": [8]}, sims) == []  # one size: no transition to check
+    # How the smallest N's run ended says which knob to turn: no fit check, fitted and stopped, or capped.
+    def hint(**run):
+        rows = regime_rows(results, sims, {"mlp": {"steps": 2160, "memorize": 0.02, "memorize_steps": 4800, **run}})
+        assert rows[2]["run"]["steps"] == 2160 and rows[3]["run"] is None  # the memorization row carries it
+        return regime_lines(rows)[2]
+    assert "passed the fit check (memorize = 0.02) at 2,160 steps and stopped" in hint(fitted=True)
+    assert "a stricter memorize (e.g. 0.005" in hint(fitted=True)
+    assert "reached memorize_steps (2,160 steps) before passing the fit check" in hint(fitted=False)
+    assert "raise memorize_steps" in hint(fitted=False)
+    assert "without a fit check: set memorize" in hint(memorize=0.0, memorize_steps=0, fitted=False)

@@ -14,6 +14,7 @@ from reprodiff.data import load_digits, subset
 from reprodiff.optimal import EmpiricalOptimalDenoiser
 from reprodiff.training.fit import FitCheck, fit_levels, fit_ratio, fit_sigma
 from reprodiff.training.train import DataConfig, TrainConfig, train
+from reprodiff.training.train import train_step as REAL_STEP
 
 MLP = {"name": "mlp", "hidden": 64, "depth": 2}
 
@@ -139,3 +140,87 @@ def test_a_run_with_fit_min_steps_trains_at_least_that_long_and_is_the_plain_run
     assert not on["fitted"] and on["steps"] == 60 and not ended_fitted(tmp_path / "on")
     with pytest.raises(ValueError, match="fit_min_steps must be in"):
         fit_run(fit_min_steps=500)
+
+
+def spoil_late(monkeypatch, after: int, scale: float = 0.3) -> None:
+    """From this run's ``after``-th step on, every optimizer step also adds noise to the network's weights (a late
+    loss spike)."""
+    import reprodiff.training.train as T
+
+    seen = [0]
+
+    def step(model, *args, **kw):
+        loss = REAL_STEP(model, *args, **kw)
+        if seen[0] >= after:
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.add_(scale * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+        seen[0] += 1
+        return loss
+
+    monkeypatch.setattr(T, "train_step", step)
+
+
+def test_a_run_capped_unfitted_keeps_the_ema_of_its_closest_check_and_resumes_to_it(tmp_path, monkeypatch) -> None:
+    """A spike at the end of a capped run: its ``ema.safetensors`` are the EMA weights of the check with the lowest
+    ``FitCheck.score`` (stamped with the cap and the selected step), the resumable state keeps the run's own, and a
+    run killed after the best check and resumed ends bit-identical."""
+    from reprodiff.checkpoint import read_safetensors
+    from reprodiff.training.train import BEST_EMA, load_model
+
+    cfg = fit_run(fit_target=1e-6, steps=60, ema_halflife=32.0)  # never fits; EMA over ~2 steps
+    spoil_late(monkeypatch, after=50)
+    r = train(cfg, tmp_path / "a")
+    log = [json.loads(line) for line in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
+    checks = [(x["step"], x) for x in log if "fit_ratios" in x]
+    scores = {s: max(v / (1e-6 * 4.0**k) for k, v in enumerate(x["fit_ratios"])) for s, x in checks}
+    best = min(scores, key=scores.get)
+    assert [s for s, _ in checks] == [10, 20, 30, 40, 50, 60] and best < 60 and scores[60] > 2 * scores[best]
+    assert not r["fitted"] and r["steps"] == 60 and r["selected_step"] == best
+    weights, meta = read_safetensors(tmp_path / "a" / "ema.safetensors")
+    assert meta == {"step": "60", "selected_step": str(best)}
+    kept = read_safetensors(tmp_path / "a" / BEST_EMA)[0]
+    assert all(torch.equal(weights[k], kept[k]) for k in kept)
+    state = read_safetensors(tmp_path / "a" / "training.safetensors")[0]  # the run's own EMA, to train on from
+    assert any(not torch.equal(state[f"ema.{k}"], weights[k]) for k in weights)
+    assert log[-1] == {"step": 60, "selected_step": best, "selected_score": scores[best], "last_score": scores[60]}
+    D = load_model(tmp_path / "a")[0]  # what sampling reads
+    assert all(torch.equal(v, weights[k]) for k, v in D.net.state_dict().items())
+    assert train(cfg, tmp_path / "a")["selected_step"] == best  # a finished run: nothing new, logged once
+    assert sum("selected_step" in json.loads(x) for x in (tmp_path / "a" / "log.jsonl").read_text().splitlines()) == 1
+
+    class Kill(Exception):  # noqa: N818 (a test signal, not an error)
+        pass
+
+    def kill(step: int, loss: float) -> None:
+        if step == 55:  # after the best check and the checkpoint at 30, before the cap
+            raise Kill
+
+    spoil_late(monkeypatch, after=50)
+    with pytest.raises(Kill):
+        train(cfg, tmp_path / "b", callback=kill)
+    spoil_late(monkeypatch, after=50 - 30)  # the resumed run restarts at its checkpoint, step 30
+    assert train(cfg, tmp_path / "b")["selected_step"] == best
+    again = read_safetensors(tmp_path / "b" / "ema.safetensors")
+    assert again[1] == meta and all(torch.equal(again[0][k], weights[k]) for k in weights)
+
+
+def test_a_fitted_run_selects_nothing(tmp_path) -> None:
+    from reprodiff.training.train import BEST_EMA
+
+    r = train(fit_run(fit_target=0.99, fit_min_steps=20, fit_every=10, steps=60), tmp_path)
+    assert r["fitted"] and "selected_step" not in r and not (tmp_path / BEST_EMA).exists()
+
+
+def test_a_capped_run_whose_last_check_is_near_its_best_keeps_its_own_ema(tmp_path, monkeypatch) -> None:
+    """On a plateau the scores move a little from check to check: a run keeps its last EMA, a little worse than
+    its best, unless that is spoilt (more than ``SPOILT`` times its best score)."""
+    from reprodiff.checkpoint import read_safetensors
+    from reprodiff.training.train import SPOILT
+
+    spoil_late(monkeypatch, after=52, scale=0.01)  # a small disturbance after the check at 50
+    r = train(fit_run(fit_target=1e-6, steps=60, ema_halflife=32.0), tmp_path)
+    log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    scores = [max(v / (1e-6 * 4.0**k) for k, v in enumerate(x["fit_ratios"])) for x in log if "fit_ratios" in x]
+    assert min(scores) < scores[-1] <= SPOILT * min(scores)  # worse than its best, not spoilt
+    assert "selected_step" not in r and read_safetensors(tmp_path / "ema.safetensors")[1] == {"step": "60"}

@@ -9,7 +9,7 @@ import torch
 
 from reprodiff.checkpoint import write_safetensors
 from reprodiff.config import ConfigError
-from reprodiff.training.runs import ema_beta, existing_config, weights_at
+from reprodiff.training.runs import ema_beta, existing_config, weights_at, weights_step
 
 
 @pytest.mark.parametrize(("batch", "halflife"), [(64, 2000.0), (7, 10.0), (1, 1.0)])
@@ -24,8 +24,10 @@ def test_weights_at_needs_both_files_at_the_step(tmp_path) -> None:
     assert not weights_at(tmp_path, 4)  # no EMA file yet
     write_safetensors(tmp_path / "ema.safetensors", w, {"step": "3"})
     assert not weights_at(tmp_path, 4)  # killed between the two writes
+    assert weights_step(tmp_path) is None  # the two disagree
     write_safetensors(tmp_path / "ema.safetensors", w, {"step": "4"})
-    assert weights_at(tmp_path, 4)
+    assert weights_at(tmp_path, 4) and weights_step(tmp_path) == 4
+    assert weights_step(tmp_path / "absent") is None
 
 
 def test_existing_config(tmp_path) -> None:

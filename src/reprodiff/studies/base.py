@@ -262,7 +262,8 @@ class ModelSpec:
     the study's *smallest* size only: the run trains ``steps`` and then on until it has memorized its training
     images (the fit check at ``memorize``, checked every ``steps // 20`` steps), at most ``memorize_steps``
     (0: ``4 * steps``) -- so that data harder than the digits still reach the memorization regime at the
-    smallest N without hand-tuned steps; where the fit holds at ``steps`` the run is exactly the plain one.
+    smallest N without hand-tuned steps; where the fit holds at ``steps`` the run is exactly the plain one, and a
+    run that reaches the cap unfitted keeps the EMA of its check closest to passing (``training/train.py``).
 
     ``source = "diffusers"`` with ``path`` (a local ``save_pretrained`` folder of a ``UNet2DModel`` and its
     scheduler, see ``adapters/diffusers.py``) brings in an outside checkpoint instead: it is not trained, it is

@@ -32,7 +32,7 @@ from ..executors import ExecutorConfig, LocalExecutor, Task, executor_from_confi
 from ..files import folder_lock, save_json, save_npz
 from ..optimal import EmpiricalOptimalDenoiser
 from ..similarity import FeatureMap
-from ..training.runs import ended_fitted, weights_at
+from ..training.runs import ended_fitted, weights_at, weights_step
 from ..training.train import DataConfig, TrainConfig, TrainingError, resolve_device, train
 from . import base, plan
 from .base import FAILURES, OPTIMAL, SCHEMA, Kind, ModelSpec, StudyFields
@@ -474,6 +474,10 @@ def _train_task(cfg: StudyConfig, out: str, i: int, n: int, progress: bool = Fal
         return f"train {spec.name} N={n}: failed: {e}"
     steps = int(r["steps"])
     fitted = f", memorized (fit check at {tc.fit_target:g} passed)" if r.get("fitted") else ""
+    if r.get("selected_step"):  # capped unfitted: the EMA of its closest check is the model (training/train.py)
+        fitted = f", not memorized; keeps the EMA of step {r['selected_step']} (its closest fit check)"
+    elif tc.fit_target > 0 and not r.get("fitted"):
+        fitted = f", not memorized by its cap (fit check at {tc.fit_target:g})"
     return (f"train {spec.name} N={n}: {steps} steps ({steps * tc.batch_size:,} images){fitted}, "
             f"loss {r['last_loss']:.4g}")
 
@@ -687,13 +691,31 @@ def _report_task(cfg: StudyConfig, out: str, start: float, final_lock: bool) -> 
         results["provenance"] = plan.provenance(folder)
         sims = _read_similarities(folder, cfg.sizes)
         results["dip"] = dip_rows(results, sims)
-        results["regimes"] = regime_rows(results, sims)
+        results["regimes"] = regime_rows(results, sims, smallest_runs(cfg, folder))
         base.write_results(folder, results, time.perf_counter() - (time.time() - start), scores(results), sims)
         if final_lock:
             from . import build_report
 
             build_report(folder)
     return f"report: {len(results['rp'])} RP and {len(results['gl'])} GL scores -> {folder / 'results.json'}"
+
+
+def smallest_runs(cfg: StudyConfig, folder: Path) -> dict[str, dict[str, Any]]:
+    """How each trained model's run at the smallest size ended (``regime_rows``: what to change where it did not
+    memorize): ``steps`` trained, ``memorize`` (its fit target; 0: off), ``memorize_steps`` (the cap; 0 when
+    off) and ``fitted`` (it passed the fit check). Models not trained here, or without weights, are left out."""
+    n = min(cfg.sizes)
+    out: dict[str, dict[str, Any]] = {}
+    for i, spec in enumerate(cfg.models):
+        if spec.source != "train":
+            continue
+        run = folder / "runs" / f"{spec.name}-n{n}"
+        if (steps := weights_step(run)) is None:
+            continue
+        tc = _train_config(cfg, i, n)
+        out[spec.name] = {"steps": steps, "memorize": spec.memorize, "memorize_steps": tc.steps if spec.memorize else 0,
+                          "fitted": bool(spec.memorize) and ended_fitted(run)}
+    return out
 
 
 def _read_similarities(folder: Path, sizes: tuple[int, ...]) -> dict[str, Tensor]:

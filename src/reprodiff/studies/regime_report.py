@@ -220,11 +220,14 @@ MEMORIZED_GL = 0.1  # the memorization regime: at most 10% of samples novel (the
 GENERALIZED_GL = 0.9  # the generalization regime: at least 90% novel (GL ~ 1 at large n)
 
 
-def regime_rows(results: dict[str, Any], sims: dict[str, Tensor]) -> list[dict[str, Any]]:
+def regime_rows(results: dict[str, Any], sims: dict[str, Tensor],
+                runs: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """"Were both regimes reached?": for each network (not D*) and sampler, GL at the smallest size against
     ``MEMORIZED_GL`` and at the largest against ``GENERALIZED_GL`` (Zhang et al. 2023: GL ~ 0 in the memorization
     regime, ~ 1 in the generalization regime), with the median similarity of the network's samples to their
-    nearest training image there against GL's threshold -- how near a miss is. None with a single size."""
+    nearest training image there against GL's threshold -- how near a miss is. ``runs``: how each network's run
+    at the smallest size ended (``regime.smallest_runs``), kept in its memorization row (``run``) so that a miss
+    says which knob to turn. None with a single size."""
     sizes = results["sizes"]
     if len(sizes) < 2:
         return []
@@ -240,7 +243,8 @@ def regime_rows(results: dict[str, Any], sims: dict[str, Tensor]) -> list[dict[s
                 rows.append({"model": model, "sampler": sampler, "regime": regime, "n": n, "gl": r["gl"],
                              "ci": list(r["ci"]), "reached": bool(reached),
                              "threshold": gl_threshold_of(results, r),
-                             "median_similarity": None if s is None or not s.numel() else float(s.median())})
+                             "median_similarity": None if s is None or not s.numel() else float(s.median()),
+                             "run": (runs or {}).get(model) if regime == "memorization" else None})
     return rows
 
 
@@ -262,9 +266,28 @@ def _regime_hint(r: dict[str, Any]) -> str:
             f"median similarity of its samples to their nearest training image {r['median_similarity']:.3f} "
             f"against the threshold {r['threshold']:.3f}; ")
     if r["regime"] == "memorization":
-        return (near + "train longer at the smallest N (memorize, memorize_steps) or add a smaller N: its samples "
-                "are not (yet) copies of training images under this similarity")
+        return near + _memorize_hint(r.get("run"))
     return near + "add larger N (more data), or a smaller network: its samples still copy training images"
+
+
+def _memorize_hint(run: dict[str, Any] | None) -> str:
+    """What to change where a network did not memorize at the smallest N, by how its run there ended
+    (``regime_rows``' ``run``; training/fit.py): no fit check, the fit check passed, or the cap came first."""
+    why = "its samples are not (yet) copies of training images under this similarity"
+    if not run:
+        return f"train longer at the smallest N (memorize, memorize_steps) or add a smaller N: {why}"
+    steps = f"{run['steps']:,} steps"
+    if not run["memorize"]:
+        return (f"its run trained {steps} without a fit check: set memorize (e.g. 0.02) to train the smallest N on "
+                f"until it has fitted its training images, or add a smaller N: {why}")
+    if run["fitted"]:
+        return (f"its run passed the fit check (memorize = {run['memorize']:g}) at {steps} and stopped, but its "
+                f"samples are not copies of training images under this similarity: "
+                f"a stricter memorize (e.g. {run['memorize'] / 4:g}: half the error at each noise level, and one "
+                f"level lower) trains on, up to memorize_steps ({run['memorize_steps']:,}); or add a smaller N "
+                f"(with fewer training images, fewer near-duplicates among them)")
+    return (f"its run reached memorize_steps ({steps}) before passing the fit check (memorize = "
+            f"{run['memorize']:g}): raise memorize_steps, or add a smaller N: {why}")
 
 
 # ---------------------------------------------------------------------------------------------- figures

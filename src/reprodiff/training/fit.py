@@ -118,3 +118,9 @@ class FitCheck:
     def passed(self, ratios: list[float]) -> bool:
         """Whether ``ratios`` (of :meth:`ratios`) meet the bar: ``target * 4**k`` at level ``k``."""
         return all(r <= self.target * 4.0**k for k, r in enumerate(ratios))
+
+    def score(self, ratios: list[float]) -> float:
+        """How far ``ratios`` are from the bar: the largest ``ratio_k / (target * 4**k)`` (at most 1 where they
+        pass). A run that reaches its cap unfitted with a last score above twice its lowest keeps the EMA weights of
+        its lowest (``train``)."""
+        return max(r / (self.target * 4.0**k) for k, r in enumerate(ratios))

@@ -12,7 +12,7 @@ from ..checkpoint import read_safetensors
 from ..config import ConfigError
 from ..files import append_line
 
-__all__ = ["append_log", "ema_beta", "ended_fitted", "existing_config", "weights_at"]
+__all__ = ["append_log", "ema_beta", "ended_fitted", "existing_config", "weights_at", "weights_step"]
 
 
 def existing_config(out: Path) -> dict[str, Any] | None:
@@ -29,11 +29,17 @@ def existing_config(out: Path) -> dict[str, Any] | None:
 
 def weights_at(out: Path, step: int) -> bool:
     """Whether model/EMA weights on disk are those of ``step`` (both complete, metadata matching)."""
+    return weights_step(out) == step
+
+
+def weights_step(out: Path) -> int | None:
+    """The step of the model/EMA weights on disk; None when either is missing or unreadable or they disagree."""
     try:
-        return all(read_safetensors(out / f)[1].get("step") == str(step)
-                   for f in ("model.safetensors", "ema.safetensors"))
-    except ValueError:
-        return False
+        steps = {read_safetensors(out / f)[1].get("step") for f in ("model.safetensors", "ema.safetensors")}
+    except (ValueError, OSError):
+        return None
+    step = steps.pop() if len(steps) == 1 else None
+    return int(step) if step is not None and step.isdigit() else None
 
 
 def ended_fitted(out: Path) -> bool:
