@@ -137,18 +137,21 @@ WIDE_SIGMA = {"name": "edm", "P_mean": -0.8, "P_std": 1.8}
 UVIT = {"name": "uvit", "patch_size": "auto", "embed_dim": 96, "depth": 4, "num_heads": 3, "mlp_ratio": 2.0}
 SMALL_MLP = {"name": "mlp", "hidden": 256, "depth": 4}
 # At the smallest size each run trains on past its 800 steps until it has memorized its training images (the fit
-# check at 0.02, training/fit.py), at most 6,400 (U-ViT, batch 24) and 4,800 (MLP, batch 64) steps -- the U-ViT's
-# cap is the 153,600 images of the 4,800 steps at batch 32 it had before: on the digits the MLP fits at 800 (the
-# plain run) and the U-ViT at 1,440; on 12x12 letters the U-ViT at 5,920, on 16x16 RGB shapes and photo thumbnails
-# it stops at the cap (README, "Any dataset").
+# check, training/fit.py), at most 6,400 (U-ViT, batch 24) and 4,800 (MLP, batch 64) steps -- the U-ViT's cap is
+# the 153,600 images of the 4,800 steps at batch 32 it had before. The U-ViT's bar is 0.02: on the digits it fits
+# at 1,440 steps, and its level-0 ratio levels off near 0.01 there (a stricter bar would take it to its cap and
+# nearly double the study's time). The MLP's is 0.005 (half the error at each level, one level lower): on 8x8 RGB
+# photo crops at N = 4 it stopped at 1,680 steps with 33% of its samples new at 0.02, and trained on to copy
+# (4% new) at 0.005 (README, "Any dataset").
 MEMORIZE = 0.02
+MEMORIZE_MLP = 0.005
 
 
 def regime_models() -> tuple[ModelSpec, ...]:
     """The default study's U-ViT and MLP (``studies/default.toml``)."""
     return (ModelSpec("uvit", UVIT, kernel=WIDE_SIGMA, steps=800, batch_size=24, memorize=MEMORIZE,
                       memorize_steps=6400),
-            ModelSpec("mlp", SMALL_MLP, kernel=WIDE_SIGMA, steps=800, batch_size=64, memorize=MEMORIZE,
+            ModelSpec("mlp", SMALL_MLP, kernel=WIDE_SIGMA, steps=800, batch_size=64, memorize=MEMORIZE_MLP,
                       memorize_steps=4800))
 
 
