@@ -103,6 +103,7 @@ class FitCheck:
         self.images = images[:FIT_IMAGES]
         self.sigma = fit_sigma(images)
         self.sigmas = [self.sigma / 2**k for k in range(fit_levels(target))]
+        self.bars = [target * 4.0**k for k in range(len(self.sigmas))]  # fit_ratio's bar at each level
         self.noise = sampling.noise(FIT_SEED, self.images.shape[0], tuple(images.shape[1:])).to(images.device)
         self.target, self.every, self.first = target, every, first
 
@@ -118,11 +119,11 @@ class FitCheck:
         return [fit_ratio(D, self.images, s, self.noise) for s in self.sigmas]
 
     def passed(self, ratios: list[float]) -> bool:
-        """Whether ``ratios`` (of :meth:`ratios`) meet the bar: ``target * 4**k`` at level ``k``."""
-        return all(r <= self.target * 4.0**k for k, r in enumerate(ratios))
+        """Whether ``ratios`` (of :meth:`ratios`) meet the bar: ``target * 4**k`` at level ``k`` (``bars``)."""
+        return all(r <= b for r, b in zip(ratios, self.bars, strict=True))
 
     def score(self, ratios: list[float]) -> float:
         """How far ``ratios`` are from the bar: the largest ``ratio_k / (target * 4**k)`` (at most 1 where they
         pass). A run that reaches its cap unfitted with a last score above twice its lowest keeps the EMA weights of
         its lowest (``train``)."""
-        return max(r / (self.target * 4.0**k) for k, r in enumerate(ratios))
+        return max(r / b for r, b in zip(ratios, self.bars, strict=True))

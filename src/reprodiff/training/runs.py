@@ -48,19 +48,18 @@ def ended_fitted(out: Path) -> bool:
     disk (``training/fit.py``)."""
     try:
         target = float((existing_config(out) or {}).get("fit_target", 0.0))
-        steps = {read_safetensors(out / f)[1].get("step") for f in ("model.safetensors", "ema.safetensors")}
         lines = (out / "log.jsonl").read_text().splitlines()
     except (ValueError, OSError, ConfigError):
         return False
-    if target <= 0 or len(steps) != 1:
+    step = weights_step(out)
+    if target <= 0 or step is None:
         return False
-    step = steps.pop()
     for line in lines:
         try:
             rec = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if isinstance(rec, dict) and str(rec.get("step")) == step and "fit_ratio" in rec:
+        if isinstance(rec, dict) and rec.get("step") == step and "fit_ratio" in rec:
             return bool(rec["fitted"]) if "fitted" in rec else float(rec["fit_ratio"]) <= target
     return False
 
