@@ -477,20 +477,46 @@ def bench_study(quick: bool, config: str = "", baseline: str = "", workers: int 
 
 
 def bench_nets(quick: bool) -> None:
-    """Loss per sigma bucket, U-Net vs U-ViT (new and old initialisation) vs MLP (benchmarks/nets.py)."""
+    """Loss per sigma bucket, U-Net vs U-ViT (adaLN; time token only; old initialisation) vs MLP
+    (benchmarks/nets.py); then the U-ViT with and without adaLN on RGB photo crops, and the MLP's gated skip."""
     sys.path.insert(0, str(Path(__file__).parent))
     from nets import fit_and_score, format_table
     from reprodiff.data import load_digits
 
     scale = 0.5 if quick else 1.0
-    old_uvit = {**STUDY_NETS["uvit"], "pos_embed_std": 0.02, "final_init": "zero"}
+    token_uvit = {**STUDY_NETS["uvit"], "time_cond": "token"}
+    old_uvit = {**token_uvit, "pos_embed_std": 0.02, "final_init": "zero"}
     nets = {"unet": (STUDY_NETS["unet"], int(600 * scale), 2e-3), "uvit": (STUDY_NETS["uvit"], int(1200 * scale), 2e-3),
-            "uvit-old-init": (old_uvit, int(1200 * scale), 2e-3), "mlp": (STUDY_NETS["mlp"], int(1200 * scale), 2e-3)}
+            "uvit-token": (token_uvit, int(1200 * scale), 2e-3), "uvit-old-init": (old_uvit, int(1200 * scale), 2e-3),
+            "mlp": (STUDY_NETS["mlp"], int(1200 * scale), 2e-3)}
     for n in (64, 1797):
         rows = fit_and_score(nets, load_digits(), "digits", n)
         for key in ("weighted", "mse"):
             print(format_table(rows, f"digits N = {n}, steps {[v[1] for v in nets.values()]}", key))
+    bench_uvit_adaln(quick)
     bench_mlp_gate(quick)
+
+
+def bench_uvit_adaln(quick: bool) -> None:
+    """The default study's U-ViT with adaLN (``time_cond = "adaln"``, nets/uvit.py) and with the time token alone,
+    beside the U-Net, at N = 4 on 8x8 RGB photo crops (tests/other_data.py), the study's noise levels (batch 64):
+    the loss per sigma bucket on the training images, low noise first."""
+    import tempfile
+
+    sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parent.parent / "tests")]
+    from nets import fit_and_score, format_table
+    from other_data import photo_crops, write_npz
+    from reprodiff.data import load_dataset
+    from reprodiff.studies.regime import WIDE_SIGMA
+
+    steps = 400 if quick else 800
+    nets = {"uvit": (STUDY_NETS["uvit"], steps, 2e-3), "uvit-token": ({**STUDY_NETS["uvit"], "time_cond": "token"},
+                                                                       steps, 2e-3),
+            "unet": (STUDY_NETS["unet"], steps, 2e-3)}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = str(write_npz(Path(tmp) / "photos.npz", photo_crops(2000, seed=0)))
+        rows = fit_and_score(nets, load_dataset(path), path, 4, held=0, kernel_spec=WIDE_SIGMA)
+    print(format_table(rows, f"photo crops N = 4, {steps} steps, U-ViT with / without adaLN, U-Net"))
 
 
 def bench_mlp_gate(quick: bool) -> None:

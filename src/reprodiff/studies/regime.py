@@ -132,18 +132,22 @@ class StudyConfig(StudyFields):
 # training image to approach at noise about as large as the distance between images (sigma ~ 2-6 on the digits),
 # which EDM's CIFAR-10 setting rarely trains; measured on 4 digits (U-Net/MLP), agreement with D* rose from
 # 0.75-0.80 to 0.81-0.85 at equal steps (README, "The regime study"). The U-ViT's patch follows the image size
-# (``patch_size = "auto"``: a 4x4 token grid, patch 2 on the digits; nets/uvit.py).
+# (``patch_size = "auto"``: a 4x4 token grid, patch 2 on the digits) and the noise level modulates its blocks
+# (``time_cond = "adaln"``; with the time token alone it stayed near the identity at low noise on RGB images for
+# thousands of steps; nets/uvit.py).
 WIDE_SIGMA = {"name": "edm", "P_mean": -0.8, "P_std": 1.8}
-UVIT = {"name": "uvit", "patch_size": "auto", "embed_dim": 96, "depth": 4, "num_heads": 3, "mlp_ratio": 2.0}
+UVIT = {"name": "uvit", "patch_size": "auto", "embed_dim": 96, "depth": 4, "num_heads": 3, "mlp_ratio": 2.0,
+        "time_cond": "adaln"}
 SMALL_MLP = {"name": "mlp", "hidden": 256, "depth": 4}
 # At the smallest size each run trains on past its 800 steps until it has memorized its training images (the fit
 # check, training/fit.py), at most 6,400 (U-ViT, batch 24) and 4,800 (MLP, batch 64) steps -- the U-ViT's cap is
-# the 153,600 images of the 4,800 steps at batch 32 it had before. The U-ViT's bar is 0.02: on the digits it fits
-# at 1,440 steps, and its level-0 ratio levels off near 0.01 there (a stricter bar would take it to its cap and
-# nearly double the study's time). The MLP's is 0.005 (half the error at each level, one level lower): on 8x8 RGB
-# photo crops at N = 4 it stopped at 1,680 steps with 33% of its samples new at 0.02, and trained on to copy
-# (4% new) at 0.005 (README, "Any dataset").
-MEMORIZE = 0.02
+# the 153,600 images of the 4,800 steps at batch 32 it had before. The U-ViT's bar is 0.01: at 0.02 the adaLN net
+# stopped at 1,520-1,680 steps on 12x12 letters and 16x16 RGB shapes at N = 8 with 15-25% of its samples new
+# (its level-0 ratio falls faster than its samples become copies); at 0.01 it fits the digits at N = 4 at 1,200
+# steps. The MLP's is 0.005 (a quarter of 0.02: half the error at each level, one level lower): on 8x8 RGB photo
+# crops at N = 4 it stopped at 1,680 steps with 33% of its samples new at 0.02, and trained on to copy (4% new) at
+# 0.005 (README, "Any dataset").
+MEMORIZE = 0.01
 MEMORIZE_MLP = 0.005
 
 

@@ -27,13 +27,14 @@ letters 0.015 -> 0.02, RGB shapes 0.025 -> 0.10) -- but not for the MLP on 16x16
 level 1 (bar 0.08) and 0.46 at level 2 (bar 0.32); at 1,600 steps 0.003 / 0.03 / 0.27. With all three levels the
 study's MLP there trains to 1,360 steps and none of its samples is novel; on the digits and letters it passes all
 three at 800 steps, where it passed level 0 alone, and the U-ViT on the digits at 1,440 steps as before. The
-study's U-ViT has that bar (``memorize = 0.02``, ``studies.base.ModelSpec``), its MLP a quarter of it (0.005: half
-the error, one level lower; on 8x8 RGB photo crops at N = 4 it passed 0.02 at 1,680 steps with 33% of its samples
-novel, and copied at 0.005: 4% novel; ``studies/regime.py``). It remains a proxy: on the crops at N = 8 the MLP
-passed 0.02 at 2,160 steps with 34% of its samples novel. Isotropic noise lies almost all off the few
-directions in which the training images differ, so the ratios barely see whether the net chooses between them: on
-the crops it removed all of a random offset but half of one toward the nearest other crop (``benchmarks/nets.py``,
-``offset_removal``; README, "Any dataset").
+study's MLP has a quarter of that bar (``memorize = 0.005``, ``studies.base.ModelSpec``: half the error, one level
+lower; on 8x8 RGB photo crops at N = 4 it passed 0.02 at 1,680 steps with 33% of its samples novel, and copied at
+0.005: 4% novel), its U-ViT half of it (0.01: with adaLN, ``nets/uvit.py``, it passed 0.02 on 12x12 letters and
+16x16 RGB shapes at N = 8 with 15-25% of its samples novel; ``studies/regime.py``). It remains a proxy: on the
+crops at N = 8 the MLP passed 0.02 at 2,160 steps with 34% of its samples novel. Isotropic noise lies almost all
+off the few directions in which the training images differ, so the ratios barely see whether the net chooses
+between them: on the crops it removed all of a random offset but half of one toward the nearest other crop
+(``benchmarks/nets.py``, ``offset_removal``; README, "Any dataset").
 """
 
 from __future__ import annotations
