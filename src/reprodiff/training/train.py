@@ -554,8 +554,8 @@ def _keep_best(out: Path, steps: int, best: tuple[int, float], last: tuple[int, 
     ``SPOILT`` times its best, keeps as its EMA weights (``ema.safetensors``, stamped ``steps`` and
     ``selected_step``) those of the check closest to passing (the lowest ``FitCheck.score``, on the training
     images alone): a late loss spike -- Adam at the tiny losses of a memorizing run -- otherwise ends the run with
-    a spoilt denoiser. The
-    resumable state (``training.safetensors``) keeps the run's own EMA, so training further is unchanged.
+    a spoilt denoiser. The resumable state (``training.safetensors``) keeps the run's own EMA, so training further
+    is unchanged.
     Logged as ``{"step", "selected_step", "selected_score", "last_score"}``, once."""
     meta = {"step": str(steps), "selected_step": str(best[0])}
     if read_safetensors(out / "ema.safetensors")[1] == meta:  # a finished run, trained again: kept already
