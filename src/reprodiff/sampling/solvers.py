@@ -9,7 +9,9 @@ keep the state in float64 and call ``D`` with the float64 state (each denoiser c
 In multistep and exponential-integrator formulas, ``lambda = -log(sigma)`` (the log-SNR of Lu et al. with
 alpha = 1). A step to sigma = 0 is always the first-order step ``x = D(x, sigma_i)``. Given an ascending
 grid, every ODE solver integrates the same flow upwards, data -> noise (``sampling.invert``); the formulas
-hold for either sign of the step ``h``.
+hold for either sign of the step ``h``. No solver builds an autograd graph: ``D`` runs under ``torch.no_grad()``
+(so a trained network samples as it is; a denoiser that needs the gradient in ``x``, like ``inverse.py``'s
+guidance, enables it inside) and ``x`` is detached.
 """
 
 from __future__ import annotations
@@ -50,7 +52,8 @@ class _Eval:
         state promotes exactly, so a solver may skip the cast and its temporary."""
         self.nfe += 1
         s = torch.full((self.B,), sigma, dtype=torch.float64, device=x.device)
-        out = self.D(x, s, self.cond)
+        with torch.no_grad():  # a trained net's parameters require grad; a guided D enables grad inside
+            out = self.D(x, s, self.cond)
         if out.shape != x.shape:
             raise ValueError(f"denoiser returned shape {list(out.shape)} for input {list(x.shape)}")
         return out
@@ -68,7 +71,7 @@ def _setup(D: Denoiser, x: Tensor, sigmas: Tensor, cond: Tensor | None) -> tuple
         raise ValueError("x must be a batch tensor [B, C, H, W] at noise level sigmas[0]")
     if not bool(torch.isfinite(x).all()):
         raise ValueError("x contains NaN or Inf")
-    return x.to(torch.float64), s, _Eval(D, x, cond)
+    return x.detach().to(torch.float64), s, _Eval(D, x, cond)
 
 
 def _report(callback: Callback | None, i: int, s: list[float], x: Tensor, denoised: Tensor, ev: _Eval) -> None:
