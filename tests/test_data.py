@@ -17,6 +17,22 @@ def test_digits_are_embedded_and_in_range() -> None:
     assert load_dataset("digits").images.equal(d.images)
 
 
+@pytest.mark.parametrize("bundled_file", [True, False])
+def test_digits_are_scikit_learns_bit_for_bit_with_or_without_its_bundled_file(bundled_file: bool,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The digits are read from scikit-learn's ``digits.csv.gz`` without importing scikit-learn; where that file
+    is not found its loader is used. Both give exactly ``sklearn.datasets.load_digits``'s images and labels."""
+    import importlib.util
+
+    from sklearn.datasets import load_digits as sk_digits
+
+    if not bundled_file:
+        monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
+    d, ref = load_digits(), sk_digits()
+    assert torch.equal(d.images, torch.from_numpy(ref.images.astype(np.float32) / 8.0 - 1.0)[:, None])
+    assert d.labels is not None and torch.equal(d.labels, torch.from_numpy(ref.target.astype(np.int64)))
+
+
 def test_subsets_are_deterministic_and_nested() -> None:
     d = load_digits()
     a, b = subset(d, 64, seed=3), subset(d, 256, seed=3)
