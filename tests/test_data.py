@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from reprodiff.data import load_dataset, load_digits, load_npz, subset, to_uint8
+from reprodiff.data import bundled_digits_csv, load_dataset, load_digits, load_npz, subset, to_uint8
 
 
 def test_digits_are_embedded_and_in_range() -> None:
@@ -17,17 +17,28 @@ def test_digits_are_embedded_and_in_range() -> None:
     assert load_dataset("digits").images.equal(d.images)
 
 
-@pytest.mark.parametrize("bundled_file", [True, False])
-def test_digits_are_scikit_learns_bit_for_bit_with_or_without_its_bundled_file(bundled_file: bool,
+@pytest.mark.parametrize("case", ["bundled file", "no file", "other layout"])
+def test_digits_are_scikit_learns_bit_for_bit_with_or_without_its_bundled_file(case: str, tmp_path,
                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """The digits are read from scikit-learn's ``digits.csv.gz`` without importing scikit-learn; where that file
-    is not found its loader is used. Both give exactly ``sklearn.datasets.load_digits``'s images and labels."""
+    is not found, or holds rows of another layout, its loader is used. Each gives exactly
+    ``sklearn.datasets.load_digits``'s images and labels."""
+    import gzip
     import importlib.util
 
     from sklearn.datasets import load_digits as sk_digits
 
-    if not bundled_file:
+    from reprodiff import data
+
+    if case == "bundled file":  # where scikit-learn (>= 1.3, pyproject) keeps it: the direct path is the one tested
+        assert bundled_digits_csv() is not None
+    elif case == "no file":
         monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
+        assert bundled_digits_csv() is None
+    else:
+        other = tmp_path / "digits.csv.gz"
+        other.write_bytes(gzip.compress(b"1,2,3\n4,5,6\n"))
+        monkeypatch.setattr(data, "bundled_digits_csv", lambda: other)
     d, ref = load_digits(), sk_digits()
     assert torch.equal(d.images, torch.from_numpy(ref.images.astype(np.float32) / 8.0 - 1.0)[:, None])
     assert d.labels is not None and torch.equal(d.labels, torch.from_numpy(ref.target.astype(np.int64)))

@@ -27,6 +27,7 @@ from .files import read_input_bytes, to_uint8  # to_uint8 re-exported: where stu
 __all__ = [
     "DATASETS",
     "Dataset",
+    "bundled_digits_csv",
     "held_out",
     "load_cifar10",
     "load_dataset",
@@ -68,17 +69,24 @@ def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
     """The digits' grey levels ``[1797, 8, 8]`` and labels: scikit-learn's bundled ``digits.csv.gz`` parsed as its
     ``load_digits`` parses it (64 pixels then the label per row), without importing scikit-learn, which costs
     ~1.5 s in every process that loads the digits (each study worker, each Slurm job); its loader where the file
-    is not where scikit-learn keeps it."""
-    spec = importlib.util.find_spec("sklearn")  # a top-level package: found, not imported
-    roots = list(spec.submodule_search_locations or []) if spec else []
-    path = Path(roots[0]) / "datasets" / "data" / "digits.csv.gz" if roots else None
-    if path is not None and path.is_file():
+    is not where scikit-learn keeps it or not of that layout."""
+    path = bundled_digits_csv()
+    if path is not None:
         rows = np.loadtxt(path, delimiter=",")  # [1797, 65] float64
-        return rows[:, :-1].reshape(-1, 8, 8), rows[:, -1].astype(np.int64)
+        if rows.ndim == 2 and rows.shape[1] == 65:
+            return rows[:, :-1].reshape(-1, 8, 8), rows[:, -1].astype(np.int64)
     from sklearn.datasets import load_digits as sk_digits
 
     d = sk_digits()
     return d.images, d.target
+
+
+def bundled_digits_csv() -> Path | None:
+    """scikit-learn's ``sklearn/datasets/data/digits.csv.gz``, found without importing scikit-learn (None if not)."""
+    spec = importlib.util.find_spec("sklearn")  # a top-level package: found, not imported
+    roots = list(spec.submodule_search_locations or []) if spec else []
+    path = Path(roots[0]) / "datasets" / "data" / "digits.csv.gz" if roots else None
+    return path if path is not None and path.is_file() else None
 
 
 def _from_uint8(a: np.ndarray, source: str) -> Tensor:
