@@ -183,6 +183,7 @@ def test_adaln_uvit_resumes_bit_identical_and_reloads(tmp_path) -> None:
     assert isinstance(net, UViT) and net.modulation is not None
     assert float(net.modulation.linear.weight.detach().abs().max()) > 0  # trained, not the zero init
 
+
 def test_bad_time_cond_is_a_one_line_error() -> None:
     with pytest.raises(ValueError, match="time_cond must be one of token, adaln"):
         build(time_cond="film")
