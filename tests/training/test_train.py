@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import pickle
 
@@ -13,6 +14,7 @@ from reprodiff.cli import main
 from reprodiff.config import ConfigError
 from reprodiff.training.train import (
     DataConfig,
+    EMAUpdate,
     FinetuneConfig,
     TrainConfig,
     load_model,
@@ -25,6 +27,30 @@ def test_a_short_run_lowers_the_loss(tmp_path) -> None:
     losses: list[float] = []
     train(tiny(steps=120, batch_size=16, lr=2e-3), tmp_path, callback=lambda s, loss: losses.append(loss))
     assert sum(losses[-30:]) / 30 < 0.7 * sum(losses[:30]) / 30
+
+
+def test_the_ema_update_is_the_per_tensor_lerp_and_follows_the_net_in_place() -> None:
+    """EMAUpdate lists the tensors once: after optimizer steps on the net it still averages the net's current
+    weights, bit for bit as ``p_ema.lerp_(p, 1 - beta)`` tensor by tensor; buffers are copied."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 2))
+    ema, expect = (copy.deepcopy(net).requires_grad_(False) for _ in range(2))
+    update, opt = EMAUpdate(ema, net), torch.optim.SGD(net.parameters(), lr=0.1)
+    for beta in (0.9, 0.5, 0.99):
+        opt.zero_grad()
+        net(torch.randn(8, 3)).square().mean().backward()  # also moves BatchNorm's running statistics
+        opt.step()
+        update(beta)
+        with torch.no_grad():
+            for p_ema, p in zip(expect.parameters(), net.parameters(), strict=True):
+                p_ema.lerp_(p, 1 - beta)
+            for b_ema, b in zip(expect.buffers(), net.buffers(), strict=True):
+                b_ema.copy_(b)
+        got, want = ema.state_dict(), expect.state_dict()
+        assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in got)
+    assert not torch.equal(ema[0].weight, net[0].weight)  # an average, not a copy
+    with pytest.raises(ValueError, match="same architecture"):
+        EMAUpdate(ema, torch.nn.Linear(3, 4))
 
 
 def _state(folder) -> dict[str, torch.Tensor]:

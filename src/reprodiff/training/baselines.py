@@ -37,7 +37,7 @@ from ..denoiser import pad_rows
 from ..files import folder_lock, save_json
 from ..sampling.noise import noise
 from .runs import append_log, ema_beta, existing_config, weights_at
-from .train import DataConfig, TrainingError, ema_update, resolve_device, step_generator
+from .train import DataConfig, EMAUpdate, TrainingError, resolve_device, step_generator
 
 __all__ = ["ARCHS", "FAMILIES", "GAN", "VAE", "BaselineConfig", "build_baseline", "load_baseline", "sample",
            "train_baseline"]
@@ -303,6 +303,7 @@ def _loop(cfg: BaselineConfig, out: Path, images: Tensor, model: GAN | VAE, ema:
           ) -> dict[str, Any]:
     family = FAMILIES[cfg.family]
     beta = ema_beta(cfg.batch_size, cfg.ema_halflife)
+    update_ema = EMAUpdate(ema, model)
     stats: dict[str, float] = {}
     model.train()
     for step in range(start, cfg.steps):
@@ -312,7 +313,7 @@ def _loop(cfg: BaselineConfig, out: Path, images: Tensor, model: GAN | VAE, ema:
         if not all(math.isfinite(v) for v in stats.values()):
             raise TrainingError(f"{cfg.family} training diverged at step {step} ({stats}); the last good "
                                 f"checkpoint is kept in {out} (try a lower lr)")
-        ema_update(ema, model, beta)
+        update_ema(beta)
         done = step + 1
         if done % cfg.log_every == 0 or done == cfg.steps:
             append_log(out / "log.jsonl", {"step": done, **stats})

@@ -39,7 +39,7 @@ from .augment import draw as draw_augment
 from .fit import FitCheck
 from .runs import append_log, ema_beta, existing_config, weights_at
 
-__all__ = ["DataConfig", "FinetuneConfig", "TrainConfig", "TrainingError", "batch_indices", "build_model",
+__all__ = ["DataConfig", "EMAUpdate", "FinetuneConfig", "TrainConfig", "TrainingError", "batch_indices", "build_model",
            "data_order", "load_model", "resolve_device", "step_generator", "train", "train_step"]
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -296,12 +296,25 @@ def train_step(model: Precond, objective: Objective, opt: torch.optim.Optimizer,
     return loss.detach()
 
 
-@torch.no_grad()
-def ema_update(ema: nn.Module, net: nn.Module, beta: float) -> None:
-    for p_ema, p in zip(ema.parameters(), net.parameters(), strict=True):
-        p_ema.lerp_(p.detach(), 1 - beta)
-    for b_ema, b in zip(ema.buffers(), net.buffers(), strict=True):
-        b_ema.copy_(b)
+class EMAUpdate:
+    """``ema <- beta * ema + (1 - beta) * net`` over the parameters, buffers copied (Karras et al. 2022, App. F:
+    the EMA of the weights), called once per training step. The two modules' tensors are listed once (they are
+    updated in place, so the lists stay theirs), and the update is one ``torch._foreach_lerp_`` call: walking the
+    module trees and lerping tensor by tensor cost 0.75-1.5 ms a step on the default study's CPU nets, 5-10% of
+    a U-ViT step. The same arithmetic as a per-tensor ``lerp_`` (on the CPU, foreach runs it tensor by tensor)."""
+
+    def __init__(self, ema: nn.Module, net: nn.Module) -> None:
+        self.dst, self.src = list(ema.parameters()), [p.detach() for p in net.parameters()]
+        self.dst_buffers, self.src_buffers = list(ema.buffers()), list(net.buffers())
+        if len(self.dst) != len(self.src) or len(self.dst_buffers) != len(self.src_buffers):
+            raise ValueError("ema and net must be the same architecture (their parameters and buffers pair up)")
+
+    @torch.no_grad()
+    def __call__(self, beta: float) -> None:
+        if self.dst:
+            torch._foreach_lerp_(self.dst, self.src, 1 - beta)
+        for b_ema, b in zip(self.dst_buffers, self.src_buffers, strict=True):
+            b_ema.copy_(b)
 
 
 # ------------------------------------------------------------------------------------------ the loop
@@ -445,6 +458,7 @@ def _loop(cfg: TrainConfig, out: Path, data: Dataset, num_classes: int, device: 
     images = data.images.to(device)
     labels = data.labels.to(device) if num_classes else None
     beta = ema_beta(cfg.batch_size, cfg.ema_halflife)
+    update_ema = EMAUpdate(ema, model)
     autocast = _autocast(cfg.precision, device)
     scaler = torch.amp.GradScaler(device.type) if cfg.precision == "fp16" else None
     rows = slice(dist.rank * cfg.batch_size // dist.world, (dist.rank + 1) * cfg.batch_size // dist.world)
@@ -474,7 +488,7 @@ def _loop(cfg: TrainConfig, out: Path, data: Dataset, num_classes: int, device: 
         if not math.isfinite(loss):
             raise TrainingError(f"loss became {loss} at step {step}; the last good checkpoint is kept in {out} "
                                 "(try a lower lr or lr_warmup)")
-        ema_update(ema, model, beta if not cfg.ema_rampup else ema_beta_at(cfg, step))
+        update_ema(beta if not cfg.ema_rampup else ema_beta_at(cfg, step))
         losses.append(loss)
         done = step + 1
         if dist.main and (done % cfg.log_every == 0 or done == cfg.steps):
