@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from torch import nn
 
 from reprodiff.kernels import EDM
 from reprodiff.precond import Precond
+
+# pytest-xdist: each of the W worker processes gets cores / W intra-op threads (and so do the processes the tests
+# start), else W x cores OpenMP threads spin against each other on the machine's cores
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    _threads = max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    torch.set_num_threads(_threads)
+    os.environ.setdefault("OMP_NUM_THREADS", str(_threads))
 
 
 class SmallConvNet(nn.Module):
