@@ -2,7 +2,7 @@
 non-zero exit, never a traceback; valid configs round-trip through JSON unchanged.
 
 CI runs ``REPRODIFF_FUZZ_EXAMPLES`` (default 150) cases per property; the long run:
-``REPRODIFF_FUZZ_EXAMPLES=1000 .venv/bin/python -m pytest tests/test_fuzz.py``.
+``REPRODIFF_FUZZ_EXAMPLES=1000 .venv/bin/python -m pytest tests/properties/test_fuzz.py``.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ kill each file on disk must be a complete file (a previous or the new version: e
 JSONL line, npz and PNG parses), and the final state must be bit-identical to an uninterrupted run.
 
 CI runs ``REPRODIFF_TORTURE_KILLS`` (default 4) kills per command; the long run:
-``REPRODIFF_TORTURE_KILLS=20 .venv/bin/python -m pytest tests/test_torture.py -s``.
+``REPRODIFF_TORTURE_KILLS=20 .venv/bin/python -m pytest tests/properties/test_torture.py -s -n 0``.
 """
 
 from __future__ import annotations
