@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,10 +12,29 @@ from torch import nn
 from reprodiff.kernels import EDM
 from reprodiff.precond import Precond
 
+
+def _cores() -> int:
+    """The CPUs the tests may use: this process's affinity mask, and a cgroup-v2 CPU quota where one is set (a
+    container limited to 2 CPUs of a 64-core host reports 64 to ``os.cpu_count``)."""
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            n = min(n, max(1, int(quota) // int(period)))
+    except (OSError, ValueError):
+        pass
+    return n
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """``-n auto`` (pyproject.toml): one worker per usable core, at most 4."""
+    return min(4, _cores())
+
+
 # pytest-xdist: each of the W worker processes gets cores / W intra-op threads (and so do the processes the tests
 # start), else W x cores OpenMP threads spin against each other on the machine's cores
 if os.environ.get("PYTEST_XDIST_WORKER"):
-    _threads = max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    _threads = max(1, _cores() // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
     torch.set_num_threads(_threads)
     os.environ.setdefault("OMP_NUM_THREADS", str(_threads))
 
