@@ -80,6 +80,12 @@ def test_own_samplers_and_rescoring_without_retraining(tmp_path: Path) -> None:
     assert all(r["rp"] == 1.0 for r in again["rp"]) and all(r["gl"] == 0.0 for r in again["gl"])
     assert again["similarity"]["threshold"] == -1.0 and json.loads((tmp_path / "study.json").read_text())[
         "threshold"] == -1.0
+    before = (tmp_path / "study.json").read_bytes()
+    for bad in (None, "often", 2.0, float("nan")):  # a one-line error, and the folder's study.json as it was
+        with pytest.raises(ValueError, match="threshold") as e:
+            rescore(tmp_path, bad)  # type: ignore[arg-type]
+        assert "\n" not in str(e.value)
+        assert (tmp_path / "study.json").read_bytes() == before
 
 
 def _tiny_toml(path: Path, steps: int = 6, every: int = 0, sizes: str = "[8, 16]") -> Path:

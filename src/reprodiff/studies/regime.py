@@ -221,6 +221,7 @@ def rescore(out: str | os.PathLike[str], threshold: float, gl_threshold: float |
     with base.study_folder(out) as folder:
         old = StudyConfig.from_dict(json.loads((folder / "study.json").read_text()))
         cfg = replace(old, threshold=threshold, gl_threshold=old.gl_threshold if gl_threshold is None else gl_threshold)
+        cfg = StudyConfig.from_dict(folder_config(cfg))  # checked as study.json is read, before it is written
         shape = study_shape(cfg)
         save_json(folder / "study.json", folder_config(cfg))
         cfg = resolve_thresholds(cfg, folder)
