@@ -297,11 +297,12 @@ def train_step(model: Precond, objective: Objective, opt: torch.optim.Optimizer,
 
 
 class EMAUpdate:
-    """``ema <- beta * ema + (1 - beta) * net`` over the parameters, buffers copied (Karras et al. 2022, App. F:
-    the EMA of the weights), called once per training step. The two modules' tensors are listed once (they are
-    updated in place, so the lists stay theirs), and the update is one ``torch._foreach_lerp_`` call: walking the
-    module trees and lerping tensor by tensor cost 0.75-1.5 ms a step on the default study's CPU nets, 5-10% of
-    a U-ViT step. The same arithmetic as a per-tensor ``lerp_`` (on the CPU, foreach runs it tensor by tensor)."""
+    """``ema <- beta * ema + (1 - beta) * net`` over the parameters, buffers copied -- the weights' EMA of EDM's
+    training loop (Karras et al. 2022; ``beta`` from the half-life, ``runs.ema_beta``), once per training step.
+    The two modules' tensors are listed once (they are updated in place, so the lists stay theirs), and the update
+    is one ``torch._foreach_lerp_`` call: walking the module trees and lerping tensor by tensor cost 0.75-1.5 ms a
+    step on the default study's CPU nets, ~4% of a U-ViT step. The same arithmetic as a per-tensor ``lerp_`` (on
+    the CPU, foreach runs it tensor by tensor)."""
 
     def __init__(self, ema: nn.Module, net: nn.Module) -> None:
         self.dst, self.src = list(ema.parameters()), [p.detach() for p in net.parameters()]
