@@ -221,9 +221,10 @@ def rescore(out: str | os.PathLike[str], threshold: float, gl_threshold: float |
     with base.study_folder(out) as folder:
         old = StudyConfig.from_dict(json.loads((folder / "study.json").read_text()))
         cfg = replace(old, threshold=threshold, gl_threshold=old.gl_threshold if gl_threshold is None else gl_threshold)
-        cfg = StudyConfig.from_dict(folder_config(cfg))  # checked as study.json is read, before it is written
+        record = folder_config(cfg)
+        cfg = StudyConfig.from_dict(record)  # checked as study.json is read, before it is written
         shape = study_shape(cfg)
-        save_json(folder / "study.json", folder_config(cfg))
+        save_json(folder / "study.json", record)
         cfg = resolve_thresholds(cfg, folder)
         tasks = plan_tasks(cfg, folder, shape, start=time.time(), final_lock=False)
         if missing := [t.key for t in tasks if t.stage not in ("score", "report") and not t.done()]:
