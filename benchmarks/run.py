@@ -31,7 +31,7 @@ anydata   the default study with only `data` and `sizes` changed, on data unlike
           letters, 16x16 RGB shapes, 8x8 RGB photo crops, 16x16 RGB photo thumbnails of three photos and of
           two; tests/other_data.py): GL per network at N = 8 (want <= 0.1) and N = 2,000 (want >= 0.9),
           thresholds calibrated on the data (GL's per N). Minutes per dataset; ANYDATA=thumbnails,photos runs
-          those alone.
+          those alone; ANYDATA=thumbnails32,shapes32 the 32x32 RGB ones (CIFAR-sized, ~13 minutes each).
 regime    seconds to reach the regime: each network trained for 1,200 steps (about a minute) on 64 and on
           all 1,797 digits; the share of samples that copy a training image (nearest-neighbour L2 ratio
           d1/d2 < 1/3, Yoon et al. 2023; Gu et al. 2023) should be high at N = 64 and ~0 at N = 1,797.
@@ -593,7 +593,7 @@ def bench_invert(quick: bool) -> None:
 def bench_anydata(quick: bool) -> None:
     """The default study on letters (12x12 and 28x28), RGB shapes, photo crops and photo thumbnails, ``data`` and
     ``sizes`` changed only: does every network copy at N = 8 and make new images at N = 2,000? (``ANYDATA``: a
-    comma-separated subset of the names.)"""
+    comma-separated subset of the names; ``thumbnails32`` and ``shapes32``, 32x32 RGB, run only when named.)"""
     import tempfile
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
@@ -606,9 +606,12 @@ def bench_anydata(quick: bool) -> None:
     thumbnails2 = functools.partial(photo_thumbnails, photos=2)  # scikit-learn's two photos alone
     makers = (("letters", letters), ("letters28", letters28), ("shapes", shapes), ("photos", photo_crops),
               ("thumbnails", photo_thumbnails), ("thumbnails2", thumbnails2))
+    # CIFAR-sized (32x32 RGB), run only when named: ~13 minutes each on 2 cores (the U-ViT's 64 tokens)
+    extra = (("thumbnails32", functools.partial(photo_thumbnails, size=32)),
+             ("shapes32", functools.partial(shapes, size=32)))
     only = os.environ.get("ANYDATA", "")  # e.g. ANYDATA=thumbnails,photos: those alone
-    for name, make in makers:
-        if only and name not in only.split(","):
+    for name, make in makers + extra:
+        if name not in (only.split(",") if only else dict(makers)):
             continue
         with tempfile.TemporaryDirectory() as tmp:
             path = write_npz(Path(tmp) / f"{name}.npz", make(n, seed=0))
