@@ -31,7 +31,7 @@ anydata   the default study with only `data` and `sizes` changed, on data unlike
           letters, 16x16 RGB shapes, 8x8 RGB photo crops, 16x16 RGB photo thumbnails of three photos and of
           two; tests/other_data.py): GL per network at N = 8 (want <= 0.1) and N = 2,000 (want >= 0.9),
           thresholds calibrated on the data (GL's per N). Minutes per dataset; ANYDATA=thumbnails,photos runs
-          those alone; ANYDATA=thumbnails32,shapes32 the 32x32 RGB ones (CIFAR-sized, ~13 minutes each).
+          those alone; ANYDATA=thumbnails32,shapes32 the 32x32 RGB ones (CIFAR-sized, 7-13 minutes each).
 regime    seconds to reach the regime: each network trained for 1,200 steps (about a minute) on 64 and on
           all 1,797 digits; the share of samples that copy a training image (nearest-neighbour L2 ratio
           d1/d2 < 1/3, Yoon et al. 2023; Gu et al. 2023) should be high at N = 64 and ~0 at N = 1,797.
@@ -606,7 +606,7 @@ def bench_anydata(quick: bool) -> None:
     thumbnails2 = functools.partial(photo_thumbnails, photos=2)  # scikit-learn's two photos alone
     makers = (("letters", letters), ("letters28", letters28), ("shapes", shapes), ("photos", photo_crops),
               ("thumbnails", photo_thumbnails), ("thumbnails2", thumbnails2))
-    # CIFAR-sized (32x32 RGB), run only when named: ~13 minutes each on 2 cores (the U-ViT's 64 tokens)
+    # CIFAR-sized (32x32 RGB), run only when named: 7-13 minutes each on 2 cores (the U-ViT's 64 tokens)
     extra = (("thumbnails32", functools.partial(photo_thumbnails, size=32)),
              ("shapes32", functools.partial(shapes, size=32)))
     only = os.environ.get("ANYDATA", "")  # e.g. ANYDATA=thumbnails,photos: those alone
