@@ -10,6 +10,10 @@ training images it is the loss floor, on held-out images what pure memorization 
 ``offset_removal`` asks where a fit is blind: the share of a small offset from a training image that ``D`` takes
 away (D* at low noise: all of it), for offsets along the image's mean colour, a random direction, and a quarter
 of the way to the nearest other training image.
+
+``handover`` asks where along the sampling ODE a network's samples stop being copies: samples with D* above a
+noise level and the network below it, and the network's own trajectory stopped at each of the grid's last levels,
+measured against the nearest training image (RMS and mean-colour offset, uint8 levels).
 """
 
 from __future__ import annotations
@@ -28,8 +32,9 @@ from reprodiff.denoiser import Denoiser
 from reprodiff.kernels import Kernel, make_kernel
 from reprodiff.optimal import EmpiricalOptimalDenoiser
 
-__all__ = ["OFFSET_KINDS", "OFFSET_SIGMAS", "BucketLoss", "bucket_edges", "bucket_losses", "fit_and_score",
-           "format_offsets", "format_table", "offset_removal"]
+__all__ = ["HANDOVER_SIGMAS", "OFFSET_KINDS", "OFFSET_SIGMAS", "BucketLoss", "Switch", "bucket_edges",
+           "bucket_losses", "fit_and_score", "format_handover", "format_offsets", "format_table", "handover",
+           "offset_removal"]
 
 
 @dataclass(frozen=True)
@@ -169,4 +174,85 @@ def format_table(rows: dict[str, dict[str, Any]], title: str, key: str = "weight
             if r[split] is not None:
                 vals = "  ".join(f"{getattr(b, key):11.4g}" for b in r[split])
                 lines.append(f"  {name:>14} {split:>5} {vals}   {r['cpu_s']:5.0f}")
+    return "\n".join(lines)
+
+
+HANDOVER_SIGMAS = (3.0, 0.3, 0.03)
+
+
+class Switch:
+    """A denoiser that is ``high`` at noise levels above ``sigma`` and ``low`` at and below it (a diagnostic:
+    which part of the sampling ODE makes a network's samples differ from D*'s)."""
+
+    def __init__(self, high: Denoiser, low: Denoiser, sigma: float) -> None:
+        self.high, self.low, self.sigma = high, low, sigma
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        above = sigma > self.sigma
+        out = torch.empty_like(x)
+        if above.any():
+            out[above] = self.high(x[above], sigma[above]).to(x.dtype)
+        if (~above).any():
+            out[~above] = self.low(x[~above], sigma[~above]).to(x.dtype)
+        return out
+
+
+@torch.no_grad()
+def handover(net: Denoiser, train: torch.Tensor, threshold: float, *, seed: int = 100000, count: int = 256,
+             steps: int = 18, sampler: str = "heun", switches: tuple[float, ...] = HANDOVER_SIGMAS,
+             features: Any = None) -> dict[str, Any]:
+    """Where along the ODE (``sampler``, EDM's grid of ``steps``) a network's samples stop being copies of its
+    ``train`` images ``[N, C, H, W]``. GL (share with similarity <= ``threshold`` to every training image, in
+    ``features``, default ``pixel``) of: the network; D*; for each ``s`` in ``switches``, D* above ``s`` and the
+    network below (does the network lose copies D* had reached by ``s``? The reverse says nothing: D*'s last
+    step alone snaps any sample onto a training image). ``trajectory``: the network's and D*'s
+    samples with the ODE stopped at each of the last grid levels: median RMS to the nearest training image and,
+    on samples nearest a nearly flat training image (standard deviation under 10 levels), their median mean-colour
+    offset from it (uint8 levels)."""
+    from reprodiff import sampling
+    from reprodiff.similarity import make_features
+
+    f = features or make_features("pixel")
+    ft = f(train)
+    star = EmpiricalOptimalDenoiser(train)
+    shape = tuple(train.shape[1:])
+
+    def gl(x: torch.Tensor) -> float:
+        return float(((f(x) @ ft.T).max(1).values <= threshold).float().mean())
+
+    def run(D: Denoiser) -> float:
+        return gl(sampling.sample(D, seed, count, shape, sampler=sampler, steps=steps))
+
+    out: dict[str, Any] = {"net": run(net), "D*": run(star), "switches": {}, "trajectory": {}}
+    for s in switches:
+        out["switches"][s] = run(Switch(star, net, s))
+    sig = sampling.make_sigmas(net, steps)
+    y = train.flatten(1).double() * 127.5
+    flat = y.std(1) < 10
+    z = sampling.noise(seed, count, shape).double() * float(sig[0])
+    for name, D in (("net", net), ("D*", star)):
+        rows = []
+        for stop in range(len(sig) - 6, len(sig)):
+            x = sampling.SAMPLERS[sampler](D, z, sig[: stop + 1]).flatten(1) * 127.5
+            d = x[:, None] - y[None]  # [count, N, P]
+            rms, j = d.pow(2).mean(-1).sqrt().min(1)
+            colour = d[torch.arange(count), j].view(count, *shape).mean((2, 3)).norm(dim=1)
+            near_flat = flat[j]
+            rows.append((float(sig[stop]), float(rms.median()), int(near_flat.sum()),
+                         float(colour[near_flat].median()) if near_flat.any() else float("nan")))
+        out["trajectory"][name] = rows
+    return out
+
+
+def format_handover(r: dict[str, Any], title: str) -> str:
+    """``handover`` as text."""
+    lines = [f"== {title}: where the samples stop being copies (GL: share not a copy) ==",
+             f"  network {r['net']:.2f}, D* {r['D*']:.2f}"]
+    for s, g in r["switches"].items():
+        lines.append(f"  D* above sigma {s:g}, the network below: GL {g:.2f}")
+    for name, rows in r["trajectory"].items():
+        cells = "; ".join(f"{s:.3g}: {rms:.1f}" + (f" ({k} near a flat one: colour {c:.1f})" if k else "")
+                          for s, rms, k, c in rows)
+        lines.append(f"  {'network' if name == 'net' else name} stopped at sigma -> median RMS to the nearest "
+                     f"training image, uint8 levels: {cells}")
     return "\n".join(lines)

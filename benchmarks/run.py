@@ -32,6 +32,11 @@ anydata   the default study with only `data` and `sizes` changed, on data unlike
           two; tests/other_data.py): GL per network at N = 8 (want <= 0.1) and N = 2,000 (want >= 0.9),
           thresholds calibrated on the data (GL's per N). Minutes per dataset; ANYDATA=thumbnails,photos runs
           those alone; ANYDATA=thumbnails32,shapes32 the 32x32 RGB ones (CIFAR-sized, 7-13 minutes each).
+handover  HANDOVER=DIR: for each network of the finished regime study in DIR at its smallest N, where along the
+          sampling ODE its samples stop being copies: GL with D* above a noise level and the network below it
+          (and the reverse), and the median distance of its samples to the nearest training image (and the
+          mean-colour offset of those nearest a nearly flat one) with the ODE stopped at the grid's last levels;
+          anydata prints it for every network that misses the memorization regime.
 regime    seconds to reach the regime: each network trained for 1,200 steps (about a minute) on 64 and on
           all 1,797 digits; the share of samples that copy a training image (nearest-neighbour L2 ratio
           d1/d2 < 1/3, Yoon et al. 2023; Gu et al. 2023) should be high at N = 64 and ~0 at N = 1,797.
@@ -627,12 +632,42 @@ def bench_anydata(quick: bool) -> None:
             print(f"== {name}: GL at N = 8 -> {n}: {cells}; {'shown' if ok else 'NOT shown'} (GL thresholds "
                   f"{t['8']:.3f} -> {t[str(n)]:.3f}); RP {a}/{b} {rp[8]:.2f} -> {rp[n]:.2f} "
                   f"[{time.perf_counter() - t0:.0f} s] ==")
+            if not ok:
+                diagnose_memorization(Path(tmp) / "study", res, missed_only=True)
+
+
+def diagnose_memorization(study_dir: Path, res: dict, *, missed_only: bool = False) -> None:
+    """``nets.handover`` for each network of a finished regime study at its smallest N (``missed_only``: those
+    that missed the memorization regime there): where along the ODE its samples stop being copies."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from nets import format_handover, handover
+    from reprodiff.training.train import load_model
+
+    cfg = res["config"]
+    for r in res["regimes"]:
+        if r["regime"] != "memorization" or (missed_only and r["reached"]):
+            continue
+        net, _, data = load_model(study_dir / "runs" / f"{r['model']}-n{r['n']}")
+        h = handover(net, data.images, r["threshold"], seed=cfg["seed"], count=cfg["count"],
+                     steps=cfg["sampler_steps"], sampler=r["sampler"])
+        print(format_handover(h, f"{r['model']} at N = {r['n']} ({r['sampler']}, GL threshold {r['threshold']:.3f})"))
+
+
+def bench_handover(quick: bool) -> None:
+    """``HANDOVER=DIR``: ``diagnose_memorization`` of the finished regime study in DIR (``reprodiff study --out
+    DIR``), every network at its smallest N."""
+    folder = os.environ.get("HANDOVER", "")
+    if not folder:
+        print("handover: set HANDOVER=DIR, the folder of a finished regime study (reprodiff study --out DIR)")
+        return
+    res = json.loads((Path(folder) / "results.json").read_text())
+    diagnose_memorization(Path(folder), res)
 
 
 BENCHES: dict[str, Callable[[bool], None]] = {
     "optimal": bench_optimal, "samplers": bench_samplers, "train": bench_train, "regime": bench_regime,
     "study": bench_study, "invert": bench_invert, "checkpoint": bench_checkpoint, "nets": bench_nets,
-    "anydata": bench_anydata,
+    "anydata": bench_anydata, "handover": bench_handover,
 }
 
 if __name__ == "__main__":
