@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from reprodiff.kernels import EDM, KERNELS, VE, VP, SubVP, make_kernel
+from reprodiff.kernels import EDM, EDMX0, KERNELS, VE, VP, SubVP, make_kernel
 
 ALL = [VP(), VE(), EDM(), SubVP()]
 SIG = torch.logspace(-3, 2, 41, dtype=torch.float64)
@@ -57,13 +57,31 @@ def test_vp_and_subvp_scalings() -> None:
     assert sub.sigma(torch.tensor(1.0)) < vp.sigma(torch.tensor(1.0))  # sub-VP variance is smaller
 
 
-def test_edm_preconditioning_gives_unit_variance() -> None:
-    """For data of std sigma_data: Var(c_in x) = 1 and Var(target) = 1 (Karras et al. 2022, App. B.6)."""
-    k, sd = EDM(), 0.5
+@pytest.mark.parametrize("k", [EDM(), EDMX0()], ids=lambda k: k.name)
+def test_edm_preconditioning_gives_unit_variance(k) -> None:
+    """For data of std sigma_data: Var(c_in x) = 1 and Var(target) = 1 (Karras et al. 2022, App. B.6), and
+    lambda = 1 / c_out^2, so the loss is F's squared error against that target -- for EDM's c_skip and for
+    c_skip = 0 (``edm-x0``)."""
+    sd = 0.5
     c_skip, c_out, c_in, _ = k.precond(SIG)
     torch.testing.assert_close(c_in**2 * (sd**2 + SIG**2), torch.ones_like(SIG))
     target_var = ((1 - c_skip) ** 2 * sd**2 + c_skip**2 * SIG**2) / c_out**2
     torch.testing.assert_close(target_var, torch.ones_like(SIG))
+    torch.testing.assert_close(k.loss_weight(SIG) * c_out**2, torch.ones_like(SIG))
+
+
+def test_edm_x0_predicts_the_clean_image() -> None:
+    """``edm-x0`` is EDM with c_skip = 0: the same noise levels, c_in and c_noise; at large sigma the two agree
+    (EDM's c_skip -> 0), at low sigma EDM's denoiser tends to the identity and edm-x0's to F alone."""
+    a, b = EDM(P_mean=-0.8, P_std=1.8), make_kernel("edm-x0", P_mean=-0.8, P_std=1.8)
+    assert isinstance(b, EDMX0)
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    torch.testing.assert_close(a.sample_sigma(64, g1), b.sample_sigma(64, g2))
+    pa, pb = a.precond(SIG), b.precond(SIG)
+    torch.testing.assert_close(pa[2:], pb[2:])
+    assert (pb[0] == 0).all() and (pb[1] == 0.5).all()
+    big = torch.tensor([500.0], dtype=torch.float64)
+    torch.testing.assert_close(a.precond(big)[1], b.precond(big)[1], rtol=1e-5, atol=0)
 
 
 
@@ -74,7 +92,7 @@ def test_edm_preconditioning_gives_unit_variance() -> None:
 
 def test_make_kernel() -> None:
     assert make_kernel("edm", sigma_data=0.25) == EDM(sigma_data=0.25)
-    assert set(KERNELS) == {"vp", "ve", "edm", "subvp"}
+    assert set(KERNELS) == {"vp", "ve", "edm", "edm-x0", "subvp"}
     with pytest.raises(ValueError, match="unknown kernel"):
         make_kernel("vpp")
     with pytest.raises(ValueError, match="bad parameters"):

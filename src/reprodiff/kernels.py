@@ -1,4 +1,5 @@
-"""Perturbation kernels as data: VP, VE, EDM and sub-VP (Karras et al. 2022, Table 1; Song et al. 2021).
+"""Perturbation kernels as data: VP, VE, EDM (and EDM predicting the clean image, ``edm-x0``) and sub-VP
+(Karras et al. 2022, Table 1; Song et al. 2021).
 
 Each kernel is a frozen dataclass that gives, as functions of the noise level sigma (EDM's sigma-space,
 ``x = y + sigma n``): the preconditioning ``c_skip, c_out, c_in, c_noise``, the training sigma density and
@@ -19,7 +20,7 @@ from torch import Tensor
 
 from .sampling.schedules import vp_sigma, vp_sigma_inv
 
-__all__ = ["EDM", "KERNELS", "VE", "VP", "Kernel", "Precoefs", "SubVP", "make_kernel"]
+__all__ = ["EDM", "EDMX0", "KERNELS", "VE", "VP", "Kernel", "Precoefs", "SubVP", "make_kernel"]
 
 Precoefs = tuple[Tensor, Tensor, Tensor, Tensor]
 
@@ -233,7 +234,31 @@ class EDM(Kernel):
         return (sigma**2 + self.sigma_data**2) / (sigma * self.sigma_data) ** 2
 
 
-KERNELS: dict[str, type[Kernel]] = {k.name: k for k in (VP, VE, EDM, SubVP)}
+@dataclass(frozen=True)
+class EDMX0(EDM):
+    """EDM's noise levels with the network predicting the clean image: ``c_skip = 0``, ``c_out = sigma_data``,
+    ``c_in`` as EDM's (Karras et al. 2022, App. B.6, with ``c_skip`` fixed at 0: ``F``'s target ``y / sigma_data``
+    has unit variance) and ``lambda = 1 / sigma_data^2``, so the loss is ``F``'s squared error at every sigma.
+
+    EDM's ``c_skip -> 1`` makes a network the identity at low noise until it learns otherwise, so the samples of
+    a network that has not fitted the lowest noise levels keep the noise they have there. Here the default is
+    ``D = F``, a smooth function of the input that only has to return a training image near it: on 8x8 RGB photo
+    crops at N = 8 the default study's MLP on this kernel made no new samples in 9,600 steps (GL 0.00; 0.28 with
+    EDM's preconditioning after 24,000). It memorizes longer on the digits too, which is why the default study
+    keeps EDM's (README, "Any dataset")."""
+
+    name: ClassVar[str] = "edm-x0"
+
+    def precond(self, sigma: Tensor) -> Precoefs:
+        sigma = torch.as_tensor(sigma, dtype=torch.float64)
+        c_in = 1 / (sigma**2 + self.sigma_data**2).sqrt()
+        return torch.zeros_like(sigma), torch.full_like(sigma, self.sigma_data), c_in, 0.25 * torch.log(sigma)
+
+    def loss_weight(self, sigma: Tensor) -> Tensor:
+        return torch.full_like(torch.as_tensor(sigma, dtype=torch.float64), 1 / self.sigma_data**2)
+
+
+KERNELS: dict[str, type[Kernel]] = {k.name: k for k in (VP, VE, EDM, EDMX0, SubVP)}
 
 
 def make_kernel(name: str, **params: float) -> Kernel:
