@@ -33,8 +33,8 @@ anydata   the default study with only `data` and `sizes` changed, on data unlike
           thresholds calibrated on the data (GL's per N). Minutes per dataset; ANYDATA=thumbnails,photos runs
           those alone; ANYDATA=thumbnails32,shapes32 the 32x32 RGB ones (CIFAR-sized, 7-13 minutes each).
 handover  HANDOVER=DIR: for each network of the finished regime study in DIR at its smallest N, where along the
-          sampling ODE its samples stop being copies: GL with D* above a noise level and the network below it
-          (and the reverse), and the median distance of its samples to the nearest training image (and the
+          sampling ODE its samples stop being copies: GL with D* above a noise level and the network below it,
+          and the median distance of its samples to the nearest training image (and the
           mean-colour offset of those nearest a nearly flat one) with the ODE stopped at the grid's last levels;
           anydata prints it for every network that misses the memorization regime.
 regime    seconds to reach the regime: each network trained for 1,200 steps (about a minute) on 64 and on

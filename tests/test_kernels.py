@@ -9,7 +9,7 @@ import torch
 
 from reprodiff.kernels import EDM, EDMX0, KERNELS, VE, VP, SubVP, make_kernel
 
-ALL = [VP(), VE(), EDM(), SubVP()]
+ALL = [VP(), VE(), EDM(), EDMX0(), SubVP()]
 SIG = torch.logspace(-3, 2, 41, dtype=torch.float64)
 
 
@@ -80,6 +80,7 @@ def test_edm_x0_predicts_the_clean_image() -> None:
     pa, pb = a.precond(SIG), b.precond(SIG)
     torch.testing.assert_close(pa[2:], pb[2:])
     assert (pb[0] == 0).all() and (pb[1] == 0.5).all()
+    assert float(pa[0][0]) > 0.99 and float(pa[1][0]) < 0.002  # EDM at sigma = 0.001: D ~ the input
     big = torch.tensor([500.0], dtype=torch.float64)
     torch.testing.assert_close(a.precond(big)[1], b.precond(big)[1], rtol=1e-5, atol=0)
 

@@ -2,7 +2,7 @@
 
 from . import data, kernels, metrics, optimal, sampling, similarity
 from .denoiser import Denoiser, MicroBatched
-from .kernels import EDM, VE, VP, SubVP, make_kernel
+from .kernels import EDM, EDMX0, VE, VP, SubVP, make_kernel
 from .optimal import EmpiricalOptimalDenoiser
 from .precond import Precond
 
@@ -10,6 +10,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "EDM",
+    "EDMX0",
     "VE",
     "VP",
     "Denoiser",
