@@ -188,12 +188,10 @@ class Switch:
         self.high, self.low, self.sigma = high, low, sigma
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
-        above = sigma > self.sigma
         out = torch.empty_like(x)
-        if above.any():
-            out[above] = self.high(x[above], sigma[above]).to(x.dtype)
-        if (~above).any():
-            out[~above] = self.low(x[~above], sigma[~above]).to(x.dtype)
+        for D, rows in ((self.high, sigma > self.sigma), (self.low, sigma <= self.sigma)):
+            if rows.any():
+                out[rows] = D(x[rows], sigma[rows], None if cond is None else cond[rows]).to(x.dtype)
         return out
 
 
@@ -210,18 +208,14 @@ def handover(net: Denoiser, train: torch.Tensor, threshold: float, *, seed: int 
     on samples nearest a nearly flat training image (standard deviation under 10 levels), their median mean-colour
     offset from it (uint8 levels)."""
     from reprodiff import sampling
-    from reprodiff.similarity import make_features
+    from reprodiff.metrics import gl_score
 
-    f = features or make_features("pixel")
-    ft = f(train)
     star = EmpiricalOptimalDenoiser(train)
     shape = tuple(train.shape[1:])
 
-    def gl(x: torch.Tensor) -> float:
-        return float(((f(x) @ ft.T).max(1).values <= threshold).float().mean())
-
     def run(D: Denoiser) -> float:
-        return gl(sampling.sample(D, seed, count, shape, sampler=sampler, steps=steps))
+        x = sampling.sample(D, seed, count, shape, sampler=sampler, steps=steps)
+        return gl_score(x, train, features=features or "pixel", threshold=threshold).value
 
     out: dict[str, Any] = {"net": run(net), "D*": run(star), "switches": {}, "trajectory": {}}
     for s in switches:
