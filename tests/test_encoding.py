@@ -10,7 +10,7 @@ import torch
 
 from reprodiff.cli import main
 from reprodiff.data import load_digits, subset
-from reprodiff.encoding import encoding_agreement
+from reprodiff.encoding import encode, encoding_agreement
 from reprodiff.optimal import EmpiricalOptimalDenoiser
 from reprodiff.training.train import DataConfig, TrainConfig, train
 
@@ -33,6 +33,26 @@ def test_a_model_agrees_with_itself_exactly() -> None:
     assert r.noise_agreement == 1.0 and r.cross_decode_rp == 1.0
     torch.testing.assert_close(r.noise_cosine, torch.ones(6), rtol=0, atol=1e-6)
     assert r.round_trip_rms_a < 0.01  # D* maps its own training images back to themselves
+
+
+def test_encode_runs_the_model_on_its_device_and_returns_cpu_float32() -> None:
+    """``device`` is where the denoiser's weights are (a study's CUDA models get CUDA inputs; benchmarks/gpu.py
+    checks that on a GPU); what comes back is float32 on the CPU, as ``sampling.sample`` returns, and the default
+    micro-batching on the CPU is 16 rows, bit-identical to asking for it."""
+    Y = subset(load_digits(), 16).images
+    D = EmpiricalOptimalDenoiser(Y)
+    seen: set[str] = set()
+
+    def spy(x: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        seen.add(str(x.device))
+        return D(x, sigma, cond)
+
+    e = encode(spy, Y[:4], steps=6, grid_from=D, device="cpu")
+    assert seen == {"cpu"} and e.device == "cpu"
+    assert {t.device.type for t in (e.noise, e.decoded)} == {"cpu"}
+    assert e.noise.dtype == e.decoded.dtype == torch.float32
+    ref = encode(D, Y[:4], steps=6, micro_batch=16)
+    assert torch.equal(e.noise, ref.noise) and torch.equal(e.decoded, ref.decoded)
 
 
 def test_encode_command(runs: tuple[str, str], tmp_path) -> None:

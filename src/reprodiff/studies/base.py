@@ -666,7 +666,8 @@ class Context:
 def open_study(cfg: Any, out: Path, shape: tuple[int, ...], folder_config: dict[str, Any]) -> Context:
     """Guard the folder (``check_folder`` with ``folder_config``) and set up the run's device and features."""
     check_folder(out, folder_config)
-    return Context(cfg, out, str(resolve_device(cfg.device)), scoring_features(cfg), tuple(shape))
+    device = str(resolve_device(cfg.device))
+    return Context(cfg, out, device, scoring_features(cfg, device), tuple(shape))
 
 
 # ---------------------------------------------------------------------------------------------- scores

@@ -671,7 +671,8 @@ def _score_encoding(cfg: StudyConfig, out: Path, n: int, name: str, images: Tens
     """Noise agreement and cross-decode RP for every pair of models on one set of images (the encoder
     direction; ``encoding.py``), with the study's first sampler. The training images' noises and decodes
     go to ``samples/encode-n{n}.npz`` for the report's panel."""
-    enc = encodings_of(denoisers, images, sampler=cfg.samplers[0], steps=cfg.sampler_steps)
+    enc = encodings_of(denoisers, images, sampler=cfg.samplers[0], steps=cfg.sampler_steps,
+                       device=resolve_device(cfg.device))
     for a, b in combinations(enc, 2):
         r = compare_encodings(enc[a], enc[b], images, features=features, threshold=cfg.threshold)
         part["encoding"].append({"n": n, "a": a, "b": b, "images": name, "noise_agreement": r.noise_agreement,
