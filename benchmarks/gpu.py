@@ -5,7 +5,9 @@
 1. Correctness on CUDA: shared noise is drawn on the CPU, so a CUDA sample equals the CPU sample to float
    tolerance; CUDA samples are bit-identical across runs and batch sizes (fixed micro-batches); a run resumed on
    CUDA ends where an uninterrupted one does; training steps with fp32 / bf16 / fp16 (+GradScaler) / compile;
-   the extension paths (CFG, DPS/PiGDM gradients, LoRA and partial fine-tuning) run on CUDA.
+   the extension paths (CFG, DPS/PiGDM gradients, LoRA and partial fine-tuning) run on CUDA; every shipped
+   embedded study (``studies/*.toml`` but text-to-image) runs end to end on CUDA, shrunk to a few steps
+   (``studies``; the full default study on CUDA: ``python benchmarks/run.py study``).
 2. Throughput, as ratios against a baseline measured in the same run: training images/s (CIFAR-10 shape, the
    paper's UNet-64/128) per precision; sampling images/s (Heun 18); the empirical optimal denoiser's GF/s
    against the same GPU's matmul rate. Prints one JSON object per line and writes ``gpu.json`` into ``--out``.
@@ -14,12 +16,14 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -101,6 +105,59 @@ def check_extensions(tmp: Path) -> None:
         train(TrainConfig(data=DataConfig(classes=(5, 6, 7, 8, 9)), steps=30, batch_size=64, device="cuda",
                           finetune=ft), tmp / name)
         record(f"cuda_finetune_{name}_ok", (tmp / name / "ema.safetensors").exists())
+
+
+#: ``check_studies``: every integer setting of these names (at any depth of a study config) at most this
+SHRINK = {"steps": 20, "memorize_steps": 40, "finetune_steps": 10, "count": 16, "sampler_steps": 4, "n_boot": 10}
+
+
+def shrink(cfg: Any) -> Any:
+    """A study config with every ``SHRINK`` setting capped, in its models' specs too (a smoke run of its code
+    paths, not of its science)."""
+    if not dataclasses.is_dataclass(cfg) or isinstance(cfg, type):
+        return cfg
+    changes: dict[str, Any] = {}
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        if f.name in SHRINK and isinstance(v, int) and not isinstance(v, bool) and v > SHRINK[f.name]:
+            changes[f.name] = SHRINK[f.name]
+        elif isinstance(v, tuple) and any(dataclasses.is_dataclass(x) for x in v):
+            changes[f.name] = tuple(shrink(x) for x in v)
+        elif dataclasses.is_dataclass(v):
+            changes[f.name] = shrink(v)
+    return dataclasses.replace(cfg, **changes)
+
+
+def check_studies(tmp: Path, device: str = "cuda") -> None:
+    """Every shipped embedded study, shrunk (``shrink``), end to end on ``device``: each writes its results and
+    report. Text-to-image needs Stable Diffusion folders and is left out."""
+    from reprodiff.studies import KINDS, build_report, load_config
+
+    root = Path(__file__).resolve().parents[1] / "studies"
+    for toml in sorted(root.glob("*.toml")):
+        kind, cfg = load_config(toml)
+        if kind.name == "text2image" or "cifar10" in toml.stem or getattr(cfg, "data", "") != "digits":
+            continue
+        cfg = dataclasses.replace(shrink(cfg), device=device)
+        out = tmp / f"study-{toml.stem}"
+        t = time.perf_counter()
+        try:
+            results = KINDS[kind.name].run(cfg, out)
+            build_report(out)
+            failed = results.get("failed", []) if isinstance(results, dict) else []
+            record(f"{device}_study_{toml.stem}", {"ok": not failed, "failed": failed[:3],
+                                               "seconds": round(time.perf_counter() - t, 1)})
+        except Exception as e:  # one study's failure must not hide the next one's
+            record(f"{device}_study_{toml.stem}", {"ok": False, "error": f"{type(e).__name__}: {e}"[:400],
+                                               "where": _where(e)})
+
+
+def _where(e: BaseException) -> str:
+    """The innermost frame of ``e``'s traceback inside reprodiff: file:line function."""
+    import traceback
+
+    frames = [f for f in traceback.extract_tb(e.__traceback__) if "reprodiff" in f.filename]
+    return f"{Path(frames[-1].filename).name}:{frames[-1].lineno} {frames[-1].name}" if frames else ""
 
 
 def check_determinism(tmp: Path) -> None:
@@ -223,13 +280,14 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=os.environ.get("OUT", "."))
     p.add_argument("--skip", nargs="*", default=[],
-                   help="parts to skip: sampling extensions determinism diffusers train sample optimal")
+                   help="parts to skip: sampling extensions studies determinism diffusers train sample optimal")
     args = p.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("benchmarks/gpu.py needs a CUDA GPU")
     record("device", torch.cuda.get_device_name(0))
     record("torch", torch.__version__)
-    parts = {"sampling": check_sampling, "extensions": check_extensions, "determinism": check_determinism,
+    parts = {"sampling": check_sampling, "extensions": check_extensions, "studies": check_studies,
+             "determinism": check_determinism,
              "diffusers": check_diffusers, "train": bench_train, "sample": bench_sampling, "optimal": bench_optimal}
     with tempfile.TemporaryDirectory() as tmp:
         for name, fn in parts.items():
@@ -237,7 +295,7 @@ def main() -> None:
                 continue
             t = time.perf_counter()
             try:
-                fn(Path(tmp)) if name in ("sampling", "extensions", "determinism", "diffusers") else fn()  # type: ignore[operator]
+                fn(Path(tmp)) if name in ("sampling", "extensions", "studies", "determinism", "diffusers") else fn()  # type: ignore[operator]
             except Exception as e:  # report and go on: one broken part must not hide the others
                 record(f"{name}_error", f"{type(e).__name__}: {e}"[:500])
             record(f"{name}_seconds", round(time.perf_counter() - t, 1))
