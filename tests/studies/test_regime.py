@@ -148,6 +148,20 @@ def test_shipped_studies_load(name: str) -> None:
         assert cfg == default_study()  # the file documents exactly what runs without --config
 
 
+def test_cifar10_config_switched_to_pixel_similarity_ignores_its_sscd_path() -> None:
+    """The shipped CIFAR-10 study with ``similarity = "pixel"`` and its ``sscd_path`` left in: pixel features (the
+    path was passed to ``Pixel`` and stopped the study: "Pixel() takes no arguments")."""
+    from dataclasses import replace
+    from pathlib import Path
+
+    from reprodiff.similarity import Pixel
+    from reprodiff.studies.base import scoring_features
+
+    cfg = replace(StudyConfig.from_toml(Path(__file__).parents[2] / "studies" / "cifar10.toml"), similarity="pixel")
+    assert cfg.sscd_path and isinstance(scoring_features(cfg), Pixel)
+    assert isinstance(scoring_features(cfg, "cpu"), Pixel)
+
+
 def test_auto_thresholds_on_digits_give_the_hand_tuned_values() -> None:
     """``"auto"`` (the default) reads the thresholds off the digits themselves: at most 1% of pairs of distinct
     digits exceed RP's, at most 5% of digits exceed the whole dataset's GL reference against their nearest other

@@ -239,9 +239,11 @@ def check_sizes(sizes: tuple[int, ...]) -> None:
 
 def scoring_features(cfg: ScoringFields, device: str | None = None) -> similarity.FeatureMap:
     """The study's feature map (``similarity`` and, for SSCD, ``sscd_path``; ``device`` where given, for a
-    TorchScript SSCD file: the GPU when the study runs on one)."""
-    kwargs: dict[str, Any] = {"path": cfg.sscd_path} if cfg.sscd_path else {}
-    if device is not None and cfg.similarity == "sscd" and not cfg.sscd_path.lower().endswith(".onnx"):
+    TorchScript SSCD file: the GPU when the study runs on one). ``sscd_path`` is ignored for pixel similarity, so
+    a CIFAR-10 config switched to ``similarity = "pixel"`` runs without deleting its path."""
+    sscd = cfg.similarity == "sscd"
+    kwargs: dict[str, Any] = {"path": cfg.sscd_path} if sscd and cfg.sscd_path else {}
+    if device is not None and sscd and not cfg.sscd_path.lower().endswith(".onnx"):
         kwargs["device"] = device
     return similarity.make_features(cfg.similarity, **kwargs)
 
