@@ -6,8 +6,8 @@
    tolerance; CUDA samples are bit-identical across runs and batch sizes (fixed micro-batches); a run resumed on
    CUDA ends where an uninterrupted one does; training steps with fp32 / bf16 / fp16 (+GradScaler) / compile;
    the extension paths (CFG, DPS/PiGDM gradients, LoRA and partial fine-tuning) run on CUDA; every shipped
-   embedded study (``studies/*.toml`` but text-to-image) runs end to end on CUDA, shrunk to a few steps
-   (``studies``; the full default study on CUDA: ``python benchmarks/run.py study``).
+   study (``studies/*.toml`` but text-to-image; the CIFAR-10 ones on random CIFAR-shaped images) runs end to end on
+   CUDA, shrunk to a few steps (``studies``; the full default study on CUDA: ``python benchmarks/run.py study``).
 2. Throughput, as ratios against a baseline measured in the same run: training images/s (CIFAR-10 shape, the
    paper's UNet-64/128) per precision; sampling images/s (Heun 18); the empirical optimal denoiser's GF/s
    against the same GPU's matmul rate. Prints one JSON object per line and writes ``gpu.json`` into ``--out``.
@@ -108,7 +108,8 @@ def check_extensions(tmp: Path) -> None:
 
 
 #: ``check_studies``: every integer setting of these names (at any depth of a study config) at most this
-SHRINK = {"steps": 20, "memorize_steps": 40, "finetune_steps": 10, "count": 16, "sampler_steps": 4, "n_boot": 10}
+SHRINK = {"steps": 20, "memorize_steps": 40, "finetune_steps": 10, "count": 16, "sampler_steps": 4, "n_boot": 10,
+          "n": 256}
 
 
 def shrink(cfg: Any) -> Any:
@@ -128,17 +129,37 @@ def shrink(cfg: Any) -> Any:
     return dataclasses.replace(cfg, **changes)
 
 
+def fake_cifar10(folder: Path, per_batch: int = 400) -> str:
+    """A CIFAR-10 folder as the binary archive unpacks (``data_batch_{1..5}.bin``) of random images and labels:
+    the data of the shipped CIFAR-10 studies' smoke runs (no network here)."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(1, 6):
+        rec = np.concatenate([rng.integers(0, 10, (per_batch, 1)), rng.integers(0, 256, (per_batch, 3072))], 1)
+        rec.astype(np.uint8).tofile(folder / f"data_batch_{i}.bin")
+    return f"cifar10:{folder}"
+
+
 def check_studies(tmp: Path, device: str = "cuda") -> None:
-    """Every shipped embedded study, shrunk (``shrink``), end to end on ``device``: each writes its results and
-    report. Text-to-image needs Stable Diffusion folders and is left out."""
+    """Every shipped study but text-to-image (which needs Stable Diffusion folders), shrunk (``shrink``), end to end
+    on ``device``: each writes its results and report. The CIFAR-10 ones (the paper's networks, recipe and kernels)
+    on ``fake_cifar10`` with pixel similarity (no SSCD file here) and, for the regime study, its smallest size
+    alone (on one H200 its encoder direction -- 714 calls of the six networks and D* per size, pairwise
+    cross-decodes -- made it 256 s with two)."""
     from reprodiff.studies import KINDS, build_report, load_config
 
     root = Path(__file__).resolve().parents[1] / "studies"
+    cifar = fake_cifar10(tmp / "cifar-10-batches-bin")
     for toml in sorted(root.glob("*.toml")):
         kind, cfg = load_config(toml)
-        if kind.name == "text2image" or "cifar10" in toml.stem or getattr(cfg, "data", "") != "digits":
+        if kind.name == "text2image":
             continue
         cfg = dataclasses.replace(shrink(cfg), device=device)
+        if str(cfg.data).startswith("cifar10"):
+            cfg = dataclasses.replace(cfg, data=cifar, similarity="pixel", threshold=0.9,
+                                      **({"sizes": cfg.sizes[:1]} if hasattr(cfg, "sizes") else {}))
         out = tmp / f"study-{toml.stem}"
         t = time.perf_counter()
         try:
@@ -146,10 +167,10 @@ def check_studies(tmp: Path, device: str = "cuda") -> None:
             build_report(out)
             failed = results.get("failed", []) if isinstance(results, dict) else []
             record(f"{device}_study_{toml.stem}", {"ok": not failed, "failed": failed[:3],
-                                               "seconds": round(time.perf_counter() - t, 1)})
+                                                   "seconds": round(time.perf_counter() - t, 1)})
         except Exception as e:  # one study's failure must not hide the next one's
             record(f"{device}_study_{toml.stem}", {"ok": False, "error": f"{type(e).__name__}: {e}"[:400],
-                                               "where": _where(e)})
+                                                   "where": _where(e)})
 
 
 def _where(e: BaseException) -> str:
