@@ -49,6 +49,22 @@ def test_bad_input_is_one_clean_line(tmp_path, capsys, args: list[str], match: s
     assert not (tmp_path / "x" / "summary.json").exists()
 
 
+@pytest.mark.parametrize("device", ["gpu0", "cuda"])
+@pytest.mark.parametrize("command", [["optimal"], ["sample", "--model", "m"], ["encode", "--model", "a", "--model",
+                                                                            "b", "--data", "digits"]])
+def test_a_bad_or_missing_device_is_one_clean_line(tmp_path, capsys, command: list[str], device: str) -> None:
+    """``--device`` of every command that takes one: a name torch does not know, or CUDA where there is none, is
+    a one-line error naming the fix before anything is read or written (CUDA was an AssertionError from torch)."""
+    import torch
+
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    assert main([*command, "--device", device, "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("reprodiff: error: device:") and "auto" in err and "\n" not in err
+    assert not (tmp_path / "x").exists()
+
+
 def test_help_lists_commands_with_examples() -> None:
     r = subprocess.run([sys.executable, "-m", "reprodiff", "--help"], capture_output=True, text=True, check=True)
     assert "optimal" in r.stdout and "examples:" in r.stdout

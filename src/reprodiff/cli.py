@@ -15,6 +15,8 @@ from .files import (
 
 __all__ = ["main", "run_encode", "run_optimal", "run_sample"]  # re-exported from commands
 
+DEVICE_HELP = "torch device: cpu, cuda, cuda:1 or auto (a GPU when there is one) (default: cpu)"
+
 EXAMPLES = """examples:
   reprodiff optimal --out runs/optimal                      # D* of 64 digits, 64 samples, EDM Heun 18 steps
   reprodiff optimal --n 1024 --count 256 --sampler dpm++2m --steps 25 --out runs/opt1024
@@ -61,7 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     o.add_argument("--threshold", type=float, default=0.98,
                    help="copy threshold on pixel similarity (default: 0.98, calibrated on the digits)")
     o.add_argument("--batch-size", type=int, default=256, help="samples per batch (results do not depend on it)")
-    o.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    o.add_argument("--device", default="cpu", help=DEVICE_HELP)
     o.add_argument("--out", required=True, help="output folder")
 
     t = sub.add_parser("train", help="train a diffusion model (resumes / continues an existing --out folder)",
@@ -76,7 +78,7 @@ def _parser() -> argparse.ArgumentParser:
     _sampling_args(s)
     s.add_argument("--weights", default="ema", choices=["ema", "net"], help="EMA or raw weights (default: ema)")
     s.add_argument("--class", dest="label", type=int, help="class label for a class-conditional model")
-    s.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    s.add_argument("--device", default="cpu", help=DEVICE_HELP)
     s.add_argument("--out", required=True, help="output folder")
 
     st = sub.add_parser("study", help="a study (its TOML's kind: regime, conditional, inverse, finetune, gan_vae, "
@@ -102,6 +104,7 @@ def _parser() -> argparse.ArgumentParser:
     en.add_argument("--count", type=int, default=64, help="images to encode (default: 64)")
     en.add_argument("--sampler", default="heun", choices=sorted(set(sampling.SAMPLERS) - {"onestep"}))
     en.add_argument("--steps", type=int, default=18, help="noise levels of the grid (default: 18)")
+    en.add_argument("--device", default="cpu", help=DEVICE_HELP)
     en.add_argument("--out", required=True, help="output folder (encode.json, panel.png)")
 
     rp = sub.add_parser("report", help="render report.html from a study folder's results.json")
@@ -170,7 +173,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             _study(args)
         elif args.command == "encode":
             r = run_encode(args.model, args.out, data=args.images or args.data, count=args.count,
-                           sampler=args.sampler, steps=args.steps)
+                           sampler=args.sampler, steps=args.steps, device=args.device)
             print(f"noise agreement (cosine > 0.9) {r['noise_agreement']:.2f}, mean cosine {r['mean_cosine']:.3f}, "
                   f"cross-decode RP {r['cross_decode_rp']:.2f} -> {args.out}/panel.png")
         elif args.command == "report":

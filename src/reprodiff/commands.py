@@ -40,8 +40,11 @@ def run_optimal(
     Writes ``grid.png`` (each sample beside its nearest training image), ``samples.npz`` and
     ``summary.json`` into ``out``; returns the summary.
     (Its keyword options are the command line's flags one to one, hence their number.)"""
+    from .training.train import resolve_device
+
     if not -1.0 <= threshold <= 1.0:  # before any sampling
         raise ValueError(f"threshold is a cosine similarity and must be in [-1, 1], got {threshold}")
+    device = str(resolve_device(device))  # a one-line error for a bad name or a missing GPU; "auto" allowed
     out = prepare_out_dir(out, "optimal")
     train = subset(load_dataset(data), n, subset_seed)
     D = EmpiricalOptimalDenoiser(train.images, device=device)
@@ -71,8 +74,9 @@ def run_sample(model: str | Path, out: str | Path, *, seed: int = 100000, count:
                sampler: str = "heun", steps: int = 18, weights: str = "ema", label: int | None = None,
                batch_size: int = 256, device: str = "cpu", progress: bool = False) -> dict[str, Any]:
     """Sample a trained model folder from shared noise; writes ``grid.png`` and ``samples.npz``."""
-    from .training.train import load_model
+    from .training.train import load_model, resolve_device
 
+    device = str(resolve_device(device))
     out = prepare_out_dir(out)
     D, cfg, train_data = load_model(model, weights=weights, device=device)
     cond = None
@@ -95,23 +99,25 @@ def run_sample(model: str | Path, out: str | Path, *, seed: int = 100000, count:
 
 
 def run_encode(models: list[str], out: str | Path, *, data: str, count: int = 64, sampler: str = "heun",
-               steps: int = 18) -> dict[str, Any]:
-    """Invert ``count`` images of ``data`` with models A and B; write ``encode.json`` and ``panel.png``
-    (rows: image, noise_A, noise_B, A(noise_A), B(noise_A))."""
+               steps: int = 18, device: str = "cpu") -> dict[str, Any]:
+    """Invert ``count`` images of ``data`` with models A and B (on ``device``); write ``encode.json`` and
+    ``panel.png`` (rows: image, noise_A, noise_B, A(noise_A), B(noise_A))."""
     from .encoding import encoding_agreement
-    from .training.train import load_model
+    from .training.train import load_model, resolve_device
+
+    device = str(resolve_device(device))
 
     if len(models) != 2:
         raise ValueError(f"encode needs exactly two models (--model A --model B), got {len(models)}")
     if count < 2:
         raise ValueError(f"count must be >= 2, got {count}")
     out = prepare_out_dir(out)
-    (A, _, train_a), (B, _, train_b) = load_model(models[0]), load_model(models[1])
+    (A, _, train_a), (B, _, train_b) = load_model(models[0], device=device), load_model(models[1], device=device)
     images = subset(load_dataset(data), count, 0).images
     if images.shape[1:] != train_a.images.shape[1:] or images.shape[1:] != train_b.images.shape[1:]:
         raise ValueError(f"image shape {list(images.shape[1:])} differs from the models' "
                          f"{list(train_a.images.shape[1:])} / {list(train_b.images.shape[1:])}")
-    a, b, r = encoding_agreement(A, B, images, sampler=sampler, steps=steps)
+    a, b, r = encoding_agreement(A, B, images, sampler=sampler, steps=steps, device=device)
     summary = {"models": models, "data": data, "count": count, "sampler": sampler, "steps": steps,
                "noise_agreement": r.noise_agreement, "mean_cosine": float(r.noise_cosine.mean()),
                "cross_decode_rp": r.cross_decode_rp, "round_trip_rms_a": r.round_trip_rms_a,
