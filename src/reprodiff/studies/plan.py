@@ -26,8 +26,8 @@ from ..executors import Task, measured_seconds, order_tasks
 from ..files import save_json
 from ..nets import make_net
 
-__all__ = ["ASSUMED_TFLOPS", "SSCD_FLOPS", "TRAIN_PASSES", "clear_failures", "forward_flops", "note", "plan_text",
-           "provenance", "read_failure", "save_failure", "train_flops"]
+__all__ = ["ASSUMED_TFLOPS", "SSCD_FLOPS", "TRAIN_PASSES", "clear_failures", "forward_flops", "git_state", "note",
+           "plan_text", "provenance", "read_failure", "save_failure", "train_flops"]
 
 ASSUMED_TFLOPS = 100.0
 """Effective training/sampling throughput per GPU assumed by the GPU-hour estimate (TFLOP/s): about a third of
@@ -127,13 +127,25 @@ def clear_failures(out: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- provenance
-def _git_commit() -> str | None:
-    where = Path(__file__).resolve().parent
+def git_state(where: Path | None = None) -> tuple[str | None, bool | None]:
+    """The commit of the git checkout that tracks the code at ``where`` (default: this package) and whether its
+    tracked files differ from it (``git status --untracked-files=no``): results from edited code must not pass
+    for the commit's. ``(None, None)`` without git or where the code is not tracked (an installed copy, also one
+    inside another project's checkout, e.g. its ``.venv``)."""
+    where = where or Path(__file__).resolve().parent
+
+    def git(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["git", "-C", str(where), *args], capture_output=True, text=True, timeout=30)
+
     try:
-        r = subprocess.run(["git", "-C", str(where), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        tracked = git("ls-files", "--error-unmatch", "--", ".")
+        head = git("rev-parse", "HEAD") if tracked.returncode == 0 else tracked
+        if head.returncode != 0 or not head.stdout.strip():
+            return None, None
+        status = git("status", "--porcelain", "--untracked-files=no")
     except (OSError, subprocess.SubprocessError):
-        return None
-    return r.stdout.strip() or None if r.returncode == 0 else None
+        return None, None
+    return head.stdout.strip(), (bool(status.stdout.strip()) if status.returncode == 0 else None)
 
 
 def _cpu_model() -> str:
@@ -148,13 +160,15 @@ def _cpu_model() -> str:
 
 def provenance(out: Path) -> dict[str, Any]:
     """What produced the results: versions (reprodiff, torch, CUDA, Python), the git commit of the code where it
-    is a git checkout (else None), the devices, the CPU, the date, and each task's wall time and host (the
-    records ``executors.run_task`` writes under ``out/tasks``; a task done before keeps its first record)."""
+    is a git checkout (else None) and whether its tracked files were edited (``git_dirty``), the devices, the
+    CPU, the date, and each task's wall time and host (the records ``executors.run_task`` writes under
+    ``out/tasks``; a task done before keeps its first record)."""
     tasks = [json.loads(p.read_text()) for p in sorted((out / "tasks").rglob("*.json"))]
     devices = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() \
         else []
+    commit, dirty = git_state()
     return {"reprodiff": __version__, "torch": torch.__version__, "cuda": torch.version.cuda,
-            "python": platform.python_version(), "git_commit": _git_commit(),
+            "python": platform.python_version(), "git_commit": commit, "git_dirty": dirty,
             "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"), "host": socket.gethostname(),
             "devices": devices or ["cpu"], "cpu": _cpu_model(),
             "cpu_capability": torch.backends.cpu.get_cpu_capability(), "tasks": tasks}
