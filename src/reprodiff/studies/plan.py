@@ -138,8 +138,9 @@ def git_state(where: Path | None = None) -> tuple[str | None, bool | None]:
         return subprocess.run(["git", "-C", str(where), *args], capture_output=True, text=True, timeout=30)
 
     try:
-        tracked = git("ls-files", "--error-unmatch", "--", ".")
-        head = git("rev-parse", "HEAD") if tracked.returncode == 0 else tracked
+        if git("ls-files", "--error-unmatch", "--", ".").returncode != 0:  # no checkout, or not tracked by it
+            return None, None
+        head = git("rev-parse", "HEAD")
         if head.returncode != 0 or not head.stdout.strip():
             return None, None
         status = git("status", "--porcelain", "--untracked-files=no")
