@@ -308,8 +308,8 @@ def main() -> None:
     record("device", torch.cuda.get_device_name(0))
     record("torch", torch.__version__)
     parts = {"sampling": check_sampling, "extensions": check_extensions, "studies": check_studies,
-             "determinism": check_determinism,
-             "diffusers": check_diffusers, "train": bench_train, "sample": bench_sampling, "optimal": bench_optimal}
+             "determinism": check_determinism, "diffusers": check_diffusers, "train": bench_train,
+             "sample": bench_sampling, "optimal": bench_optimal}
     with tempfile.TemporaryDirectory() as tmp:
         for name, fn in parts.items():
             if name in args.skip:
