@@ -65,6 +65,25 @@ def test_a_bad_or_missing_device_is_one_clean_line(tmp_path, capsys, command: li
     assert not (tmp_path / "x").exists()
 
 
+def test_a_failed_command_leaves_no_empty_out_folder_but_keeps_one_that_was_there(tmp_path, capsys) -> None:
+    """A mistyped data path fails after ``--out`` (and its parents) was made and locked: the folders the command
+    made and left empty go again; a folder that was there before stays, and so does one with output in it."""
+    cifar = tmp_path / "c.toml"
+    cifar.write_text(f"data = 'cifar10:{tmp_path / 'nowhere'}'\nsizes = [8]\n")
+    commands = (["optimal", "--data", "nope.npz"], ["sample", "--model", "nope"], ["study", "--config", str(cifar)])
+    for command in commands:
+        assert main([*command, "--out", str(tmp_path / "new" / "deeper" / "x")]) == 2
+        assert "error:" in capsys.readouterr().err and not (tmp_path / "new").exists()
+    (tmp_path / "there").mkdir()
+    assert main(["optimal", "--data", "nope.npz", "--out", str(tmp_path / "there")]) == 2
+    assert (tmp_path / "there").is_dir()
+    from reprodiff.files import remove_if_unused
+
+    (tmp_path / "used" / "sub").mkdir(parents=True)
+    (tmp_path / "used" / "sub" / "log.jsonl").write_text("{}\n")
+    assert not remove_if_unused(tmp_path / "used") and (tmp_path / "used" / "sub" / "log.jsonl").is_file()
+
+
 def test_help_lists_commands_with_examples() -> None:
     r = subprocess.run([sys.executable, "-m", "reprodiff", "--help"], capture_output=True, text=True, check=True)
     assert "optimal" in r.stdout and "examples:" in r.stdout

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from . import __version__, sampling
 from .commands import run_encode, run_optimal, run_sample
 from .files import (
     check_input_dir,
+    remove_if_unused,
     storage_error,
 )
 
@@ -140,11 +143,23 @@ def _study(args: argparse.Namespace) -> None:
     print(f"report: {build_report(args.out)}")
 
 
+def _first_missing(path: str) -> Path | None:
+    """The outermost folder of ``path`` that does not exist yet (``path`` itself or a parent), or None."""
+    p = Path(os.path.abspath(path))
+    if os.path.lexists(p):
+        return None
+    while p.parent != p and not os.path.lexists(p.parent):
+        p = p.parent
+    return p
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command is None:
         _parser().print_help()
         return 0
+    out = getattr(args, "out", None) if not getattr(args, "plan", False) else None
+    created = _first_missing(out) if out is not None else None  # removed again if the command fails before writing
     try:
         if args.command == "optimal":
             s = run_optimal(args.out, data=args.data, n=args.n, subset_seed=args.subset_seed, count=args.count,
@@ -191,6 +206,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"report: {build_report(study)}")
     except (ValueError, RuntimeError, OSError) as e:  # ConfigError, TrainingError, StorageError: one line
         print(f"reprodiff: error: {storage_error(e) if isinstance(e, OSError) else e}", file=sys.stderr)
+        if created is not None:  # a mistyped data path must not leave an empty --out folder behind
+            remove_if_unused(created)
         return 2
     except KeyboardInterrupt:
         print("reprodiff: interrupted; run the same command again to resume", file=sys.stderr)

@@ -32,8 +32,8 @@ except ImportError:  # POSIX
 
 __all__ = ["StorageError", "append_line", "atomic_path", "atomic_write", "atomic_write_all", "check_input_dir",
            "check_input_file", "folder_lock", "image_grid", "json_bytes", "npz_bytes", "png_bytes", "prepare_out_dir",
-           "read_input_bytes", "remove_stale_temp_files", "save_json", "save_npz", "save_png", "storage_error",
-           "to_uint8"]
+           "read_input_bytes", "remove_if_unused", "remove_stale_temp_files", "save_json", "save_npz", "save_png",
+           "storage_error", "to_uint8"]
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -144,6 +144,25 @@ def prepare_out_dir(folder: str | os.PathLike[str], kind: str | None = None) -> 
                 raise ValueError(f"{folder} holds a reprodiff {other} (its {marker}), not a {kind}; "
                                  "choose another --out")
     return folder
+
+
+def remove_if_unused(folder: str | os.PathLike[str]) -> bool:
+    """Remove ``folder`` if it holds nothing but empty folders and ``.lock`` files -- what a command that failed
+    before writing anything leaves (``prepare_out_dir``, ``folder_lock``); call it only for a folder that command
+    created. True if removed; anything else in it, or an error, keeps the folder as it is."""
+    folder = Path(folder)
+    try:
+        if folder.is_symlink() or not folder.is_dir():
+            return False
+        entries = sorted(folder.rglob("*"), key=lambda p: len(p.parts), reverse=True)  # deepest first
+        if any(p.is_symlink() or not (p.is_dir() or p.name == ".lock") for p in entries):
+            return False
+        for p in entries:
+            p.rmdir() if p.is_dir() else p.unlink()
+        folder.rmdir()
+    except OSError:
+        return False
+    return True
 
 
 def _stat_input(path: Path, what: str) -> os.stat_result:
