@@ -40,6 +40,7 @@ def test_same_seed_same_samples(tmp_path) -> None:
         (["--steps", "0"], "steps must be"),
         (["--data", "nope.npz"], "no such file"),
         (["--threshold", "2"], "must be in [-1, 1]"),
+        (["--count", "0"], "count must be >= 1"),
     ],
 )
 def test_bad_input_is_one_clean_line(tmp_path, capsys, args: list[str], match: str) -> None:
@@ -82,6 +83,18 @@ def test_a_failed_command_leaves_no_empty_out_folder_but_keeps_one_that_was_ther
     (tmp_path / "used" / "sub").mkdir(parents=True)
     (tmp_path / "used" / "sub" / "log.jsonl").write_text("{}\n")
     assert not remove_if_unused(tmp_path / "used") and (tmp_path / "used" / "sub" / "log.jsonl").is_file()
+
+
+def test_sample_and_train_name_the_bad_number(tmp_path, capsys) -> None:
+    """``sample --count 0`` said "image_grid needs a non-empty batch", ``train --steps -5`` blamed fit_min_steps."""
+    from reprodiff.training.train import DataConfig, TrainConfig, train
+
+    train(TrainConfig(data=DataConfig(n=8), steps=2, batch_size=4, net={"name": "mlp", "hidden": 16, "depth": 1}),
+          tmp_path / "m")
+    assert main(["sample", "--model", str(tmp_path / "m"), "--count", "0", "--out", str(tmp_path / "s")]) == 2
+    assert "count must be >= 1" in capsys.readouterr().err and not (tmp_path / "s").exists()
+    assert main(["train", "--steps", "-5", "--out", str(tmp_path / "t")]) == 2
+    assert "steps must be >= 1, got -5" in capsys.readouterr().err
 
 
 def test_help_lists_commands_with_examples() -> None:

@@ -44,6 +44,8 @@ def run_optimal(
 
     if not -1.0 <= threshold <= 1.0:  # before any sampling
         raise ValueError(f"threshold is a cosine similarity and must be in [-1, 1], got {threshold}")
+    if count < 1:
+        raise ValueError(f"count must be >= 1 (samples to draw), got {count}")
     device = str(resolve_device(device))  # a one-line error for a bad name or a missing GPU; "auto" allowed
     out = prepare_out_dir(out, "optimal")
     train = subset(load_dataset(data), n, subset_seed)
@@ -76,6 +78,8 @@ def run_sample(model: str | Path, out: str | Path, *, seed: int = 100000, count:
     """Sample a trained model folder from shared noise; writes ``grid.png`` and ``samples.npz``."""
     from .training.train import load_model, resolve_device
 
+    if count < 1:
+        raise ValueError(f"count must be >= 1 (samples to draw), got {count}")
     device = str(resolve_device(device))
     out = prepare_out_dir(out)
     D, cfg, train_data = load_model(model, weights=weights, device=device)

@@ -136,11 +136,11 @@ class TrainConfig(TomlConfig):
     def __post_init__(self) -> None:
         if not 0.0 <= self.fit_target < 1.0:
             raise ValueError(f"fit_target must be in [0, 1) (0 = train all steps), got {self.fit_target}")
-        if not 0 <= self.fit_min_steps <= self.steps:
-            raise ValueError(f"fit_min_steps must be in [0, steps = {self.steps}], got {self.fit_min_steps}")
         for name in ("steps", "batch_size", "checkpoint_every", "log_every", "fit_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.fit_min_steps <= self.steps:  # after steps itself: its message names the real fault
+            raise ValueError(f"fit_min_steps must be in [0, steps = {self.steps}], got {self.fit_min_steps}")
         if not self.lr > 0 or self.lr_warmup < 0 or self.ema_halflife < 0 or self.grad_clip < 0:
             raise ValueError("lr must be > 0; lr_warmup, ema_halflife and grad_clip must be >= 0")
         if self.ema_rampup < 0 or not 0.0 <= self.augment <= 1.0:
