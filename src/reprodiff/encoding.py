@@ -55,7 +55,7 @@ def encode(D: Denoiser, images: Tensor, *, sampler: str = "heun", steps: int = 1
     device = torch.device(device)
     up = sampling.inversion_sigmas(grid_from if grid_from is not None else D, steps)
     down = torch.cat([up.flip(0), up.new_zeros(1)])
-    Dm = MicroBatched(D, micro_batch or (256 if device.type == "cuda" else 16))
+    Dm = MicroBatched(D, micro_batch or sampling.default_micro_batch(device))
     z = sampling.invert(Dm, images.to(device, torch.float64), up, sampler=sampler, images=True)
     decoded = sampling.SAMPLERS[sampler](Dm, z, down)
     return Encoded(Dm, (z / up[-1]).to("cpu", torch.float32), decoded.to("cpu", torch.float32), up, down, sampler,

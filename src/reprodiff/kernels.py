@@ -251,8 +251,8 @@ class EDMX0(EDM):
 
     def precond(self, sigma: Tensor) -> Precoefs:
         sigma = torch.as_tensor(sigma, dtype=torch.float64)
-        c_in = 1 / (sigma**2 + self.sigma_data**2).sqrt()
-        return torch.zeros_like(sigma), torch.full_like(sigma, self.sigma_data), c_in, 0.25 * torch.log(sigma)
+        _, _, c_in, c_noise = super().precond(sigma)  # EDM's input scaling and noise conditioning
+        return torch.zeros_like(sigma), torch.full_like(sigma, self.sigma_data), c_in, c_noise
 
     def loss_weight(self, sigma: Tensor) -> Tensor:
         return torch.full_like(torch.as_tensor(sigma, dtype=torch.float64), 1 / self.sigma_data**2)

@@ -1,6 +1,6 @@
 """Shared noise, sigma grids and deterministic ODE solvers (k-diffusion-style pure functions)."""
 
-from .api import SCHEDULES, BudgetSamples, make_sigmas, sample, sample_budgets
+from .api import SCHEDULES, BudgetSamples, default_micro_batch, make_sigmas, sample, sample_budgets
 from .inversion import inversion_sigmas, invert
 from .noise import noise
 from .schedules import (
@@ -38,6 +38,7 @@ __all__ = [
     "check_sigmas",
     "data_variances",
     "ddim",
+    "default_micro_batch",
     "dpm2",
     "dpm3",
     "dpmpp_2m",
