@@ -131,7 +131,7 @@ class StudyConfig(StudyFields):
 # log-normal noise levels widened (P_std 1.8 for 1.2) and moved up (P_mean -0.8 for -1.2): sampling decides which
 # training image to approach at noise about as large as the distance between images (sigma ~ 2-6 on the digits),
 # which EDM's CIFAR-10 setting rarely trains; measured on 4 digits (U-Net/MLP), agreement with D* rose from
-# 0.75-0.80 to 0.81-0.85 at equal steps (README, "The regime study"). The U-ViT's patch follows the image size
+# 0.75-0.80 to 0.81-0.85 at equal steps (docs/MEASUREMENTS.md). The U-ViT's patch follows the image size
 # (``patch_size = "auto"``: a 4x4 token grid, patch 2 on the digits) and the noise level modulates its blocks
 # (``time_cond = "adaln"``; with the time token alone it stayed near the identity at low noise on RGB images for
 # thousands of steps; nets/uvit.py).
@@ -146,7 +146,7 @@ SMALL_MLP = {"name": "mlp", "hidden": 256, "depth": 4}
 # (its level-0 ratio falls faster than its samples become copies); at 0.01 it fits the digits at N = 4 at 1,200
 # steps. The MLP's is 0.005 (a quarter of 0.02: half the error at each level, one level lower): on 8x8 RGB photo
 # crops at N = 4 it stopped at 1,680 steps with 33% of its samples new at 0.02, and trained on to copy (4% new) at
-# 0.005 (README, "Any dataset").
+# 0.005 (docs/MEASUREMENTS.md, "The fit check's bars").
 MEMORIZE = 0.01
 MEMORIZE_MLP = 0.005
 

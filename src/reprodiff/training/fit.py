@@ -34,7 +34,7 @@ lower; on 8x8 RGB photo crops at N = 4 it passed 0.02 at 1,680 steps with 33% of
 crops at N = 8 the MLP passed 0.02 at 2,160 steps with 34% of its samples novel. Isotropic noise lies almost all
 off the few directions in which the training images differ, so the ratios barely see whether the net chooses
 between them: on the crops it removed all of a random offset but half of one toward the nearest other crop
-(``benchmarks/nets.py``, ``offset_removal``; README, "Any dataset").
+(``benchmarks/nets.py``, ``offset_removal``; docs/MEASUREMENTS.md, "Any dataset").
 """
 
 from __future__ import annotations
