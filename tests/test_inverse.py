@@ -102,6 +102,28 @@ def test_pigdm_samples_the_gaussian_posterior(case) -> None:
     assert torch.allclose(emp_cov, C, atol=0.08), (emp_cov, C)
 
 
+def test_the_damped_default_is_not_the_gaussian_posterior_it_pulls_towards_the_prior() -> None:
+    """The price of ``scale = "r2"`` (module docstring): with the guidance faded at high noise, the ODE decides
+    there under the prior, so on Gaussian data (where ``sigma2`` is exact) the samples' mean lies between the prior's
+    (0) and the posterior's, and their spread is wider than the posterior's."""
+    sd, sy, count = 0.5, 0.1, 2000
+    op = Inpaint(torch.ones(1, 1, 1))
+
+    def gaussian(x, sigma, cond=None):  # E[x0 | x] for x0 ~ N(0, sd^2)
+        return sd**2 / (sd**2 + sigma.to(x).reshape(-1, 1, 1, 1) ** 2) * x
+
+    y = torch.full((count, 1, 1, 1), 0.8, dtype=torch.float64)
+    mean, var = sd**2 / (sd**2 + sy**2) * 0.8, sd**2 * sy**2 / (sd**2 + sy**2)
+    out = {}
+    for scale in ("sigma2", "r2"):
+        G = PiGDM(gaussian, op, sigma_y=sy, sigma_data=sd, scale=scale)
+        out[scale] = sampling.sample(G, 3, count, (1, 1, 1), sampler="heun", steps=32, cond=y, batch_size=count,
+                                     micro_batch=count).double().flatten()
+    se = math.sqrt(var / count)
+    assert abs(out["sigma2"].mean() - mean) < 5 * se and abs(out["sigma2"].var() / var - 1) < 0.2
+    assert 0 < out["r2"].mean() < mean - 20 * se and out["r2"].var() > 1.5 * var
+
+
 def test_damped_scale_matches_tweedie_at_low_noise_and_is_bounded_at_high_noise() -> None:
     """``scale = "r2"`` (default) weights the likelihood score by r^2 instead of sigma^2: equal as sigma -> 0,
     bounded by sigma_data^2 at high noise, where a network's Jacobian is least precise."""

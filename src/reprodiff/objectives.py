@@ -97,6 +97,17 @@ class ConsistencyTraining:
         if self.s0 > self.s1 or self.P_std <= 0 or self.rho <= 0 or not 0 < self.sigma_min < self.sigma_max:
             raise ValueError("objective ct: need s0 <= s1, P_std > 0, rho > 0 and 0 < sigma_min < sigma_max")
 
+    def check_kernel(self, kernel: Kernel) -> None:
+        """One-line ``ValueError`` unless the kernel's preconditioning makes ``D`` (nearly) the identity at the
+        grid's lowest level: the boundary condition ``f(x, sigma_min) = x`` that keeps consistency training from
+        collapsing to a constant (Song et al. 2023, Eq. 3; a ``c_skip = 0`` kernel gives a constant net loss 0)."""
+        lo = max(self.sigma_min, kernel.sigma_min)
+        c_skip, c_out, _, _ = kernel.precond(torch.tensor([lo], dtype=torch.float64))
+        if not (float(c_skip[0]) > 0.99 and abs(float(c_out[0])) < 0.1):
+            raise ValueError(f"objective ct needs a kernel whose denoiser is the identity at sigma_min = {lo:g} "
+                             f"(c_skip -> 1, c_out -> 0); kernel {kernel.name!r} has c_skip = {float(c_skip[0]):.3g}, "
+                             "c_out = {:.3g}: use edm, vp or ve".format(float(c_out[0])))
+
     def levels(self, step: int, total_steps: int) -> int:
         """``N(k) = min(s0 2^floor(k / K'), s1) + 1`` with ``K' = floor(K / (log2(s1/s0) + 1))``."""
         k_prime = max(1, math.floor(total_steps / (math.log2(self.s1 / self.s0) + 1)))

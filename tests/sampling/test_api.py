@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import pytest
+import torch
 
 from reprodiff import sampling
 
@@ -21,6 +22,26 @@ def test_make_sigmas_clamps_to_the_denoiser_range() -> None:
     assert math.isclose(float(s[0]), 10.0) and math.isclose(float(s[-2]), 0.02)
     with pytest.raises(ValueError, match="unknown schedule"):
         sampling.make_sigmas(None, 5, schedule="cosine")
+
+
+def test_ve_and_vp_grids_take_the_range_and_clamp_it_as_karras_does() -> None:
+    """EDM's generate.py: every discretization spans [sigma_min, sigma_max], clamped to the net's range; vp solves
+    beta_d, beta_min for it (with the default range: the VP schedule of beta_d = 19.9, beta_min = 0.1)."""
+    from reprodiff.sampling.schedules import ve_sigmas, vp_sigmas
+
+    class Narrow:
+        sigma_min, sigma_max = 0.05, 20.0
+
+    for schedule in ("ve", "vp"):
+        s = sampling.make_sigmas(Narrow(), 6, schedule=schedule)
+        assert math.isclose(float(s[0]), 20.0) and math.isclose(float(s[-2]), 0.05) and float(s[-1]) == 0.0
+        assert bool((s[:-2] > s[1:-1]).all())
+        s = sampling.make_sigmas(None, 6, schedule=schedule, sigma_min=0.1, sigma_max=10.0)
+        assert math.isclose(float(s[0]), 10.0) and math.isclose(float(s[-2]), 0.1)
+    torch.testing.assert_close(sampling.make_sigmas(None, 6, schedule="ve"), ve_sigmas(6), atol=0, rtol=0)
+    torch.testing.assert_close(sampling.make_sigmas(None, 6, schedule="vp"), vp_sigmas(6), atol=1e-12, rtol=0)
+    with pytest.raises(ValueError, match="no VP schedule"):
+        sampling.make_sigmas(None, 4, schedule="vp", sigma_min=0.5, sigma_max=1.0)
 
 
 @pytest.mark.parametrize("sampler", ["heun", "dpm++2m", "onestep", "ancestral"])

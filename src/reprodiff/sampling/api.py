@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 from ..denoiser import Denoiser, MicroBatched
 from ..progress import bar_options
 from .noise import noise
-from .schedules import karras_sigmas, ve_sigmas, vp_sigmas
+from .schedules import karras_sigmas, ve_sigmas, vp_betas, vp_sigma, vp_sigmas
 from .solvers import SAMPLERS, STOCHASTIC_SAMPLERS
 
 __all__ = ["SCHEDULES", "BudgetSamples", "default_micro_batch", "make_sigmas", "sample", "sample_budgets"]
@@ -21,6 +21,11 @@ SCHEDULES: dict[str, Callable[..., Tensor]] = {
     "karras": karras_sigmas,
     "vp": vp_sigmas,
     "ve": ve_sigmas,
+}
+RANGES: dict[str, tuple[float, float]] = {  # each schedule's default [sigma_min, sigma_max] (EDM's generate.py)
+    "karras": (0.002, 80.0),
+    "vp": (float(vp_sigma(1e-3)), float(vp_sigma(1.0))),
+    "ve": (0.02, 100.0),
 }
 
 
@@ -35,19 +40,29 @@ def make_sigmas(
     steps: int,
     *,
     schedule: str = "karras",
-    sigma_min: float = 0.002,
-    sigma_max: float = 80.0,
+    sigma_min: float | None = None,
+    sigma_max: float | None = None,
     rho: float = 7.0,
 ) -> Tensor:
-    """The sampling grid. For ``karras``, ``[sigma_min, sigma_max]`` is clamped to the range the denoiser
-    was trained on (its ``sigma_min`` / ``sigma_max`` attributes, if any), as EDM's ``generate.py`` does."""
+    """The sampling grid of ``schedule`` over ``[sigma_min, sigma_max]`` -- by default the schedule's own range
+    (``RANGES``: karras 0.002-80, ve 0.02-100, vp ``vp_sigma(1e-3)``-``vp_sigma(1)``) -- clamped to the range
+    the denoiser was trained on (its ``sigma_min`` / ``sigma_max`` attributes, if any), as EDM's ``generate.py``
+    does for every discretization. ``vp``: ``t`` uniform from 1 to 1e-3 with ``beta_d``, ``beta_min`` solved so
+    that it spans the range (:func:`~reprodiff.sampling.schedules.vp_betas`, as EDM)."""
     if schedule not in SCHEDULES:
         raise ValueError(f"unknown schedule {schedule!r}; choose one of {sorted(SCHEDULES)}")
-    if schedule != "karras":
-        return SCHEDULES[schedule](steps)
-    sigma_min = max(sigma_min, float(getattr(D, "sigma_min", 0.0)))
-    sigma_max = min(sigma_max, float(getattr(D, "sigma_max", float("inf"))))
-    return karras_sigmas(steps, sigma_min, sigma_max, rho)
+    lo, hi = RANGES[schedule]
+    sigma_min = max(lo if sigma_min is None else sigma_min, float(getattr(D, "sigma_min", 0.0)))
+    sigma_max = min(hi if sigma_max is None else sigma_max, float(getattr(D, "sigma_max", float("inf"))))
+    if schedule == "karras":
+        return karras_sigmas(steps, sigma_min, sigma_max, rho)
+    if schedule == "ve":
+        return ve_sigmas(steps, sigma_min, sigma_max)
+    sigmas = vp_sigmas(steps, *vp_betas(sigma_min, sigma_max))
+    if not (torch.isfinite(sigmas).all() and (sigmas[:-1] > 0).all() and (sigmas[:-2] > sigmas[1:-1]).all()):
+        raise ValueError(f"no VP schedule with t from 1 to 1e-3 spans [{sigma_min}, {sigma_max}]; use "
+                         "schedule='karras' or 've' for this range")
+    return sigmas
 
 
 def sample(
@@ -76,7 +91,8 @@ def sample(
     Karras grid (18 steps, sigma in [0.002, 80], rho = 7), clamped to the denoiser's range.
 
     A stochastic sampler (``STOCHASTIC_SAMPLERS``, e.g. ``"ancestral"``) takes its per-step noise for sample
-    ``i`` from ``noise(noise_seed, ...)`` row ``i``, so it too is identical at any batch size.
+    ``i`` from ``noise(noise_seed, ...)`` row ``i``, so it too is identical at any batch size. ``"consistency"``
+    makes ``steps`` calls: its default grid has ``steps + 1`` levels, the last one the boundary ``eps``.
     """
     stochastic = sampler in STOCHASTIC_SAMPLERS
     if sampler not in SAMPLERS and not stochastic:
@@ -88,7 +104,7 @@ def sample(
     if cond is not None and cond.shape[0] != count:
         raise ValueError(f"cond has {cond.shape[0]} rows but count is {count}; pass one label per sample")
     if sigmas is None:
-        sigmas = make_sigmas(D, steps)
+        sigmas = make_sigmas(D, steps + 1 if sampler == "consistency" else steps)
     if micro_batch is None:
         micro_batch = default_micro_batch(device)
     Dm = MicroBatched(D, micro_batch)

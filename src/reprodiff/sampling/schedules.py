@@ -17,6 +17,7 @@ __all__ = [
     "karras_sigmas",
     "spectral_sigmas",
     "ve_sigmas",
+    "vp_betas",
     "vp_sigma",
     "vp_sigma_inv",
     "vp_sigmas",
@@ -75,6 +76,15 @@ def vp_sigmas(steps: int, beta_d: float = 19.9, beta_min: float = 0.1, eps_s: fl
     _check_range(steps, eps_s, 1.0)
     t = 1 + _ramp(steps) * (eps_s - 1)
     return _append_zero(vp_sigma(t, beta_d, beta_min))
+
+
+def vp_betas(sigma_min: float, sigma_max: float, eps_s: float = 1e-3) -> tuple[float, float]:
+    """``(beta_d, beta_min)`` of the VP schedule whose ``t`` from 1 down to ``eps_s`` spans ``[sigma_min,
+    sigma_max]``: ``vp_sigma(1) = sigma_max``, ``vp_sigma(eps_s) = sigma_min`` (EDM's ``generate.py``)."""
+    _check_range(1, sigma_min, sigma_max)
+    lo, hi = math.log1p(sigma_min**2), math.log1p(sigma_max**2)
+    beta_d = 2 * (lo / eps_s - hi) / (eps_s - 1)
+    return beta_d, hi - 0.5 * beta_d
 
 
 def check_sigmas(sigmas: Tensor, *, ascending: bool = False) -> Tensor:

@@ -362,9 +362,11 @@ SAMPLERS: dict[str, Sampler] = {
 def consistency_multistep(D: Denoiser, x: Tensor, sigmas: Tensor, *, noise: Tensor, cond: Tensor | None = None,
                           callback: Callback | None = None) -> Tensor:
     """Multistep consistency sampling (Song et al. 2023, Alg. 1): ``x <- D(x, sigmas[0])``, then at each later
-    positive level ``sigma_i``: ``x <- D(x + sqrt(sigma_i^2 - eps^2) z_i, sigma_i)`` with ``eps`` the grid's smallest
-    positive level. One step is :func:`onestep`; ``noise[:, i]`` (``[B, steps, ...]``) is level ``i``'s draw,
-    passed in as for :func:`euler_ancestral` (row 0 is unused)."""
+    level ``tau_i`` above ``eps``: ``x <- D(x + sqrt(tau_i^2 - eps^2) z_i, tau_i)``. ``eps``, the grid's smallest
+    positive level, is the boundary ``f(x, eps) = x`` and only a noise target, as in the paper (its ``tau_n > eps``)
+    and the official sampler: a grid with ``k + 1`` positive levels makes ``k`` calls, one positive level one
+    (:func:`onestep`). ``noise[:, i]`` (``[B, steps, ...]``) is level ``i``'s draw, passed in as for
+    :func:`euler_ancestral` (rows 0 and the boundary's are unused)."""
     dtype = x.dtype
     x, s, ev = _setup(D, x, sigmas, cond)
     if noise.shape[:2] != (x.shape[0], len(s) - 1) or noise.shape[2:] != x.shape[1:]:
@@ -376,7 +378,9 @@ def consistency_multistep(D: Denoiser, x: Tensor, sigmas: Tensor, *, noise: Tens
     x = ev(x, s[0])
     _report(callback, 0, s, x, x, ev)
     for i in range(1, len(s) - 1):
-        x = ev(x + math.sqrt(max(s[i] ** 2 - eps**2, 0.0)) * noise[:, i].to(x), s[i])
+        if s[i] <= eps:  # the boundary: re-noised by sqrt(eps^2 - eps^2) = 0, D there is (nearly) the identity
+            break
+        x = ev(x + math.sqrt(s[i] ** 2 - eps**2) * noise[:, i].to(x), s[i])
         _report(callback, i, s, x, x, ev)
     return x.to(dtype)
 

@@ -30,7 +30,7 @@ from ..files import atomic_write, folder_lock, save_json
 from ..kernels import Kernel, make_kernel
 from ..lora import add_lora, freeze_except
 from ..nets import NETS, make_net
-from ..objectives import Objective, make_objective
+from ..objectives import ConsistencyTraining, Objective, make_objective
 from ..precond import Precond
 from ..progress import bar_options
 from .augment import AUGMENT_DIM
@@ -161,8 +161,9 @@ class TrainConfig(TomlConfig):
             if not isinstance(getattr(self, part).get("name"), str):
                 raise ValueError(f"[{part}] needs a name, e.g. name = {example!r}")
         check_net_options(self.net)
-        make_kernel(**self.kernel)
-        make_objective(**self.objective)
+        kernel, objective = make_kernel(**self.kernel), make_objective(**self.objective)
+        if isinstance(objective, ConsistencyTraining):
+            objective.check_kernel(kernel)
 
 
 
