@@ -123,12 +123,17 @@ def test_gl_nearest_is_the_brute_force_argmax() -> None:
 
 
 def test_streamed_nearest_neighbors_equal_unstreamed() -> None:
-    q, r = _unit(33, 9, seed=3), _unit(101, 9, seed=4)
+    """Bit for bit, at any chunk size and whatever the other queries: the maximum is recomputed row by row as
+    rp_score's similarities are (a matrix product's last bit depends on its shape; on the threshold, GL flipped)."""
+    q, r = _unit(64, 96, seed=3), _unit(301, 96, seed=4)
     full_sim, full_idx = nearest_neighbors(q, r, chunk_size=10_000)
+    torch.testing.assert_close(full_sim, (q @ r.T).max(1).values, rtol=0, atol=1e-6)
+    assert torch.equal(full_sim, (q * r[full_idx]).sum(1))
     for chunk in (1, 3, 50):
         sim, idx = nearest_neighbors(q, r, chunk_size=chunk)
-        assert torch.equal(idx, full_idx)
-        torch.testing.assert_close(sim, full_sim, rtol=0, atol=1e-6)
+        assert torch.equal(idx, full_idx) and torch.equal(sim, full_sim)
+    for rows in (slice(0, 1), slice(5, 12), slice(40, 64)):
+        assert torch.equal(nearest_neighbors(q[rows], r)[0], full_sim[rows])
     with pytest.raises(ValueError, match="chunk_size"):
         nearest_neighbors(q, r, chunk_size=0)
 

@@ -7,9 +7,11 @@ import sys
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 
 from reprodiff import metrics
@@ -148,6 +150,10 @@ def test_sscd_preprocess_shape_grayscale_and_normalisation() -> None:
     levels = sscd_preprocess(_images(2), 20) * torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     levels = (levels + torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) * 255
     torch.testing.assert_close(levels, levels.round(), rtol=0, atol=1e-4)  # uint8 levels, as PIL's resize
+    x = _images(2)  # the release: ToPILImage(), then Resize((20, 20)) -- PIL's bilinear filter
+    pil = [np.asarray(Image.fromarray(a).resize((20, 20), Image.Resampling.BILINEAR))
+           for a in to_uint8(x).permute(0, 2, 3, 1).numpy()]
+    assert torch.equal(levels.round().to(torch.uint8), torch.from_numpy(np.stack(pil)).permute(0, 3, 1, 2))
     with pytest.raises(ValueError, match="channels"):
         sscd_preprocess(_images(1, c=2), 16)
 

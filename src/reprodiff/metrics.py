@@ -82,7 +82,10 @@ class Difference:
 
 def nearest_neighbors(queries: Tensor, refs: Tensor, *, chunk_size: int = 8192) -> tuple[Tensor, Tensor]:
     """Exact maximum inner product search: ``(max_j <q_i, r_j>, argmax_j)`` for each query, computed over
-    ``chunk_size`` references at a time, so memory is ``O(len(queries) x chunk_size)``."""
+    ``chunk_size`` references at a time, so memory is ``O(len(queries) x chunk_size)``. The returned maximum is
+    recomputed row by row, ``(q_i * r_j).sum()`` as :func:`rp_score`'s similarities: a matrix product's rounding
+    depends on its shape, so it would differ in the last bit with ``chunk_size`` and the other queries, and a
+    value on the threshold could flip."""
     if queries.ndim != 2 or refs.ndim != 2 or queries.shape[1] != refs.shape[1]:
         raise ValueError(
             f"features must be [M, F] and [N, F] with the same F, got {list(queries.shape)} and {list(refs.shape)}"
@@ -98,7 +101,7 @@ def nearest_neighbors(queries: Tensor, refs: Tensor, *, chunk_size: int = 8192) 
         better = sim > best
         best = torch.where(better, sim, best)
         idx = torch.where(better, arg + j0, idx)
-    return best, idx
+    return (queries * refs[idx]).sum(1), idx
 
 
 def nearest_labels(queries: Tensor, refs: Tensor, ref_labels: Tensor, *, chunk_size: int = 8192) -> Tensor:

@@ -20,8 +20,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import Tensor
 
 from .data import to_uint8
@@ -104,17 +106,19 @@ def sscd_preprocess(images: Tensor, size: int = 320) -> Tensor:
 
     1. quantise to uint8 (``to_uint8``: what a PNG would hold);
     2. grayscale (C = 1) -> 3 identical channels;
-    3. resize to ``size x size``: ``F.interpolate(mode="bilinear", antialias=True, align_corners=False)``,
-       which follows PIL's bilinear resize, then round to uint8 levels as PIL's uint8 output does;
+    3. resize to ``size x size`` with PIL's bilinear filter, as the release's ``ToPILImage()`` then
+       ``Resize((size, size))`` does (PIL itself: its fixed-point passes round to uint8 in between, which
+       ``F.interpolate`` does not -- a fifth of the pixels one level off);
     4. scale to [0, 1] and normalise with the ImageNet mean and std.
     """
-    u8 = to_uint8(images).float()  # [N, C, H, W], 0..255
+    u8 = to_uint8(images)  # [N, C, H, W] uint8
     if u8.shape[1] == 1:
         u8 = u8.expand(-1, 3, -1, -1)
     elif u8.shape[1] != 3:
         raise ValueError(f"SSCD takes grayscale or RGB images, got {u8.shape[1]} channels")
-    x = F.interpolate(u8, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    x = x.round().clamp(0, 255) / 255  # [N, 3, size, size]
+    hwc = u8.permute(0, 2, 3, 1).cpu().numpy()  # [N, H, W, 3]
+    resized = np.stack([np.asarray(Image.fromarray(a).resize((size, size), Image.Resampling.BILINEAR)) for a in hwc])
+    x = torch.from_numpy(resized).permute(0, 3, 1, 2).float() / 255  # [N, 3, size, size]
     mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     return (x - mean) / std

@@ -226,3 +226,30 @@ def test_regime_rows_check_gl_at_both_ends_and_say_what_to_change() -> None:
     assert "reached memorize_steps (2,160 steps) before passing the fit check" in hint(fitted=False)
     assert "raise memorize_steps" in hint(fitted=False)
     assert "without a fit check: set memorize" in hint(memorize=0.0, memorize_steps=0, fitted=False)
+
+
+def test_a_dip_is_a_minimum_between_the_ends_not_a_rising_or_falling_curve() -> None:
+    """docs/PAPER.md, "Shape to expect": RP high, then low, then high. A curve that only rises (or only falls) has
+    its minimum at an end; however far below the other end, that is no dip."""
+    import torch
+
+    from reprodiff.studies.regime_report import dip_lines, dip_rows
+
+    def rows(rps: list[float]) -> list[dict]:
+        sizes, count = [4, 16, 64], 400
+        pairs = list(zip(sizes, rps, strict=True))
+        sims = {f"rp/{n}/heun/a/b": (torch.randperm(count, generator=torch.Generator().manual_seed(n))
+                                     < round(r * count)).float() for n, r in pairs}  # unrelated hits
+        res = {"sizes": sizes, "samplers": ["heun"], "similarity": {"threshold": 0.5},
+               "rp": [{"sampler": "heun", "a": "a", "b": "b", "n": n, "rp": r} for n, r in pairs]}
+        return dip_rows(res, sims)
+
+    rising = rows([0.2, 0.5, 0.9])
+    assert [(d["n_min"], d["n_ref"], d["interior"], d["real"]) for d in rising] == [(4, 64, False, False)]
+    assert rising[0]["ci"][1] < 0  # far below the other end, and still no dip
+    assert dip_lines(rising)[0][-1] == "no: the minimum is at an end"
+    u = rows([0.7, 0.1, 0.8])
+    assert [(d["n_ref"], d["interior"], d["real"]) for d in u] == [(4, True, True), (64, True, True)]
+    assert {line[-1] for line in dip_lines(u)} == {"yes: lower"}
+    flat = rows([0.7, 0.68, 0.7])
+    assert [d["real"] for d in flat] == [False, False] and {line[-1] for line in dip_lines(flat)} == {"not shown"}

@@ -215,9 +215,10 @@ def run_study(cfg: StudyConfig | None, out: str | os.PathLike[str], *, progress:
 
 
 def rescore(out: str | os.PathLike[str], threshold: float, gl_threshold: float | None = None) -> dict[str, Any]:
-    """Score a finished study folder again at another ``threshold`` (RP; GL too unless ``gl_threshold``): no
-    training, no sampling, features read from their cache; ``study.json`` and ``results.json`` then hold the
-    new thresholds."""
+    """Score a finished study folder again at another RP ``threshold``: no training, no sampling, features read
+    from their cache; ``study.json`` and ``results.json`` then hold the new thresholds. GL is scored at
+    ``gl_threshold`` where given, else at the study's own ``gl_threshold`` (a number, or ``"auto"``: calibrated per
+    size, as before), and at ``threshold`` only where the study has none (GL then follows RP's threshold)."""
     with base.study_folder(out) as folder:
         old = StudyConfig.from_dict(json.loads((folder / "study.json").read_text()))
         cfg = replace(old, threshold=threshold, gl_threshold=old.gl_threshold if gl_threshold is None else gl_threshold)

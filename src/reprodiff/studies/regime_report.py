@@ -197,8 +197,10 @@ def parse_study(root: Path, raw: dict[str, Any]) -> Study:
 def dip_rows(results: dict[str, Any], sims: dict[str, Tensor]) -> list[dict[str, Any]]:
     """"Is the dip real?": for each pair of networks (not D*) and sampler, RP at the size of its minimum against
     RP at the smallest and at the largest size, as paired differences over the same noise seeds with Newcombe's
-    interval (``metrics.paired_difference``; the hits are the saved similarities ``> threshold``). The dip is real
-    where the interval lies below 0."""
+    interval (``metrics.paired_difference``; the hits are the saved similarities ``> threshold``). A dip is a minimum
+    *between* the ends (docs/PAPER.md, "Shape to expect"): it is real where the minimum is at an inner size
+    (``interior``) and the interval lies below 0; a curve whose lowest RP is at an end has no dip, however far it
+    lies below the other end."""
     threshold = float(results["similarity"]["threshold"])
     rp = {(r["sampler"], r["a"], r["b"], r["n"]): r["rp"] for r in results["rp"] if OPTIMAL not in (r["a"], r["b"])}
     rows = []
@@ -208,11 +210,13 @@ def dip_rows(results: dict[str, Any], sims: dict[str, Tensor]) -> list[dict[str,
         if len(hits) < 2:
             continue
         n_min = min(hits, key=lambda n: (rp[(sampler, a, b, n)], n))
+        interior = min(hits) < n_min < max(hits)
         for n_ref in sorted({min(hits), max(hits)} - {n_min}):
             d = metrics.paired_difference(hits[n_min], hits[n_ref])
             rows.append({"a": a, "b": b, "sampler": sampler, "n_min": n_min, "rp_min": rp[(sampler, a, b, n_min)],
                          "n_ref": n_ref, "rp_ref": rp[(sampler, a, b, n_ref)], "difference": d.value,
-                         "ci": list(d.ci), "method": d.method, "real": d.ci[1] < 0})
+                         "ci": list(d.ci), "method": d.method, "interior": interior,
+                         "real": interior and d.ci[1] < 0})
     return rows
 
 
@@ -748,7 +752,8 @@ def dip_lines(dip: list[dict[str, Any]]) -> list[list[str]]:
     compared with and its RP, the difference with its 95% Newcombe interval, and the verdict."""
     return [[f"{_label(d['a'])} vs {_label(d['b'])}", d["sampler"], f"{d['n_min']}: {d['rp_min']:.2f}",
              f"{d['n_ref']}: {d['rp_ref']:.2f}", f"{d['difference']:+.2f} [{d['ci'][0]:+.2f}, {d['ci'][1]:+.2f}]",
-             "yes: lower" if d["real"] else "not shown"] for d in dip]
+             "yes: lower" if d["real"] else "not shown" if d.get("interior", True) else "no: the minimum is at an end"]
+            for d in dip]
 
 
 DIP_HEADER = ["pair", "sampler", "n of the minimum: RP", "compared with n: RP", "difference [95% interval]",
