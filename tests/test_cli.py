@@ -119,3 +119,50 @@ def test_report_latex_format_writes_booktabs_tables(tmp_path, capsys) -> None:
     assert f"{r['rp']:.2f} {{[}}{r['ci'][0]:.2f}, {r['ci'][1]:.2f}{{]}}" in body[0]  # value [Wilson interval]
     with pytest.raises(SystemExit, match="2"):  # argparse refuses other formats
         main(["report", "--study", str(tmp_path), "--format", "pdf"])
+
+
+STUDY = """data = "digits"
+sizes = [4]
+sampler_steps = 4
+count = 8
+device = "cpu"
+encode_count = 0
+{extra}
+[[models]]
+name = "m1"
+steps = 4
+batch_size = 8
+net = {net}
+"""
+
+
+@pytest.mark.parametrize(("extra", "net", "match"), [
+    ('similarity = "pxl"', '{name = "mlp", hidden = 16, depth = 1}', "unknown similarity 'pxl'; did you mean 'pixel'"),
+    ("seed = -1", '{name = "mlp", hidden = 16, depth = 1}', "seed must be an integer >= 0"),
+    ('similarity = "sscd"\nsscd_path = "nope.pt"', '{name = "mlp", hidden = 16, depth = 1}', "nope.pt not found"),
+    ("", '{name = "mlp", hidden = 0, depth = 1}', "model 'm1': net: mlp: hidden must be a positive number"),
+    ("", '{name = "uvit", patch_size = 3}', "model 'm1': net: uvit: img_resolution=8 is not divisible"),
+    ("", '{name = "mlp", hidden = 16, depth = 1}\nfit_target = 2.0', "model 'm1': fit_target must be in [0, 1)"),
+    ('samplers = ["heun", "heun"]', '{name = "mlp", hidden = 16, depth = 1}', "'heun' is listed twice"),
+    ("samplers = []", '{name = "mlp", hidden = 16, depth = 1}', "samplers must name at least one sampler"),
+])
+def test_a_study_refused_before_any_work_leaves_no_folder_that_would_refuse_its_fix(
+        tmp_path, capsys, extra: str, net: str, match: str) -> None:
+    """Every check a config can fail runs before study.json is written (the folder held study.json and refused the
+    corrected config: "holds another study's results"); the folder the command made is removed."""
+    bad = tmp_path / "bad.toml"
+    bad.write_text(STUDY.format(extra=extra, net=net))
+    assert main(["study", "--config", str(bad), "--out", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err
+    assert match in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "s").exists()
+
+
+def test_train_refuses_fp16_on_the_cpu_before_writing_its_config(tmp_path, capsys) -> None:
+    cfg = tmp_path / "t.toml"
+    cfg.write_text('steps = 2\nbatch_size = 4\nprecision = "fp16"\ndevice = "cpu"\n'
+                   'net = { name = "mlp", hidden = 16, depth = 1 }\n')
+    assert main(["train", "--config", str(cfg), "--out", str(tmp_path / "t")]) == 2
+    assert "precision fp16 needs a CUDA device" in capsys.readouterr().err and not (tmp_path / "t").exists()
+    cfg.write_text(cfg.read_text().replace("fp16", "fp32"))
+    assert main(["train", "--config", str(cfg), "--out", str(tmp_path / "t")]) == 0  # the fix runs in that folder

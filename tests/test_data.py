@@ -97,6 +97,8 @@ def test_npz_with_object_arrays_is_refused_without_unpickling(tmp_path) -> None:
         ({"images": np.zeros((2, 4, 4, 4), np.uint8)}, r"drop the alpha channel first \(images\[\.\.\., :3\]\)"),
         ({"images": np.zeros((2, 4, 5, 5), np.uint8)}, r"drop the alpha channel first \(images\[:, :3\]\)"),
         ({"images": np.zeros((2, 4, 4), np.uint8), "labels": np.zeros(3, np.int64)}, "labels"),
+        ({"images": np.zeros((2, 4, 4), np.uint8), "labels": np.array([0, -1])}, r"class indices 0 \.\. K-1"),
+        ({"images": np.zeros((2, 4, 4), np.uint8), "labels": np.array([0, 10**9])}, r"got 0 \.\. 1000000000"),
     ],
 )
 def test_npz_bad_input(tmp_path, arrays: dict, match: str) -> None:
@@ -171,3 +173,28 @@ def test_image_folder_with_classes(tmp_path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no images"):
         load_dataset(str(tmp_path / "empty"))
+
+
+def test_image_folder_refuses_what_it_would_read_wrong(tmp_path) -> None:
+    """A 16-bit PNG was clipped by convert("L") (silently: two grey levels left); a stray image beside the class
+    folders became class "." (label 0, every class shifted); a grey image among RGB ones was called a size."""
+    from PIL import Image
+
+    deep = tmp_path / "deep"
+    deep.mkdir()
+    Image.fromarray(np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000).save(deep / "0.png")
+    with Image.open(deep / "0.png") as im:
+        assert im.mode.startswith("I")
+    with pytest.raises(ValueError, match=r"more than 8 bits per channel\); convert it to 8-bit first"):
+        load_dataset(str(deep))
+    classes = tmp_path / "classes"
+    for cls in ("cat", "dog"):
+        (classes / cls).mkdir(parents=True)
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(classes / cls / "0.png")
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(classes / "stray.png")
+    with pytest.raises(ValueError, match=r"images both at the top \(stray.png, ...\) and in class sub-folders"):
+        load_dataset(str(classes))
+    (classes / "stray.png").unlink()
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(classes / "dog" / "grey.png")
+    with pytest.raises(ValueError, match=r"grey\.png is grayscale but 0\.png is RGB; convert them to one mode"):
+        load_dataset(str(classes))

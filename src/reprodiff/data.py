@@ -144,6 +144,9 @@ def load_npz(path: str | os.PathLike[str]) -> Dataset:
     if labels is not None:
         if labels.shape != (images.shape[0],) or not np.issubdtype(labels.dtype, np.integer):
             raise ValueError(f"{path}: labels must be integers [N] = [{images.shape[0]}]")
+        if labels.size and not 0 <= int(labels.min()) <= int(labels.max()) < MAX_CLASSES:
+            raise ValueError(f"{path}: labels must be class indices 0 .. K-1 (K <= {MAX_CLASSES:,}), got "
+                             f"{int(labels.min())} .. {int(labels.max())}")
         labels = torch.from_numpy(labels.astype(np.int64))
     return Dataset(path.stem, images, labels)
 
@@ -200,6 +203,7 @@ def load_cifar10(folder: str | os.PathLike[str], split: str = "train") -> Datase
     return Dataset(f"cifar10-{split}", _from_uint8(images, str(folder)), labels)
 
 
+MAX_CLASSES = 65536  # a label beyond it is a mistake (the embedding would take gigabytes), not a class
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
 
@@ -214,16 +218,26 @@ def load_image_folder(folder: str | os.PathLike[str]) -> Dataset:
     for p in files:
         try:
             with Image.open(p) as im:
-                a = np.asarray(im.convert("L" if im.mode in ("L", "1", "I;16", "I") else "RGB"))
+                if im.mode.startswith("I") or im.mode == "F":  # convert("L") would clip, not rescale
+                    raise ValueError(f"{p}: a {im.mode} image (more than 8 bits per channel); convert it to 8-bit "
+                                     "first")
+                a = np.asarray(im.convert("L" if im.mode in ("L", "1") else "RGB"))
         except (OSError, Image.DecompressionBombError) as e:
             raise ValueError(f"{p}: not a readable image ({e})") from None
         if first is None:
             first = a.shape
+        elif a.shape[:2] == first[:2] and a.shape != first:
+            raise ValueError(f"{p} is {'RGB' if a.ndim == 3 else 'grayscale'} but {files[0].name} is "
+                             f"{'RGB' if len(first) == 3 else 'grayscale'}; convert them to one mode first")
         elif a.shape != first:
             raise ValueError(f"{p}: size {a.shape} differs from {first} of {files[0].name}; resize them first")
         arrays.append(a)
     classes = sorted({p.parent.relative_to(folder).as_posix() for p in files})
     labels = None
+    if len(classes) > 1 and "." in classes:
+        top = next(p for p in files if p.parent == folder)
+        raise ValueError(f"{folder}: images both at the top ({top.name}, ...) and in class sub-folders; move them "
+                         "into a class folder (or remove the sub-folders for an unlabelled set)")
     if len(classes) > 1:
         index = {c: i for i, c in enumerate(classes)}
         labels = torch.tensor([index[p.parent.relative_to(folder).as_posix()] for p in files])

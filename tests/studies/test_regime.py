@@ -321,3 +321,18 @@ def test_a_size_scored_before_per_size_gl_calibration_is_scored_again(tmp_path) 
     again = run_study(cfg, tmp_path)
     assert "gl_calibration" in json.loads(part.read_text())
     assert again["similarity"]["gl_thresholds"] == first["similarity"]["gl_thresholds"] and again["gl"] == first["gl"]
+
+
+def test_a_damaged_cache_file_is_computed_again_and_the_results_do_not_move(tmp_path) -> None:
+    """A samples or features file that cannot be read (a copy cut short, a disk fault) is a cache: its task counts
+    as not done, draws it again from the same noise, and the size is scored again (GL rows live in the file)."""
+    cfg = tiny_study(sizes=(8,), encode_count=0)
+    first = run_study(cfg, tmp_path)
+    samples = tmp_path / "samples" / "mlp-n8-heun.npz"
+    features = next((tmp_path / "samples").glob("unet-n8-heun.features-*.npz"))
+    for damaged in (samples, features):
+        damaged.write_bytes(damaged.read_bytes()[:200])
+    again = run_study(cfg, tmp_path)
+    assert again["rp"] == first["rp"] and again["gl"] == first["gl"]
+    with np.load(samples) as f:
+        assert "nearest" in f.files

@@ -16,6 +16,7 @@ import io
 import json
 import os
 import time
+import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,7 @@ from torch import Tensor
 
 from .. import metrics, sampling, similarity
 from ..calibration import AUTO
-from ..config import ConfigError, TomlConfig, from_dict
+from ..config import ConfigError, TomlConfig, from_dict, suggest
 from ..data import Dataset, load_dataset, to_uint8
 from ..executors import LocalExecutor, Task, auto_workers
 from ..files import atomic_write, folder_lock, remove_stale_temp_files, save_json, save_npz
@@ -36,6 +37,7 @@ from ..training.train import (
     DataConfig,
     TrainConfig,
     TrainingError,
+    build_model,
     load_model,
     resolve_device,
     train,
@@ -67,6 +69,7 @@ __all__ = [
     "features_path",
     "model_train_config",
     "open_study",
+    "read_cache",
     "read_features",
     "read_results",
     "read_samples",
@@ -167,6 +170,17 @@ def wilson_row(score: str, keys: list[Any], value: float | None, count: int | No
 
 
 # ---------------------------------------------------------------------------------------------- configs
+def check_device_name(name: str) -> None:
+    """A one-line ``ValueError`` unless ``name`` is ``auto`` or names a torch device (whether this machine has it
+    is asked when the study runs: a config may be written on a laptop for a GPU box)."""
+    if name == "auto":
+        return
+    try:
+        torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device {name!r} is not a torch device; use auto, cpu or cuda") from None
+
+
 @dataclass(frozen=True)
 class ScoringFields(TomlConfig):
     """The fields every study has: ``count`` samples per model from the noise of ``seed``, scored with the
@@ -189,8 +203,13 @@ class ScoringFields(TomlConfig):
                 raise ValueError(f"{name} must be a number in [-1, 1] or {AUTO!r} (calibrated on the data), got {t!r}")
             if t is not None and not isinstance(t, str) and not -1.0 <= t <= 1.0:
                 raise ValueError(f"{name} must be in [-1, 1] (a cosine similarity), got {t}")
+        if self.similarity not in similarity.FEATURES:
+            raise ValueError(f"unknown similarity {self.similarity!r}{suggest(self.similarity, similarity.FEATURES)}")
         if self.similarity == "sscd" and not self.sscd_path:
             raise ValueError("similarity = 'sscd' needs sscd_path, the local SSCD model file")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"seed must be an integer >= 0 (sample i is drawn with seed + i), got {self.seed}")
+        check_device_name(self.device)
         if self.count < 2 or self.n_boot < 0:
             raise ValueError(f"count must be >= 2 and n_boot >= 0, got count = {self.count}, n_boot = {self.n_boot}")
 
@@ -227,6 +246,10 @@ def load_data(cfg: StudyFields, *, labels: str = "") -> Dataset:
 def check_samplers(names: tuple[str, ...] | list[str], *, stochastic: bool = False) -> None:
     """Each name an ODE solver of ``sampling.SAMPLERS`` (or, with ``stochastic``, a stochastic sampler)."""
     valid = sorted(sampling.SAMPLERS) + (sorted(sampling.STOCHASTIC_SAMPLERS) if stochastic else [])
+    if not names:
+        raise ValueError(f"samplers must name at least one sampler, e.g. ['heun']; choose from {valid}")
+    if dup := next((s for i, s in enumerate(names) if s in names[:i]), None):
+        raise ValueError(f"samplers: {dup!r} is listed twice; every row of the results would be too")
     for s in names:
         if s not in valid:
             raise ValueError(f"unknown sampler {s!r}; choose from {valid}")
@@ -314,6 +337,20 @@ class ModelSpec:
             check_train_options(self)
 
 
+def check_nets(specs: Any, shape: tuple[int, ...], num_classes: int = 0) -> None:
+    """Build each trained model's network on the meta device (no memory, no weights, milliseconds), so that a
+    constructor's refusal (``hidden = 0``, a patch that does not divide the image, ...) is one line naming the
+    model before the study writes anything or trains anything."""
+    for spec in specs:
+        if spec.source != "train":
+            continue
+        try:
+            with torch.device("meta"):
+                build_model(TrainConfig(net=spec.net, kernel=spec.kernel), shape, num_classes)
+        except (ConfigError, ValueError, TypeError) as e:
+            raise ConfigError(f"model {spec.name!r}: {e}") from None
+
+
 _SPEC_SETS = frozenset({"data", "net", "kernel", "objective", "steps", "batch_size", "lr", "ema_halflife", "seed",
                         "device", "finetune"})
 
@@ -325,8 +362,13 @@ def check_train_options(spec: ModelSpec) -> None:
     for key in spec.train:
         if key in _SPEC_SETS:
             raise ValueError(f"{where}: set {key!r} on the model itself (or the study), not in its train table")
-    from_dict(TrainConfig, {"net": spec.net, "kernel": spec.kernel, "objective": spec.objective, **spec.train},
-              where)
+    own = {"net": spec.net, "kernel": spec.kernel, "objective": spec.objective, "steps": spec.steps,
+           "batch_size": spec.batch_size, "lr": spec.lr, "ema_halflife": spec.ema_halflife,
+           "fit_target": spec.fit_target}
+    try:
+        from_dict(TrainConfig, own | spec.train)
+    except ConfigError as e:
+        raise ConfigError(f"model {spec.name!r}: {e}") from None
 
 
 UNET = {"name": "unet", "model_channels": 32, "channel_mult": [1, 2], "dropout": 0.0}
@@ -527,9 +569,10 @@ def study_folder(out: str | os.PathLike[str]) -> Iterator[Path]:
         yield Path(out)
 
 
-def check_folder(out: Path, config: dict[str, Any]) -> None:
+def check_folder(out: Path, config: dict[str, Any], *, write: bool = True) -> None:
     """Write ``out/study.json``, or refuse a folder whose ``study.json`` holds another config (so that a resumed
-    study never mixes two configs' runs)."""
+    study never mixes two configs' runs). ``write=False`` only refuses: a study writes ``study.json`` once every
+    check before any work has passed, so a config refused by them leaves no folder that would refuse its fix."""
     path = out / "study.json"
     if path.exists():
         try:
@@ -539,7 +582,8 @@ def check_folder(out: Path, config: dict[str, Any]) -> None:
         if _with_model_defaults(old) != config:
             raise ConfigError(f"{out} holds another study's results (its study.json differs); "
                               "choose another --out")
-    save_json(path, config)
+    if write:
+        save_json(path, config)
 
 
 def _with_model_defaults(config: Any) -> Any:
@@ -570,12 +614,29 @@ def train_row(out: Path, n: int) -> dict[str, Any]:
     return {"n": n, "path": str((out / "samples" / f"train-n{n}.npz").relative_to(out))}
 
 
-def read_samples(path: Path, shape: tuple[int, ...]) -> Tensor | None:
-    """The ``samples`` array a previous run wrote to ``path`` if it has ``shape`` ``[count, C, H, W]``, else None."""
+_UNREADABLE: set[str] = set()
+
+
+def read_cache(path: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray] | None:
+    """The ``keys`` arrays of a cache file a task wrote (atomically) to ``path``; None where there is none, or where
+    it cannot be read (damaged or replaced from outside): its task then counts as not done and writes it again."""
     if not path.exists():
         return None
-    with np.load(path, allow_pickle=False) as f:
-        return torch.from_numpy(f["samples"]) if f["samples"].shape == shape else None
+    try:
+        with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as f:  # closed even where np.load fails
+            return {k: f[k] for k in keys}
+    except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as e:
+        if str(path) not in _UNREADABLE:  # said once: a task's done() asks more than once
+            _UNREADABLE.add(str(path))
+            _note(f"{path}: unreadable ({type(e).__name__}), computed again")
+        return None
+
+
+def read_samples(path: Path, shape: tuple[int, ...]) -> Tensor | None:
+    """The ``samples`` array a previous run wrote to ``path`` if it has ``shape`` ``[count, C, H, W]``, else None."""
+    if (f := read_cache(path, ("samples",))) is None:
+        return None
+    return torch.from_numpy(f["samples"]) if f["samples"].shape == shape else None
 
 
 def cached_samples(path: Path, D: Any, seed: int, count: int, shape: tuple[int, ...], *, sampler: str, steps: int,
@@ -617,12 +678,11 @@ def cached_features(path: Path, images: Tensor, features: similarity.FeatureMap,
 
 def read_features(path: Path, images: Tensor, backend: str) -> Tensor | None:
     """The features :func:`cached_features` kept in ``path`` for these ``images`` and ``backend``, or None."""
-    if not path.exists():
+    if (f := read_cache(path, ("features", "digest", "backend"))) is None:
         return None
-    with np.load(path, allow_pickle=False) as f:
-        if str(f["backend"]) != backend or str(f["digest"]) != _digest(images):
-            return None
-        return torch.from_numpy(f["features"])
+    if str(f["backend"]) != backend or str(f["digest"]) != _digest(images):
+        return None
+    return torch.from_numpy(f["features"])
 
 
 def check_finite(x: Tensor) -> None:
@@ -666,10 +726,13 @@ class Context:
 
 
 def open_study(cfg: Any, out: Path, shape: tuple[int, ...], folder_config: dict[str, Any]) -> Context:
-    """Guard the folder (``check_folder`` with ``folder_config``) and set up the run's device and features."""
-    check_folder(out, folder_config)
+    """Set up the run's device and features, then guard the folder (``check_folder`` with ``folder_config``): a
+    device or SSCD file refused leaves no ``study.json`` behind."""
+    check_folder(out, folder_config, write=False)
     device = str(resolve_device(cfg.device))
-    return Context(cfg, out, device, scoring_features(cfg, device), tuple(shape))
+    features = scoring_features(cfg, device)
+    check_folder(out, folder_config)
+    return Context(cfg, out, device, features, tuple(shape))
 
 
 # ---------------------------------------------------------------------------------------------- scores

@@ -90,7 +90,8 @@ class StudyConfig(StudyFields):
         if len(names) + int(self.optimal) < 2:
             raise ValueError("a study needs at least two models (or one model and optimal = true)")
         base.check_samplers(self.samplers)
-        base.check_samplers([self.optimal_sampler] if self.optimal_sampler else [])
+        if self.optimal_sampler:
+            base.check_samplers([self.optimal_sampler])
         if self.optimal_sampler_steps < 0:
             raise ValueError(f"optimal_sampler_steps must be >= 0 (0: sampler_steps), got {self.optimal_sampler_steps}")
         if self.encode_count < 0 or self.encode_count == 1:
@@ -205,7 +206,9 @@ def run_study(cfg: StudyConfig | None, out: str | os.PathLike[str], *, progress:
     with base.study_folder(out) as folder:
         start = time.time()
         shape = check_study(cfg, folder)
-        cfg = resolve_thresholds(cfg, folder)
+        config = folder_config(cfg)
+        cfg = resolve_thresholds(cfg, folder)  # the device and the feature map too: refused, nothing is written
+        base.check_folder(folder, config)
         plan.clear_failures(folder)
         tasks = plan_tasks(cfg, folder, shape, start=start, final_lock=not local, progress=progress)
         plan.note(announce(cfg, tasks, folder))
@@ -247,10 +250,12 @@ def folder_config(cfg: StudyConfig) -> dict[str, Any]:
 
 
 def check_study(cfg: StudyConfig, folder: Path) -> tuple[int, ...]:
-    """The checks before any work (data sizes, outside models, the folder's ``study.json``); the image shape."""
+    """The checks before any work (data sizes, the networks, outside models, the folder's ``study.json``, which
+    the caller writes once its own checks have passed); the image shape."""
     data = base.load_data(cfg)
+    base.check_nets(cfg.models, tuple(data.image_shape))
     _load_outside_models(cfg, data.image_shape, "cpu")
-    base.check_folder(folder, folder_config(cfg))
+    base.check_folder(folder, folder_config(cfg), write=False)
     return tuple(data.image_shape)
 
 
@@ -342,6 +347,8 @@ def _size_tasks(cfg: StudyConfig, out: Path, shape: tuple[int, ...], n: int, pro
                 tasks += _sample_tasks(cfg, out, shape, name, n, (eff, steps), progress)
             deps.append(f"features/{key}")
             inputs.append(str(base.features_path(out / "samples" / f"{key}.npz", cfg.similarity)))
+            inputs.append(str(base.sample_file(out, name, f"n{n}", eff)))  # scoring adds its GL there: redone if
+            # the samples were drawn again (a damaged file)
     train_file = out / "samples" / f"train-n{n}.npz"
     tasks.append(Task(f"features/train-n{n}", "features", _train_features_task,
                       _Newer(str(base.features_path(train_file, cfg.similarity)), ()), (cfg, str(out), n),
@@ -459,11 +466,8 @@ class _FeaturesDone:
 
 def _read_or_failed(out: Path, key: str) -> Tensor | None:
     """The samples of ``key`` (None where their model failed or they are missing)."""
-    path = out / "samples" / f"{key}.npz"
-    if not path.exists():
-        return None
-    with np.load(path, allow_pickle=False) as f:
-        return torch.from_numpy(f["samples"])
+    f = base.read_cache(out / "samples" / f"{key}.npz", ("samples",))
+    return None if f is None else torch.from_numpy(f["samples"])
 
 
 # ---------------------------------------------------------------------------------------------- the tasks

@@ -416,6 +416,9 @@ def _train_locked(cfg: TrainConfig | None, out: Path, steps: int | None, progres
     data = load_training_data(cfg)
     num_classes = int(data.labels.max()) + 1 if cfg.data.conditional and data.labels is not None else 0
     device = resolve_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
+    _autocast(cfg.precision, device)  # refusals before config.json is written: a refused config leaves no run
+    with torch.device("meta"):  # behind that would refuse its fix; the net's own checks cost no memory here
+        build_model(cfg, data.image_shape, num_classes)
     _set_deterministic(cfg, device)
     with _distributed(device) as dist:
         if cfg.batch_size % dist.world:
