@@ -139,3 +139,22 @@ def test_missing_file_is_one_line(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="no such safetensors file") as e:
         read_safetensors(tmp_path / "none.safetensors")
     assert "\n" not in str(e.value)
+
+
+def test_a_full_disk_while_writing_is_a_storage_error_not_a_rust_message(tmp_path, monkeypatch) -> None:
+    """safetensors reports the OS's refusal as SafetensorError("... (os error 28)"): made the one-line OSError the
+    commands print (train into a full disk gave a traceback), and no file or temp file is left."""
+    import errno
+
+    from safetensors import SafetensorError
+
+    from reprodiff import checkpoint
+    from reprodiff.files import StorageError
+
+    def full(*args, **kwargs):
+        raise SafetensorError("Error while serializing: IoError: No space left on device (os error 28)")
+
+    monkeypatch.setattr(checkpoint, "save_file", full)
+    with pytest.raises(StorageError, match="no space left on the device; free space") as e:
+        checkpoint.write_safetensors(tmp_path / "w.safetensors", {"a": torch.zeros(2)})
+    assert e.value.errno == errno.ENOSPC and list(tmp_path.iterdir()) == []

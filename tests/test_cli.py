@@ -166,3 +166,17 @@ def test_train_refuses_fp16_on_the_cpu_before_writing_its_config(tmp_path, capsy
     assert "precision fp16 needs a CUDA device" in capsys.readouterr().err and not (tmp_path / "t").exists()
     cfg.write_text(cfg.read_text().replace("fp16", "fp32"))
     assert main(["train", "--config", str(cfg), "--out", str(tmp_path / "t")]) == 0  # the fix runs in that folder
+
+
+def test_plan_throughput_and_rescoring_options_refuse_what_they_would_ignore(tmp_path, capsys) -> None:
+    """--throughput 0 fell back to 100 TFLOP/s (and -5 printed negative hours); --gl-threshold alone was ignored;
+    --threshold on another kind's folder said "unknown key 'kind'"."""
+    assert main(["study", "--plan", "--throughput", "0"]) == 2
+    assert "--throughput must be a positive number" in capsys.readouterr().err
+    folder = tmp_path / "cond"
+    folder.mkdir()
+    (folder / "study.json").write_text('{"kind": "conditional"}')
+    assert main(["report", "--study", str(folder), "--gl-threshold", "0.5"]) == 2
+    assert "--gl-threshold rescores GL with --threshold" in capsys.readouterr().err
+    assert main(["report", "--study", str(folder), "--threshold", "0.5"]) == 2
+    assert "rescores a regime study" in capsys.readouterr().err and (folder / "study.json").is_file()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from .files import atomic_path, check_input_file
+from .files import atomic_path, check_input_file, storage_error
 
 __all__ = ["load_state", "load_weights", "read_safetensors", "save_training_state", "write_safetensors"]
 
@@ -53,7 +54,13 @@ def write_safetensors(path: str | os.PathLike[str], tensors: dict[str, torch.Ten
     """Atomically write ``tensors`` with safetensors' ``save_file`` (temp file beside ``path``, fsync, rename),
     without copying them first (see :func:`_writable` for the few it must copy)."""
     with atomic_path(path) as tmp:
-        save_file(_writable(tensors), tmp, metadata=metadata)
+        try:
+            save_file(_writable(tensors), tmp, metadata=metadata)
+        except SafetensorError as e:  # the OS's refusal in Rust's words ("... (os error 28)"): made an OSError,
+            if (m := re.search(r"os error (\d+)", str(e))) is None:  # which the commands turn into one line
+                raise
+            code = int(m.group(1))
+            raise storage_error(OSError(code, os.strerror(code), str(tmp)), path) from None
     return Path(path)
 
 

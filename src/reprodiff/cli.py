@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -128,6 +129,8 @@ def _study(args: argparse.Namespace) -> None:
     from .studies import build_report, executor_table, plan_study, run
     from .studies.plan import ASSUMED_TFLOPS
 
+    if args.throughput is not None and not (args.throughput > 0 and math.isfinite(args.throughput)):
+        raise ValueError(f"--throughput must be a positive number of TFLOP/s, got {args.throughput}")
     if args.plan:
         print(plan_study(args.config, args.out, args.throughput or ASSUMED_TFLOPS))
         return
@@ -195,6 +198,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "report":
             from .studies import build_report, build_tables
 
+            if args.gl_threshold is not None and args.threshold is None:
+                raise ValueError("--gl-threshold rescores GL with --threshold (RP's); pass both")
             if args.threshold is not None:
                 from .studies.regime import rescore, summarize
 

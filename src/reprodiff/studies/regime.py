@@ -223,7 +223,17 @@ def rescore(out: str | os.PathLike[str], threshold: float, gl_threshold: float |
     ``gl_threshold`` where given, else at the study's own ``gl_threshold`` (a number, or ``"auto"``: calibrated per
     size, as before), and at ``threshold`` only where the study has none (GL then follows RP's threshold)."""
     with base.study_folder(out) as folder:
-        old = StudyConfig.from_dict(json.loads((folder / "study.json").read_text()))
+        try:
+            raw = json.loads((folder / "study.json").read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"{folder} has no study.json; is it a study folder (reprodiff study --out DIR)?"
+                              ) from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ConfigError(f"{folder / 'study.json'}: not readable JSON ({type(e).__name__})") from None
+        if isinstance(raw, dict) and raw.get("kind", "regime") != "regime":
+            raise ConfigError(f"--threshold rescores a regime study; {folder} holds a {raw['kind']} study (set its "
+                              "threshold in its config and run it again: its scores are recomputed, not its models)")
+        old = StudyConfig.from_dict(raw)
         cfg = replace(old, threshold=threshold, gl_threshold=old.gl_threshold if gl_threshold is None else gl_threshold)
         record = folder_config(cfg)
         cfg = StudyConfig.from_dict(record)  # checked as study.json is read, before it is written
