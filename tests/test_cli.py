@@ -180,3 +180,21 @@ def test_plan_throughput_and_rescoring_options_refuse_what_they_would_ignore(tmp
     assert "--gl-threshold rescores GL with --threshold" in capsys.readouterr().err
     assert main(["report", "--study", str(folder), "--threshold", "0.5"]) == 2
     assert "rescores a regime study" in capsys.readouterr().err and (folder / "study.json").is_file()
+
+
+def test_sample_and_encode_refuse_a_folder_of_another_command(tmp_path, capsys) -> None:
+    """``sample --out`` into an optimal folder overwrote samples.npz beside D*'s summary.json (a mixed folder)."""
+    from reprodiff.training.train import DataConfig, TrainConfig, train
+
+    train(TrainConfig(data=DataConfig(n=8), steps=2, batch_size=4, net={"name": "mlp", "hidden": 16, "depth": 1}),
+          tmp_path / "m")
+    assert main(["optimal", "--n", "8", "--count", "4", "--steps", "3", "--out", str(tmp_path / "o")]) == 0
+    before = (tmp_path / "o" / "samples.npz").read_bytes()
+    assert main(["sample", "--model", str(tmp_path / "m"), "--count", "4", "--out", str(tmp_path / "o")]) == 2
+    assert "holds a reprodiff optimal (its summary.json), not a sampling" in capsys.readouterr().err
+    assert (tmp_path / "o" / "samples.npz").read_bytes() == before
+    assert main(["sample", "--model", str(tmp_path / "m"), "--count", "4", "--out", str(tmp_path / "s")]) == 0
+    assert json.loads((tmp_path / "s" / "sample.json").read_text())["count"] == 4
+    assert main(["sample", "--model", str(tmp_path / "m"), "--count", "4", "--out", str(tmp_path / "s")]) == 0
+    assert main(["optimal", "--n", "8", "--count", "4", "--out", str(tmp_path / "s")]) == 2
+    assert "holds a reprodiff sampling" in capsys.readouterr().err

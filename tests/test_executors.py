@@ -251,6 +251,7 @@ def test_executor_config_from_toml_table_and_overrides() -> None:
     assert (cfg.name, cfg.partition, cfg.time_min, cfg.mem_gb, cfg.account) == ("slurm", "gpu", 240, 32.0, "lab")
     assert cfg.sbatch == {"qos": "low", "constraint": "a100"}
     assert ExecutorConfig.from_table(None) == ExecutorConfig()
+    assert ExecutorConfig.from_table({"partition": "gpu"}).name == "local"  # a TOML keeps its Slurm table aside
     assert isinstance(executor_from_config(ExecutorConfig()), LocalExecutor)
     for table, overrides, message in [
         ({"partiton": "gpu"}, [], "executor: unknown key 'partiton'; did you mean 'partition'?"),
@@ -260,6 +261,9 @@ def test_executor_config_from_toml_table_and_overrides() -> None:
         ({}, ["time_min=2"], "executor: time_min must be >= 3"),
         ({}, ["sbatch.dependency=afterany:1"], "executor: sbatch option 'dependency' is set by reprodiff"),
         ({}, ["partition"], "executor option 'partition': write KEY=VALUE"),
+        ({}, ["partition=gpu"], "executor option 'partition' is a Slurm option, which the local executor would "
+                                "ignore; add --executor slurm"),
+        ({}, ["sbatch.qos=high"], "executor option 'sbatch' is a Slurm option"),
     ]:
         with pytest.raises(ConfigError, match="^" + message.replace("(", r"\(").replace(")", r"\)")):
             ExecutorConfig.from_table(table, overrides)

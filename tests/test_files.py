@@ -227,15 +227,15 @@ def test_training_on_a_full_disk_keeps_the_last_checkpoint_and_resumes_bit_ident
 def test_sampling_on_a_full_or_failing_disk_changes_no_file(tmp_path, monkeypatch, capsys, at, code) -> None:
     train(tiny(steps=2), tmp_path / "run")
     run_sample(tmp_path / "run", tmp_path / "s", seed=1, count=4, steps=2)
-    before = snapshot(tmp_path / "s")  # the earlier run's grid.png and samples.npz
+    before = snapshot(tmp_path / "s")  # the earlier run's grid.png, samples.npz and sample.json
     disk = FullDisk(monkeypatch, tmp_path / "s", at=at, code=code)
     assert main(["sample", "--model", str(tmp_path / "run"), "--seed", "2", "--count", "4", "--steps", "2",
                  "--out", str(tmp_path / "s")]) == 2
     err = capsys.readouterr().err
     assert err == f"reprodiff: error: {files.storage_error(OSError(code, 'x'), disk.paths[at - 1])}\n"
     assert ("no space left" if code == errno.ENOSPC else "input/output error") in err
-    assert disk.before is not None and set(before) == {"grid.png", "samples.npz"}
-    assert_unchanged(before, tmp_path / "s")  # both files of one command are written as one change
+    assert disk.before is not None and set(before) == {"grid.png", "samples.npz", "sample.json"}
+    assert_unchanged(before, tmp_path / "s")  # the files of one command are written as one change
 
 
 def _arrays(path: Path) -> dict[str, np.ndarray]:

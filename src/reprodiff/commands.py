@@ -81,7 +81,7 @@ def run_sample(model: str | Path, out: str | Path, *, seed: int = 100000, count:
     if count < 1:
         raise ValueError(f"count must be >= 1 (samples to draw), got {count}")
     device = str(resolve_device(device))
-    out = prepare_out_dir(out)
+    out = prepare_out_dir(out, "sampling")
     D, cfg, train_data = load_model(model, weights=weights, device=device)
     cond = None
     if label is not None:
@@ -96,10 +96,12 @@ def run_sample(model: str | Path, out: str | Path, *, seed: int = 100000, count:
     scale = max(1, 64 // max(train_data.image_shape[1:]))
     grid = image_grid(x, ncol=int(count**0.5 + 0.999), scale=scale)
     seeds = torch.arange(seed, seed + count)
+    summary = {"model": str(model), "weights": weights, "count": count, "seed": seed, "sampler": sampler,
+               "steps": steps, "nfe": sampling.SAMPLERS[sampler].nfe(steps), "label": label}
     atomic_write_all({out / "grid.png": png_bytes(grid),
-                      out / "samples.npz": npz_bytes(images=to_uint8(x), samples=x, seeds=seeds)})
-    return {"model": str(model), "count": count, "seed": seed, "sampler": sampler, "steps": steps,
-            "nfe": sampling.SAMPLERS[sampler].nfe(steps), "out": str(out)}
+                      out / "samples.npz": npz_bytes(images=to_uint8(x), samples=x, seeds=seeds),
+                      out / "sample.json": json_bytes(summary)})
+    return {**summary, "out": str(out)}
 
 
 def run_encode(models: list[str], out: str | Path, *, data: str, count: int = 64, sampler: str = "heun",
@@ -115,7 +117,7 @@ def run_encode(models: list[str], out: str | Path, *, data: str, count: int = 64
         raise ValueError(f"encode needs exactly two models (--model A --model B), got {len(models)}")
     if count < 2:
         raise ValueError(f"count must be >= 2, got {count}")
-    out = prepare_out_dir(out)
+    out = prepare_out_dir(out, "encoding")
     (A, _, train_a), (B, _, train_b) = load_model(models[0], device=device), load_model(models[1], device=device)
     images = subset(load_dataset(data), count, 0).images
     if images.shape[1:] != train_a.images.shape[1:] or images.shape[1:] != train_b.images.shape[1:]:

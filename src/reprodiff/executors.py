@@ -314,6 +314,10 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+_SLURM_ONLY = frozenset({"partition", "account", "gpus_per_task", "cpus_per_task", "mem_gb", "time_min",
+                         "max_parallel", "max_requeues", "sbatch"})
+
+
 @dataclasses.dataclass(frozen=True)
 class ExecutorConfig:
     """The ``[executor]`` table of a study TOML (or ``--executor-option KEY=VALUE`` on the command line).
@@ -374,7 +378,12 @@ class ExecutorConfig:
                 data["sbatch"][key.removeprefix("sbatch.")] = value
             else:
                 data[key] = value
-        return from_dict(cls, data, "executor")
+        cfg = from_dict(cls, data, "executor")
+        given = {item.partition("=")[0].strip().partition(".")[0] for item in overrides}
+        if cfg.name == "local" and (slurm := sorted(given & _SLURM_ONLY)):  # on the command line: meant for Slurm
+            raise ConfigError(f"executor option {slurm[0]!r} is a Slurm option, which the local executor would "
+                              "ignore; add --executor slurm (or name=slurm)")
+        return cfg
 
 
 def _toml_value(raw: str) -> Any:

@@ -96,7 +96,8 @@ def _translated(path: str | os.PathLike[str]) -> Iterator[None]:
 _OUT = "remove it or choose another --out"
 # a file that marks a folder as one command's output -> that command's kind of output
 _MARKERS = {"study.json": "study", "results.json": "study", "config.json": "training run",
-            "training.safetensors": "training run", "summary.json": "optimal"}
+            "training.safetensors": "training run", "summary.json": "optimal", "sample.json": "sampling",
+            "encode.json": "encoding"}
 
 
 def _blocker(path: Path) -> StorageError | None:
@@ -130,7 +131,8 @@ def _make_dir(folder: Path) -> None:
 def prepare_out_dir(folder: str | os.PathLike[str], kind: str | None = None) -> Path:
     """Create ``folder`` and its parents for writing, or refuse with one line (a :class:`StorageError`): a file,
     a dangling symlink or a symlink loop where the folder (or a parent) goes, no write permission. With ``kind``
-    (``"training run"``, ``"study"``, ``"optimal"``), a folder holding another kind's output is a ``ValueError``."""
+    (``"training run"``, ``"study"``, ``"optimal"``, ``"sampling"``, ``"encoding"``), a folder holding another kind's
+    output is a ``ValueError``."""
     folder = Path(folder)
     if (blocked := _blocker(folder)) is not None:
         raise blocked
