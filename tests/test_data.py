@@ -198,3 +198,12 @@ def test_image_folder_refuses_what_it_would_read_wrong(tmp_path) -> None:
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(classes / "dog" / "grey.png")
     with pytest.raises(ValueError, match=r"grey\.png is grayscale but 0\.png is RGB; convert them to one mode"):
         load_dataset(str(classes))
+
+
+def test_select_classes_names_a_class_the_data_do_not_have() -> None:
+    """A fine-tuning study with source_classes = [0, 11] ran on class 0 alone."""
+    from reprodiff.data import select_classes
+
+    assert len(select_classes(load_digits(), [0, 1])) == int((load_digits().labels <= 1).sum())
+    with pytest.raises(ValueError, match=r"no image of 'digits' has label 11; its labels are \[0, 1"):
+        select_classes(load_digits(), [0, 11])

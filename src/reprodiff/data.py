@@ -274,8 +274,9 @@ def select_classes(data: Dataset, classes: tuple[int, ...] | list[int]) -> Datas
     if data.labels is None:
         raise ValueError(f"data.classes needs labels, but {data.name!r} has none")
     keep = torch.isin(data.labels, torch.tensor(list(classes), dtype=data.labels.dtype))
-    if not bool(keep.any()):
-        raise ValueError(f"no image of {data.name!r} has a label in {list(classes)}")
+    if missing := sorted(set(classes) - set(data.labels[keep].unique().tolist())):
+        raise ValueError(f"no image of {data.name!r} has label {missing[0]}; its labels are "
+                         f"{sorted(data.labels.unique().tolist())}")
     name = f"{data.name}{{{','.join(map(str, classes))}}}"
     return Dataset(name, data.images[keep].contiguous(), data.labels[keep].contiguous())
 

@@ -39,3 +39,11 @@ def test_conditional_study_contract_resume_and_report(tmp_path) -> None:
     check_outputs(tmp_path)
     with pytest.raises(ConfigError, match="holds another study"):
         run_conditional_study(tiny_conditional(count=22), tmp_path)
+
+
+def test_a_subset_without_every_class_is_refused_before_any_training(tmp_path) -> None:
+    """Sample i is conditioned on class i mod 10: with n = 3 images some classes were never trained, and the study
+    died after training with "class labels must be in [-1, 6]"; now it stops first and writes nothing."""
+    with pytest.raises(ConfigError, match=r"the n = 3 training images hold \d of the 10 classes.*raise n"):
+        run_conditional_study(tiny_conditional(n=3), tmp_path / "s")
+    assert not (tmp_path / "s" / "study.json").exists() and not (tmp_path / "s" / "runs").exists()

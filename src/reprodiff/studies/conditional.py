@@ -110,8 +110,11 @@ def run_conditional_study(cfg: ConditionalStudyConfig | None, out: str | os.Path
         n = cfg.n or len(data)
         if n > len(data):
             raise ConfigError(f"n = {n} exceeds the {len(data)} images of {cfg.data!r}")
-        ctx = base.open_study(cfg, folder, data.image_shape, {"kind": "conditional", **cfg.to_dict()})
         classes = int(data.labels.max()) + 1
+        if (seen := len(subset(data, n, cfg.subset_seed).labels.unique())) < classes:
+            raise ConfigError(f"the n = {n} training images hold {seen} of the {classes} classes, and sample i is "
+                              f"conditioned on class i mod {classes}: raise n (or drop the missing classes' labels)")
+        ctx = base.open_study(cfg, folder, data.image_shape, {"kind": "conditional", **cfg.to_dict()})
         labels = torch.arange(cfg.count) % classes  # sample i is conditioned on class i mod classes
         dcfg = DataConfig(name=cfg.data, n=n, seed=cfg.subset_seed)
         configs: dict[str, Any] = {}  # both groups in one call: on the CPU all their runs train at once
