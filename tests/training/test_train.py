@@ -285,3 +285,22 @@ def test_label_dropout_changes_training_and_is_deterministic(tmp_path) -> None:
     w = {k: load_model(tmp_path / k, weights="net")[0].net.state_dict() for k in "abc"}
     assert all(torch.equal(w["a"][k], w["b"][k]) for k in w["a"])
     assert any(not torch.equal(w["a"][k], w["c"][k]) for k in w["a"])
+
+
+def test_a_resume_on_changed_training_data_is_refused(tmp_path) -> None:
+    """The .npz a run trains on was replaced by other images of the same shape: the resume went on silently."""
+    import numpy as np
+
+    from reprodiff.config import ConfigError
+    from reprodiff.training.train import DataConfig, TrainConfig, train
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / "d.npz"
+    np.savez(path, images=rng.integers(0, 256, (16, 1, 8, 8), dtype=np.uint8))
+    cfg = TrainConfig(data=DataConfig(name=str(path)), steps=2, batch_size=4, checkpoint_every=2,
+                      net={"name": "mlp", "hidden": 16, "depth": 1})
+    train(cfg, tmp_path / "run")
+    assert train(cfg, tmp_path / "run", steps=3)["resumed_from"] == 2  # the same data: resumes
+    np.savez(path, images=rng.integers(0, 256, (16, 1, 8, 8), dtype=np.uint8))
+    with pytest.raises(ConfigError, match="was trained on other images than"):
+        train(cfg, tmp_path / "run", steps=4)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import hashlib
 import json
 import math
 import os
@@ -438,8 +439,12 @@ def _loop(cfg: TrainConfig, out: Path, data: Dataset, num_classes: int, device: 
     opt = torch.optim.Adam(params, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8, fused=_fused_adam(device, params))
     objective = make_objective(**cfg.objective)
     start = 0
+    digest = data_digest(data)
     if resuming:
-        start, _ = load_state(out / "training.safetensors", net=model.net, ema=ema.net, opt=opt)
+        start, extra = load_state(out / "training.safetensors", net=model.net, ema=ema.net, opt=opt)
+        if extra.get("data_sha256", digest) != digest:  # states written before the digest: not checked
+            raise ConfigError(f"{out} was trained on other images than {cfg.data.name!r} holds now (its data "
+                              "changed since); restore them, or train into another --out")
     _trim_log(out / "log.jsonl", start, dist.main)
     fit = FitCheck(data.images.to(device), cfg.fit_target, cfg.fit_every, cfg.fit_min_steps) \
         if cfg.fit_target > 0 else None
@@ -503,14 +508,14 @@ def _loop(cfg: TrainConfig, out: Path, data: Dataset, num_classes: int, device: 
             bar.set_postfix(loss=f"{sum(losses) / len(losses):.4f}")
             losses, t0 = [], time.perf_counter()
         if dist.main and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
-            save_checkpoint(out, done, model, ema, opt)
+            save_checkpoint(out, done, model, ema, opt, digest)
         if callback is not None:
             callback(done, loss)
         if fit is not None and fit.due(done):
             fitted, score = _fitted(fit, ema, done, out, dist.main)
             if fitted:
                 if done % cfg.checkpoint_every and done != cfg.steps:
-                    save_checkpoint(out, done, model, ema, opt)
+                    save_checkpoint(out, done, model, ema, opt, digest)
                 if dist.main:
                     (out / BEST_EMA).unlink(missing_ok=True)  # only a run that ends unfitted selects
                 return {"out": str(out), "steps": done, "resumed_from": start, "last_loss": loss, "fitted": True}
@@ -585,10 +590,21 @@ def _keep_best(out: Path, steps: int, best: tuple[int, float], last: tuple[int, 
                                    "last_score": last[1]})
 
 
-def save_checkpoint(out: Path, step: int, model: Precond, ema: Precond, opt: torch.optim.Optimizer) -> None:
-    """The resumable state first (one atomic file), then the weights that sampling reads."""
-    save_training_state(out / "training.safetensors", step=step, net=model.net, ema=ema.net, opt=opt)
+def save_checkpoint(out: Path, step: int, model: Precond, ema: Precond, opt: torch.optim.Optimizer,
+                    digest: str = "") -> None:
+    """The resumable state first (one atomic file, with ``digest``, the training data's :func:`data_digest`, so
+    that a resume on changed data is refused), then the weights that sampling reads."""
+    save_training_state(out / "training.safetensors", step=step, net=model.net, ema=ema.net, opt=opt,
+                        extra={"data_sha256": digest} if digest else None)
     save_weights(out, step, model, ema)
+
+
+def data_digest(data: Dataset) -> str:
+    """SHA-256 of a run's training images (and labels): what a resumed run must still train on."""
+    h = hashlib.sha256(data.images.detach().cpu().contiguous().numpy().tobytes())
+    if data.labels is not None:
+        h.update(data.labels.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 def save_weights(out: Path, step: int, model: Precond, ema: Precond) -> None:
