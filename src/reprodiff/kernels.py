@@ -18,6 +18,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from .config import suggest
 from .sampling.schedules import vp_sigma, vp_sigma_inv
 
 __all__ = ["EDM", "EDMX0", "KERNELS", "VE", "VP", "Kernel", "Precoefs", "SubVP", "make_kernel"]
@@ -265,6 +266,9 @@ def make_kernel(name: str, **params: float) -> Kernel:
     """Build a kernel by name with optional parameters, e.g. ``make_kernel("edm", sigma_data=0.5)``."""
     if name not in KERNELS:
         raise ValueError(f"unknown kernel {name!r}; choose one of {sorted(KERNELS)}")
+    valid = [f.name for f in fields(KERNELS[name])]
+    if unknown := next((k for k in params if k not in valid), None):
+        raise ValueError(f"kernel {name!r} has no parameter {unknown!r}{suggest(unknown, valid)}")
     try:
         return KERNELS[name](**params)
     except TypeError as e:

@@ -7,12 +7,13 @@ step is a pure function of its inputs on any device.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Protocol
 
 import torch
 from torch import Tensor
 
+from .config import suggest
 from .denoiser import Denoiser
 from .kernels import Kernel
 from .sampling.schedules import karras_sigmas
@@ -148,6 +149,10 @@ def make_objective(name: str, **params: float) -> DenoisingScoreMatching | Consi
     """Build an objective by name with optional parameters, e.g. ``make_objective("ct", s1=640)``."""
     if name not in OBJECTIVES:
         raise ValueError(f"unknown objective {name!r}; choose one of {sorted(OBJECTIVES)}")
+    valid = [f.name for f in fields(OBJECTIVES[name]) if f.name != "name"]
+    if unknown := next((k for k in params if k not in valid), None):
+        raise ValueError(f"objective {name!r} has no parameter {unknown!r}"
+                         + (suggest(unknown, valid) if valid else "; it takes none"))
     try:
         return OBJECTIVES[name](**params)  # type: ignore[arg-type]
     except TypeError as e:

@@ -85,7 +85,9 @@ class StudyConfig(StudyFields):
         super().__post_init__()
         base.check_sizes(self.sizes)
         names = [m.name for m in self.models]
-        if not names or len(set(names)) != len(names):
+        if not names:
+            raise ValueError("a regime study needs [[models]] (leave the key out for the default U-ViT and MLP)")
+        if len(set(names)) != len(names):
             raise ValueError(f"models need distinct names, got {names}")
         if len(names) + int(self.optimal) < 2:
             raise ValueError("a study needs at least two models (or one model and optimal = true)")
