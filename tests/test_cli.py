@@ -198,3 +198,16 @@ def test_sample_and_encode_refuse_a_folder_of_another_command(tmp_path, capsys) 
     assert main(["sample", "--model", str(tmp_path / "m"), "--count", "4", "--out", str(tmp_path / "s")]) == 0
     assert main(["optimal", "--n", "8", "--count", "4", "--out", str(tmp_path / "s")]) == 2
     assert "holds a reprodiff sampling" in capsys.readouterr().err
+
+
+def test_encode_names_its_own_options(tmp_path, capsys) -> None:
+    """--steps 1 said "sigmas must be a 1-D grid with at least 2 entries", --count 5000 "choose n <= 1797"."""
+    from reprodiff.training.train import DataConfig, TrainConfig, train
+
+    train(TrainConfig(data=DataConfig(n=8), steps=2, batch_size=4, net={"name": "mlp", "hidden": 16, "depth": 1}),
+          tmp_path / "m")
+    models = ["--model", str(tmp_path / "m"), "--model", str(tmp_path / "m")]
+    for args, match in ((["--steps", "1"], "encode needs --steps >= 2"),
+                        (["--count", "5000"], "--count 5000 exceeds the 1797 images of 'digits'")):
+        assert main(["encode", *models, *args, "--out", str(tmp_path / "e")]) == 2
+        assert match in capsys.readouterr().err and not (tmp_path / "e").exists()

@@ -117,12 +117,20 @@ def run_encode(models: list[str], out: str | Path, *, data: str, count: int = 64
         raise ValueError(f"encode needs exactly two models (--model A --model B), got {len(models)}")
     if count < 2:
         raise ValueError(f"count must be >= 2, got {count}")
+    if steps < 2:
+        raise ValueError(f"encode needs --steps >= 2 (the inversion grid runs from sigma_min up), got {steps}")
     out = prepare_out_dir(out, "encoding")
     (A, _, train_a), (B, _, train_b) = load_model(models[0], device=device), load_model(models[1], device=device)
-    images = subset(load_dataset(data), count, 0).images
-    if images.shape[1:] != train_a.images.shape[1:] or images.shape[1:] != train_b.images.shape[1:]:
-        raise ValueError(f"image shape {list(images.shape[1:])} differs from the models' "
-                         f"{list(train_a.images.shape[1:])} / {list(train_b.images.shape[1:])}")
+    if train_a.images.shape[1:] != train_b.images.shape[1:]:
+        raise ValueError(f"the two models were trained on images of other shapes ({list(train_a.images.shape[1:])} "
+                         f"and {list(train_b.images.shape[1:])}); encode compares models of one dataset")
+    dataset = load_dataset(data)
+    if count > len(dataset):
+        raise ValueError(f"--count {count} exceeds the {len(dataset)} images of {data!r}")
+    images = subset(dataset, count, 0).images
+    if images.shape[1:] != train_a.images.shape[1:]:
+        raise ValueError(f"{data!r} holds {list(images.shape[1:])} images, the models were trained on "
+                         f"{list(train_a.images.shape[1:])}")
     a, b, r = encoding_agreement(A, B, images, sampler=sampler, steps=steps, device=device)
     summary = {"models": models, "data": data, "count": count, "sampler": sampler, "steps": steps,
                "noise_agreement": r.noise_agreement, "mean_cosine": float(r.noise_cosine.mean()),
