@@ -206,7 +206,7 @@ def test_encode_names_its_own_options(tmp_path, capsys) -> None:
 
     train(TrainConfig(data=DataConfig(n=8), steps=2, batch_size=4, net={"name": "mlp", "hidden": 16, "depth": 1}),
           tmp_path / "m")
-    models = ["--model", str(tmp_path / "m"), "--model", str(tmp_path / "m")]
+    models = ["--model", str(tmp_path / "m"), "--model", str(tmp_path / "m"), "--data", "digits"]
     for args, match in ((["--steps", "1"], "encode needs --steps >= 2"),
                         (["--count", "5000"], "--count 5000 exceeds the 1797 images of 'digits'")):
         assert main(["encode", *models, *args, "--out", str(tmp_path / "e")]) == 2
