@@ -114,6 +114,9 @@ def _read_npz(path: Path, keys: tuple[str, ...] | None = None) -> dict[str, np.n
     """The arrays of an ``.npz`` (only ``keys`` where given), never unpickling; one-line ``ValueError``s for a
     missing, unreadable or changing file (``files.read_input_bytes``) and for anything but plain arrays."""
     raw = read_input_bytes(path)
+    if not raw.startswith(b"PK"):  # else np.load reads it as a pickle and asks for allow_pickle
+        what = "a .npy array" if raw.startswith(b"\x93NUMPY") else "not a zip archive"
+        raise ValueError(f"{path}: not an .npz file ({what}); write one with np.savez(path, images=...)")
     try:
         with np.load(io.BytesIO(raw), allow_pickle=False) as f:
             return {k: f[k] for k in f.files if keys is None or k in keys}

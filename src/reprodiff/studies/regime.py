@@ -87,8 +87,8 @@ class StudyConfig(StudyFields):
         names = [m.name for m in self.models]
         if not names:
             raise ValueError("a regime study needs [[models]] (leave the key out for the default U-ViT and MLP)")
-        if len(set(names)) != len(names):
-            raise ValueError(f"models need distinct names, got {names}")
+        if len({n.lower() for n in names}) != len(names):  # their files would meet on macOS's and Windows' disks
+            raise ValueError(f"models need distinct names (ignoring case), got {names}")
         if len(names) + int(self.optimal) < 2:
             raise ValueError("a study needs at least two models (or one model and optimal = true)")
         base.check_samplers(self.samplers)
@@ -286,7 +286,9 @@ def announce(cfg: StudyConfig, tasks: list[Task], out: Path) -> str:
     images = sum(cfg.models[t.args[2]].steps * cfg.models[t.args[2]].batch_size for t in trains)
     passes = sum(t.stage == "sample" for t in todo)
     more = any(cfg.models[t.args[2]].memorize and t.args[3] == min(cfg.sizes) for t in trains)
-    return (f"regime study -> {out}: {len(todo)} of {len(tasks)} tasks to run: {len(trains)} training runs "
+    nets = ", ".join(f"{m.name} ({m.net.get('name', m.source)})" for m in cfg.models)
+    return (f"regime study -> {out}: models {nets}{' and D*' * cfg.optimal} at N = "
+            f"{', '.join(map(str, cfg.sizes))}; {len(todo)} of {len(tasks)} tasks to run: {len(trains)} training runs "
             f"({steps:,} steps, {images:,} images seen{'; more where a run at the smallest N memorizes late' * more}"
             f"), {passes} sampling passes of {cfg.count} samples, {sum(t.stage == 'score' for t in todo)} sizes "
             "to score")

@@ -635,7 +635,11 @@ def load_model(folder: str | os.PathLike[str], *, weights: str = "ema", device: 
     if weights not in ("ema", "net"):
         raise ValueError(f"weights must be 'ema' or 'net', got {weights!r}")
     cfg = read_run_config(TrainConfig, folder, "reprodiff model")
-    data = load_training_data(cfg)
+    try:
+        data = load_training_data(cfg)
+    except ValueError as e:  # the data path is config.json's, maybe relative to where the run was trained
+        raise ConfigError(f"{folder} was trained on {cfg.data.name!r} (its config.json data.name), which cannot be "
+                          f"read from {Path.cwd()}: {e}") from None
     num_classes = int(data.labels.max()) + 1 if cfg.data.conditional and data.labels is not None else 0
     model = build_model(cfg, data.image_shape, num_classes)
     load_weights(model.net, folder / ("ema.safetensors" if weights == "ema" else "model.safetensors"))
