@@ -286,7 +286,8 @@ def announce(cfg: StudyConfig, tasks: list[Task], out: Path) -> str:
     images = sum(cfg.models[t.args[2]].steps * cfg.models[t.args[2]].batch_size for t in trains)
     passes = sum(t.stage == "sample" for t in todo)
     more = any(cfg.models[t.args[2]].memorize and t.args[3] == min(cfg.sizes) for t in trains)
-    nets = ", ".join(f"{m.name} ({m.net.get('name', m.source)})" for m in cfg.models)
+    nets = ", ".join(m.name + (f" ({kind})" if (kind := m.net.get("name", m.source)) != m.name else "")
+                     for m in cfg.models)
     return (f"regime study -> {out}: models {nets}{' and D*' * cfg.optimal} at N = "
             f"{', '.join(map(str, cfg.sizes))}; {len(todo)} of {len(tasks)} tasks to run: {len(trains)} training runs "
             f"({steps:,} steps, {images:,} images seen{'; more where a run at the smallest N memorizes late' * more}"
