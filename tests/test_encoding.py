@@ -71,4 +71,4 @@ def test_encode_bad_input(runs: tuple[str, str], tmp_path, capsys) -> None:
     assert main(["encode", "--model", runs[0], "--model", runs[1], "--images", str(tmp_path / "rgb.npz"),
                  "--count", "3", "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err.strip()
-    assert "differs from the models'" in err and "\n" not in err
+    assert "holds [3, 8, 8] images, the models were trained on [1, 8, 8]" in err and "\n" not in err
