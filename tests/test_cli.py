@@ -211,3 +211,23 @@ def test_encode_names_its_own_options(tmp_path, capsys) -> None:
                         (["--count", "5000"], "--count 5000 exceeds the 1797 images of 'digits'")):
         assert main(["encode", *models, *args, "--out", str(tmp_path / "e")]) == 2
         assert match in capsys.readouterr().err and not (tmp_path / "e").exists()
+
+
+def test_a_run_whose_data_path_does_not_resolve_from_here_says_whose_path_it_is(tmp_path, capsys,
+                                                                                  monkeypatch) -> None:
+    """config.json keeps the data path as given (relative); from another folder sample/train said "d.npz: no such
+    file", a path the user never passed."""
+    import numpy as np
+
+    (tmp_path / "a").mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    np.savez("d.npz", images=np.zeros((8, 1, 8, 8), np.uint8))
+    (tmp_path / "a" / "t.toml").write_text('steps = 2\nbatch_size = 4\n[data]\nname = "d.npz"\n'
+                                           '[net]\nname = "mlp"\nhidden = 16\ndepth = 1\n')
+    assert main(["train", "--config", "t.toml", "--out", str(tmp_path / "run")]) == 0
+    monkeypatch.chdir(tmp_path)
+    for argv in (["sample", "--model", str(tmp_path / "run"), "--out", str(tmp_path / "s")],
+                 ["train", "--out", str(tmp_path / "run"), "--steps", "4"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert f"was trained on 'd.npz' (its config.json data.name), which cannot be read from {tmp_path}" in err

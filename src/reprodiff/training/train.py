@@ -413,8 +413,14 @@ def train(cfg: TrainConfig | None, out: str | os.PathLike[str], *, steps: int | 
 
 def _train_locked(cfg: TrainConfig | None, out: Path, steps: int | None, progress: bool,
                   callback: Callable[[int, float], None] | None) -> dict[str, Any]:
+    given = cfg is not None
     cfg = _prepare_folder(cfg, out, steps)
-    data = load_training_data(cfg)
+    try:
+        data = load_training_data(cfg)
+    except ValueError as e:
+        if given or not (out / "config.json").is_file():
+            raise
+        raise _unreadable_data(out, cfg, e) from None
     num_classes = int(data.labels.max()) + 1 if cfg.data.conditional and data.labels is not None else 0
     device = resolve_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
     _autocast(cfg.precision, device)  # refusals before config.json is written: a refused config leaves no run
@@ -627,6 +633,12 @@ def _trim_log(path: Path, step: int, main: bool) -> None:
 
 
 # ------------------------------------------------------------------------------------------ loading
+def _unreadable_data(folder: Path, cfg: TrainConfig, e: ValueError) -> ConfigError:
+    """The data path is config.json's, maybe relative to where the run was trained: say so."""
+    return ConfigError(f"{folder} was trained on {cfg.data.name!r} (its config.json data.name), which cannot be "
+                       f"read from {Path.cwd()}: {e}")
+
+
 def load_model(folder: str | os.PathLike[str], *, weights: str = "ema", device: str | torch.device = "cpu"
                ) -> tuple[Precond, TrainConfig, Dataset]:
     """A trained denoiser from a run folder (``config.json`` + ``ema.safetensors`` or ``model.safetensors``),
@@ -637,9 +649,8 @@ def load_model(folder: str | os.PathLike[str], *, weights: str = "ema", device: 
     cfg = read_run_config(TrainConfig, folder, "reprodiff model")
     try:
         data = load_training_data(cfg)
-    except ValueError as e:  # the data path is config.json's, maybe relative to where the run was trained
-        raise ConfigError(f"{folder} was trained on {cfg.data.name!r} (its config.json data.name), which cannot be "
-                          f"read from {Path.cwd()}: {e}") from None
+    except ValueError as e:
+        raise _unreadable_data(folder, cfg, e) from None
     num_classes = int(data.labels.max()) + 1 if cfg.data.conditional and data.labels is not None else 0
     model = build_model(cfg, data.image_shape, num_classes)
     load_weights(model.net, folder / ("ema.safetensors" if weights == "ema" else "model.safetensors"))
