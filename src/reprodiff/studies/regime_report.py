@@ -765,8 +765,9 @@ def _dip_html(study: Study) -> str:
         return ("<p>Not recorded (a study without saved similarities, or fewer than two sizes per pair).</p>")
     return ("<p>For each pair of networks, RP at the size of its minimum against RP at the smallest and at the "
             "largest size, paired over the same noise seeds: the difference with Newcombe's 95% interval for paired "
-            "proportions (<code>metrics.paired_difference</code>). The dip is real where the whole interval lies "
-            "below 0.</p>" + table_html(DIP_HEADER, dip_lines(study.dip)))
+            "proportions (<code>metrics.paired_difference</code>). The dip is real where the minimum lies between "
+            "the smallest and the largest size and the whole interval lies below 0.</p>"
+            + table_html(DIP_HEADER, dip_lines(study.dip)))
 
 
 def _regimes_html(study: Study) -> str:
