@@ -38,6 +38,7 @@ def test_round_trip_through_json_and_lists_become_tuples() -> None:
     ({"rate": float("inf")}, r"rate: must be a finite number"),
     ({"sizes": [1, "2"]}, r"sizes\[1\]: expected int"),
     ({"limit": "none"}, r"limit: 'none' is not a valid"),
+    ({"limit": float("nan")}, r"limit: must be a finite number, got nan"),  # was "nan is not a valid float | None"
 ])
 def test_bad_values_name_the_key(data, match) -> None:
     with pytest.raises(ConfigError, match=match) as e:

@@ -37,11 +37,14 @@ def _check_type(value: Any, tp: Any, where: str) -> Any:
     if tp is Any:
         return value
     if origin in (typing.Union, types.UnionType):
+        errors = []
         for arg in typing.get_args(tp):
             try:
                 return _check_type(value, arg, where)
-            except ConfigError:
-                continue
+            except ConfigError as e:
+                errors.append(e)
+        if isinstance(value, float) and (right := [e for e in errors if "finite" in str(e)]):
+            raise right[0]  # a number of the right type, not a finite one: say that, not "not a valid float | str"
         raise ConfigError(f"{where}: {value!r} is not a valid {_type_name(tp)}")
     if tp is type(None):
         if value is None:

@@ -77,8 +77,8 @@ class Inpaint:
         top = max(0, (h - bh) // 2) if top < 0 else top
         left = max(0, (w - bw) // 2) if left < 0 else left
         if bh < 1 or bw < 1 or bh > h or bw > w or top < 0 or left < 0 or top + bh > h or left + bw > w:
-            raise ConfigError(f"inpaint_box: a {bh}x{bw} box at ({top}, {left}) does not fit the {h}x{w} image; "
-                              "make the box smaller")
+            fix = "give it a size >= 1" if bh < 1 or bw < 1 else "make the box smaller or move it"
+            raise ConfigError(f"inpaint_box: a {bh}x{bw} box at ({top}, {left}) does not fit the {h}x{w} image; {fix}")
         mask = torch.ones(shape, dtype=torch.float64)
         mask[:, top : top + bh, left : left + bw] = 0
         return cls(mask)
