@@ -38,6 +38,11 @@ def test_lora_targets_and_partial_freezing_name_real_layers() -> None:
         freeze_except(net, ("dec.7",))
     with pytest.raises(ConfigError, match=r"no layer 'conv_outt'.*conv_out"):
         add_lora(net, 2, targets=("conv_outt",))
+    with pytest.raises(ConfigError, match=r"no layer 'zzz'; its top-level layers are conv_in, .* e\.g\. '") as e:
+        freeze_except(net, ("zzz",))  # no close name: the top level, not ~150 names on one line
+    assert len(str(e.value)) < 200
+    with pytest.raises(ConfigError, match=r"lora rank 10000 exceeds the rank of every chosen layer"):
+        add_lora(net, 10000)
     n = freeze_except(net, ("conv_out",))
     assert n == sum(p.numel() for p in net.conv_out.parameters())
     assert all(p.requires_grad == name.startswith("conv_out.") for name, p in net.named_parameters())

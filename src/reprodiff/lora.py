@@ -11,6 +11,7 @@ convolution, ``A`` is a convolution with the base's kernel, stride, padding and 
 
 from __future__ import annotations
 
+import difflib
 import math
 
 import torch
@@ -80,7 +81,11 @@ def _check_prefixes(net: nn.Module, prefixes: tuple[str, ...], what: str) -> Non
     names = module_names(net)
     for p in prefixes:
         if p not in names:
-            raise ConfigError(f"{what}: the net has no layer {p!r}{suggest(p, names)}")
+            nested = next((n for n in sorted(names) if "." in n), "")
+            hint = suggest(p, names) if difflib.get_close_matches(p, names, n=1) else (
+                f"; its top-level layers are {', '.join(sorted({n.split('.')[0] for n in names}))}"
+                + (f" (nested names join with '.', e.g. {nested!r})" if nested else ""))
+            raise ConfigError(f"{what}: the net has no layer {p!r}{hint}")
 
 
 def _under(name: str, prefixes: tuple[str, ...]) -> bool:
@@ -101,6 +106,12 @@ def add_lora(net: nn.Module, rank: int, alpha: float = 0.0, targets: tuple[str, 
               if isinstance(m, nn.Linear | nn.Conv2d) and _under(name, targets)]
     if not chosen:
         raise ConfigError("finetune.lora_targets selects no Linear or Conv2d layer")
+    full = max(min(m.in_features, m.out_features) if isinstance(m, nn.Linear)
+               else min(m.in_channels * m.kernel_size[0] * m.kernel_size[1] // m.groups, m.out_channels)
+               for _, m in chosen)
+    if rank > full:
+        raise ConfigError(f"lora rank {rank} exceeds the rank of every chosen layer (at most {full}): it adds more "
+                          "parameters than it adapts; use a rank <= that, or finetune.trainable for a full update")
     added = 0
     for name, layer in chosen:
         parent_name, _, attr = name.rpartition(".")
