@@ -8,6 +8,7 @@ batches with an unpickler that admits numpy arrays only.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import io
 import os
@@ -37,6 +38,7 @@ __all__ = [
     "npz_images",
     "select_classes",
     "subset",
+    "tensor_sha256",
     "to_uint8",
 ]
 
@@ -204,6 +206,14 @@ def load_cifar10(folder: str | os.PathLike[str], split: str = "train") -> Datase
     images = np.concatenate([p[0] for p in parts])
     labels = torch.from_numpy(np.concatenate([p[1] for p in parts]))
     return Dataset(f"cifar10-{split}", _from_uint8(images, str(folder)), labels)
+
+
+def tensor_sha256(*tensors: Tensor) -> str:
+    """SHA-256 of the tensors' bytes, one after another (a cache's or a training run's fingerprint of its data)."""
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 MAX_CLASSES = 65536  # a label beyond it is a mistake (the embedding would take gigabytes), not a class

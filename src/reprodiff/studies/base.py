@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import hashlib
 import io
 import json
 import os
@@ -29,7 +28,7 @@ from torch import Tensor
 from .. import metrics, sampling, similarity
 from ..calibration import AUTO
 from ..config import ConfigError, TomlConfig, from_dict, suggest
-from ..data import Dataset, load_dataset, to_uint8
+from ..data import Dataset, load_dataset, tensor_sha256, to_uint8
 from ..executors import LocalExecutor, Task, auto_workers
 from ..files import atomic_write, folder_lock, remove_stale_temp_files, save_json, save_npz
 from ..training.runs import weights_at
@@ -38,6 +37,7 @@ from ..training.train import (
     TrainConfig,
     TrainingError,
     build_model,
+    check_device_name,
     load_model,
     resolve_device,
     train,
@@ -170,17 +170,6 @@ def wilson_row(score: str, keys: list[Any], value: float | None, count: int | No
 
 
 # ---------------------------------------------------------------------------------------------- configs
-def check_device_name(name: str) -> None:
-    """A one-line ``ValueError`` unless ``name`` is ``auto`` or names a torch device (whether this machine has it
-    is asked when the study runs: a config may be written on a laptop for a GPU box)."""
-    if name == "auto":
-        return
-    try:
-        torch.device(name)
-    except (RuntimeError, TypeError):
-        raise ValueError(f"device {name!r} is not a torch device; use auto, cpu or cuda") from None
-
-
 @dataclass(frozen=True)
 class ScoringFields(TomlConfig):
     """The fields every study has: ``count`` samples per model from the noise of ``seed``, scored with the
@@ -662,17 +651,13 @@ def features_path(path: Path, backend: str) -> Path:
     return path.with_name(f"{path.stem}.features-{backend}.npz")
 
 
-def _digest(x: Tensor) -> str:
-    return hashlib.sha256(x.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
-
-
 def cached_features(path: Path, images: Tensor, features: similarity.FeatureMap, backend: str) -> Tensor:
     """``features(images)``, computed once and kept in ``path`` with the SHA-256 of ``images`` and the backend's
     name: read back while both match, recomputed when the images or the backend changed."""
     if (f := read_features(path, images, backend)) is not None:
         return f
     f = features(images)
-    save_npz(path, features=f, digest=np.array(_digest(images)), backend=np.array(backend))
+    save_npz(path, features=f, digest=np.array(tensor_sha256(images)), backend=np.array(backend))
     return f
 
 
@@ -680,7 +665,7 @@ def read_features(path: Path, images: Tensor, backend: str) -> Tensor | None:
     """The features :func:`cached_features` kept in ``path`` for these ``images`` and ``backend``, or None."""
     if (f := read_cache(path, ("features", "digest", "backend"))) is None:
         return None
-    if str(f["backend"]) != backend or str(f["digest"]) != _digest(images):
+    if str(f["backend"]) != backend or str(f["digest"]) != tensor_sha256(images):
         return None
     return torch.from_numpy(f["features"])
 
@@ -728,7 +713,6 @@ class Context:
 def open_study(cfg: Any, out: Path, shape: tuple[int, ...], folder_config: dict[str, Any]) -> Context:
     """Set up the run's device and features, then guard the folder (``check_folder`` with ``folder_config``): a
     device or SSCD file refused leaves no ``study.json`` behind."""
-    check_folder(out, folder_config, write=False)
     device = str(resolve_device(cfg.device))
     features = scoring_features(cfg, device)
     check_folder(out, folder_config)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import hashlib
 import json
 import math
 import os
@@ -26,7 +25,7 @@ from tqdm.auto import tqdm
 
 from ..checkpoint import load_state, load_weights, read_safetensors, save_training_state, write_safetensors
 from ..config import ConfigError, TomlConfig, read_run_config, suggest
-from ..data import Dataset, load_dataset, select_classes, subset
+from ..data import Dataset, load_dataset, select_classes, subset, tensor_sha256
 from ..files import atomic_write, folder_lock, save_json
 from ..kernels import Kernel, make_kernel
 from ..lora import add_lora, freeze_except
@@ -41,7 +40,8 @@ from .fit import FitCheck
 from .runs import append_log, ema_beta, existing_config, weights_at
 
 __all__ = ["DataConfig", "EMAUpdate", "FinetuneConfig", "TrainConfig", "TrainingError", "batch_indices", "build_model",
-           "data_order", "load_model", "resolve_device", "step_generator", "train", "train_step"]
+           "check_device_name", "data_digest", "data_order", "load_model", "resolve_device", "step_generator", "train",
+           "train_step"]
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 
@@ -348,14 +348,22 @@ def _distributed(device: torch.device) -> Iterator[_Dist]:
         dist.destroy_process_group()
 
 
+def check_device_name(name: str) -> torch.device | None:
+    """The torch device ``name`` names (None for ``auto``), or a one-line ``ConfigError``; whether this machine has
+    it is :func:`resolve_device`'s question (a config may be written on a laptop for a GPU box)."""
+    if name == "auto":
+        return None
+    try:
+        return torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"device: {name!r} is not a torch device; use auto, cpu or cuda") from None
+
+
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     """``auto`` -> ``cuda:<local_rank>`` when a GPU is there, else ``cpu``; a clear error for a bad name."""
-    if name == "auto":
+    dev = check_device_name(name)
+    if dev is None:
         return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"device: {name!r} is not a torch device; use auto, cpu or cuda") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device: cuda requested but no CUDA GPU is available; use device = \"auto\" or \"cpu\"")
     return dev
@@ -607,10 +615,7 @@ def save_checkpoint(out: Path, step: int, model: Precond, ema: Precond, opt: tor
 
 def data_digest(data: Dataset) -> str:
     """SHA-256 of a run's training images (and labels): what a resumed run must still train on."""
-    h = hashlib.sha256(data.images.detach().cpu().contiguous().numpy().tobytes())
-    if data.labels is not None:
-        h.update(data.labels.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
+    return tensor_sha256(data.images, *(() if data.labels is None else (data.labels,)))
 
 
 def save_weights(out: Path, step: int, model: Precond, ema: Precond) -> None:
