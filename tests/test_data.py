@@ -90,7 +90,8 @@ def test_npz_with_object_arrays_is_refused_without_unpickling(tmp_path) -> None:
 @pytest.mark.parametrize(
     ("arrays", "match"),
     [
-        ({"pixels": np.zeros((2, 4, 4), np.uint8)}, "no 'images' array"),
+        ({"pixels": np.zeros((2, 4, 4), np.uint8)},
+         r"no 'images' array \(found \['pixels'\]\); save the images under that name"),
         ({"images": np.zeros((2, 4, 4), np.float32)}, r"must be uint8 .* \(images \* 255\)\.round\(\)"),
         ({"images": np.zeros((2, 4, 4), np.int64)}, "must be uint8 .* convert them to uint8"),
         ({"images": np.zeros((2, 4, 4, 5), np.uint8)}, "C = 1 or 3"),

@@ -143,7 +143,8 @@ def load_npz(path: str | os.PathLike[str]) -> Dataset:
     arrays = _read_npz(path)
     key = next((k for k in ("images", "x") if k in arrays), None)
     if key is None:
-        raise ValueError(f"{path}: no 'images' array; found {sorted(arrays)}")
+        raise ValueError(f"{path}: no 'images' array (found {sorted(arrays)}); save the images under that name, "
+                         f"e.g. np.savez(path, images=..., labels=...)")
     images = _from_uint8(arrays[key], str(path))
     labels = next((arrays[k] for k in ("labels", "y") if k in arrays), None)
     if labels is not None:
