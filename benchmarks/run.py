@@ -31,7 +31,8 @@ anydata   the default study with only `data` and `sizes` changed, on data unlike
           letters, 16x16 RGB shapes, 8x8 RGB photo crops, 16x16 RGB photo thumbnails of three photos and of
           two; tests/other_data.py): GL per network at N = 8 (want <= 0.1) and N = 2,000 (want >= 0.9),
           thresholds calibrated on the data (GL's per N). Minutes per dataset; ANYDATA=thumbnails,photos runs
-          those alone; ANYDATA=thumbnails32,shapes32 the 32x32 RGB ones (CIFAR-sized, 7-13 minutes each).
+          those alone; ANYDATA=thumbnails32,shapes32 the 32x32 RGB ones (CIFAR-sized, 7-13 minutes each),
+          ANYDATA=letters13 letters of a prime side (the U-ViT pads them to its patch).
 handover  HANDOVER=DIR: for each network of the finished regime study in DIR at its smallest N, where along the
           sampling ODE its samples stop being copies: GL with D* above a noise level and the network below it,
           and the median distance of its samples to the nearest training image (and the
@@ -611,9 +612,11 @@ def bench_anydata(quick: bool) -> None:
     thumbnails2 = functools.partial(photo_thumbnails, photos=2)  # scikit-learn's two photos alone
     makers = (("letters", letters), ("letters28", letters28), ("shapes", shapes), ("photos", photo_crops),
               ("thumbnails", photo_thumbnails), ("thumbnails2", thumbnails2))
-    # CIFAR-sized (32x32 RGB), run only when named: 7-13 minutes each on 2 cores (the U-ViT's 64 tokens)
+    # run only when named: CIFAR-sized (32x32 RGB), 7-13 minutes each on 2 cores (the U-ViT's 64 tokens), and
+    # 13x13 letters
     extra = (("thumbnails32", functools.partial(photo_thumbnails, size=32)),
-             ("shapes32", functools.partial(shapes, size=32)))
+             ("shapes32", functools.partial(shapes, size=32)),
+             ("letters13", functools.partial(letters, size=13)))  # a prime side: the U-ViT pads it (nets/uvit.py)
     only = os.environ.get("ANYDATA", "")  # e.g. ANYDATA=thumbnails,photos: those alone
     for name, make in makers + extra:
         if name not in (only.split(",") if only else dict(makers)):

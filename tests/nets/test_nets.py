@@ -170,7 +170,7 @@ BAD_CONFIGS = [
     ("unet", {"dropout": 1.0}, "dropout must be in \\[0, 1\\)"),
     ("unet", {"num_blocks": 2.5}, "num_blocks must be an int"),
     ("unet", {"num_classes": -1}, "num_classes must be >= 0"),
-    ("uvit", {"img_resolution": 9}, "not divisible by patch_size"),
+    ("uvit", {"img_resolution": 4, "patch_size": 8}, r"patch_size=8 is larger than the image \(img_resolution=4\)"),
     ("uvit", {"depth": 3}, "depth must be even"),
     ("uvit", {"embed_dim": 30, "num_heads": 4}, "not divisible by num_heads"),
     ("uvit", {"mlp_ratio": 0.0}, "mlp_ratio must be a positive"),

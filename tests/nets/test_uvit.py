@@ -94,6 +94,37 @@ def test_auto_patch_size_keeps_a_patch_within_a_token(res: int, channels: int, p
     assert auto_patch_size(32, 3) == 8  # without a width: the grid alone
 
 
+@pytest.mark.parametrize(("res", "channels", "patch", "pad"),
+                         [(13, 3, 4, (1, 2)), (7, 1, 2, (0, 1)), (11, 1, 3, (0, 1)), (29, 3, 5, (0, 1))])
+def test_auto_patch_size_pads_a_prime_side_to_a_grid_near_4x4(res: int, channels: int, patch: int,
+                                                              pad: tuple[int, int]) -> None:
+    """The divisor of a prime side whose grid is nearest 16 tokens is more than a factor 4 off (13: 169 tokens
+    or 1): the patch is then one that does not divide the side, the image padded to a multiple of it."""
+    cfg = UViTConfig(img_resolution=res, in_channels=channels, patch_size="auto", embed_dim=96, depth=2, num_heads=2)
+    assert cfg.patch_size == patch and cfg.pad == pad and sum(pad) == cfg.grid * patch - res
+    assert 4 <= cfg.num_patches <= 64 and patch * patch * channels <= 96
+    exact = [p for p in range(1, res + 1) if res % p == 0 and (p == 1 or p * p * channels <= 96)]
+    nearest = min(exact, key=lambda p: (abs((res // p) ** 2 - 16), p))
+    assert not 4 <= (res // nearest) ** 2 <= 64  # why: the divisor rule alone would be that far off
+
+
+def test_padded_uvit_is_the_net_of_the_padded_image_cropped() -> None:
+    """A 13x13 U-ViT with patch 4 computes exactly what a 16x16 one of the same weights computes on the image
+    zero-padded by (1, 2) on each axis, cropped back: the padding is all that differs."""
+    kw = {"in_channels": 3, "patch_size": 4, "embed_dim": 32, "depth": 2, "num_heads": 2, "time_cond": "adaln"}
+    torch.manual_seed(0)
+    small = UViT(UViTConfig(img_resolution=13, **kw))
+    big = UViT(UViTConfig(img_resolution=16, **kw))
+    big.load_state_dict(small.state_dict())  # the same shapes: 16 tokens each
+    x, c = torch.randn(2, 3, 13, 13), torch.tensor([0.3, -1.2])
+    out = small(x, c)
+    assert out.shape == x.shape
+    torch.testing.assert_close(out, big(torch.nn.functional.pad(x, (1, 2, 1, 2)), c)[:, :, 1:14, 1:14],
+                               rtol=0, atol=0)
+    out.square().sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in small.parameters())
+
+
 def test_auto_patch_size_is_resolved_in_the_config_and_builds_the_same_net() -> None:
     cfg = UViTConfig(img_resolution=12, in_channels=3, patch_size="auto", embed_dim=32, depth=2, num_heads=2)
     assert cfg.patch_size == 3 and cfg.num_patches == 16  # 27 values per patch <= 32 channels

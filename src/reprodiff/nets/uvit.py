@@ -37,7 +37,11 @@ channels) left the net unable to fit 8 images in 4,800 steps (every sample novel
 sequence length, cost per step and steps to memorize stay those measured on the digits for a dataset of
 another image size: on 12x12 letters (``tests/other_data.py``, 8 training images, 1,200 steps), patch 2
 (36 tokens) took 95 s and left 17% of samples novel, patch 3 (16 tokens) 47 s and 8% (``benchmarks/run.py
-anydata``). Bao et al. choose the patch per resolution too (U-ViT-S/2 at 32x32, /4 at 64x64).
+anydata``). Bao et al. choose the patch per resolution too (U-ViT-S/2 at 32x32, /4 at 64x64). Where the
+divisor's grid nearest 16 tokens is more than a factor 4 off -- a prime side: 13x13 would take patch 1 and 169
+tokens, ~10x the time per step; 7x7 grey patch 7 and one token -- ``"auto"`` picks a patch that does not
+divide the image (13x13: 4, 7x7: 2) and the net zero-pads its input, centred, to a multiple of it and crops its
+output back (``pad``; any ``patch_size`` up to the image's side may be given so).
 """
 
 from __future__ import annotations
@@ -69,10 +73,20 @@ AUTO_TOKENS = 16  # patch_size = "auto": the token grid nearest 4 x 4 (module do
 
 def auto_patch_size(img_resolution: int, in_channels: int = 1, embed_dim: int | None = None) -> int:
     """The divisor ``p`` of ``img_resolution`` with ``(img_resolution / p)^2`` tokens nearest ``AUTO_TOKENS``
-    (the smaller ``p`` on a tie), among those whose patch fits a token (``p^2 * in_channels <= embed_dim``)."""
-    divisors = [p for p in range(1, img_resolution + 1) if img_resolution % p == 0
-                and (embed_dim is None or p == 1 or p * p * in_channels <= embed_dim)]
-    return min(divisors, key=lambda p: (abs((img_resolution // p) ** 2 - AUTO_TOKENS), p))
+    (the smaller ``p`` on a tie), among those whose patch fits a token (``p^2 * in_channels <= embed_dim``); where
+    even that grid is more than a factor 4 off (a prime side: 13x13 would be 169 tokens, 7x7 grey 1), the patch
+    with the image zero-padded to a multiple of it (``UViTConfig.pad``): nearest grid, then least padding."""
+    fits = [p for p in range(1, img_resolution + 1)
+            if embed_dim is None or p == 1 or p * p * in_channels <= embed_dim]
+
+    def key(p: int) -> tuple[int, int, int]:
+        side = -(-img_resolution // p)
+        return abs(side * side - AUTO_TOKENS), side * p - img_resolution, p
+
+    exact = min((p for p in fits if img_resolution % p == 0), key=key)
+    if AUTO_TOKENS // 4 <= (img_resolution // exact) ** 2 <= AUTO_TOKENS * 4:
+        return exact
+    return min(fits, key=key)
 
 
 @dataclass(frozen=True)
@@ -119,9 +133,9 @@ class UViTConfig:
             raise ValueError(f"uvit: final_init must be one of {', '.join(FINAL_INITS)}, got {self.final_init!r}")
         if self.time_cond not in TIME_CONDS:
             raise ValueError(f"uvit: time_cond must be one of {', '.join(TIME_CONDS)}, got {self.time_cond!r}")
-        if self.img_resolution % self.patch:
-            raise ValueError(f"uvit: img_resolution={self.img_resolution} is not divisible by "
-                             f"patch_size={self.patch_size}")
+        if self.patch > self.img_resolution:
+            raise ValueError(f"uvit: patch_size={self.patch_size} is larger than the image "
+                             f"(img_resolution={self.img_resolution}); use at most {self.img_resolution}")
         if self.depth % 2:
             raise ValueError(f"uvit: depth must be even (depth/2 in-blocks, a mid-block, depth/2 "
                              f"out-blocks), got {self.depth}")
@@ -139,8 +153,19 @@ class UViTConfig:
         return self.patch_size
 
     @property
+    def grid(self) -> int:
+        """Patches per side: the image, zero-padded to a multiple of the patch where it is not one (``pad``)."""
+        return -(-self.img_resolution // self.patch)
+
+    @property
+    def pad(self) -> tuple[int, int]:
+        """Zero rows (and columns) before and after the image that make its side ``grid * patch``, centred."""
+        extra = self.grid * self.patch - self.img_resolution
+        return extra // 2, extra - extra // 2
+
+    @property
     def num_patches(self) -> int:
-        return (self.img_resolution // self.patch) ** 2
+        return self.grid**2
 
 
 class Block(nn.Module):
@@ -232,7 +257,9 @@ class UViT(nn.Module):
         cfg = self.config
         check_net_inputs("uvit", x_in, c_noise, cfg.in_channels, cfg.img_resolution)
         B, p, C = x_in.shape[0], cfg.patch, cfg.in_channels
-        n = cfg.img_resolution // p  # patches per side
+        n, (lo, hi) = cfg.grid, cfg.pad  # patches per side; zero padding where the patch does not divide the image
+        if hi:
+            x_in = F.pad(x_in, (lo, hi, lo, hi))
         x = self.patch_embed(x_in).flatten(2).transpose(1, 2)  # [B, L, D]
         t = self.time_pos(c_noise).to(x.dtype)  # [B, D]
         if self.augment is not None:
@@ -259,4 +286,5 @@ class UViT(nn.Module):
             x = torch.addcmul(last[0], x, last[1])
         x = self.decoder_pred(x)[:, self.extras:]  # [B, L, p * p * C]
         x = x.reshape(B, n, n, p, p, C).permute(0, 5, 1, 3, 2, 4).reshape(B, C, n * p, n * p)
-        return self.final_layer(x)  # [B, C, R, R]
+        x = self.final_layer(x)  # [B, C, n * p, n * p]
+        return x[:, :, lo : lo + cfg.img_resolution, lo : lo + cfg.img_resolution] if hi else x  # [B, C, R, R]
