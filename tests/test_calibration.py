@@ -137,5 +137,8 @@ def test_per_size_gl_threshold_holds_its_guarantee_on_the_held_out_images() -> N
     dup = torch.cat([train, train[:5]])  # duplicated training images count once
     again = calibrate_gl_at(dup, pixel_features(dup), rest[:0], pixel_features)
     assert (again.threshold, again.duplicates) == (few.threshold, 5)
-    with pytest.raises(ValueError, match="needs 256 held-out images or 2 distinct"):
-        calibrate_gl_at(train[:1], pixel_features(train[:1]), rest[:10], pixel_features)
+    one = calibrate_gl_at(train[:1], pixel_features(train[:1]), rest[:10], pixel_features)  # N = 1: no leave-one-out
+    assert (one.method, one.images, one.n) == ("held-out", 10, 1)
+    assert one.threshold == exceeded_by(nearest_in(pixel_features(rest[:10]), pixel_features(train[:1])), one.rate)
+    with pytest.raises(ValueError, match="needs held-out images or 2 distinct training images, got 0 and 1"):
+        calibrate_gl_at(train[:1], pixel_features(train[:1]), rest[:0], pixel_features)

@@ -75,9 +75,10 @@ def exceeded_by(values: Tensor, rate: float) -> float:
     return float(values.topk(allowed + 1).values[-1])
 
 
-def _check(features: Tensor) -> None:
-    if features.ndim != 2 or features.shape[0] < 2:
-        raise ValueError(f"calibration needs features [N, F] of at least 2 real images, got {list(features.shape)}")
+def _check(features: Tensor, least: int = 2) -> None:
+    if features.ndim != 2 or features.shape[0] < least:
+        raise ValueError(f"calibration needs features [N, F] of at least {least} real image{'s' * (least > 1)}, "
+                         f"got {list(features.shape)}")
     if not bool(torch.isfinite(features).all()):
         raise ValueError("calibration features contain NaN or Inf values")
 
@@ -157,7 +158,7 @@ def nearest_in(queries: Tensor, reference: Tensor, *, exclude_self: bool = False
     """Each row of ``queries`` ``[Q, F]``: its largest similarity to a row of ``reference`` ``[R, F]``, in row
     chunks (memory O(chunk x R)); ``exclude_self``: ``queries`` are the first ``Q`` rows of ``reference``, and row
     ``i`` is not compared with itself (leave-one-out)."""
-    _check(reference)
+    _check(reference, 2 if exclude_self else 1)
     if queries.ndim != 2 or queries.shape[1] != reference.shape[1] or queries.shape[0] == 0:
         raise ValueError(f"need query features [Q, {reference.shape[1]}], got {list(queries.shape)}")
     out = []
@@ -193,7 +194,8 @@ def calibrate_gl_at(train: Tensor, train_features: Tensor, held_out: Tensor, fea
     """GL's threshold for a model trained on ``train`` ``[N, C, H, W]`` (features ``train_features`` ``[N, F]``):
     from the real images ``held_out`` (not in ``train``; their features by the feature map ``features``) against
     their nearest training image, or leave-one-out among the training images where fewer than ``min_held_out``
-    distinct held-out images remain (module docstring)."""
+    distinct held-out images remain (module docstring) -- unless the training images are one image, where
+    leave-one-out has nothing to compare: then the held-out images there are."""
     n = train.shape[0]
     if train_features.shape[0] != n:
         raise ValueError(f"{n} training images but {train_features.shape[0]} rows of training features")
@@ -203,14 +205,14 @@ def calibrate_gl_at(train: Tensor, train_features: Tensor, held_out: Tensor, fea
         keep = both[both >= n] - n
     else:
         keep = torch.zeros(0, dtype=torch.long)
-    if keep.numel() >= min_held_out:
+    distinct = first_occurrences(train)
+    if keep.numel() >= min_held_out or (keep.numel() and distinct.numel() < 2):  # one image: no leave-one-out
         near = nearest_in(features(held[keep]).to(train_features.device), train_features)
         return SizeCalibration(n, _clip(exceeded_by(near, rate)), "held-out", int(keep.numel()),
                                int(held.shape[0] - keep.numel()), rate)
-    distinct = first_occurrences(train)
     if distinct.numel() < 2:
-        raise ValueError(f"GL calibration at N = {n} needs {min_held_out} held-out images or 2 distinct "
-                         f"training images, got {keep.numel()} and {distinct.numel()}")
+        raise ValueError(f"GL calibration at N = {n} needs held-out images or 2 distinct training images, got "
+                         f"{keep.numel()} and {distinct.numel()}")
     f = train_features[distinct]
     near = nearest_in(f[:max_images], f, exclude_self=True)
     return SizeCalibration(n, _clip(exceeded_by(near, rate)), "leave-one-out", int(min(max_images, f.shape[0])),

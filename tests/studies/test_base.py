@@ -101,6 +101,6 @@ def test_load_data_names_non_square_images_and_sizes_beyond_the_data(tmp_path: P
     np.savez(tmp_path / "few.npz", images=np.arange(6 * 64, dtype=np.uint8).reshape(6, 8, 8))
     with pytest.raises(ConfigError, match=r"8x12 images .* need square images: crop or pad"):
         load_data(StudyConfig(data=str(tmp_path / "wide.npz"), sizes=[2, 4]))
-    with pytest.raises(ConfigError, match=r"sizes go up to 8 but .* has 6 images"):
+    with pytest.raises(ConfigError, match=r"up to 8 but .* 6 images; set sizes to at most 6, e\.g\. sizes = \[2, 6\]"):
         load_data(StudyConfig(data=str(tmp_path / "few.npz"), sizes=[2, 8]))
     assert len(load_data(StudyConfig(data=str(tmp_path / "few.npz"), sizes=[2, 6]))) == 6

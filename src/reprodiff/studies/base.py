@@ -228,7 +228,9 @@ def load_data(cfg: StudyFields, *, labels: str = "") -> Dataset:
                           f"images: crop or pad them to one side first")
     sizes = getattr(cfg, "sizes", ())
     if sizes and sizes[-1] > len(data):
-        raise ConfigError(f"sizes go up to {sizes[-1]} but {cfg.data!r} has {len(data)} images")
+        fit = sorted({n for n in sizes if n < len(data)} | {len(data)})
+        raise ConfigError(f"sizes go up to {sizes[-1]} but {cfg.data!r} has {len(data)} images; set sizes to at "
+                          f"most {len(data)}, e.g. sizes = {fit}")
     return data
 
 
