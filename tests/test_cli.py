@@ -141,7 +141,7 @@ net = {net}
     ("seed = -1", '{name = "mlp", hidden = 16, depth = 1}', "seed must be an integer >= 0"),
     ('similarity = "sscd"\nsscd_path = "nope.pt"', '{name = "mlp", hidden = 16, depth = 1}', "nope.pt not found"),
     ("", '{name = "mlp", hidden = 0, depth = 1}', "model 'm1': net: mlp: hidden must be a positive number"),
-    ("", '{name = "uvit", patch_size = 3}', "model 'm1': net: uvit: img_resolution=8 is not divisible"),
+    ("", '{name = "uvit", patch_size = 9}', "model 'm1': net: uvit: patch_size=9 is larger than the image"),
     ("", '{name = "mlp", hidden = 16, depth = 1}\nfit_target = 2.0', "model 'm1': fit_target must be in [0, 1)"),
     ('samplers = ["heun", "heun"]', '{name = "mlp", hidden = 16, depth = 1}', "'heun' is listed twice"),
     ("samplers = []", '{name = "mlp", hidden = 16, depth = 1}', "samplers must name at least one sampler"),
