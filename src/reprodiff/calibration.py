@@ -205,18 +205,19 @@ def calibrate_gl_at(train: Tensor, train_features: Tensor, held_out: Tensor, fea
         keep = both[both >= n] - n
     else:
         keep = torch.zeros(0, dtype=torch.long)
-    distinct = first_occurrences(train)
-    if keep.numel() >= min_held_out or (keep.numel() and distinct.numel() < 2):  # one image: no leave-one-out
-        near = nearest_in(features(held[keep]).to(train_features.device), train_features)
-        return SizeCalibration(n, _clip(exceeded_by(near, rate)), "held-out", int(keep.numel()),
-                               int(held.shape[0] - keep.numel()), rate)
-    if distinct.numel() < 2:
-        raise ValueError(f"GL calibration at N = {n} needs held-out images or 2 distinct training images, got "
-                         f"{keep.numel()} and {distinct.numel()}")
-    f = train_features[distinct]
-    near = nearest_in(f[:max_images], f, exclude_self=True)
-    return SizeCalibration(n, _clip(exceeded_by(near, rate)), "leave-one-out", int(min(max_images, f.shape[0])),
-                           int(n - distinct.numel()), rate)
+    if keep.numel() < min_held_out:  # too few held out: leave-one-out, where there are two training images
+        distinct = first_occurrences(train)
+        if distinct.numel() >= 2:
+            f = train_features[distinct]
+            near = nearest_in(f[:max_images], f, exclude_self=True)
+            return SizeCalibration(n, _clip(exceeded_by(near, rate)), "leave-one-out",
+                                   int(min(max_images, f.shape[0])), int(n - distinct.numel()), rate)
+        if not keep.numel():
+            raise ValueError(f"GL calibration at N = {n} needs held-out images or 2 distinct training images, got "
+                             f"{keep.numel()} and {distinct.numel()}")
+    near = nearest_in(features(held[keep]).to(train_features.device), train_features)  # one image: what there is
+    return SizeCalibration(n, _clip(exceeded_by(near, rate)), "held-out", int(keep.numel()),
+                           int(held.shape[0] - keep.numel()), rate)
 
 
 def describe_per_size(rows: list[dict[str, Any]]) -> str:
