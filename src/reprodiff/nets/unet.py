@@ -38,8 +38,10 @@ class UNetConfig:
 
     The defaults keep a batch-128 training step at 1x8x8 under 0.1 s on 2 CPU cores; EDM's CIFAR-10
     DDPM++ uses ``model_channels=128, channel_mult=(2, 2, 2), num_blocks=4, dropout=0.13``.
-    ``attn_resolutions`` above ``img_resolution`` are ignored, so the default ``(16,)`` also builds
-    at 8x8 (without attention). ``dropout > 0`` draws from torch's global RNG in training mode.
+    ``attn_resolutions`` above ``side`` (the image's, below) are ignored, so the default ``(16,)`` also builds
+    at 8x8 (without attention). A side that the levels do not halve exactly (13x13 with 3 levels) is
+    zero-padded, centred, to the next multiple of ``2**(levels-1)`` and the output cropped back (``pad``).
+    ``dropout > 0`` draws from torch's global RNG in training mode.
     """
 
     img_resolution: int
@@ -64,21 +66,29 @@ class UNetConfig:
         if self.num_classes < 0:
             raise ValueError(f"unet: num_classes must be >= 0, got {self.num_classes}")
         check_dropout("unet", self.dropout)
-        levels = len(self.channel_mult)
-        if self.img_resolution % 2 ** (levels - 1):
-            raise ValueError(f"unet: img_resolution={self.img_resolution} is not divisible by "
-                             f"2**(levels-1) = {2 ** (levels - 1)} for {levels} levels; "
-                             "use fewer entries in channel_mult")
         res = self.resolutions
-        bad = [r for r in self.attn_resolutions if r <= self.img_resolution and r not in res]
+        bad = [r for r in self.attn_resolutions if r <= self.side and r not in res]
         if bad:
             raise ValueError(f"unet: attn_resolutions {bad} are not among the U-Net's resolutions "
                              f"{self.resolutions}")
 
     @property
+    def side(self) -> int:
+        """The side the levels run on: the image's, zero-padded (``pad``) to a multiple of ``2**(levels-1)``
+        where it is not one (13x13 with 3 levels: 16), so that each strided conv halves it exactly."""
+        m = 2 ** (len(self.channel_mult) - 1)
+        return -(-self.img_resolution // m) * m
+
+    @property
+    def pad(self) -> tuple[int, int]:
+        """Zero rows (and columns) before and after the image that make its side ``side``, centred."""
+        extra = self.side - self.img_resolution
+        return extra // 2, extra - extra // 2
+
+    @property
     def resolutions(self) -> tuple[int, ...]:
         """Feature-map side length at each level, e.g. ``(32, 16, 8)``."""
-        return tuple(self.img_resolution >> level for level in range(len(self.channel_mult)))
+        return tuple(self.side >> level for level in range(len(self.channel_mult)))
 
 
 class ResBlock(nn.Module):
@@ -186,7 +196,10 @@ class UNet(nn.Module):
         cfg = self.config
         check_net_inputs("unet", x_in, c_noise, cfg.in_channels, cfg.img_resolution)
         emb = self.embed(c_noise, cond, augment_labels)  # [B, 4 * model_channels]
-        x = self.conv_in(x_in)  # [B, model_channels, R, R]
+        lo, hi = cfg.pad  # zero padding where the levels do not halve the image exactly
+        if hi:
+            x_in = F.pad(x_in, (lo, hi, lo, hi))
+        x = self.conv_in(x_in)  # [B, model_channels, S, S], S = cfg.side
         skips = [x]
         for level, blocks in enumerate(self.enc):
             if level > 0:
@@ -202,4 +215,5 @@ class UNet(nn.Module):
                 x = blk(torch.cat([x, skips.pop()], dim=1), emb)
             if level < len(self.up):
                 x = self.up[level](upsample2x(x))
-        return self.conv_out(F.silu(self.norm_out(x)))  # [B, C, R, R]
+        x = self.conv_out(F.silu(self.norm_out(x)))  # [B, C, S, S]
+        return x[:, :, lo : lo + cfg.img_resolution, lo : lo + cfg.img_resolution] if hi else x  # [B, C, R, R]
