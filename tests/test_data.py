@@ -72,6 +72,19 @@ def test_npz_round_trip(tmp_path, layout: str) -> None:
     assert d.labels is not None and d.labels.tolist() == [0, 1, 2, 3, 4]
 
 
+@pytest.mark.parametrize("form", ["int64", "uint16", "float32 [0, 1]", "float64 [-1, 1]", "float32 [0, 255]"])
+def test_npz_integer_and_float_images_read_as_the_same_uint8(tmp_path, form: str) -> None:
+    """Integers in [0, 255] and floats in [0, 1], [-1, 1] or [0, 255] (told apart by their range) give the very
+    images their uint8 form gives."""
+    u8 = np.random.default_rng(1).integers(0, 256, (4, 5, 5, 3), dtype=np.uint8)
+    arr = {"int64": u8.astype(np.int64), "uint16": u8.astype(np.uint16),
+           "float32 [0, 1]": (u8 / 255).astype(np.float32), "float64 [-1, 1]": u8 / 127.5 - 1,
+           "float32 [0, 255]": u8.astype(np.float32)}[form]
+    np.savez(tmp_path / "u8.npz", images=u8)
+    np.savez(tmp_path / "other.npz", images=arr)
+    assert torch.equal(load_npz(tmp_path / "other.npz").images, load_npz(tmp_path / "u8.npz").images)
+
+
 def test_npz_with_object_arrays_is_refused_without_unpickling(tmp_path) -> None:
     marker = tmp_path / "pwned"
 
@@ -92,8 +105,12 @@ def test_npz_with_object_arrays_is_refused_without_unpickling(tmp_path) -> None:
     [
         ({"pixels": np.zeros((2, 4, 4), np.uint8)},
          r"no 'images' array \(found \['pixels'\]\); save the images under that name"),
-        ({"images": np.zeros((2, 4, 4), np.float32)}, r"must be uint8 .* \(images \* 255\)\.round\(\)"),
-        ({"images": np.zeros((2, 4, 4), np.int64)}, "must be uint8 .* convert them to uint8"),
+        ({"images": np.full((2, 4, 4), 2.0, np.float32) * np.array([-1, 1])[:, None, None]},
+         r"float images must lie in \[0, 1\], \[-1, 1\] or \[0, 255\], got values -2 \.\. 2; rescale"),
+        ({"images": np.array([[[0.5, np.nan]]])}, "NaN or infinite values; replace them first"),
+        ({"images": np.array([[[0, 4095]]], np.uint16)}, r"integer images must lie in \[0, 255\], got uint16 values "
+                                                          r"0 \.\. 4095; rescale them to 8 bits first"),
+        ({"images": np.zeros((2, 4, 4), bool)}, r"images must be numbers .* got dtype bool"),
         ({"images": np.zeros((2, 4, 4, 5), np.uint8)}, "C = 1 or 3"),
         ({"images": np.zeros((2, 4, 4, 4), np.uint8)}, r"drop the alpha channel first \(images\[\.\.\., :3\]\)"),
         ({"images": np.zeros((2, 4, 5, 5), np.uint8)}, r"drop the alpha channel first \(images\[:, :3\]\)"),

@@ -91,12 +91,40 @@ def bundled_digits_csv() -> Path | None:
     return path if path is not None and path.is_file() else None
 
 
+def _as_uint8(a: np.ndarray, source: str) -> np.ndarray:
+    """Pixel values as uint8, lossless where they are integers in [0, 255]; floats by their range, rounded to the
+    nearest of 256 levels (what a PNG holds, as the paper scores): in [0, 1] (``ToTensor``, ``imread`` of a PNG)
+    x 255, in [-1, 1] with negatives (a diffusion model's range) (x + 1) x 127.5, in [0, 255] beyond 1 as they are.
+    Anything else (NaN, other ranges, bool, complex) is refused, naming the range found."""
+    if a.dtype == np.uint8:
+        return a
+    if a.size and (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)):
+        if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
+            raise ValueError(f"{source}: images hold NaN or infinite values; replace them first")
+        lo, hi = float(a.min()), float(a.max())
+        if np.issubdtype(a.dtype, np.integer):
+            if lo >= 0 and hi <= 255:
+                return a.astype(np.uint8)
+            raise ValueError(f"{source}: integer images must lie in [0, 255], got {a.dtype} values {lo:g} .. {hi:g}; "
+                             "rescale them to 8 bits first, e.g. (images >> 8).astype(np.uint8) for 16-bit ones")
+        if lo >= 0 and hi <= 1:
+            scaled = a * 255.0
+        elif lo >= -1 and hi <= 1:
+            scaled = (a + 1.0) * 127.5
+        elif lo >= 0 and hi <= 255:
+            scaled = a
+        else:
+            raise ValueError(f"{source}: float images must lie in [0, 1], [-1, 1] or [0, 255], got values "
+                             f"{lo:g} .. {hi:g}; rescale them to one of those first")
+        return np.rint(scaled.astype(np.float64)).astype(np.uint8)
+    raise ValueError(f"{source}: images must be numbers in [0, 255] (uint8), [0, 1] or [-1, 1], got dtype {a.dtype}"
+                     + ("" if a.size else " with no values"))
+
+
 def _from_uint8(a: np.ndarray, source: str) -> Tensor:
-    """uint8 ``[N, H, W]``, ``[N, H, W, C]`` or ``[N, C, H, W]`` (C in 1, 3) -> float32 NCHW in [-1, 1]."""
-    if a.dtype != np.uint8:
-        fix = ("; convert them first, e.g. (images * 255).round().astype(np.uint8) for values in [0, 1]"
-               if np.issubdtype(a.dtype, np.floating) else "; convert them to uint8 first")
-        raise ValueError(f"{source}: images must be uint8 in [0, 255], got dtype {a.dtype}{fix}")
+    """Images ``[N, H, W]``, ``[N, H, W, C]`` or ``[N, C, H, W]`` (C in 1, 3), uint8 or as :func:`_as_uint8`
+    reads them -> float32 NCHW in [-1, 1]."""
+    a = _as_uint8(a, source)
     if a.ndim == 3:
         a = a[:, None]
     elif a.ndim == 4 and a.shape[-1] in (1, 3) and a.shape[1] not in (1, 3):
@@ -138,7 +166,8 @@ def npz_images(path: str | os.PathLike[str], key: str = "images") -> Tensor:
 
 
 def load_npz(path: str | os.PathLike[str]) -> Dataset:
-    """An ``.npz`` with uint8 ``images`` (or ``x``) and optional integer ``labels`` (or ``y``)."""
+    """An ``.npz`` with ``images`` (or ``x``; uint8, or integers or floats as :func:`_as_uint8` reads them) and
+    optional integer ``labels`` (or ``y``)."""
     path = Path(path)
     arrays = _read_npz(path)
     key = next((k for k in ("images", "x") if k in arrays), None)
