@@ -72,13 +72,15 @@ def test_npz_round_trip(tmp_path, layout: str) -> None:
     assert d.labels is not None and d.labels.tolist() == [0, 1, 2, 3, 4]
 
 
-@pytest.mark.parametrize("form", ["int64", "uint16", "float32 [0, 1]", "float64 [-1, 1]", "float32 [0, 255]"])
+@pytest.mark.parametrize("form", ["int64", "uint16", "float32 [0, 1]", "float16 [0, 1]", "float64 [-1, 1]",
+                                  "float32 [0, 255]"])
 def test_npz_integer_and_float_images_read_as_the_same_uint8(tmp_path, form: str) -> None:
     """Integers in [0, 255] and floats in [0, 1], [-1, 1] or [0, 255] (told apart by their range) give the very
     images their uint8 form gives."""
     u8 = np.random.default_rng(1).integers(0, 256, (4, 5, 5, 3), dtype=np.uint8)
     arr = {"int64": u8.astype(np.int64), "uint16": u8.astype(np.uint16),
-           "float32 [0, 1]": (u8 / 255).astype(np.float32), "float64 [-1, 1]": u8 / 127.5 - 1,
+           "float32 [0, 1]": (u8 / 255).astype(np.float32), "float16 [0, 1]": (u8 / 255).astype(np.float16),
+           "float64 [-1, 1]": u8 / 127.5 - 1,
            "float32 [0, 255]": u8.astype(np.float32)}[form]
     np.savez(tmp_path / "u8.npz", images=u8)
     np.savez(tmp_path / "other.npz", images=arr)

@@ -107,16 +107,15 @@ def _as_uint8(a: np.ndarray, source: str) -> np.ndarray:
                 return a.astype(np.uint8)
             raise ValueError(f"{source}: integer images must lie in [0, 255], got {a.dtype} values {lo:g} .. {hi:g}; "
                              "rescale them to 8 bits first, e.g. (images >> 8).astype(np.uint8) for 16-bit ones")
+        f = a.astype(np.float64)  # float16 would round its own products
         if lo >= 0 and hi <= 1:
-            scaled = a * 255.0
+            f *= 255.0
         elif lo >= -1 and hi <= 1:
-            scaled = (a + 1.0) * 127.5
-        elif lo >= 0 and hi <= 255:
-            scaled = a
-        else:
+            f = (f + 1.0) * 127.5
+        elif not (lo >= 0 and hi <= 255):
             raise ValueError(f"{source}: float images must lie in [0, 1], [-1, 1] or [0, 255], got values "
                              f"{lo:g} .. {hi:g}; rescale them to one of those first")
-        return np.rint(scaled.astype(np.float64)).astype(np.uint8)
+        return np.rint(f).astype(np.uint8)
     raise ValueError(f"{source}: images must be numbers in [0, 255] (uint8), [0, 1] or [-1, 1], got dtype {a.dtype}"
                      + ("" if a.size else " with no values"))
 
