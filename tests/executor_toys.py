@@ -28,6 +28,11 @@ def fail(label: str) -> None:
     raise RuntimeError(f"{label} broke")
 
 
+def die(label: str) -> None:
+    """A worker that dies without a word, as one killed by the OOM killer does."""
+    os._exit(9)
+
+
 def counting_train(out: str, steps: int, step_s: float) -> None:
     """A "training" that saves its step after every step (``out.ckpt``) and logs each step it runs
     (``out.steps``); a killed run resumes at the saved step. The output is the sum 0 + 1 + ... + steps-1."""

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from executor_toys import _Exists, combine, sleep_then_combine, torch_threads, toy_plan
+from executor_toys import _Exists, combine, die, sleep_then_combine, torch_threads, toy_plan
 from reprodiff.config import ConfigError
 from reprodiff.executors import (
     ExecutorConfig,
@@ -119,6 +119,15 @@ def test_workers_get_their_thread_count_and_failures_are_reported(tmp_path: Path
         LocalExecutor(workers=2, stop_on_error=True).run(toy_plan(tmp_path / "c", broken="train/b"), tmp_path / "c")
     with pytest.raises(ValueError, match="workers and threads must be >= 1"):
         LocalExecutor(workers=0)
+
+
+def test_a_dead_worker_is_one_line_naming_the_task_and_the_fixes(tmp_path: Path) -> None:
+    dead = Task("train/dead", "train", die, _Exists(str(tmp_path / "never.txt")), ("dead",))
+    expected = (r"^the worker process running train/dead died \(killed, or out of memory\?\); .* run the same study "
+                r"again to resume\. .*`if __name__ == \"__main__\":`")
+    with pytest.raises(RuntimeError, match=expected) as info:
+        LocalExecutor(workers=2, threads=1).run([dead], tmp_path)
+    assert "\n" not in str(info.value)
 
 
 def test_each_worker_draws_its_progress_bars_on_its_own_line(tmp_path: Path) -> None:

@@ -266,6 +266,11 @@ class LocalExecutor:
                     finished, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
                     for future in finished:
                         t = running.pop(future)
+                        if isinstance(future.exception(), cf.process.BrokenProcessPool):
+                            raise RuntimeError(
+                                f"the worker process running {t.key} died (killed, or out of memory?); finished "
+                                "tasks are kept: run the same study again to resume. From a script, call the study "
+                                "under `if __name__ == \"__main__\":` -- workers are spawned and import it") from None
                         outcomes[t.key] = self._ran(t, future.result)
                         bar.update()
             except BaseException:  # stop the other tasks now (they resume from their files), not when they end
