@@ -32,7 +32,8 @@ anydata   the default study with only `data` and `sizes` changed, on data unlike
           two; tests/other_data.py): GL per network at N = 8 (want <= 0.1) and N = 2,000 (want >= 0.9),
           thresholds calibrated on the data (GL's per N). Minutes per dataset; ANYDATA=thumbnails,photos runs
           those alone; ANYDATA=thumbnails32,shapes32 the 32x32 RGB ones (CIFAR-sized, 7-13 minutes each),
-          ANYDATA=letters13 letters of a prime side (the U-ViT pads them to its patch).
+          ANYDATA=letters13 letters of a prime side (the U-ViT pads them to its patch); ANYDATA_SEED=s another
+          draw of the images, ANYDATA_SIZES=4,2000 other sizes (the largest is the number of images).
 handover  HANDOVER=DIR: for each network of the finished regime study in DIR at its smallest N, where along the
           sampling ODE its samples stop being copies: GL with D* above a noise level and the network below it,
           and the median distance of its samples to the nearest training image (and the
@@ -599,7 +600,8 @@ def bench_invert(quick: bool) -> None:
 def bench_anydata(quick: bool) -> None:
     """The default study on letters (12x12 and 28x28), RGB shapes, photo crops and photo thumbnails, ``data`` and
     ``sizes`` changed only: does every network copy at N = 8 and make new images at N = 2,000? (``ANYDATA``: a
-    comma-separated subset of the names; ``thumbnails32`` and ``shapes32``, 32x32 RGB, run only when named.)"""
+    comma-separated subset of the names; ``thumbnails32`` and ``shapes32``, 32x32 RGB, run only when named;
+    ``ANYDATA_SEED``: another draw of the images; ``ANYDATA_SIZES``: other sizes, the largest the image count.)"""
     import tempfile
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
@@ -618,22 +620,25 @@ def bench_anydata(quick: bool) -> None:
              ("shapes32", functools.partial(shapes, size=32)),
              ("letters13", functools.partial(letters, size=13)))  # a prime side: the U-ViT pads it (nets/uvit.py)
     only = os.environ.get("ANYDATA", "")  # e.g. ANYDATA=thumbnails,photos: those alone
+    seed = int(os.environ.get("ANYDATA_SEED", "0"))  # another draw of each dataset's images
+    sizes = [int(v) for v in os.environ.get("ANYDATA_SIZES", f"8,{n}").split(",")]  # e.g. 4,2000
+    small, n = sizes[0], sizes[-1]  # the data: as many images as the largest size
     for name, make in makers + extra:
         if name not in (only.split(",") if only else dict(makers)):
             continue
         with tempfile.TemporaryDirectory() as tmp:
-            path = write_npz(Path(tmp) / f"{name}.npz", make(n, seed=0))
-            cfg = StudyConfig.from_dict({**default_study().to_dict(), "data": str(path), "sizes": [8, n]})
+            path = write_npz(Path(tmp) / f"{name}.npz", make(n, seed=seed))
+            cfg = StudyConfig.from_dict({**default_study().to_dict(), "data": str(path), "sizes": sizes})
             t0 = time.perf_counter()
             res = run_study(cfg, Path(tmp) / "study", executor=ExecutorConfig())  # as `reprodiff study` runs it
             gl = {(r["n"], r["model"]): r["gl"] for r in res["gl"]}
-            ok = all(r["reached"] for r in res["regimes"])  # GL <= 0.1 at N = 8, >= 0.9 at N = n, per network
-            cells = ", ".join(f"{m.name} {gl[(8, m.name)]:.2f} -> {gl[(n, m.name)]:.2f}" for m in cfg.models)
+            ok = all(r["reached"] for r in res["regimes"])  # GL <= 0.1 at the smallest N, >= 0.9 at the largest
+            cells = ", ".join(f"{m.name} {gl[(small, m.name)]:.2f} -> {gl[(n, m.name)]:.2f}" for m in cfg.models)
             a, b = (m.name for m in cfg.models[:2])
             rp = {r["n"]: r["rp"] for r in res["rp"] if (r["a"], r["b"]) == (a, b)}
             t = res["similarity"]["gl_thresholds"]
-            print(f"== {name}: GL at N = 8 -> {n}: {cells}; {'shown' if ok else 'NOT shown'} (GL thresholds "
-                  f"{t['8']:.3f} -> {t[str(n)]:.3f}); RP {a}/{b} {rp[8]:.2f} -> {rp[n]:.2f} "
+            print(f"== {name}: GL at N = {small} -> {n}: {cells}; {'shown' if ok else 'NOT shown'} (GL thresholds "
+                  f"{t[str(small)]:.3f} -> {t[str(n)]:.3f}); RP {a}/{b} {rp[small]:.2f} -> {rp[n]:.2f} "
                   f"[{time.perf_counter() - t0:.0f} s] ==")
             if not ok:
                 diagnose_memorization(Path(tmp) / "study", res, missed_only=True)
