@@ -92,9 +92,13 @@ def torch_threads(out: str) -> None:
     write_text(out, str(torch.get_num_threads()))
 
 
-def bar_line(out: str, sleep_s: float) -> None:
-    """Write this process's pid and its progress bars' tqdm options (after ``sleep_s``: tasks overlap)."""
+def bar_line(out: str, peers: tuple[str, ...], wait_s: float = 60.0) -> None:
+    """Write this process's pid and its progress bars' tqdm options once every task of ``peers`` (their outputs)
+    has started too, or after ``wait_s``: the tasks overlap however slowly the workers start."""
     from reprodiff.progress import bar_options
 
-    time.sleep(sleep_s)
+    Path(out + ".started").touch()
+    deadline = time.monotonic() + wait_s
+    while not all(Path(p + ".started").exists() for p in peers) and time.monotonic() < deadline:
+        time.sleep(0.05)
     write_text(out, f"{os.getpid()} {bar_options()}")

@@ -135,8 +135,8 @@ def test_each_worker_draws_its_progress_bars_on_its_own_line(tmp_path: Path) -> 
     from executor_toys import bar_line
     from reprodiff.progress import bar_options
 
-    tasks = [Task(f"train/{k}", "train", bar_line, _Exists(str(tmp_path / k)), (str(tmp_path / k), 1.0))
-             for k in ("a", "b")]
+    outs = (str(tmp_path / "a"), str(tmp_path / "b"))
+    tasks = [Task(f"train/{Path(o).name}", "train", bar_line, _Exists(o), (o, outs)) for o in outs]
     LocalExecutor(workers=2, threads=1).run(tasks, tmp_path)
     lines = sorted((tmp_path / k).read_text() for k in ("a", "b"))
     assert len({line.split()[0] for line in lines}) == 2
