@@ -34,7 +34,7 @@ cosine of two near-identical feature vectors can round above 1).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import torch
@@ -175,7 +175,9 @@ def nearest_in(queries: Tensor, reference: Tensor, *, exclude_self: bool = False
 class SizeCalibration:
     """GL's threshold at training-set size ``n`` (module docstring): ``method`` "held-out" (``images`` real
     images not in the training set against it) or "leave-one-out" (``images`` training images against the
-    others); ``duplicates``: images left out as exact copies (of a training image, or of another one)."""
+    others); ``duplicates``: images left out as exact copies (of a training image, or of another one);
+    ``similarities``: those real images' similarities to their nearest (other) training image, the distribution the
+    threshold is read from (not in :meth:`to_dict`; a study keeps them beside its scores)."""
 
     n: int
     threshold: float
@@ -183,9 +185,10 @@ class SizeCalibration:
     images: int
     duplicates: int
     rate: float
+    similarities: Tensor | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "similarities"}
 
 
 def calibrate_gl_at(train: Tensor, train_features: Tensor, held_out: Tensor, features: Any, *,
@@ -211,13 +214,13 @@ def calibrate_gl_at(train: Tensor, train_features: Tensor, held_out: Tensor, fea
             f = train_features[distinct]
             near = nearest_in(f[:max_images], f, exclude_self=True)
             return SizeCalibration(n, _clip(exceeded_by(near, rate)), "leave-one-out",
-                                   int(min(max_images, f.shape[0])), int(n - distinct.numel()), rate)
+                                   int(min(max_images, f.shape[0])), int(n - distinct.numel()), rate, near)
         if not keep.numel():
             raise ValueError(f"GL calibration at N = {n} needs held-out images or 2 distinct training images, got "
                              f"{keep.numel()} and {distinct.numel()}")
     near = nearest_in(features(held[keep]).to(train_features.device), train_features)  # one image: what there is
     return SizeCalibration(n, _clip(exceeded_by(near, rate)), "held-out", int(keep.numel()),
-                           int(held.shape[0] - keep.numel()), rate)
+                           int(held.shape[0] - keep.numel()), rate, near)
 
 
 def describe_per_size(rows: list[dict[str, Any]]) -> str:

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from reprodiff import metrics
+from reprodiff.calibration import exceeded_by
 from reprodiff.cli import main
 from reprodiff.config import ConfigError
 from reprodiff.studies import KINDS, build_report
@@ -66,6 +67,10 @@ def test_tiny_study_results_contract(tmp_path) -> None:
     assert sim["calibration"]["auto"] == ["threshold", "gl_threshold"] and sim["gl_threshold"] is None
     assert [r["method"] for r in sim["calibration"]["gl_per_size"]] == ["held-out"] * 2
     assert per_size["8"] < per_size["16"] < sim["calibration"]["gl_threshold"]  # nearer as the training set grows
+    with np.load(tmp_path / "similarities.npz") as f:  # beside the scores: the real images each size's was read from
+        for c in sim["calibration"]["gl_per_size"]:
+            real = torch.from_numpy(f[f"real/{c['n']}"])
+            assert real.numel() == c["images"] and exceeded_by(real, c["rate"]) == pytest.approx(per_size[str(c["n"])])
     assert "Calibrated on 1,797 of the 1,797 real images" in html and "GL threshold per training-set size" in html
     assert "Is the dip real" in html and "similarities_hist.png" in {p.name for p in tmp_path.iterdir()}
     check_outputs(tmp_path)
@@ -96,6 +101,8 @@ def test_saved_similarities_give_back_every_score_and_the_dip(tmp_path) -> None:
         assert r["gl"] == gl[(r["n"], r["model"])]
         assert r["reached"] == (r["gl"] <= 0.1 if r["regime"] == "memorization" else r["gl"] >= 0.9)
         assert r["median_similarity"] == sims[f"gl/{r['n']}/heun/{r['model']}"].median().item()
+        real = sims.get(f"real/{r['n']}")  # the real images of GL's calibration at that size, where calibrated
+        assert r["real_below_median"] == (None if real is None else (real < r["median_similarity"]).double().mean())
     text = KINDS["regime"].summarize(res)
     assert "is the dip real" in text and "95% Wilson interval" in text and "were both regimes reached" in text
     assert "Were both regimes reached?" in build_report(tmp_path).read_text()

@@ -226,6 +226,17 @@ def test_regime_rows_check_gl_at_both_ends_and_say_what_to_change() -> None:
     assert "reached memorize_steps (2,160 steps) before passing the fit check" in hint(fitted=False)
     assert "raise memorize_steps" in hint(fitted=False)
     assert "without a fit check: set memorize" in hint(memorize=0.0, memorize_steps=0, fitted=False)
+    # Beside the real images GL's threshold was read from (real/N): samples nearer their training images than most
+    # of those are near-copies that the data's near-duplicates outrank; a miss says so, with the share.
+    near_dups = {**sims, "real/8": torch.tensor([0.5, 0.6, 0.7, 0.93, 0.95, 0.97])}
+    rows = regime_rows(results, near_dups)
+    assert rows[2]["real_below_median"] == pytest.approx(4 / 6) and rows[0]["real_below_median"] is None
+    assert "67% of the real images GL's threshold was read from lie farther" in regime_lines(rows)[2]
+    assert "near-copies; the data hold near-duplicates" in regime_lines(rows)[2]
+    far = regime_rows(results, {**sims, "real/8": torch.tensor([0.95, 0.96, 0.97, 0.98])})
+    assert far[2]["real_below_median"] == 0.0
+    assert "0% of the real images" in regime_lines(far)[2] and "near-copies" not in regime_lines(far)[2]
+    assert "lie farther" not in lines[2]  # no real/N (a fixed threshold, or scored before): as before
 
 
 def test_a_dip_is_a_minimum_between_the_ends_not_a_rising_or_falling_curve() -> None:

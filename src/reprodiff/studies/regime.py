@@ -578,7 +578,7 @@ def _score_task(cfg: StudyConfig, out: str, shape: tuple[int, ...], n: int) -> s
     sims: dict[str, Tensor] = {}  # per-sample similarities behind each score, by base.sim_key
     train_feats = base.cached_features(base.features_path(folder / "samples" / f"train-n{n}.npz", cfg.similarity),
                                        train_images, features, _backend(cfg))
-    gl_threshold = _gl_threshold_at(cfg, data, n, train_images, (features, train_feats), part)
+    gl_threshold = _gl_threshold_at(cfg, data, n, train_images, (features, train_feats), (part, sims))
     names = _names(cfg)
     trained = {m: plan.read_failure(folder, f"train/{m}-n{n}") for m in names}  # each failure file read once
     part["failed"] += [f for f in trained.values() if f]
@@ -603,16 +603,21 @@ def _score_task(cfg: StudyConfig, out: str, shape: tuple[int, ...], n: int) -> s
 
 
 def _gl_threshold_at(cfg: StudyConfig, data: Dataset, n: int, train_images: Tensor,
-                     feats: tuple[FeatureMap, Tensor], part: dict[str, list[Any]]) -> float:
+                     feats: tuple[FeatureMap, Tensor], kept: tuple[dict[str, list[Any]], dict[str, Tensor]]) -> float:
     """GL's threshold at size ``n``: the study's number, or -- ``"auto"`` -- calibrated for these training
     images against (up to ``MAX_IMAGES``) real images left out of them (``calibration.calibrate_gl_at``; the
-    next ones of the subset permutation, so every run and resume sees the same), recorded in ``part``."""
+    next ones of the subset permutation, so every run and resume sees the same), recorded in ``kept``'s part, and
+    those real images' similarities to their nearest training image in its similarities (``real/{n}``: what a
+    missed regime's samples are compared with, ``regime_report.regime_rows``)."""
     if not cfg.gl_per_size:
         return cfg.gl
+    part, sims = kept
     features, train_feats = feats
     rest = held_out(data, n, min(MAX_IMAGES, len(data) - n), cfg.subset_seed).images
     c = calibrate_gl_at(train_images, train_feats, rest, features)
     part["gl_calibration"] = [c.to_dict()]
+    if c.similarities is not None:
+        sims[base.sim_key("real", n)] = c.similarities.float().cpu()
     return c.threshold
 
 

@@ -243,11 +243,14 @@ def regime_rows(results: dict[str, Any], sims: dict[str, Tensor],
                 if (r := gl.get((sampler, model, n))) is None:
                     continue
                 s = sims.get(sim_key("gl", n, sampler, model))
+                median = None if s is None or not s.numel() else float(s.median())
+                real = sims.get(sim_key("real", n))  # the real images GL's threshold was read from
                 reached = r["gl"] <= MEMORIZED_GL if regime == "memorization" else r["gl"] >= GENERALIZED_GL
                 rows.append({"model": model, "sampler": sampler, "regime": regime, "n": n, "gl": r["gl"],
                              "ci": list(r["ci"]), "reached": bool(reached),
-                             "threshold": gl_threshold_of(results, r),
-                             "median_similarity": None if s is None or not s.numel() else float(s.median()),
+                             "threshold": gl_threshold_of(results, r), "median_similarity": median,
+                             "real_below_median": None if median is None or real is None or not real.numel()
+                             else float((real < median).double().mean()),
                              "run": (runs or {}).get(model) if regime == "memorization" else None})
     return rows
 
@@ -269,6 +272,14 @@ def _regime_hint(r: dict[str, Any]) -> str:
     near = ("" if r["median_similarity"] is None else
             f"median similarity of its samples to their nearest training image {r['median_similarity']:.3f} "
             f"against the threshold {r['threshold']:.3f}; ")
+    if (share := r.get("real_below_median")) is not None:
+        near += (f"{share:.0%} of the real images GL's threshold was read from lie farther from their nearest "
+                 "(other) training image")
+        if r["regime"] == "memorization" and share >= 0.5:  # nearer than the typical real neighbour
+            near += (": its samples are nearer their training images than most real images are, near-copies; the "
+                     "data hold near-duplicates of the training images (overlapping crops, flat backgrounds) that "
+                     "set the threshold and that a copy must beat; a smaller N has fewer of them")
+        near += "; "
     if r["regime"] == "memorization":
         return near + _memorize_hint(r.get("run"))
     return near + "add larger N (more data), or a smaller network: its samples still copy training images"
