@@ -7,6 +7,7 @@ import torch
 
 from reprodiff.nets import make_net
 from reprodiff.nets.unet import UNet, UNetConfig
+from tiny_models import assert_padding_is_all_that_differs
 
 
 def test_unet_attention_only_at_requested_resolutions() -> None:
@@ -41,10 +42,4 @@ def test_padded_unet_is_the_net_of_the_padded_image_cropped() -> None:
     with torch.no_grad():  # the zero-initialised output conv would hide a mismatch
         small.conv_out.weight.normal_()
         big.conv_out.weight.copy_(small.conv_out.weight)
-    x, c = torch.randn(2, 3, 13, 13), torch.tensor([0.3, -1.2])
-    out = small(x, c)
-    assert out.shape == x.shape
-    torch.testing.assert_close(out, big(torch.nn.functional.pad(x, (1, 2, 1, 2)), c)[:, :, 1:14, 1:14],
-                               rtol=0, atol=0)
-    out.square().sum().backward()
-    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in small.parameters())
+    assert_padding_is_all_that_differs(small, big, torch.randn(2, 3, 13, 13), torch.tensor([0.3, -1.2]), (1, 2))

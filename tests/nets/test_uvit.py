@@ -11,6 +11,7 @@ import torch
 
 from reprodiff.nets import make_net
 from reprodiff.nets.uvit import UViT, UViTConfig, auto_patch_size
+from tiny_models import assert_padding_is_all_that_differs
 
 SMALL = {"img_resolution": 8, "in_channels": 1, "embed_dim": 32, "depth": 2, "num_heads": 2}
 
@@ -116,13 +117,7 @@ def test_padded_uvit_is_the_net_of_the_padded_image_cropped() -> None:
     small = UViT(UViTConfig(img_resolution=13, **kw))
     big = UViT(UViTConfig(img_resolution=16, **kw))
     big.load_state_dict(small.state_dict())  # the same shapes: 16 tokens each
-    x, c = torch.randn(2, 3, 13, 13), torch.tensor([0.3, -1.2])
-    out = small(x, c)
-    assert out.shape == x.shape
-    torch.testing.assert_close(out, big(torch.nn.functional.pad(x, (1, 2, 1, 2)), c)[:, :, 1:14, 1:14],
-                               rtol=0, atol=0)
-    out.square().sum().backward()
-    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in small.parameters())
+    assert_padding_is_all_that_differs(small, big, torch.randn(2, 3, 13, 13), torch.tensor([0.3, -1.2]), (1, 2))
 
 
 def test_auto_patch_size_is_resolved_in_the_config_and_builds_the_same_net() -> None:
