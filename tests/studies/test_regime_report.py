@@ -233,9 +233,12 @@ def test_regime_rows_check_gl_at_both_ends_and_say_what_to_change() -> None:
     assert rows[2]["real_below_median"] == pytest.approx(4 / 6) and rows[0]["real_below_median"] is None
     assert "67% of the real images GL's threshold was read from lie farther" in regime_lines(rows)[2]
     assert "near-copies; the data hold near-duplicates" in regime_lines(rows)[2]
+    assert regime_lines(rows)[2].endswith("its near-copies are not yet near enough to count as copies under this "
+                                          "similarity")  # not "its samples are not copies", which the share denies
     far = regime_rows(results, {**sims, "real/8": torch.tensor([0.95, 0.96, 0.97, 0.98])})
     assert far[2]["real_below_median"] == 0.0
     assert "0% of the real images" in regime_lines(far)[2] and "near-copies" not in regime_lines(far)[2]
+    assert regime_lines(far)[2].endswith("its samples are not (yet) copies of training images under this similarity")
     assert "lie farther" not in lines[2]  # no real/N (a fixed threshold, or scored before): as before
 
 

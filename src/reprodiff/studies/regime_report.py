@@ -272,23 +272,27 @@ def _regime_hint(r: dict[str, Any]) -> str:
     near = ("" if r["median_similarity"] is None else
             f"median similarity of its samples to their nearest training image {r['median_similarity']:.3f} "
             f"against the threshold {r['threshold']:.3f}; ")
+    near_copies = False
     if (share := r.get("real_below_median")) is not None:
         near += (f"{share:.0%} of the real images GL's threshold was read from lie farther from their nearest "
                  "(other) training image")
-        if r["regime"] == "memorization" and share >= 0.5:  # nearer than the typical real neighbour
+        near_copies = r["regime"] == "memorization" and share >= 0.5  # nearer than the typical real neighbour
+        if near_copies:
             near += (": its samples are nearer their training images than most real images are, near-copies; the "
                      "data hold near-duplicates of the training images (overlapping crops, flat backgrounds) that "
-                     "set the threshold and that a copy must beat; a smaller N has fewer of them")
+                     "set the threshold and that a copy must beat; a smaller N may hold fewer of them")
         near += "; "
     if r["regime"] == "memorization":
-        return near + _memorize_hint(r.get("run"))
+        return near + _memorize_hint(r.get("run"), near_copies=near_copies)
     return near + "add larger N (more data), or a smaller network: its samples still copy training images"
 
 
-def _memorize_hint(run: dict[str, Any] | None) -> str:
+def _memorize_hint(run: dict[str, Any] | None, *, near_copies: bool = False) -> str:
     """What to change where a network did not memorize at the smallest N, by how its run there ended
-    (``regime_rows``' ``run``; training/fit.py): no fit check, the fit check passed, or the cap came first."""
-    why = "its samples are not (yet) copies of training images under this similarity"
+    (``regime_rows``' ``run``; training/fit.py): no fit check, the fit check passed, or the cap came first.
+    ``near_copies``: its samples are already nearer their training images than most real images are."""
+    why = ("its near-copies are not yet near enough to count as copies under this similarity" if near_copies
+           else "its samples are not (yet) copies of training images under this similarity")
     if not run:
         return f"train longer at the smallest N (memorize, memorize_steps) or add a smaller N: {why}"
     steps = f"{run['steps']:,} steps"
