@@ -239,6 +239,11 @@ def test_regime_rows_check_gl_at_both_ends_and_say_what_to_change() -> None:
     assert far[2]["real_below_median"] == 0.0
     assert "0% of the real images" in regime_lines(far)[2] and "near-copies" not in regime_lines(far)[2]
     assert regime_lines(far)[2].endswith("its samples are not (yet) copies of training images under this similarity")
+    fitted_run = {"mlp": {"steps": 2160, "memorize": 0.02, "memorize_steps": 4800, "fitted": True}}
+    assert "and stopped, but its near-copies are not yet near enough to count as copies under this similarity: a " \
+        "stricter memorize" in regime_lines(regime_rows(results, near_dups, fitted_run))[2]
+    assert "and stopped, but its samples are not copies of training images under this similarity: a stricter" \
+        in regime_lines(regime_rows(results, sims, fitted_run))[2]
     assert "lie farther" not in lines[2]  # no real/N (a fixed threshold, or scored before): as before
 
 

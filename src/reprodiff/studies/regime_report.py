@@ -300,8 +300,8 @@ def _memorize_hint(run: dict[str, Any] | None, *, near_copies: bool = False) -> 
         return (f"its run trained {steps} without a fit check: set memorize (e.g. 0.02) to train the smallest N on "
                 f"until it has fitted its training images, or add a smaller N: {why}")
     if run["fitted"]:
-        return (f"its run passed the fit check (memorize = {run['memorize']:g}) at {steps} and stopped, but its "
-                f"samples are not copies of training images under this similarity: "
+        return (f"its run passed the fit check (memorize = {run['memorize']:g}) at {steps} and stopped, but "
+                f"{why.replace(' (yet)', '')}: "
                 f"a stricter memorize (e.g. {run['memorize'] / 4:g}: half the error at each noise level, and one "
                 f"level lower) trains on, up to memorize_steps ({run['memorize_steps']:,}); or add a smaller N "
                 f"(with fewer training images, fewer near-duplicates among them)")
