@@ -18,12 +18,15 @@ __all__ = [
     "ConditionEmbedding",
     "PositionalEmbedding",
     "SelfAttention",
+    "centred_padding",
     "check_dropout",
     "check_int_fields",
     "check_net_inputs",
     "check_positive",
+    "crop_centred",
     "group_norm",
     "label_indices",
+    "pad_centred",
     "scale_init_",
     "to_int_tuple",
     "trunc_normal_init_",
@@ -105,6 +108,28 @@ def label_indices(net: str, cond: Tensor | None, num_classes: int, batch: int,
         raise ValueError(f"{net}: class labels must be in [-1, {num_classes - 1}] (-1 = no label)")
     cond = cond.to(device=device, dtype=torch.long)
     return torch.where(cond < 0, torch.full_like(cond, num_classes), cond)  # [B]
+
+
+# --------------------------------------------------------------------------- padding to a side the net can take
+
+
+def centred_padding(size: int, multiple: int) -> tuple[int, int]:
+    """Zero rows (and columns) before and after a side of ``size`` that make it the next multiple of ``multiple``,
+    centred: 13 to a multiple of 4 -> (1, 2). ``(0, 0)`` where ``size`` is one already."""
+    extra = -size % multiple
+    return extra // 2, extra - extra // 2
+
+
+def pad_centred(x: Tensor, pad: tuple[int, int]) -> Tensor:
+    """``x [B, C, R, R]`` zero-padded by ``pad`` (:func:`centred_padding`) on each side -> ``[B, C, S, S]``."""
+    lo, hi = pad
+    return F.pad(x, (lo, hi, lo, hi)) if lo or hi else x
+
+
+def crop_centred(x: Tensor, pad: tuple[int, int], size: int) -> Tensor:
+    """Undo :func:`pad_centred`: the ``size x size`` image of ``x [B, C, S, S]`` -> ``[B, C, size, size]``."""
+    lo, hi = pad
+    return x[:, :, lo : lo + size, lo : lo + size] if lo or hi else x
 
 
 # --------------------------------------------------------------------------- init and norms

@@ -17,11 +17,14 @@ from torch import Tensor, nn
 from .layers import (
     ConditionEmbedding,
     SelfAttention,
+    centred_padding,
     check_dropout,
     check_int_fields,
     check_net_inputs,
     check_positive,
+    crop_centred,
     group_norm,
+    pad_centred,
     scale_init_,
     to_int_tuple,
 )
@@ -76,14 +79,12 @@ class UNetConfig:
     def side(self) -> int:
         """The side the levels run on: the image's, zero-padded (``pad``) to a multiple of ``2**(levels-1)``
         where it is not one (13x13 with 3 levels: 16), so that each strided conv halves it exactly."""
-        m = 2 ** (len(self.channel_mult) - 1)
-        return -(-self.img_resolution // m) * m
+        return self.img_resolution + sum(self.pad)
 
     @property
     def pad(self) -> tuple[int, int]:
         """Zero rows (and columns) before and after the image that make its side ``side``, centred."""
-        extra = self.side - self.img_resolution
-        return extra // 2, extra - extra // 2
+        return centred_padding(self.img_resolution, 2 ** (len(self.channel_mult) - 1))
 
     @property
     def resolutions(self) -> tuple[int, ...]:
@@ -196,10 +197,8 @@ class UNet(nn.Module):
         cfg = self.config
         check_net_inputs("unet", x_in, c_noise, cfg.in_channels, cfg.img_resolution)
         emb = self.embed(c_noise, cond, augment_labels)  # [B, 4 * model_channels]
-        lo, hi = cfg.pad  # zero padding where the levels do not halve the image exactly
-        if hi:
-            x_in = F.pad(x_in, (lo, hi, lo, hi))
-        x = self.conv_in(x_in)  # [B, model_channels, S, S], S = cfg.side
+        # zero padding where the levels do not halve the image exactly
+        x = self.conv_in(pad_centred(x_in, cfg.pad))  # [B, model_channels, S, S], S = cfg.side
         skips = [x]
         for level, blocks in enumerate(self.enc):
             if level > 0:
@@ -216,4 +215,4 @@ class UNet(nn.Module):
             if level < len(self.up):
                 x = self.up[level](upsample2x(x))
         x = self.conv_out(F.silu(self.norm_out(x)))  # [B, C, S, S]
-        return x[:, :, lo : lo + cfg.img_resolution, lo : lo + cfg.img_resolution] if hi else x  # [B, C, R, R]
+        return crop_centred(x, cfg.pad, cfg.img_resolution)  # [B, C, R, R]

@@ -56,10 +56,13 @@ from .layers import (
     AugmentEmbedding,
     PositionalEmbedding,
     SelfAttention,
+    centred_padding,
     check_int_fields,
     check_net_inputs,
     check_positive,
+    crop_centred,
     label_indices,
+    pad_centred,
     scale_init_,
     trunc_normal_init_,
 )
@@ -155,13 +158,12 @@ class UViTConfig:
     @property
     def grid(self) -> int:
         """Patches per side: the image, zero-padded to a multiple of the patch where it is not one (``pad``)."""
-        return -(-self.img_resolution // self.patch)
+        return (self.img_resolution + sum(self.pad)) // self.patch
 
     @property
     def pad(self) -> tuple[int, int]:
         """Zero rows (and columns) before and after the image that make its side ``grid * patch``, centred."""
-        extra = self.grid * self.patch - self.img_resolution
-        return extra // 2, extra - extra // 2
+        return centred_padding(self.img_resolution, self.patch)
 
     @property
     def num_patches(self) -> int:
@@ -257,10 +259,8 @@ class UViT(nn.Module):
         cfg = self.config
         check_net_inputs("uvit", x_in, c_noise, cfg.in_channels, cfg.img_resolution)
         B, p, C = x_in.shape[0], cfg.patch, cfg.in_channels
-        n, (lo, hi) = cfg.grid, cfg.pad  # patches per side; zero padding where the patch does not divide the image
-        if hi:
-            x_in = F.pad(x_in, (lo, hi, lo, hi))
-        x = self.patch_embed(x_in).flatten(2).transpose(1, 2)  # [B, L, D]
+        n = cfg.grid  # patches per side, with zero padding where the patch does not divide the image
+        x = self.patch_embed(pad_centred(x_in, cfg.pad)).flatten(2).transpose(1, 2)  # [B, L, D]
         t = self.time_pos(c_noise).to(x.dtype)  # [B, D]
         if self.augment is not None:
             t = self.augment(t, augment_labels)
@@ -287,4 +287,4 @@ class UViT(nn.Module):
         x = self.decoder_pred(x)[:, self.extras:]  # [B, L, p * p * C]
         x = x.reshape(B, n, n, p, p, C).permute(0, 5, 1, 3, 2, 4).reshape(B, C, n * p, n * p)
         x = self.final_layer(x)  # [B, C, n * p, n * p]
-        return x[:, :, lo : lo + cfg.img_resolution, lo : lo + cfg.img_resolution] if hi else x  # [B, C, R, R]
+        return crop_centred(x, cfg.pad, cfg.img_resolution)  # [B, C, R, R]

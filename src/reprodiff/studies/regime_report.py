@@ -291,8 +291,9 @@ def _memorize_hint(run: dict[str, Any] | None, *, near_copies: bool = False) -> 
     """What to change where a network did not memorize at the smallest N, by how its run there ended
     (``regime_rows``' ``run``; training/fit.py): no fit check, the fit check passed, or the cap came first.
     ``near_copies``: its samples are already nearer their training images than most real images are."""
+    not_copies = "its samples are not{} copies of training images under this similarity"
     why = ("its near-copies are not yet near enough to count as copies under this similarity" if near_copies
-           else "its samples are not (yet) copies of training images under this similarity")
+           else not_copies.format(" (yet)"))
     if not run:
         return f"train longer at the smallest N (memorize, memorize_steps) or add a smaller N: {why}"
     steps = f"{run['steps']:,} steps"
@@ -301,7 +302,7 @@ def _memorize_hint(run: dict[str, Any] | None, *, near_copies: bool = False) -> 
                 f"until it has fitted its training images, or add a smaller N: {why}")
     if run["fitted"]:
         return (f"its run passed the fit check (memorize = {run['memorize']:g}) at {steps} and stopped, but "
-                f"{why.replace(' (yet)', '')}: "
+                f"{why if near_copies else not_copies.format('')}: "
                 f"a stricter memorize (e.g. {run['memorize'] / 4:g}: half the error at each noise level, and one "
                 f"level lower) trains on, up to memorize_steps ({run['memorize_steps']:,}); or add a smaller N "
                 f"(with fewer training images, fewer near-duplicates among them)")
