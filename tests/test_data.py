@@ -87,6 +87,16 @@ def test_npz_integer_and_float_images_read_as_the_same_uint8(tmp_path, form: str
     assert torch.equal(load_npz(tmp_path / "other.npz").images, load_npz(tmp_path / "u8.npz").images)
 
 
+def test_npz_lone_unnamed_array_is_the_images(tmp_path) -> None:
+    u8 = np.random.default_rng(2).integers(0, 256, (3, 4, 4, 3), dtype=np.uint8)
+    np.savez(tmp_path / "named.npz", images=u8)
+    np.savez(tmp_path / "lone.npz", u8)  # stored as arr_0
+    assert torch.equal(load_npz(tmp_path / "lone.npz").images, load_npz(tmp_path / "named.npz").images)
+    np.savez(tmp_path / "two.npz", u8, np.zeros(3, np.int64))  # arr_0 and arr_1: which is which is not guessed
+    with pytest.raises(ValueError, match=r"no 'images' array \(found \['arr_0', 'arr_1'\]\)"):
+        load_npz(tmp_path / "two.npz")
+
+
 def test_npz_with_object_arrays_is_refused_without_unpickling(tmp_path) -> None:
     marker = tmp_path / "pwned"
 

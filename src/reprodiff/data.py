@@ -165,11 +165,11 @@ def npz_images(path: str | os.PathLike[str], key: str = "images") -> Tensor:
 
 
 def load_npz(path: str | os.PathLike[str]) -> Dataset:
-    """An ``.npz`` with ``images`` (or ``x``; uint8, or integers or floats as :func:`_as_uint8` reads them) and
-    optional integer ``labels`` (or ``y``)."""
+    """An ``.npz`` with ``images`` (or ``x``, or a lone unnamed array, ``np.savez(path, images)``'s ``arr_0``;
+    uint8, or integers or floats as :func:`_as_uint8` reads them) and optional integer ``labels`` (or ``y``)."""
     path = Path(path)
     arrays = _read_npz(path)
-    key = next((k for k in ("images", "x") if k in arrays), None)
+    key = next((k for k in ("images", "x") if k in arrays), "arr_0" if list(arrays) == ["arr_0"] else None)
     if key is None:
         raise ValueError(f"{path}: no 'images' array (found {sorted(arrays)}); save the images under that name, "
                          f"e.g. np.savez(path, images=..., labels=...)")
