@@ -15,7 +15,7 @@ from reprodiff.cli import main
 from reprodiff.config import ConfigError
 from reprodiff.studies import KINDS, build_report
 from reprodiff.studies.base import SCHEMA, ModelSpec
-from reprodiff.studies.regime import StudyConfig, default_study, run_study
+from reprodiff.studies.regime import StudyConfig, announce, default_study, plan_tasks, run_study
 from reprodiff.studies.regime_report import regime_lines
 from results_schema import check_outputs
 
@@ -28,6 +28,16 @@ def tiny_study(**kw) -> StudyConfig:
                                                    batch_size=8)),
             "count": 8, "sampler_steps": 3, "n_boot": 20, "device": "cpu"}
     return StudyConfig(**{**base, **kw})
+
+
+def test_announcement_counts_in_words(tmp_path) -> None:
+    one = tiny_study(sizes=(8,), models=(ModelSpec("mlp", {"name": "mlp", "hidden": 32, "depth": 1}, steps=1,
+                                                   batch_size=1),))
+    line = announce(one, plan_tasks(one, tmp_path, (1, 8, 8)), tmp_path)
+    assert "1 training run (1 step, 1 image seen), 2 sampling passes of 8 samples, 1 size to score" in line
+    two = tiny_study()
+    line = announce(two, plan_tasks(two, tmp_path, (1, 8, 8)), tmp_path)
+    assert "4 training runs (24 steps, 192 images seen), 6 sampling passes of 8 samples, 2 sizes to score" in line
 
 
 def test_tiny_study_results_contract(tmp_path) -> None:

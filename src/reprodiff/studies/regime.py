@@ -288,11 +288,18 @@ def announce(cfg: StudyConfig, tasks: list[Task], out: Path) -> str:
     more = any(cfg.models[t.args[2]].memorize and t.args[3] == min(cfg.sizes) for t in trains)
     nets = ", ".join(m.name + (f" ({kind})" if (kind := m.net.get("name", m.source)) != m.name else "")
                      for m in cfg.models)
+    scores = sum(t.stage == "score" for t in todo)
     return (f"regime study -> {out}: models {nets}{' and D*' * cfg.optimal} at N = "
-            f"{', '.join(map(str, cfg.sizes))}; {len(todo)} of {len(tasks)} tasks to run: {len(trains)} training runs "
-            f"({steps:,} steps, {images:,} images seen{'; more where a run at the smallest N memorizes late' * more}"
-            f"), {passes} sampling passes of {cfg.count} samples, {sum(t.stage == 'score' for t in todo)} sizes "
-            "to score")
+            f"{', '.join(map(str, cfg.sizes))}; {len(todo)} of {_count(len(tasks), 'task')} to run: "
+            f"{_count(len(trains), 'training run')} ({_count(steps, 'step')}, {_count(images, 'image')} seen"
+            f"{'; more where a run at the smallest N memorizes late' * more}), "
+            f"{_count(passes, 'sampling pass', 'sampling passes')} of {_count(cfg.count, 'sample')}, "
+            f"{_count(scores, 'size')} to score")
+
+
+def _count(k: int, one: str, many: str = "") -> str:
+    """``k`` and the noun, singular or plural: ``1 size``, ``2 sizes``, ``1,600 steps``."""
+    return f"{k:,} {one if k == 1 else many or one + 's'}"
 
 
 def _names(cfg: StudyConfig) -> list[str]:
