@@ -39,6 +39,11 @@ handover  HANDOVER=DIR: for each network of the finished regime study in DIR at 
           and the median distance of its samples to the nearest training image (and the
           mean-colour offset of those nearest a nearly flat one) with the ODE stopped at the grid's last levels;
           anydata prints it for every network that misses the memorization regime.
+draws     the default study four times -- as shipped, another subset of the digits (`subset_seed = 1`), other
+          sampling noise (`seed = 200000`), other network seeds (10 and 11) -- with RP between its two networks at
+          every N and whether each run meets issue 15's U-curve (RP >= 0.6 at both ends, its interior minimum
+          <= 0.6 x the lower end with a Wilson interval below both ends', GL <= 0.1 at the smallest N and >= 0.9
+          at the largest); DRAWS=subset,noise runs those alone. About 2 minutes each on 2 cores.
 regime    seconds to reach the regime: each network trained for 1,200 steps (about a minute) on 64 and on
           all 1,797 digits; the share of samples that copy a training image (nearest-neighbour L2 ratio
           d1/d2 < 1/3, Yoon et al. 2023; Gu et al. 2023) should be high at N = 64 and ~0 at N = 1,797.
@@ -672,10 +677,58 @@ def bench_handover(quick: bool) -> None:
     diagnose_memorization(Path(folder), res)
 
 
+def u_curve(res: dict, a: str, b: str) -> tuple[bool, str]:
+    """Issue 15's U-curve on a finished regime study's results: RP between ``a`` and ``b`` at least 0.6 at the
+    smallest and the largest N, its lowest value in between at most 0.6 times the lower end with a 95% interval
+    entirely below both ends' intervals, and every network's GL at most 0.1 at the smallest N and at least 0.9 at
+    the largest (``regimes``). Returns (met, the reason where not)."""
+    rows = sorted((r for r in res["rp"] if {r["a"], r["b"]} == {a, b}), key=lambda r: r["n"])
+    first, last, inner = rows[0], rows[-1], rows[1:-1]
+    low = min(inner, key=lambda r: r["rp"])
+    end = min(first["rp"], last["rp"])
+    why = [f"RP at N = {r['n']:,} {r['rp']:.2f} < 0.6" for r in (first, last) if r["rp"] < 0.6]
+    if low["rp"] > 0.6 * end:
+        why.append(f"the dip {low['rp']:.2f} > 0.6 x {end:.2f}")
+    if low["ci"][1] >= min(first["ci"][0], last["ci"][0]):
+        why.append(f"the dip's interval reaches an end's ({low['ci'][1]:.2f})")
+    why += [f"{r['model']} did not reach {r['regime']} at N = {r['n']:,} (GL {r['gl']:.2f})"
+            for r in res["regimes"] if not r["reached"]]
+    return not why, "; ".join(why)
+
+
+def bench_draws(quick: bool) -> None:
+    """The default study under other draws of its randomness, one change each (module docstring): is its
+    U-curve the draw's or the study's? ``DRAWS``: a comma-separated subset of shipped, subset, noise, init."""
+    import tempfile
+
+    from reprodiff.executors import ExecutorConfig
+    from reprodiff.studies.regime import StudyConfig, default_study, run_study
+
+    base = default_study().to_dict()
+    seeded = [{**m, "seed": 10 + i} for i, m in enumerate(base["models"])]  # initialisation and training draws
+    variants = {"shipped": {}, "subset": {"subset_seed": 1}, "noise": {"seed": 200000}, "init": {"models": seeded}}
+    only = [v for v in os.environ.get("DRAWS", "").split(",") if v] or list(variants)
+    if unknown := set(only) - set(variants):
+        raise SystemExit(f"DRAWS: unknown {sorted(unknown)}; choose from {', '.join(variants)}")
+    a, b = (m["name"] for m in base["models"][:2])
+    for name in only:
+        cfg = StudyConfig.from_dict({**base, **variants[name]})
+        with tempfile.TemporaryDirectory() as tmp:
+            t0 = time.perf_counter()
+            res = run_study(cfg, tmp, executor=ExecutorConfig())  # as `reprodiff study` runs it
+            met, why = u_curve(res, a, b)
+            rp = sorted((r["n"], r["rp"]) for r in res["rp"] if (r["a"], r["b"]) == (a, b))
+            change = "model seeds 10, 11" if name == "init" else ", ".join(f"{k} = {v}" for k, v in
+                                                                          variants[name].items()) or "as shipped"
+            print(f"== {name} ({change}): RP {a}/{b} "
+                  + " -> ".join(f"{v:.2f}" for _, v in rp) + f" (N = {', '.join(f'{n:,}' for n, _ in rp)}); "
+                  f"U-curve {'met' if met else 'NOT met: ' + why} [{time.perf_counter() - t0:.0f} s] ==")
+
+
 BENCHES: dict[str, Callable[[bool], None]] = {
     "optimal": bench_optimal, "samplers": bench_samplers, "train": bench_train, "regime": bench_regime,
     "study": bench_study, "invert": bench_invert, "checkpoint": bench_checkpoint, "nets": bench_nets,
-    "anydata": bench_anydata, "handover": bench_handover,
+    "anydata": bench_anydata, "handover": bench_handover, "draws": bench_draws,
 }
 
 if __name__ == "__main__":
