@@ -231,3 +231,29 @@ def test_a_run_whose_data_path_does_not_resolve_from_here_says_whose_path_it_is(
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert f"was trained on 'd.npz' (its config.json data.name), which cannot be read from {tmp_path}" in err
+
+
+def test_sigterm_stops_a_command_with_one_line_and_a_resumable_folder(tmp_path) -> None:
+    """A scheduler's time limit (SIGTERM) ends a training run as Ctrl-C does: exit 143, one line saying how to
+    resume, its lock released and its checkpoint whole (the same command continues from it)."""
+    import signal
+    import time
+
+    cfg = tmp_path / "run.toml"
+    cfg.write_text('steps = 100000\nbatch_size = 8\ncheckpoint_every = 5\nlog_every = 5\n[data]\nname = "digits"\n'
+                   'n = 16\n[net]\nname = "mlp"\nhidden = 16\ndepth = 1\n[kernel]\nname = "edm"\n')
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "reprodiff", "train", "--config", str(cfg), "--out", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (out / "training.safetensors").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.communicate()[1]
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert err.strip().splitlines()[-1] == "reprodiff: stopped (SIGTERM); run the same command again to resume"
+    assert "Traceback" not in err
+    step = max(json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines())
+    assert main(["train", "--out", str(out), "--steps", str(step + 5)]) == 0  # not locked, resumes
+    assert max(json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()) == step + 5

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from . import __version__, sampling
@@ -157,7 +160,40 @@ def _first_missing(path: str) -> Path | None:
     return p
 
 
+class Stopped(BaseException):
+    """SIGTERM while a command runs (a scheduler's time limit, ``kill``, ``timeout``): unwound as Ctrl-C is, so a
+    local study stops its worker processes with it (not only on Linux, where they die with it anyway), files
+    being written are discarded, folder locks are released, and the command says how to resume."""
+
+
+def _raise_stopped(signum: int, frame: object) -> None:
+    raise Stopped
+
+
+@contextlib.contextmanager
+def _sigterm_stops() -> Iterator[None]:
+    """SIGTERM raises :class:`Stopped` inside the block (main thread only), then the handler before it is back."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_stopped)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """The ``reprodiff`` command; returns its exit status (2: a one-line error; 130: Ctrl-C; 143: SIGTERM)."""
+    with _sigterm_stops():
+        try:
+            return _main(argv)
+        except Stopped:
+            print("reprodiff: stopped (SIGTERM); run the same command again to resume", file=sys.stderr)
+            return 143
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     if args.command is None:
         _parser().print_help()
