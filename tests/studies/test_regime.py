@@ -113,6 +113,7 @@ def test_saved_similarities_give_back_every_score_and_the_dip(tmp_path) -> None:
         assert r["median_similarity"] == sims[f"gl/{r['n']}/heun/{r['model']}"].median().item()
         real = sims.get(f"real/{r['n']}")  # the real images of GL's calibration at that size, where calibrated
         assert r["real_below_median"] == (None if real is None else (real < r["median_similarity"]).double().mean())
+        assert r["memorized_below"] is None and r["real_above_memorized"] is None  # a fixed threshold: no real/N
     text = KINDS["regime"].summarize(res)
     assert "is the dip real" in text and "95% Wilson interval" in text and "were both regimes reached" in text
     assert "Were both regimes reached?" in build_report(tmp_path).read_text()

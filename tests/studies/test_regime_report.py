@@ -233,6 +233,12 @@ def test_regime_rows_check_gl_at_both_ends_and_say_what_to_change() -> None:
     assert rows[2]["real_below_median"] == pytest.approx(4 / 6) and rows[0]["real_below_median"] is None
     assert "67% of the real images GL's threshold was read from lie farther" in regime_lines(rows)[2]
     assert "near-copies; the data hold near-duplicates" in regime_lines(rows)[2]
+    # How far the copy test is from calling them copies: the threshold GL <= 0.1 needs (below the 1st of the
+    # 3 samples' similarities, 0.90), and the share of those real images it would call copies too (0.93-0.97).
+    assert rows[2]["memorized_below"] == pytest.approx(0.90) and rows[2]["real_above_memorized"] == 0.5
+    assert rows[0]["memorized_below"] is None and rows[3]["memorized_below"] is None  # no samples; generalization
+    assert "to count 90% of its samples as copies a threshold must lie below 0.900, which 50% of those real " \
+        "images reach" in regime_lines(rows)[2]
     assert regime_lines(rows)[2].endswith("its near-copies are not yet near enough to count as copies under this "
                                           "similarity")  # not "its samples are not copies", which the share denies
     far = regime_rows(results, {**sims, "real/8": torch.tensor([0.95, 0.96, 0.97, 0.98])})
@@ -244,7 +250,8 @@ def test_regime_rows_check_gl_at_both_ends_and_say_what_to_change() -> None:
         "stricter memorize" in regime_lines(regime_rows(results, near_dups, fitted_run))[2]
     assert "and stopped, but its samples are not copies of training images under this similarity: a stricter" \
         in regime_lines(regime_rows(results, sims, fitted_run))[2]
-    assert "lie farther" not in lines[2]  # no real/N (a fixed threshold, or scored before): as before
+    assert "lie farther" not in lines[2] and "must lie below" not in lines[2]  # no real/N (a fixed threshold, or
+    assert regime_rows(results, sims)[2]["memorized_below"] is None  # scored before): as before
 
 
 def test_a_dip_is_a_minimum_between_the_ends_not_a_rising_or_falling_curve() -> None:

@@ -245,14 +245,26 @@ def regime_rows(results: dict[str, Any], sims: dict[str, Tensor],
                 s = sims.get(sim_key("gl", n, sampler, model))
                 median = None if s is None or not s.numel() else float(s.median())
                 real = sims.get(sim_key("real", n))  # the real images GL's threshold was read from
+                has_real = median is not None and real is not None and bool(real.numel())
                 reached = r["gl"] <= MEMORIZED_GL if regime == "memorization" else r["gl"] >= GENERALIZED_GL
+                needed = memorized_at(s) if regime == "memorization" and has_real else None
                 rows.append({"model": model, "sampler": sampler, "regime": regime, "n": n, "gl": r["gl"],
                              "ci": list(r["ci"]), "reached": bool(reached),
                              "threshold": gl_threshold_of(results, r), "median_similarity": median,
-                             "real_below_median": None if median is None or real is None or not real.numel()
-                             else float((real < median).double().mean()),
+                             "real_below_median": float((real < median).double().mean()) if has_real else None,
+                             "memorized_below": needed,
+                             "real_above_memorized": None if needed is None
+                             else float((real >= needed).double().mean()),
                              "run": (runs or {}).get(model) if regime == "memorization" else None})
     return rows
+
+
+def memorized_at(similarities: Tensor) -> float:
+    """The value that a copy threshold must lie below for GL <= ``MEMORIZED_GL`` on samples with these
+    similarities to their nearest training image: the ``(floor(0.1 M) + 1)``-th smallest (a sample is a copy where
+    its similarity exceeds the threshold; below it at most ``floor(0.1 M)`` of the ``M`` are new)."""
+    k = math.floor(MEMORIZED_GL * similarities.numel())
+    return float(similarities.flatten().sort().values[k])
 
 
 def regime_lines(rows: list[dict[str, Any]]) -> list[str]:
@@ -281,6 +293,10 @@ def _regime_hint(r: dict[str, Any]) -> str:
             near += (": its samples are nearer their training images than most real images are, near-copies; the "
                      "data hold near-duplicates of the training images (overlapping crops, flat backgrounds) that "
                      "set the threshold and that a copy must beat; a smaller N may hold fewer of them")
+        if (below := r.get("memorized_below")) is not None and r.get("real_above_memorized") is not None:
+            near += (f"; to count {1 - MEMORIZED_GL:.0%} of its samples as copies a threshold must lie below "
+                     f"{below:.3f}, which {r['real_above_memorized']:.0%} of those real images reach (a copy test "
+                     "that calls that share of novel images copies)")
         near += "; "
     if r["regime"] == "memorization":
         return near + _memorize_hint(r.get("run"), near_copies=near_copies)
