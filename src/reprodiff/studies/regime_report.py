@@ -247,7 +247,7 @@ def regime_rows(results: dict[str, Any], sims: dict[str, Tensor],
                 real = sims.get(sim_key("real", n))  # the real images GL's threshold was read from
                 has_real = median is not None and real is not None and bool(real.numel())
                 reached = r["gl"] <= MEMORIZED_GL if regime == "memorization" else r["gl"] >= GENERALIZED_GL
-                needed = memorized_at(s) if regime == "memorization" and has_real else None
+                needed = _memorized_at(s) if regime == "memorization" and has_real else None
                 rows.append({"model": model, "sampler": sampler, "regime": regime, "n": n, "gl": r["gl"],
                              "ci": list(r["ci"]), "reached": bool(reached),
                              "threshold": gl_threshold_of(results, r), "median_similarity": median,
@@ -259,7 +259,7 @@ def regime_rows(results: dict[str, Any], sims: dict[str, Tensor],
     return rows
 
 
-def memorized_at(similarities: Tensor) -> float:
+def _memorized_at(similarities: Tensor) -> float:
     """The value that a copy threshold must lie below for GL <= ``MEMORIZED_GL`` on samples with these
     similarities to their nearest training image: the ``(floor(0.1 M) + 1)``-th smallest (a sample is a copy where
     its similarity exceeds the threshold; below it at most ``floor(0.1 M)`` of the ``M`` are new)."""
