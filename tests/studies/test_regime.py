@@ -119,6 +119,28 @@ def test_saved_similarities_give_back_every_score_and_the_dip(tmp_path) -> None:
     assert "Were both regimes reached?" in build_report(tmp_path).read_text()
 
 
+def test_new_sample_sources_name_the_training_image_nearest_most_new_samples(tmp_path) -> None:
+    """A missed memorization regime says where its new samples lie: the training image nearest most of them, with
+    its pixel contrast and rank among the training images (from the samples' saved nearest / similarity)."""
+    from reprodiff.data import load_digits, subset, to_uint8
+    from reprodiff.studies.regime import new_sample_sources
+
+    cfg = StudyConfig.from_dict({"data": "digits", "sizes": [4, 16], "subset_seed": 3})
+    (tmp_path / "samples").mkdir()
+    nearest = np.array([0, 2, 2, 2, 1, 3, 2, 0])  # new (similarity <= 0.9): the 2nd to 5th and the 7th
+    similarity = np.array([0.95, 0.5, 0.6, 0.7, 0.8, 0.99, 0.9, 0.91], dtype=np.float32)
+    np.savez(tmp_path / "samples" / "mlp-n4-heun.npz", nearest=nearest, similarity=similarity)
+    gl = [{"n": 4, "model": "mlp", "sampler": "heun", "gl": 5 / 8, "threshold": 0.9},
+          {"n": 4, "model": "unet", "sampler": "heun", "gl": 0.0, "threshold": 0.9},  # nothing new: left out
+          {"n": 4, "model": "optimal", "sampler": "heun", "gl": 0.5, "threshold": 0.9},  # D*: no network
+          {"n": 4, "model": "vae", "sampler": "heun", "gl": 0.5, "threshold": 0.9}]  # its samples missing
+    src = new_sample_sources(cfg, tmp_path, {"gl": gl, "similarity": {}})
+    std = to_uint8(subset(load_digits(), 4, 3).images).flatten(1).double().std(dim=1, correction=0)
+    assert list(src) == [("heun", "mlp")]
+    assert src[("heun", "mlp")] == {"image": 2, "new": 4, "of": 5, "std": float(std[2]),
+                                    "rank": int((std < std[2]).sum()) + 1, "median_std": float(std.median()), "n": 4}
+
+
 def test_rerun_skips_finished_work_and_other_study_is_refused(tmp_path) -> None:
     first = run_study(tiny_study(), tmp_path)
     stamp = (tmp_path / "runs" / "unet-n8" / "training.safetensors").stat().st_mtime_ns

@@ -250,6 +250,19 @@ def test_regime_rows_check_gl_at_both_ends_and_say_what_to_change() -> None:
         "stricter memorize" in regime_lines(regime_rows(results, near_dups, fitted_run))[2]
     assert "and stopped, but its samples are not copies of training images under this similarity: a stricter" \
         in regime_lines(regime_rows(results, sims, fitted_run))[2]
+    # Most samples copies (median above the threshold): the miss is a tail, not near-duplicates setting the bar;
+    # and where the new samples lie -- here nearest the flattest training image -- says why a correlation misses.
+    tail = {**sims, "gl/8/heun/mlp": torch.tensor([0.70, 0.96, 0.97, 0.98]), "real/8": torch.tensor([0.5, 0.6])}
+    src = {("heun", "mlp"): {"image": 3, "new": 1, "of": 1, "std": 2.2, "rank": 1, "median_std": 30.0, "n": 8}}
+    rows = regime_rows(results, tail, None, src)
+    assert rows[2]["new_nearest"] == src[("heun", "mlp")] and rows[3]["new_nearest"] is None
+    line = regime_lines(rows)[2]
+    assert "most of its samples count as copies; the new ones are a tail" in line and "near-duplicates" not in line
+    assert "1 of its 1 new samples lie nearest training image 3 (pixel standard deviation 2.2 uint8 levels, the " \
+        "flattest of its 8 training images, whose median is 30.0: a correlation divides contrast out" in line
+    other = {("heun", "mlp"): {**src[("heun", "mlp")], "rank": 4}}
+    assert "standard deviation 2.2 uint8 levels; median of its 8 training images 30.0); " \
+        in regime_lines(regime_rows(results, tail, None, other))[2]
     assert "lie farther" not in lines[2] and "must lie below" not in lines[2]  # no real/N (a fixed threshold, or
     assert regime_rows(results, sims)[2]["memorized_below"] is None  # scored before): as before
 

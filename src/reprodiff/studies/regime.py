@@ -733,13 +733,46 @@ def _report_task(cfg: StudyConfig, out: str, start: float, final_lock: bool) -> 
         results["provenance"] = plan.provenance(folder)
         sims = _read_similarities(folder, cfg.sizes)
         results["dip"] = dip_rows(results, sims)
-        results["regimes"] = regime_rows(results, sims, smallest_runs(cfg, folder))
+        results["regimes"] = regime_rows(results, sims, smallest_runs(cfg, folder), new_sample_sources(cfg, folder,
+                                                                                                   results))
         base.write_results(folder, results, time.perf_counter() - (time.time() - start), scores(results), sims)
         if final_lock:
             from . import build_report
 
             build_report(folder)
     return f"report: {len(results['rp'])} RP and {len(results['gl'])} GL scores -> {folder / 'results.json'}"
+
+
+def new_sample_sources(cfg: StudyConfig, folder: Path, results: dict[str, Any]) -> dict[tuple[str, str], Any]:
+    """Where each network's new samples at the smallest size lie (``regime_rows``: what a missed memorization
+    regime says): for each (sampler, model) with new samples, the training image nearest most of them (``image``,
+    its index in the subset), how many (``new``) of how many new samples (``of``), and its pixel standard deviation
+    in uint8 levels (``std``; ``rank``: 1 for the flattest of the ``n`` training images; ``median_std`` of them)
+    -- a correlation reads a few levels of noise on a nearly flat image as a new image. From the samples' saved
+    ``nearest`` / ``similarity`` (``base.score_gl``); pairs whose samples are missing are left out."""
+    n = min(cfg.sizes)
+    rows = [r for r in results["gl"] if r["n"] == n and r["model"] != OPTIMAL and r["gl"] > 0]
+    if not rows:
+        return {}
+    images = to_uint8(subset(base.load_data(cfg), n, cfg.subset_seed).images).flatten(1).double()  # [n, D]
+    std = images.std(dim=1, correction=0)
+    out: dict[tuple[str, str], Any] = {}
+    for r in rows:
+        path = folder / "samples" / f"{r['model']}-n{n}-{r['sampler']}.npz"
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                nearest, similarity = np.asarray(f["nearest"]), np.asarray(f["similarity"])
+        except (OSError, ValueError, KeyError):
+            continue
+        new = nearest[similarity <= gl_threshold_of(results, r)]
+        if not new.size:
+            continue
+        counts = np.bincount(new, minlength=n)
+        i = int(counts.argmax())
+        out[(r["sampler"], r["model"])] = {"image": i, "new": int(counts[i]), "of": int(new.size),
+                                           "std": float(std[i]), "rank": int((std < std[i]).sum()) + 1,
+                                           "median_std": float(std.median()), "n": n}
+    return out
 
 
 def smallest_runs(cfg: StudyConfig, folder: Path) -> dict[str, dict[str, Any]]:

@@ -224,14 +224,15 @@ MEMORIZED_GL = 0.1  # the memorization regime: at most 10% of samples novel (the
 GENERALIZED_GL = 0.9  # the generalization regime: at least 90% novel (GL ~ 1 at large n)
 
 
-def regime_rows(results: dict[str, Any], sims: dict[str, Tensor],
-                runs: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+def regime_rows(results: dict[str, Any], sims: dict[str, Tensor], runs: dict[str, dict[str, Any]] | None = None,
+                sources: dict[tuple[str, str], Any] | None = None) -> list[dict[str, Any]]:
     """"Were both regimes reached?": for each network (not D*) and sampler, GL at the smallest size against
     ``MEMORIZED_GL`` and at the largest against ``GENERALIZED_GL`` (Zhang et al. 2023: GL ~ 0 in the memorization
     regime, ~ 1 in the generalization regime), with the median similarity of the network's samples to their
     nearest training image there against GL's threshold -- how near a miss is. ``runs``: how each network's run
     at the smallest size ended (``regime.smallest_runs``), kept in its memorization row (``run``) so that a miss
-    says which knob to turn. None with a single size."""
+    says which knob to turn; ``sources``: where its new samples there lie (``regime.new_sample_sources``, by
+    (sampler, model)), kept as ``new_nearest``. None with a single size."""
     sizes = results["sizes"]
     if len(sizes) < 2:
         return []
@@ -255,6 +256,8 @@ def regime_rows(results: dict[str, Any], sims: dict[str, Tensor],
                              "memorized_below": needed,
                              "real_above_memorized": None if needed is None
                              else float((real >= needed).double().mean()),
+                             "new_nearest": (sources or {}).get((sampler, model)) if regime == "memorization"
+                             else None,
                              "run": (runs or {}).get(model) if regime == "memorization" else None})
     return rows
 
@@ -289,7 +292,9 @@ def _regime_hint(r: dict[str, Any]) -> str:
         near += (f"{share:.0%} of the real images GL's threshold was read from lie farther from their nearest "
                  "(other) training image")
         near_copies = r["regime"] == "memorization" and share >= 0.5  # nearer than the typical real neighbour
-        if near_copies:
+        if near_copies and r["median_similarity"] > r["threshold"]:
+            near += ": most of its samples count as copies; the new ones are a tail"
+        elif near_copies:
             near += (": its samples are nearer their training images than most real images are, near-copies; the "
                      "data hold near-duplicates of the training images (overlapping crops, flat backgrounds) that "
                      "set the threshold and that a copy must beat; a smaller N may hold fewer of them")
@@ -298,6 +303,13 @@ def _regime_hint(r: dict[str, Any]) -> str:
                      f"{below:.3f}, which {r['real_above_memorized']:.0%} of those real images reach (a copy test "
                      "that calls that share of novel images copies)")
         near += "; "
+    if (src := r.get("new_nearest")) and r["regime"] == "memorization":
+        near += (f"{src['new']} of its {src['of']} new samples lie nearest training image {src['image']} (pixel "
+                 f"standard deviation {src['std']:.1f} uint8 levels")
+        near += (f", the flattest of its {src['n']:,} training images, whose median is {src['median_std']:.1f}: a "
+                 "correlation divides contrast out, so on a nearly flat image a few levels of noise read as a new "
+                 "image); " if src["rank"] == 1 else f"; median of its {src['n']:,} training images "
+                 f"{src['median_std']:.1f}); ")
     if r["regime"] == "memorization":
         return near + _memorize_hint(r.get("run"), near_copies=near_copies)
     return near + "add larger N (more data), or a smaller network: its samples still copy training images"
