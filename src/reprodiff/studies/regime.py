@@ -771,7 +771,7 @@ def new_sample_sources(cfg: StudyConfig, folder: Path, results: dict[str, Any]) 
         i = int(counts.argmax())
         out[(r["sampler"], r["model"])] = {"image": i, "new": int(counts[i]), "of": int(new.size),
                                            "std": float(std[i]), "rank": int((std < std[i]).sum()) + 1,
-                                           "median_std": float(std.median()), "n": n}
+                                           "median_std": float(std.quantile(0.5)), "n": n}
     return out
 
 
