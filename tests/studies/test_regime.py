@@ -122,6 +122,8 @@ def test_saved_similarities_give_back_every_score_and_the_dip(tmp_path) -> None:
 def test_new_sample_sources_name_the_training_image_nearest_most_new_samples(tmp_path) -> None:
     """A missed memorization regime says where its new samples lie: the training image nearest most of them, with
     its pixel contrast and rank among the training images (from the samples' saved nearest / similarity)."""
+    from types import SimpleNamespace
+
     from reprodiff.data import load_digits, subset, to_uint8
     from reprodiff.studies.regime import new_sample_sources
 
@@ -139,6 +141,8 @@ def test_new_sample_sources_name_the_training_image_nearest_most_new_samples(tmp
     assert list(src) == [("heun", "mlp")]
     assert src[("heun", "mlp")] == {"image": 2, "new": 4, "of": 5, "std": float(std[2]), "n": 4,
                                     "rank": int((std < std[2]).sum()) + 1, "median_std": float(std.quantile(0.5))}
+    sscd = SimpleNamespace(sizes=cfg.sizes, similarity="sscd")  # a learned embedding: contrast says nothing
+    assert new_sample_sources(sscd, tmp_path, {"gl": gl, "similarity": {}}) == {}  # type: ignore[arg-type]
 
 
 def test_rerun_skips_finished_work_and_other_study_is_refused(tmp_path) -> None:

@@ -748,11 +748,12 @@ def new_sample_sources(cfg: StudyConfig, folder: Path, results: dict[str, Any]) 
     regime says): for each (sampler, model) with new samples, the training image nearest most of them (``image``,
     its index in the subset), how many (``new``) of how many new samples (``of``), and its pixel standard deviation
     in uint8 levels (``std``; ``rank``: 1 for the flattest of the ``n`` training images; ``median_std`` of them)
-    -- a correlation reads a few levels of noise on a nearly flat image as a new image. From the samples' saved
-    ``nearest`` / ``similarity`` (``base.score_gl``); pairs whose samples are missing are left out."""
+    -- a correlation (``similarity = "pixel"``; other similarities: none) reads a few levels of noise on a nearly
+    flat image as a new image. From the samples' saved ``nearest`` / ``similarity`` (``base.score_gl``); pairs
+    whose samples are missing are left out."""
     n = min(cfg.sizes)
     rows = [r for r in results["gl"] if r["n"] == n and r["model"] != OPTIMAL and r["gl"] > 0]
-    if not rows:
+    if not rows or cfg.similarity != "pixel":  # the contrast of an image says why only a pixel correlation misses
         return {}
     images = to_uint8(subset(base.load_data(cfg), n, cfg.subset_seed).images).flatten(1).double()  # [n, D]
     std = images.std(dim=1, correction=0)
