@@ -31,7 +31,7 @@ from matplotlib.ticker import NullLocator
 from torch import Tensor
 
 from .. import metrics
-from ..calibration import describe
+from ..calibration import describe, exceeded_by
 from ..data import load_npz
 from ..files import image_grid
 from .base import OPTIMAL, Report, read_results, sim_key
@@ -265,9 +265,9 @@ def regime_rows(results: dict[str, Any], sims: dict[str, Tensor], runs: dict[str
 def _memorized_at(similarities: Tensor) -> float:
     """The value that a copy threshold must lie below for GL <= ``MEMORIZED_GL`` on samples with these
     similarities to their nearest training image: the ``(floor(0.1 M) + 1)``-th smallest (a sample is a copy where
-    its similarity exceeds the threshold; below it at most ``floor(0.1 M)`` of the ``M`` are new)."""
-    k = math.floor(MEMORIZED_GL * similarities.numel())
-    return float(similarities.flatten().sort().values[k])
+    its similarity exceeds the threshold; below it at most ``floor(0.1 M)`` of the ``M`` are new) --
+    ``calibration.exceeded_by`` from below."""
+    return -exceeded_by(-similarities.flatten(), MEMORIZED_GL)
 
 
 def regime_lines(rows: list[dict[str, Any]]) -> list[str]:
