@@ -131,16 +131,31 @@ def test_new_sample_sources_name_the_training_image_nearest_most_new_samples(tmp
     (tmp_path / "samples").mkdir()
     nearest = np.array([0, 2, 2, 2, 1, 3, 2, 0])  # new (similarity <= 0.9): the 2nd to 5th and the 7th
     similarity = np.array([0.95, 0.5, 0.6, 0.7, 0.8, 0.99, 0.9, 0.91], dtype=np.float32)
-    np.savez(tmp_path / "samples" / "mlp-n4-heun.npz", nearest=nearest, similarity=similarity)
+    train = to_uint8(subset(load_digits(), 4, 3).images)  # [4, 1, 8, 8] uint8
+    images = train[torch.from_numpy(nearest)].clone()
+    for i, k in ((1, 6), (3, 10), (6, 3)):  # new samples off their nearest image by a brightness offset
+        images[i] = (images[i].int() + k).clamp(0, 255).to(torch.uint8)
+    images[2, 0, 0, :4] = 255 - images[2, 0, 0, :4]  # new samples off it by flipped pixels
+    images[4, 0, :2] = 255 - images[4, 0, :2]
+    np.savez(tmp_path / "samples" / "mlp-n4-heun.npz", nearest=nearest, similarity=similarity, images=images.numpy())
     gl = [{"n": 4, "model": "mlp", "sampler": "heun", "gl": 5 / 8, "threshold": 0.9},
           {"n": 4, "model": "unet", "sampler": "heun", "gl": 0.0, "threshold": 0.9},  # nothing new: left out
           {"n": 4, "model": "optimal", "sampler": "heun", "gl": 0.5, "threshold": 0.9},  # D*: no network
           {"n": 4, "model": "vae", "sampler": "heun", "gl": 0.5, "threshold": 0.9}]  # its samples missing
     src = new_sample_sources(cfg, tmp_path, {"gl": gl, "similarity": {}})
-    std = to_uint8(subset(load_digits(), 4, 3).images).flatten(1).double().std(dim=1, correction=0)
+    std = train.flatten(1).double().std(dim=1, correction=0)
+    d = (images.double() - train[torch.from_numpy(nearest)].double()).flatten(1)[[1, 2, 3, 4, 6]]  # the new ones
     assert list(src) == [("heun", "mlp")]
     assert src[("heun", "mlp")] == {"image": 2, "new": 4, "of": 5, "std": float(std[2]), "n": 4,
-                                    "rank": int((std < std[2]).sum()) + 1, "median_std": float(std.quantile(0.5))}
+                                    "rank": int((std < std[2]).sum()) + 1, "median_std": float(std.quantile(0.5)),
+                                    "rms": float(d.pow(2).mean(1).sqrt().quantile(0.5)),
+                                    "offset": float(d.mean(1).abs().quantile(0.5))}
+    # A brightness offset is all offset (its RMS is its mean, up to clipping at 255); flipped pixels are mostly not.
+    rms, offset = d.pow(2).mean(1).sqrt(), d.mean(1).abs()
+    assert torch.allclose(rms[[0, 2, 4]], offset[[0, 2, 4]], rtol=0.05) and (offset[[1, 3]] < rms[[1, 3]] / 2).all()
+    assert 3 <= src[("heun", "mlp")]["offset"] <= src[("heun", "mlp")]["rms"]
+    np.savez(tmp_path / "samples" / "mlp-n4-heun.npz", nearest=nearest, similarity=similarity)  # no images
+    assert new_sample_sources(cfg, tmp_path, {"gl": gl, "similarity": {}})[("heun", "mlp")]["rms"] is None
     sscd = SimpleNamespace(sizes=cfg.sizes, similarity="sscd")  # a learned embedding: contrast says nothing
     assert new_sample_sources(sscd, tmp_path, {"gl": gl, "similarity": {}}) == {}  # type: ignore[arg-type]
 

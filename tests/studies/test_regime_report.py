@@ -263,6 +263,15 @@ def test_regime_rows_check_gl_at_both_ends_and_say_what_to_change() -> None:
     other = {("heun", "mlp"): {**src[("heun", "mlp")], "rank": 4}}
     assert "standard deviation 2.2 uint8 levels; median of its 8 training images 30.0); " \
         in regime_lines(regime_rows(results, tail, None, other))[2]
+    assert "RMS from their nearest" not in line  # no sample images: nothing said about the difference
+    cast = {("heun", "mlp"): {**src[("heun", "mlp")], "rms": 5.1, "offset": 4.5}}
+    noise = {("heun", "mlp"): {**src[("heun", "mlp")], "rms": 2.3, "offset": 0.5}}
+    said = "its new samples lie a median {} uint8 levels RMS from their nearest training image, {} of it an offset " \
+        "of each channel's mean"
+    line = regime_lines(regime_rows(results, tail, None, cast))[2]
+    assert said.format("5.1", "4.5") + " -- mostly a colour cast" in line
+    line = regime_lines(regime_rows(results, tail, None, noise))[2]
+    assert said.format("2.3", "0.5") + "; " in line and "colour cast" not in line
     assert "lie farther" not in lines[2] and "must lie below" not in lines[2]  # no real/N (a fixed threshold, or
     assert regime_rows(results, sims)[2]["memorized_below"] is None  # scored before): as before
 

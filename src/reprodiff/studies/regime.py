@@ -749,8 +749,11 @@ def new_sample_sources(cfg: StudyConfig, folder: Path, results: dict[str, Any]) 
     its index in the subset), how many (``new``) of how many new samples (``of``), and its pixel standard deviation
     in uint8 levels (``std``; ``rank``: 1 for the flattest of the ``n`` training images; ``median_std`` of them)
     -- a correlation (``similarity = "pixel"``; other similarities: none) reads a few levels of noise on a nearly
-    flat image as a new image. From the samples' saved ``nearest`` / ``similarity`` (``base.score_gl``); pairs
-    whose samples are missing are left out."""
+    flat image as a new image. ``rms``: the new samples' median RMS distance (uint8 levels) from their nearest
+    training image; ``offset``: the median RMS of that difference's per-channel means, the part a colour cast
+    (grey: a brightness offset) makes -- a network that keeps such an offset from high noise to the end makes
+    new colours of its training images (None where the saved samples hold no ``images``). From the samples' saved
+    ``nearest`` / ``similarity`` (``base.score_gl``); pairs whose samples are missing are left out."""
     n = min(cfg.sizes)
     rows = [r for r in results["gl"] if r["n"] == n and r["model"] != OPTIMAL and r["gl"] > 0]
     if not rows or cfg.similarity != "pixel":  # the contrast of an image says why only a pixel correlation misses
@@ -763,16 +766,24 @@ def new_sample_sources(cfg: StudyConfig, folder: Path, results: dict[str, Any]) 
         try:
             with np.load(path, allow_pickle=False) as f:
                 nearest, similarity = np.asarray(f["nearest"]), np.asarray(f["similarity"])
+                samples = np.asarray(f["images"]) if "images" in f.files else None  # uint8 [S, C, H, W]
         except (OSError, ValueError, KeyError):
             continue
-        new = nearest[similarity <= gl_threshold_of(results, r)]
+        is_new = similarity <= gl_threshold_of(results, r)
+        new = nearest[is_new]
         if not new.size:
             continue
         counts = np.bincount(new, minlength=n)
         i = int(counts.argmax())
+        rms = offset = None
+        if samples is not None and samples.shape[0] == is_new.shape[0]:
+            d = torch.from_numpy(samples[is_new]).double().flatten(2) - images[new].view(len(new), samples.shape[1], -1)
+            rms = float(d.pow(2).mean((1, 2)).sqrt().quantile(0.5))  # [new] -> median, uint8 levels
+            offset = float(d.mean(2).pow(2).mean(1).sqrt().quantile(0.5))  # the per-channel mean offsets' RMS
         out[(r["sampler"], r["model"])] = {"image": i, "new": int(counts[i]), "of": int(new.size),
                                            "std": float(std[i]), "rank": int((std < std[i]).sum()) + 1,
-                                           "median_std": float(std.quantile(0.5)), "n": n}
+                                           "median_std": float(std.quantile(0.5)), "n": n, "rms": rms,
+                                           "offset": offset}
     return out
 
 

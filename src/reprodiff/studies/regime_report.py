@@ -310,6 +310,11 @@ def _regime_hint(r: dict[str, Any]) -> str:
                  "correlation divides contrast out, so on a nearly flat image a few levels of noise read as a new "
                  "image); " if src["rank"] == 1 else f"; median of its {src['n']:,} training images "
                  f"{src['median_std']:.1f}); ")
+        if src.get("rms") is not None and src.get("offset") is not None:
+            near += (f"its new samples lie a median {src['rms']:.1f} uint8 levels RMS from their nearest training "
+                     f"image, {src['offset']:.1f} of it an offset of each channel's mean")
+            near += (" -- mostly a colour cast (grey images: a brightness offset), which D* would remove; "
+                     if src["offset"] ** 2 >= 0.5 * src["rms"] ** 2 else "; ")
     if r["regime"] == "memorization":
         return near + _memorize_hint(r.get("run"), near_copies=near_copies)
     return near + "add larger N (more data), or a smaller network: its samples still copy training images"
