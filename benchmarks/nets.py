@@ -32,7 +32,7 @@ from reprodiff.denoiser import Denoiser
 from reprodiff.kernels import Kernel, make_kernel
 from reprodiff.optimal import EmpiricalOptimalDenoiser
 
-__all__ = ["HANDOVER_SIGMAS", "OFFSET_KINDS", "OFFSET_SIGMAS", "BucketLoss", "Switch", "bucket_edges",
+__all__ = ["HANDOVER_SIGMAS", "OFFSET_KINDS", "OFFSET_SIGMAS", "BucketLoss", "Recorder", "Switch", "bucket_edges",
            "bucket_losses", "fit_and_score", "format_handover", "format_offsets", "format_table", "handover",
            "offset_removal"]
 
@@ -195,6 +195,19 @@ class Switch:
         return out
 
 
+class Recorder:
+    """``D`` that keeps its first output at each noise level it is called at (``outputs``: sigma -> ``[B, ...]``),
+    so a sampler's trajectory of denoised estimates can be read after it ran."""
+
+    def __init__(self, D: Denoiser) -> None:
+        self.D, self.outputs = D, {}
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        out = self.D(x, sigma, cond)
+        self.outputs.setdefault(round(float(sigma[0]), 9), out.detach().double().clone())
+        return out
+
+
 @torch.no_grad()
 def handover(net: Denoiser, train: torch.Tensor, threshold: float, *, seed: int = 100000, count: int = 256,
              steps: int = 18, sampler: str = "heun", switches: tuple[float, ...] = HANDOVER_SIGMAS,
@@ -206,7 +219,10 @@ def handover(net: Denoiser, train: torch.Tensor, threshold: float, *, seed: int 
     step alone snaps any sample onto a training image). ``trajectory``: the network's and D*'s
     samples with the ODE stopped at each of the last grid levels: median RMS to the nearest training image and,
     on samples nearest a nearly flat training image (standard deviation under 10 levels), their median mean-colour
-    offset from it (uint8 levels)."""
+    offset from it (uint8 levels). ``denoised``: along the full ODE, at each grid level, how far the denoised estimate
+    ``D(x, sigma)`` lies from the training image nearest the final sample -- the RMS over channels of its per-channel
+    mean offset (colour) and the RMS of the rest (uint8 levels, medians over samples): where a network's samples
+    pick up their colour cast (the U-ViT's on RGB crops) or their noise (the MLP's below sigma ~ 0.05)."""
     from reprodiff import sampling
     from reprodiff.metrics import gl_score
 
@@ -235,6 +251,18 @@ def handover(net: Denoiser, train: torch.Tensor, threshold: float, *, seed: int 
             rows.append((float(sig[stop]), float(rms.median()), int(near_flat.sum()),
                          float(colour[near_flat].median()) if near_flat.any() else float("nan")))
         out["trajectory"][name] = rows
+    out["denoised"] = {}
+    for name, D in (("net", net), ("D*", star)):
+        rec = Recorder(D)
+        x = sampling.SAMPLERS[sampler](rec, z, sig)
+        target = train.double()[(x.flatten(1)[:, None] - train.flatten(1).double()[None]).pow(2).sum(-1).argmin(1)]
+        rows = []
+        for s, d in sorted(rec.outputs.items(), reverse=True):
+            diff = (d.view(count, *shape) - target) * 127.5
+            colour = diff.mean((2, 3), keepdim=True)  # [count, C, 1, 1]
+            rows.append((s, float(colour.flatten(1).norm(dim=1).median()),
+                         float((diff - colour).flatten(1).pow(2).mean(1).sqrt().median())))
+        out["denoised"][name] = rows
     return out
 
 
@@ -249,4 +277,8 @@ def format_handover(r: dict[str, Any], title: str) -> str:
                           for s, rms, k, c in rows)
         lines.append(f"  {'network' if name == 'net' else name} stopped at sigma -> median RMS to the nearest "
                      f"training image, uint8 levels: {cells}")
+    for name, rows in r.get("denoised", {}).items():
+        cells = "; ".join(f"{s:.3g}: {c:.1f} / {rest:.1f}" for s, c, rest in rows)
+        lines.append(f"  {'network' if name == 'net' else name}'s D(x, sigma) along its ODE, off the training image "
+                     f"nearest its sample (colour / rest, uint8 levels): {cells}")
     return "\n".join(lines)

@@ -37,7 +37,9 @@ anydata   the default study with only `data` and `sizes` changed, on data unlike
 handover  HANDOVER=DIR: for each network of the finished regime study in DIR at its smallest N, where along the
           sampling ODE its samples stop being copies: GL with D* above a noise level and the network below it,
           and the median distance of its samples to the nearest training image (and the
-          mean-colour offset of those nearest a nearly flat one) with the ODE stopped at the grid's last levels;
+          mean-colour offset of those nearest a nearly flat one) with the ODE stopped at the grid's last levels,
+          and at every level how far its denoised estimate D(x, sigma) lies from the training image its sample
+          ends nearest, in colour and in the rest (a colour cast set or a noise left where);
           anydata prints it for every network that misses the memorization regime.
 draws     the default study four times -- as shipped, another subset of the digits (`subset_seed = 1`), other
           sampling noise (`seed = 200000`), other network seeds (10 and 11) -- with RP between its two networks at
