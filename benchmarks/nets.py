@@ -220,9 +220,10 @@ def handover(net: Denoiser, train: torch.Tensor, threshold: float, *, seed: int 
     samples with the ODE stopped at each of the last grid levels: median RMS to the nearest training image and,
     on samples nearest a nearly flat training image (standard deviation under 10 levels), their median mean-colour
     offset from it (uint8 levels). ``denoised``: along the full ODE, at each grid level, how far the denoised estimate
-    ``D(x, sigma)`` lies from the training image nearest the final sample -- the RMS over channels of its per-channel
-    mean offset (colour) and the RMS of the rest (uint8 levels, medians over samples): where a network's samples
-    pick up their colour cast (the U-ViT's on RGB crops) or their noise (the MLP's below sigma ~ 0.05)."""
+    ``D(x, sigma)`` lies from the training image nearest the final sample -- the length (L2 over the channels) of
+    its per-channel mean offset (colour) and the RMS of the rest (uint8 levels, medians over samples): where a
+    network's samples pick up their colour cast (the U-ViT's on RGB crops) or their noise (the MLP's below sigma ~
+    0.05)."""
     from reprodiff import sampling
     from reprodiff.metrics import gl_score
 
