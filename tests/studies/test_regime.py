@@ -121,7 +121,8 @@ def test_saved_similarities_give_back_every_score_and_the_dip(tmp_path) -> None:
 
 def test_new_sample_sources_name_the_training_image_nearest_most_new_samples(tmp_path) -> None:
     """A missed memorization regime says where its new samples lie: the training image nearest most of them, with
-    its pixel contrast and rank among the training images (from the samples' saved nearest / similarity)."""
+    its pixel contrast and rank among the training images (from the samples' saved nearest / similarity), and how
+    far they lie from their nearest training image, in all and in each channel's mean (from the saved images)."""
     from types import SimpleNamespace
 
     from reprodiff.data import load_digits, subset, to_uint8
