@@ -196,15 +196,16 @@ class Switch:
 
 
 class Recorder:
-    """``D`` that keeps its first output at each noise level it is called at (``outputs``: sigma -> ``[B, ...]``),
-    so a sampler's trajectory of denoised estimates can be read after it ran."""
+    """``D`` that keeps its last output at each noise level it is called at (``outputs``: sigma -> ``[B, ...]``),
+    so a sampler's trajectory of denoised estimates can be read after it ran: Heun's corrector evaluates ``D`` at
+    the next level on its Euler guess first; the step from there then evaluates it at the trajectory's point."""
 
     def __init__(self, D: Denoiser) -> None:
         self.D, self.outputs = D, {}
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         out = self.D(x, sigma, cond)
-        self.outputs.setdefault(round(float(sigma[0]), 9), out.detach().double().clone())
+        self.outputs[round(float(sigma[0]), 9)] = out.detach().double().clone()
         return out
 
 
