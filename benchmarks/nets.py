@@ -201,7 +201,8 @@ class Recorder:
     the next level on its Euler guess first; the step from there then evaluates it at the trajectory's point."""
 
     def __init__(self, D: Denoiser) -> None:
-        self.D, self.outputs = D, {}
+        self.D = D
+        self.outputs: dict[float, torch.Tensor] = {}
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         out = self.D(x, sigma, cond)
@@ -242,10 +243,13 @@ def handover(net: Denoiser, train: torch.Tensor, threshold: float, *, seed: int 
     y = train.flatten(1).double() * 127.5
     flat = y.std(1) < 10
     z = sampling.noise(seed, count, shape).double() * float(sig[0])
+    out["denoised"] = {}
     for name, D in (("net", net), ("D*", star)):
         rows = []
+        rec = Recorder(D)  # the full grid's run (the last stop) records its denoised estimates
         for stop in range(len(sig) - 6, len(sig)):
-            x = sampling.SAMPLERS[sampler](D, z, sig[: stop + 1]).flatten(1) * 127.5
+            full = stop == len(sig) - 1
+            x = sampling.SAMPLERS[sampler](rec if full else D, z, sig[: stop + 1]).flatten(1) * 127.5
             d = x[:, None] - y[None]  # [count, N, P]
             rms, j = d.pow(2).mean(-1).sqrt().min(1)
             colour = d[torch.arange(count), j].view(count, *shape).mean((2, 3)).norm(dim=1)
@@ -253,14 +257,10 @@ def handover(net: Denoiser, train: torch.Tensor, threshold: float, *, seed: int 
             rows.append((float(sig[stop]), float(rms.median()), int(near_flat.sum()),
                          float(colour[near_flat].median()) if near_flat.any() else float("nan")))
         out["trajectory"][name] = rows
-    out["denoised"] = {}
-    for name, D in (("net", net), ("D*", star)):
-        rec = Recorder(D)
-        x = sampling.SAMPLERS[sampler](rec, z, sig)
-        target = train.double()[(x.flatten(1)[:, None] - train.flatten(1).double()[None]).pow(2).sum(-1).argmin(1)]
+        target = train.double()[j]  # the training image each sample ends nearest (j of the full run)
         rows = []
-        for s, d in sorted(rec.outputs.items(), reverse=True):
-            diff = (d.view(count, *shape) - target) * 127.5
+        for s, est in sorted(rec.outputs.items(), reverse=True):
+            diff = (est.view(count, *shape) - target) * 127.5
             colour = diff.mean((2, 3), keepdim=True)  # [count, C, 1, 1]
             rows.append((s, float(colour.flatten(1).norm(dim=1).median()),
                          float((diff - colour).flatten(1).pow(2).mean(1).sqrt().median())))
