@@ -12,14 +12,17 @@ from reprodiff.calibration import (
     calibrate,
     calibrate_gl_at,
     describe,
+    describe_per_size,
     exceeded_by,
     first_occurrences,
     gl_threshold,
     leave_one_out_nearest,
     nearest_in,
+    nearest_rms,
     pair_similarities,
     rp_threshold,
 )
+from reprodiff.files import to_uint8
 from reprodiff.similarity import pixel_features
 
 
@@ -142,3 +145,49 @@ def test_per_size_gl_threshold_holds_its_guarantee_on_the_held_out_images() -> N
     assert one.threshold == exceeded_by(nearest_in(pixel_features(rest[:10]), pixel_features(train[:1])), one.rate)
     with pytest.raises(ValueError, match="needs held-out images or 2 distinct training images, got 0 and 1"):
         calibrate_gl_at(train[:1], pixel_features(train[:1]), rest[:0], pixel_features)
+
+
+def _rms_brute_force(q: torch.Tensor, r: torch.Tensor, exclude_self: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    a, b = to_uint8(q).flatten(1).double(), to_uint8(r).flatten(1).double()
+    d = (a[:, None] - b[None]).square().mean(-1)  # [Q, R]
+    if exclude_self:
+        d[torch.arange(len(a)), torch.arange(len(a))] = math.inf
+    v, k = d.min(1)
+    return v.sqrt(), k
+
+
+def test_nearest_rms_is_the_brute_force_minimum_in_uint8_levels_in_any_chunking() -> None:
+    q, r = _images(23, 1).clamp(-1, 1), _images(40, 2).clamp(-1, 1)
+    for chunk in (1, 5, 256):
+        d, k = nearest_rms(q, r, chunk=chunk)
+        want_d, want_k = _rms_brute_force(q, r)
+        assert torch.equal(d, want_d) and torch.equal(k, want_k)  # exact: float64 sums of integers
+        d, k = nearest_rms(r, r, exclude_self=True, chunk=chunk)
+        want_d, want_k = _rms_brute_force(r, r, exclude_self=True)
+        assert torch.equal(d, want_d) and torch.equal(k, want_k) and bool((d > 0).all())
+    assert nearest_rms(r[:3], r)[0].eq(0).all()  # an image is 0 levels from itself
+    with pytest.raises(ValueError, match="shaped like the reference"):
+        nearest_rms(torch.zeros(2, 1, 4, 4), r)
+
+
+def test_union_test_thresholds_share_the_rate_and_hold_it_together() -> None:
+    """Each of the union test's two thresholds lets at most rate / 2 of the held-out real images count as copies
+    (the similarity's above it, the distance's strictly below it), so together at most the rate; leave-one-out
+    where too few are held out."""
+    train, rest = _images(20, 0).clamp(-1, 1), _images(400, 1).clamp(-1, 1)
+    c = calibrate_gl_at(train, pixel_features(train), rest, pixel_features, distance=True)
+    assert c.method == "held-out" and c.distance_threshold is not None and c.distances is not None
+    sim = nearest_in(pixel_features(rest), pixel_features(train))
+    dist = _rms_brute_force(rest, train)[0]
+    assert torch.equal(c.distances, dist) and torch.allclose(c.similarities, sim)
+    by_sim, by_dist = sim > c.threshold, dist < c.distance_threshold
+    assert int(by_sim.sum()) <= 0.025 * 400 and int(by_dist.sum()) <= 0.025 * 400
+    assert int((dist <= c.distance_threshold).sum()) > 0.025 * 400  # the smallest such threshold
+    assert int((by_sim | by_dist).sum()) <= 0.05 * 400
+    assert c.threshold >= calibrate_gl_at(train, pixel_features(train), rest, pixel_features).threshold  # half the rate
+    assert c.to_dict()["distance_threshold"] == c.distance_threshold
+    assert "distance_threshold" not in calibrate_gl_at(train, pixel_features(train), rest, pixel_features).to_dict()
+    few = calibrate_gl_at(train, pixel_features(train), rest[:100], pixel_features, distance=True)
+    loo = _rms_brute_force(train, train, exclude_self=True)[0]
+    assert few.method == "leave-one-out" and int((loo < few.distance_threshold).sum()) <= 0.025 * 20
+    assert "or RMS" in describe_per_size([c.to_dict()]) and "2.5%" in describe_per_size([c.to_dict()])

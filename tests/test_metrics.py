@@ -113,6 +113,30 @@ def test_gl_is_one_for_far_away_images() -> None:
     assert s.value == 1.0 and s.ci == wilson_ci(20, 20) and s.chance is None
 
 
+def test_gl_union_test_counts_a_noisy_copy_of_a_flat_image_as_a_copy() -> None:
+    """A correlation divides contrast out: 2 levels of noise on an image of 2 levels' contrast correlate about 0.7
+    with it, a new image to a similarity threshold; the union test's distance calls it the copy it is, and a new
+    image stays new under both."""
+    from reprodiff.calibration import nearest_rms
+
+    g = torch.Generator().manual_seed(3)
+    textured = torch.rand(6, 3, 8, 8, generator=g) * 2 - 1
+    flat = 0.2 + torch.randn(1, 3, 8, 8, generator=g) * (2 / 127.5)  # ~2 uint8 levels of contrast
+    train = torch.cat([textured, flat])
+    copy = flat + torch.randn(4, 3, 8, 8, generator=g) * (2 / 127.5)  # its copies, ~2 levels of noise
+    new = torch.rand(4, 3, 8, 8, generator=g) * 2 - 1
+    samples = torch.cat([copy, new])
+    alone = gl_score(samples, train, features="pixel", threshold=0.9)
+    assert alone.hits is not None and alone.hits[:4].all() and alone.distances is None  # "new": a correlation's miss
+    dist, by_dist = nearest_rms(samples, train)
+    assert (dist[:4] < 4).all() and (by_dist[:4] == 6).all() and (dist[4:] > 40).all()
+    union = gl_score(samples, train, features="pixel", threshold=0.9, copy_distance=(dist, 5.0))
+    assert union.hits is not None and not union.hits[:4].any() and union.hits[4:].all() and union.value == 0.5
+    assert torch.equal(union.similarities, alone.similarities) and torch.equal(union.distances, dist)
+    with pytest.raises(ValueError, match="one finite distance per sample"):
+        gl_score(samples, train, features="pixel", copy_distance=(dist[:3], 5.0))
+
+
 def test_gl_nearest_is_the_brute_force_argmax() -> None:
     fx, fy = _unit(40, 12, seed=1), _unit(300, 12, seed=2)
     s = gl_score(fx, fy, threshold=0.9, chunk_size=17)

@@ -22,6 +22,14 @@ copy only where it is closer to the training set than all but 5% of fresh real i
 are exact copies of a training image are left out (they *are* that image; with more than 5% of them the
 threshold would be 1).
 
+With ``distance=True`` (a study's ``gl_test = "union"``) GL's copy test is the union of two: a sample is a copy
+where its similarity to its nearest training image exceeds one threshold *or* its RMS distance (uint8 levels, the
+pixels a PNG would hold) to its nearest training image by distance lies below another, each calibrated as above
+at half the rate, so that still at most ``rate`` of novel images count as copies (a union bound). A similarity
+that divides contrast out (the pixel correlation) reads a copy of a nearly flat image with a few levels of noise
+as a new image; a distance does not (the data-copying tests of Meehan et al. 2020 and Carlini et al. 2023 use
+one), while the similarity forgives the brightness and contrast offsets that a distance counts.
+
 "The smallest value that at most ``k`` of the ``M`` values exceed" is the ``(floor(rate * M) + 1)``-th largest
 value: with the strict ``>`` of the scores, ties only lower the share above it.
 
@@ -40,6 +48,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .files import to_uint8
+
 __all__ = [
     "AUTO",
     "GL_RATE",
@@ -56,6 +66,7 @@ __all__ = [
     "first_occurrences",
     "gl_threshold",
     "nearest_in",
+    "nearest_rms",
     "rp_threshold",
 ]
 
@@ -171,13 +182,43 @@ def nearest_in(queries: Tensor, reference: Tensor, *, exclude_self: bool = False
     return torch.cat(out)
 
 
+def nearest_rms(queries: Tensor, reference: Tensor, *, exclude_self: bool = False,
+                chunk: int = 256) -> tuple[Tensor, Tensor]:
+    """Each image of ``queries`` ``[Q, C, H, W]`` in [-1, 1]: the RMS distance in uint8 levels (of the images a
+    PNG would hold, ``data.to_uint8``) to its nearest image of ``reference`` ``[R, C, H, W]``, and that image's
+    index (``[Q]`` float64, ``[Q]`` long), exact (float64 sums of integer products), in row chunks;
+    ``exclude_self``: ``queries`` are the first ``Q`` images of ``reference`` and image ``i`` is not compared with
+    itself (leave-one-out)."""
+    if queries.ndim != 4 or reference.ndim != 4 or queries.shape[1:] != reference.shape[1:] or not len(queries):
+        raise ValueError(f"need query images [Q, C, H, W] shaped like the reference's {list(reference.shape[1:])}, "
+                         f"got {list(queries.shape)}")
+    if reference.shape[0] < (2 if exclude_self else 1):
+        raise ValueError(f"need at least {2 if exclude_self else 1} reference images, got {reference.shape[0]}")
+    q = to_uint8(queries.detach().cpu()).flatten(1).double()
+    r = to_uint8(reference.detach().cpu()).flatten(1).double()
+    r2 = r.square().sum(1)  # integers below 2^53: every sum and product here is exact in float64
+    dist, index = [], []
+    for i0 in range(0, q.shape[0], chunk):
+        qc = q[i0 : i0 + chunk]
+        d2 = qc.square().sum(1, keepdim=True) + r2 - 2 * qc @ r.T  # [chunk, R]
+        if exclude_self:
+            rows = torch.arange(d2.shape[0])
+            d2[rows, rows + i0] = math.inf
+        v, k = d2.min(1)
+        dist.append((v / q.shape[1]).sqrt())
+        index.append(k)
+    return torch.cat(dist), torch.cat(index)
+
+
 @dataclass(frozen=True)
 class SizeCalibration:
     """GL's threshold at training-set size ``n`` (module docstring): ``method`` "held-out" (``images`` real
     images not in the training set against it) or "leave-one-out" (``images`` training images against the
     others); ``duplicates``: images left out as exact copies (of a training image, or of another one);
     ``similarities``: those real images' similarities to their nearest (other) training image, the distribution the
-    threshold is read from (not in :meth:`to_dict`; a study keeps them beside its scores)."""
+    threshold is read from (not in :meth:`to_dict`; a study keeps them beside its scores). With the union test
+    (``distance=True``), ``distance_threshold``: a copy lies nearer than this RMS distance in uint8 levels, and
+    ``distances``: the real images' distances it is read from; each of the two thresholds at ``rate / 2``."""
 
     n: int
     threshold: float
@@ -185,20 +226,26 @@ class SizeCalibration:
     images: int
     duplicates: int
     rate: float
+    distance_threshold: float | None = None
     similarities: Tensor | None = field(default=None, repr=False, compare=False)
+    distances: Tensor | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "similarities"}
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("similarities", "distances")}
+        if self.distance_threshold is None:
+            del out["distance_threshold"]
+        return out
 
 
 def calibrate_gl_at(train: Tensor, train_features: Tensor, held_out: Tensor, features: Any, *,
                     rate: float = GL_RATE, max_images: int = MAX_IMAGES,
-                    min_held_out: int = MIN_HELD_OUT) -> SizeCalibration:
+                    min_held_out: int = MIN_HELD_OUT, distance: bool = False) -> SizeCalibration:
     """GL's threshold for a model trained on ``train`` ``[N, C, H, W]`` (features ``train_features`` ``[N, F]``):
     from the real images ``held_out`` (not in ``train``; their features by the feature map ``features``) against
     their nearest training image, or leave-one-out among the training images where fewer than ``min_held_out``
     distinct held-out images remain (module docstring) -- unless the training images are one image, where
-    leave-one-out has nothing to compare: then the held-out images there are."""
+    leave-one-out has nothing to compare: then the held-out images there are. ``distance``: the union test's two
+    thresholds (the similarity's and the RMS distance's, each at ``rate / 2``; module docstring)."""
     n = train.shape[0]
     if train_features.shape[0] != n:
         raise ValueError(f"{n} training images but {train_features.shape[0]} rows of training features")
@@ -213,14 +260,27 @@ def calibrate_gl_at(train: Tensor, train_features: Tensor, held_out: Tensor, fea
         if distinct.numel() >= 2:
             f = train_features[distinct]
             near = nearest_in(f[:max_images], f, exclude_self=True)
-            return SizeCalibration(n, _clip(exceeded_by(near, rate)), "leave-one-out",
-                                   int(min(max_images, f.shape[0])), int(n - distinct.numel()), rate, near)
+            t = train[distinct]
+            dist = nearest_rms(t[:max_images], t, exclude_self=True)[0] if distance else None
+            return _size_calibration(n, near, dist, "leave-one-out", int(min(max_images, f.shape[0])),
+                                     int(n - distinct.numel()), rate)
         if not keep.numel():
             raise ValueError(f"GL calibration at N = {n} needs held-out images or 2 distinct training images, got "
                              f"{keep.numel()} and {distinct.numel()}")
     near = nearest_in(features(held[keep]).to(train_features.device), train_features)  # one image: what there is
-    return SizeCalibration(n, _clip(exceeded_by(near, rate)), "held-out", int(keep.numel()),
-                           int(held.shape[0] - keep.numel()), rate, near)
+    dist = nearest_rms(held[keep], train)[0] if distance else None
+    return _size_calibration(n, near, dist, "held-out", int(keep.numel()), int(held.shape[0] - keep.numel()), rate)
+
+
+def _size_calibration(n: int, near: Tensor, dist: Tensor | None, method: str, images: int, duplicates: int,
+                      rate: float) -> SizeCalibration:
+    """The similarity's threshold at ``rate`` -- or, with the real images' distances ``dist``, both the union
+    test's thresholds at ``rate / 2``: a copy lies strictly nearer than the distance threshold."""
+    if dist is None:
+        return SizeCalibration(n, _clip(exceeded_by(near, rate)), method, images, duplicates, rate, None, near)
+    t_dist = -exceeded_by(-dist, rate / 2)  # at most rate/2 of the real images lie nearer: #{d < t} <= rate/2 * M
+    return SizeCalibration(n, _clip(exceeded_by(near, rate / 2)), method, images, duplicates, rate, t_dist, near,
+                           dist)
 
 
 def describe_per_size(rows: list[dict[str, Any]]) -> str:
@@ -228,9 +288,17 @@ def describe_per_size(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return ""
     rate = rows[0]["rate"]
+    union = rows[0].get("distance_threshold") is not None
     values = ", ".join(f"N = {r['n']:,}: {r['threshold']:.3f}"
+                       + (f" or RMS {r['distance_threshold']:.1f}" if union else "")
                        + ("" if r["method"] == "held-out" else " (leave-one-out)")
                        for r in sorted(rows, key=lambda r: r["n"]))
+    if union:
+        return (f"GL copy test per training-set size N, the union of two: a sample copies where its similarity to "
+                f"its nearest training image exceeds the value at most {rate / 2:.1%} of real images not among the N "
+                f"training images exceed, or where its RMS distance (uint8 levels) to its nearest training image is "
+                f"below the one at most {rate / 2:.1%} of them lie within ({rate:.0%} in all; leave-one-out among the "
+                f"training images where fewer than {MIN_HELD_OUT} are left out): {values}.")
     return (f"GL threshold per training-set size N: the value at most {rate:.0%} of real images not among the N "
             f"training images exceed against their nearest training image (leave-one-out among the training "
             f"images where fewer than {MIN_HELD_OUT} are left out): {values}.")

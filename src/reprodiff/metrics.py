@@ -55,7 +55,8 @@ class Score:
     nearest training image (GL); ``n``: the number of samples M; ``threshold``: ``t``; ``chance``: RP over
     mismatched pairs (RP with ``chance=True`` only); ``nearest`` ``[M]``: the index of each sample's nearest
     training image (GL only); ``hits`` ``[M]`` bool: the indicator ``value`` averages (RP: the pair agrees; GL:
-    the sample is novel), which :func:`paired_difference` pairs seed by seed.
+    the sample is novel), which :func:`paired_difference` pairs seed by seed; ``distances`` ``[M]``: GL's union
+    test only (:func:`gl_score`'s ``copy_distance``), each sample's distance to its nearest training image.
     """
 
     value: float
@@ -66,6 +67,7 @@ class Score:
     chance: float | None = None
     nearest: Tensor | None = None
     hits: Tensor | None = None
+    distances: Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -313,15 +315,26 @@ def gl_score(
     n_boot: int = 1000,
     seed: int = 0,
     chunk_size: int = 8192,
+    copy_distance: tuple[Tensor, float] | None = None,
 ) -> Score:
     """Generalizability of a model (Zhang et al. 2023, Sec. 3; docs/PAPER.md): ``1 -`` the share of samples that copy
     a training image, ``max_j <f(x_i), f(y_j)> > threshold`` (strict). The maximum is an exact search streamed
     over ``chunk_size`` training images at a time; ``Score.nearest`` holds each sample's argmax ``j``. ``Score.ci``
-    is the Wilson interval (:func:`wilson_ci`); ``n_boot`` and ``seed`` are unused, as in :func:`rp_score`."""
+    is the Wilson interval (:func:`wilson_ci`); ``n_boot`` and ``seed`` are unused, as in :func:`rp_score`.
+    ``copy_distance``: ``(d, t)``, each sample's distance ``d`` ``[M]`` to its nearest training image
+    (``calibration.nearest_rms``) and a threshold: the union test, where a sample nearer than ``t`` (strict) is a
+    copy too (``calibration`` module docstring); ``Score.distances`` then holds ``d``."""
     _check_options(threshold, n_boot, chunk_size)
     fx, fy = _feature_rows([("samples", samples), ("train_images", train_images)], features, paired=False)
     sim, nearest = nearest_neighbors(fx, fy, chunk_size=chunk_size)  # [M], [M]
     novel = ~(sim > threshold)
+    dist = None
+    if copy_distance is not None:
+        dist, t_dist = copy_distance
+        if dist.shape != sim.shape or not bool(torch.isfinite(dist).all()):
+            raise ValueError(f"copy_distance needs one finite distance per sample ({sim.shape[0]}), got shape "
+                             f"{list(dist.shape)}")
+        novel = novel & ~(dist.to(sim.device) < t_dist)
     return Score(
         value=int(novel.sum()) / len(novel),
         ci=wilson_ci(int(novel.sum()), len(novel)),
@@ -330,6 +343,7 @@ def gl_score(
         threshold=threshold,
         nearest=nearest,
         hits=novel,
+        distances=dist,
     )
 
 

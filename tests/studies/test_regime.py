@@ -15,7 +15,7 @@ from reprodiff.cli import main
 from reprodiff.config import ConfigError
 from reprodiff.studies import KINDS, build_report
 from reprodiff.studies.base import SCHEMA, ModelSpec
-from reprodiff.studies.regime import StudyConfig, announce, default_study, plan_tasks, run_study
+from reprodiff.studies.regime import StudyConfig, announce, default_study, plan_tasks, rescore, run_study
 from reprodiff.studies.regime_report import regime_lines
 from results_schema import check_outputs
 
@@ -119,6 +119,50 @@ def test_saved_similarities_give_back_every_score_and_the_dip(tmp_path) -> None:
     assert "Were both regimes reached?" in build_report(tmp_path).read_text()
 
 
+def test_union_gl_test_scores_each_sample_by_either_threshold_and_records_both(tmp_path) -> None:
+    """``gl_test = "union"``: a sample copies where its similarity exceeds GL's threshold or its RMS distance lies
+    below the distance threshold, each calibrated per size on the held-out real images; the saved per-sample
+    similarities, distances and verdicts give every GL back, and the report and results say which test it was."""
+    from reprodiff.calibration import nearest_rms
+    from reprodiff.data import load_digits, subset
+
+    res = run_study(tiny_study(gl_test="union", encode_count=0), tmp_path)
+    assert json.loads((tmp_path / "study.json").read_text())["gl_test"] == "union"
+    sim = res["similarity"]
+    assert sim["gl_test"] == "union" and set(sim["gl_distance_thresholds"]) == {"8", "16"}
+    with np.load(tmp_path / "similarities.npz") as f:
+        sims = {k: torch.from_numpy(f[k]) for k in f.files}
+    for c in sim["calibration"]["gl_per_size"]:  # each threshold at half the rate of the real images
+        real, real_d = sims[f"real/{c['n']}"], sims[f"real_distance/{c['n']}"]
+        assert c["distance_threshold"] == sim["gl_distance_thresholds"][str(c["n"])]
+        assert int((real > c["threshold"]).sum()) <= c["rate"] / 2 * c["images"]
+        assert int((real_d < c["distance_threshold"]).sum()) <= c["rate"] / 2 * c["images"]
+    digits = load_digits()
+    for r in res["gl"]:
+        s, d = sims[f"gl/{r['n']}/heun/{r['model']}"], sims[f"gl_distance/{r['n']}/heun/{r['model']}"]
+        new = ~(s > r["threshold"]) & ~(d < r["distance_threshold"])
+        assert new.float().mean().item() == r["gl"]
+        with np.load(tmp_path / "samples" / f"{r['model']}-n{r['n']}-heun.npz") as f:
+            assert np.array_equal(f["new"], new.numpy()) and np.allclose(f["distance"], d.numpy())
+            want = nearest_rms(torch.from_numpy(f["samples"]), subset(digits, r["n"], 0).images)
+            assert np.array_equal(f["distance"], want[0].numpy()) and np.array_equal(f["nearest_by_distance"], want[1])
+    assert {(r["n"], r["model"]): r["gl"] for r in res["gl"]}[(8, "optimal")] == 0.0  # D*'s copies, under both
+    for r in res["regimes"]:
+        d = sims[f"gl_distance/{r['n']}/heun/{r['model']}"]
+        assert r["median_distance"] == d.median().item() and r["memorized_below"] is None
+    html = build_report(tmp_path).read_text()
+    assert "union test" in html and "or RMS" in html
+    check_outputs(tmp_path)
+    again = rescore(tmp_path, 0.9)  # RP at another threshold; GL's union test calibrated per size as before
+    assert again["similarity"]["gl_distance_thresholds"] == sim["gl_distance_thresholds"]
+    assert [r["gl"] for r in again["gl"]] == [r["gl"] for r in res["gl"]]
+    with pytest.raises(ConfigError, match="rescore without --gl-threshold"):
+        rescore(tmp_path, 0.9, 0.95)
+    plain = run_study(tiny_study(encode_count=0), tmp_path / "plain")  # the paper's test: no trace of the union
+    assert "gl_test" not in json.loads((tmp_path / "plain" / "study.json").read_text())
+    assert "gl_test" not in plain["similarity"] and all("distance_threshold" not in r for r in plain["gl"])
+
+
 def test_new_sample_sources_name_the_training_image_nearest_most_new_samples(tmp_path) -> None:
     """A missed memorization regime says where its new samples lie: the training image nearest most of them, with
     its pixel contrast and rank among the training images (from the samples' saved nearest / similarity), and how
@@ -183,6 +227,8 @@ def test_rerun_skips_finished_work_and_other_study_is_refused(tmp_path) -> None:
         ("samplers = ['plms']", "unknown sampler"),
         ("similarity = 'sscd'", "sscd_path"),
         ("[[models]]\nname = 'optimal'\nnet = {name = 'mlp'}", "must be a non-empty word"),
+        ("gl_test = 'rms'", "gl_test must be one of ['similarity', 'union']"),
+        ("gl_test = 'union'\ngl_threshold = 0.9", "needs gl_threshold = 'auto', got 0.9"),
     ],
 )
 def test_bad_study_configs(tmp_path, capsys, toml: str, match: str) -> None:

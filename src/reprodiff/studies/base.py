@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from .. import metrics, sampling, similarity
-from ..calibration import AUTO
+from ..calibration import AUTO, nearest_rms
 from ..config import ConfigError, TomlConfig, from_dict, suggest
 from ..data import Dataset, load_dataset, tensor_sha256, to_uint8
 from ..executors import LocalExecutor, Task, auto_workers
@@ -739,11 +739,24 @@ def rp_pair(fa: Tensor, fb: Tensor, cfg: ScoringFields) -> metrics.Score:
 
 
 def score_gl(path: Path, x: Tensor, feats: Tensor, train_feats: Tensor, cfg: ScoringFields,
-             threshold: float) -> metrics.Score:
+             threshold: float, union: tuple[Tensor, float] | None = None) -> metrics.Score:
     """GL of one model's samples ``x`` (features ``feats``) against its training set; the samples are written to
-    ``path`` with their scores (``nearest`` training image and its ``similarity``) for the report."""
-    gl = metrics.gl_score(feats, train_feats, threshold=threshold, n_boot=cfg.n_boot, seed=cfg.seed, features=None)
-    save_npz(path, samples=x, images=to_uint8(x), nearest=gl.nearest, similarity=gl.similarities)
+    ``path`` with their scores (``nearest`` training image and its ``similarity``) for the report. ``union``: the
+    training images and the distance threshold of the union copy test (``calibration`` module docstring); the
+    file then also holds each sample's ``distance`` (RMS, uint8 levels) to its nearest training image by
+    distance, ``nearest_by_distance``, and ``new``, whether it counts as new."""
+    extra: dict[str, Tensor] = {}
+    copy_distance = None
+    if union is not None:
+        train_images, t_dist = union
+        dist, by_dist = nearest_rms(x, train_images)
+        copy_distance = (dist, t_dist)
+        extra = {"distance": dist, "nearest_by_distance": by_dist}
+    gl = metrics.gl_score(feats, train_feats, threshold=threshold, n_boot=cfg.n_boot, seed=cfg.seed, features=None,
+                          copy_distance=copy_distance)
+    if extra and gl.hits is not None:
+        extra["new"] = gl.hits
+    save_npz(path, samples=x, images=to_uint8(x), nearest=gl.nearest, similarity=gl.similarities, **extra)
     return gl
 
 

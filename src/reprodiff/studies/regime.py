@@ -40,6 +40,7 @@ from .regime_report import dip_lines, dip_rows, gl_threshold_of, regime_lines, r
 from .render import fmt_interval
 
 REFERENCE = ("heun", 18)  # EDM's 35-NFE Heun: the budget every other one is compared with
+GL_TESTS = ("similarity", "union")  # GL's copy tests (StudyConfig.gl_test)
 NOISE_AGREEMENT = 0.9  # encoding.compare_encodings' default: two noises "agree" at cosine > 0.9
 NOISE_SEED_OFFSET = 1_000_000  # a stochastic sampler's per-step noise: seed + this, apart from the initial noise
 
@@ -61,6 +62,12 @@ class StudyConfig(StudyFields):
     gives ~0.89 for RP and, for GL, ~0.87 at N = 4 up to ~0.98 at all 1,797 (the values once tuned by hand:
     0.9 and 0.98).
 
+    ``gl_test``: GL's copy test. ``"similarity"`` (the paper's): a sample copies its nearest training image where
+    their similarity exceeds GL's threshold. ``"union"`` (``gl_threshold = "auto"`` only): where that similarity
+    exceeds one threshold *or* its RMS distance to its nearest training image (uint8 levels) lies below another,
+    each calibrated per size at half of GL's 5% (``calibration`` module docstring): on data with nearly flat
+    images (sky, water), whose noisy copies a correlation reads as new images (docs/MEASUREMENTS.md, "Any dataset").
+
     ``nfe_budgets`` (e.g. ``[["euler", 10], ["dpm++2m", 10]]``; empty = off): at the smallest and the largest
     size, RP of every pair of models (D* included) with each ODE sampler at each number of steps, from the same
     noise, next to the 35-NFE reference ``["heun", 18]`` (added when missing): ``rp_nfe`` in ``results.json``.
@@ -75,6 +82,7 @@ class StudyConfig(StudyFields):
     samplers: tuple[str, ...] = ("heun",)
     threshold: float | str = AUTO
     gl_threshold: float | str | None = None
+    gl_test: str = "similarity"
     optimal: bool = True
     optimal_sampler: str = ""
     optimal_sampler_steps: int = 0
@@ -92,6 +100,11 @@ class StudyConfig(StudyFields):
         if len(names) + int(self.optimal) < 2:
             raise ValueError("a study needs at least two models (or one model and optimal = true)")
         base.check_samplers(self.samplers)
+        if self.gl_test not in GL_TESTS:
+            raise ValueError(f"gl_test must be one of {list(GL_TESTS)}, got {self.gl_test!r}")
+        if self.gl_test == "union" and not self.gl_per_size:
+            raise ValueError(f"gl_test = 'union' calibrates its two thresholds per size: it needs gl_threshold = "
+                             f"'auto', got {self.gl}; set gl_threshold = 'auto' or gl_test = 'similarity'")
         if self.optimal_sampler:
             base.check_samplers([self.optimal_sampler])
         if self.optimal_sampler_steps < 0:
@@ -223,7 +236,8 @@ def rescore(out: str | os.PathLike[str], threshold: float, gl_threshold: float |
     """Score a finished study folder again at another RP ``threshold``: no training, no sampling, features read
     from their cache; ``study.json`` and ``results.json`` then hold the new thresholds. GL is scored at
     ``gl_threshold`` where given, else at the study's own ``gl_threshold`` (a number, or ``"auto"``: calibrated per
-    size, as before), and at ``threshold`` only where the study has none (GL then follows RP's threshold)."""
+    size, as before), and at ``threshold`` only where the study has none (GL then follows RP's threshold); GL's
+    union test (``gl_test = "union"``) is calibrated per size again, and refuses a ``gl_threshold``."""
     with base.study_folder(out) as folder:
         try:
             raw = json.loads((folder / "study.json").read_text())
@@ -236,7 +250,11 @@ def rescore(out: str | os.PathLike[str], threshold: float, gl_threshold: float |
             raise ConfigError(f"--threshold rescores a regime study; {folder} holds a {raw['kind']} study (set its "
                               "threshold in its config and run it again: its scores are recomputed, not its models)")
         old = StudyConfig.from_dict(raw)
-        cfg = replace(old, threshold=threshold, gl_threshold=old.gl_threshold if gl_threshold is None else gl_threshold)
+        if old.gl_test == "union" and gl_threshold is not None:
+            raise ConfigError(f"{folder}: GL's union test calibrates its thresholds per size; rescore without "
+                              "--gl-threshold (or run the study again with gl_test = 'similarity')")
+        gl = AUTO if old.gl_test == "union" else old.gl_threshold if gl_threshold is None else gl_threshold
+        cfg = replace(old, threshold=threshold, gl_threshold=gl)
         record = folder_config(cfg)
         cfg = StudyConfig.from_dict(record)  # checked as study.json is read, before it is written
         shape = study_shape(cfg)
@@ -253,11 +271,13 @@ def rescore(out: str | os.PathLike[str], threshold: float, gl_threshold: float |
 
 
 def folder_config(cfg: StudyConfig) -> dict[str, Any]:
-    """``study.json``: the config, without ``nfe_budgets`` while it is off, so folders of studies run before the
-    field existed stay valid."""
+    """``study.json``: the config, without ``nfe_budgets`` while it is off and ``gl_test`` while it is the
+    paper's, so folders of studies run before those fields existed stay valid."""
     config = cfg.to_dict()
     if not cfg.nfe_budgets:
         config.pop("nfe_budgets")
+    if cfg.gl_test == "similarity":
+        config.pop("gl_test")
     return config
 
 
@@ -585,14 +605,15 @@ def _score_task(cfg: StudyConfig, out: str, shape: tuple[int, ...], n: int) -> s
     sims: dict[str, Tensor] = {}  # per-sample similarities behind each score, by base.sim_key
     train_feats = base.cached_features(base.features_path(folder / "samples" / f"train-n{n}.npz", cfg.similarity),
                                        train_images, features, _backend(cfg))
-    gl_threshold = _gl_threshold_at(cfg, data, n, train_images, (features, train_feats), (part, sims))
+    gl_threshold, gl_distance = _gl_threshold_at(cfg, data, n, train_images, (features, train_feats), (part, sims))
     names = _names(cfg)
     trained = {m: plan.read_failure(folder, f"train/{m}-n{n}") for m in names}  # each failure file read once
     part["failed"] += [f for f in trained.values() if f]
     alive = [m for m, f in trained.items() if not f]
     first: dict[str, Tensor] = {}
     for s in cfg.samplers:
-        _score_sampler(cfg, folder, shape, n, s, alive, (features, train_feats, gl_threshold), part, (first, sims))
+        _score_sampler(cfg, folder, shape, n, s, alive, (features, train_feats, (gl_threshold, gl_distance),
+                                                         train_images), part, (first, sims))
     budgets = bool(cfg.nfe_budgets) and n in (cfg.sizes[0], cfg.sizes[-1])
     if cfg.encode_count or budgets:
         failed = {f["model"] for f in part["failed"]}
@@ -606,37 +627,42 @@ def _score_task(cfg: StudyConfig, out: str, shape: tuple[int, ...], n: int) -> s
     save_json(folder / "scores" / f"n{n}.json", part)
     gl = ", ".join(f"{r['model']} {r['gl']:.2f}" for r in part["gl"] if r["sampler"] == cfg.samplers[0])
     rp = ", ".join(f"{r['a']}/{r['b']} {r['rp']:.2f}" for r in part["rp"] if r["sampler"] == cfg.samplers[0])
-    return f"score N={n}: GL {gl} (threshold {gl_threshold:.3f}); RP {rp}"
+    union = "" if gl_distance is None else f" or RMS < {gl_distance:.1f}"
+    return f"score N={n}: GL {gl} (threshold {gl_threshold:.3f}{union}); RP {rp}"
 
 
 def _gl_threshold_at(cfg: StudyConfig, data: Dataset, n: int, train_images: Tensor,
-                     feats: tuple[FeatureMap, Tensor], kept: tuple[dict[str, list[Any]], dict[str, Tensor]]) -> float:
-    """GL's threshold at size ``n``: the study's number, or -- ``"auto"`` -- calibrated for these training
-    images against (up to ``MAX_IMAGES``) real images left out of them (``calibration.calibrate_gl_at``; the
-    next ones of the subset permutation, so every run and resume sees the same), recorded in ``kept``'s part, and
-    those real images' similarities to their nearest training image in its similarities (``real/{n}``: what a
+                     feats: tuple[FeatureMap, Tensor],
+                     kept: tuple[dict[str, list[Any]], dict[str, Tensor]]) -> tuple[float, float | None]:
+    """GL's threshold at size ``n`` and, with ``gl_test = "union"``, its distance threshold (else None): the
+    study's number, or -- ``"auto"`` -- calibrated for these training images against (up to ``MAX_IMAGES``) real
+    images left out of them (``calibration.calibrate_gl_at``; the next ones of the subset permutation, so every
+    run and resume sees the same), recorded in ``kept``'s part, and those real images' similarities (and
+    distances) to their nearest training image in its similarities (``real/{n}``, ``real_distance/{n}``: what a
     missed regime's samples are compared with, ``regime_report.regime_rows``)."""
     if not cfg.gl_per_size:
-        return cfg.gl
+        return cfg.gl, None
     part, sims = kept
     features, train_feats = feats
     rest = held_out(data, n, min(MAX_IMAGES, len(data) - n), cfg.subset_seed).images
-    c = calibrate_gl_at(train_images, train_feats, rest, features)
+    c = calibrate_gl_at(train_images, train_feats, rest, features, distance=cfg.gl_test == "union")
     part["gl_calibration"] = [c.to_dict()]
     if c.similarities is not None:
         sims[base.sim_key("real", n)] = c.similarities.float().cpu()
-    return c.threshold
+    if c.distances is not None:
+        sims[base.sim_key("real_distance", n)] = c.distances.float()
+    return c.threshold, c.distance_threshold
 
 
 def _score_sampler(cfg: StudyConfig, out: Path, shape: tuple[int, ...], n: int, sampler: str, names: list[str],
                    feats_of: tuple[FeatureMap, Tensor, float], part: dict[str, list[Any]],
                    kept: tuple[dict[str, Tensor], dict[str, Tensor]]) -> None:
     """GL and RP rows of the study sampler ``sampler`` (each model sampled with its own sampler where it names
-    one: RP's ``sampler_a`` / ``sampler_b``); ``feats_of``: the feature map, the training features and GL's
-    threshold at this size; ``kept``: the first sampler's samples by model and the per-sample
-    similarities by key, filled in. (Nine parameters: the task's state, passed down rather than held in a
-    closure or an object.)"""
-    features, train_feats, gl_threshold = feats_of
+    one: RP's ``sampler_a`` / ``sampler_b``); ``feats_of``: the feature map, the training features, GL's
+    thresholds at this size (the similarity's; the distance's with the union test, else None) and the training
+    images; ``kept``: the first sampler's samples by model and the per-sample similarities by key, filled in.
+    (Nine parameters: the task's state, passed down rather than held in a closure or an object.)"""
+    features, train_feats, (gl_threshold, gl_distance), train_images = feats_of
     first, sims = kept
     feats: dict[str, Tensor] = {}
     used: dict[str, str] = {}
@@ -651,14 +677,18 @@ def _score_sampler(cfg: StudyConfig, out: Path, shape: tuple[int, ...], n: int, 
         feats[name] = base.cached_features(base.features_path(out / "samples" / f"{key}.npz", cfg.similarity), x,
                                            features, _backend(cfg))
         path = base.sample_file(out, name, f"n{n}", eff)
-        gl = base.score_gl(path, x, feats[name], train_feats, cfg, gl_threshold)
+        gl = base.score_gl(path, x, feats[name], train_feats, cfg, gl_threshold,
+                           None if gl_distance is None else (train_images, gl_distance))
         used[name] = eff
         if sampler == cfg.samplers[0]:
             first[name] = x
         part["samples"].append({"n": n, "model": name, "sampler": sampler, "path": str(path.relative_to(out))})
         part["gl"].append({"n": n, "model": name, "sampler": sampler, "gl": gl.value, "ci": list(gl.ci),
-                           "count": gl.n, "threshold": gl_threshold})
+                           "count": gl.n, "threshold": gl_threshold,
+                           **({} if gl_distance is None else {"distance_threshold": gl_distance})})
         sims[base.sim_key("gl", n, sampler, name)] = gl.similarities
+        if gl.distances is not None:
+            sims[base.sim_key("gl_distance", n, sampler, name)] = gl.distances.float()
     for a, b in combinations(feats, 2):
         rp = base.rp_pair(feats[a], feats[b], cfg)
         part["rp"].append({"n": n, "a": a, "b": b, "sampler": sampler, **base.rp_fields(rp),
@@ -729,6 +759,10 @@ def _report_task(cfg: StudyConfig, out: str, start: float, final_lock: bool) -> 
                 results[k] += rows
         if per_size := results.pop("gl_calibration"):  # GL calibrated per size: into the similarity record
             results["similarity"]["gl_thresholds"] = {str(r["n"]): r["threshold"] for r in per_size}
+            if cfg.gl_test == "union":
+                results["similarity"]["gl_test"] = cfg.gl_test
+                results["similarity"]["gl_distance_thresholds"] = {str(r["n"]): r["distance_threshold"]
+                                                                   for r in per_size}
             results["similarity"].setdefault("calibration", {})["gl_per_size"] = per_size
         results["provenance"] = plan.provenance(folder)
         sims = _read_similarities(folder, cfg.sizes)
@@ -767,9 +801,10 @@ def new_sample_sources(cfg: StudyConfig, folder: Path, results: dict[str, Any]) 
             with np.load(path, allow_pickle=False) as f:
                 nearest, similarity = np.asarray(f["nearest"]), np.asarray(f["similarity"])
                 samples = np.asarray(f["images"]) if "images" in f.files else None  # uint8 [S, C, H, W]
+                union = np.asarray(f["new"]) if "new" in f.files else None  # the union test's verdicts
         except (OSError, ValueError, KeyError):
             continue
-        is_new = similarity <= gl_threshold_of(results, r)
+        is_new = union.astype(bool) if union is not None else similarity <= gl_threshold_of(results, r)
         new = nearest[is_new]
         if not new.size:
             continue
@@ -839,9 +874,11 @@ def gl_threshold_text(sim: dict[str, Any]) -> str:
         return f"{sim['threshold']:.3g}"
     sizes = sorted(per, key=int)
     first, last = sizes[0], sizes[-1]
+    dist = sim.get("gl_distance_thresholds") or {}
+    union = "" if not dist else f", or RMS < {dist[first]:.1f}" + ("" if first == last else f" to {dist[last]:.1f}")
     if first == last:
-        return f"{per[first]:.3g}"
-    return f"{per[first]:.3g} (N = {int(first):,}) to {per[last]:.3g} (N = {int(last):,}), per size"
+        return f"{per[first]:.3g}{union}"
+    return f"{per[first]:.3g} (N = {int(first):,}) to {per[last]:.3g} (N = {int(last):,}){union}, per size"
 
 
 def scores(results: dict[str, Any]) -> base.ScoreTable:

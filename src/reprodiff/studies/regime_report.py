@@ -248,10 +248,15 @@ def regime_rows(results: dict[str, Any], sims: dict[str, Tensor], runs: dict[str
                 real = sims.get(sim_key("real", n))  # the real images GL's threshold was read from
                 has_real = median is not None and real is not None and bool(real.numel())
                 reached = r["gl"] <= MEMORIZED_GL if regime == "memorization" else r["gl"] >= GENERALIZED_GL
-                needed = _memorized_at(s) if regime == "memorization" and has_real else None
+                t_dist = r.get("distance_threshold")  # the union test's (None: the similarity's alone)
+                d = sims.get(sim_key("gl_distance", n, sampler, model)) if t_dist is not None else None
+                # the similarity a copy must beat for GL <= 0.1: the similarity's test alone, not the union's
+                needed = _memorized_at(s) if regime == "memorization" and has_real and t_dist is None else None
                 rows.append({"model": model, "sampler": sampler, "regime": regime, "n": n, "gl": r["gl"],
                              "ci": list(r["ci"]), "reached": bool(reached),
                              "threshold": gl_threshold_of(results, r), "median_similarity": median,
+                             "distance_threshold": t_dist,
+                             "median_distance": float(d.median()) if d is not None and d.numel() else None,
                              "real_below_median": float((real < median).double().mean()) if has_real else None,
                              "memorized_below": needed,
                              "real_above_memorized": None if needed is None
@@ -287,6 +292,10 @@ def _regime_hint(r: dict[str, Any]) -> str:
     near = ("" if r["median_similarity"] is None else
             f"median similarity of its samples to their nearest training image {r['median_similarity']:.3f} "
             f"against the threshold {r['threshold']:.3f}; ")
+    union = r.get("distance_threshold") is not None
+    if union and r.get("median_distance") is not None:
+        near += (f"their median RMS distance to their nearest training image {r['median_distance']:.1f} uint8 levels "
+                 f"against the union test's {r['distance_threshold']:.1f}; ")
     near_copies = False
     if (share := r.get("real_below_median")) is not None:
         near += (f"{share:.0%} of the real images GL's threshold was read from lie farther from their nearest "
@@ -306,9 +315,11 @@ def _regime_hint(r: dict[str, Any]) -> str:
     if (src := r.get("new_nearest")) and r["regime"] == "memorization":
         near += (f"{src['new']} of its {src['of']} new samples lie nearest training image {src['image']} (pixel "
                  f"standard deviation {src['std']:.1f} uint8 levels")
-        near += (f", the flattest of its {src['n']:,} training images, whose median is {src['median_std']:.1f}: a "
-                 "correlation divides contrast out, so on a nearly flat image a few levels of noise read as a new "
-                 "image); " if src["rank"] == 1 else f"; median of its {src['n']:,} training images "
+        flat = (": a correlation divides contrast out, so on a nearly flat image a few levels of noise read as a new "
+                "image; gl_test = 'union' also counts the samples within a calibrated RMS distance as copies"
+                if not union else "")
+        near += (f", the flattest of its {src['n']:,} training images, whose median is {src['median_std']:.1f}"
+                 f"{flat}); " if src["rank"] == 1 else f"; median of its {src['n']:,} training images "
                  f"{src['median_std']:.1f}); ")
         if src.get("rms") is not None and src.get("offset") is not None:
             near += (f"its new samples lie a median {src['rms']:.1f} uint8 levels RMS from their nearest training "
@@ -568,7 +579,9 @@ def plot_similarities(study: Study) -> Figure | None:
               if (k := sim_key("rp", n, sampler, a, b)) in sims]
         gl = [(f"GL {_label(m)}", _model_style(study, m), sims[k]) for m in study.models
               if (k := sim_key("gl", n, sampler, m)) in sims]
-        for row, series, t, what in ((0, rp, t_rp, "RP: same-noise pairs"), (1, gl, t_gl, "GL: nearest training")):
+        dist = (study.similarity.get("gl_distance_thresholds") or {}).get(str(n))
+        near = "GL: nearest training" + ("" if dist is None else f" (copies too: RMS < {dist:.1f})")
+        for row, series, t, what in ((0, rp, t_rp, "RP: same-noise pairs"), (1, gl, t_gl, near)):
             if series:
                 _histogram(axes[row][col], series, t, f"{what}, n = {n}")
             else:
@@ -742,6 +755,9 @@ def _similarity_text(study: Study, *, short: bool = False) -> str:
     if gl is None and (per := sim.get("gl_thresholds")):
         values = [per[k] for k in sorted(per, key=int)]
         text = f"{text} (RP), > {_threshold(min(values))}-{_threshold(max(values))} by training-set size (GL)"
+        if dist := sim.get("gl_distance_thresholds"):
+            d = [dist[k] for k in sorted(dist, key=int)]
+            text += f" or RMS distance < {min(d):.1f}-{max(d):.1f} uint8 levels (GL's union test)"
     elif gl is not None and gl != t:
         text = f"{text} (RP), > {_threshold(gl)} (GL)"
     if not sim.get("calibration"):
