@@ -33,7 +33,8 @@ anydata   the default study with only `data` and `sizes` changed, on data unlike
           thresholds calibrated on the data (GL's per N). Minutes per dataset; ANYDATA=thumbnails,photos runs
           those alone; ANYDATA=thumbnails32,shapes32 the 32x32 RGB ones (CIFAR-sized, 7-13 minutes each),
           ANYDATA=letters13 letters of a prime side (the U-ViT pads them to its patch); ANYDATA_SEED=s another
-          draw of the images, ANYDATA_SIZES=4,2000 other sizes (the largest is the number of images).
+          draw of the images, ANYDATA_SIZES=4,2000 other sizes (the largest is the number of images),
+          ANYDATA_GL_TEST=union GL's union copy test (gl_test).
 handover  HANDOVER=DIR: for each network of the finished regime study in DIR at its smallest N, where along the
           sampling ODE its samples stop being copies: GL with D* above a noise level and the network below it,
           and the median distance of its samples to the nearest training image (and the
@@ -608,7 +609,8 @@ def bench_anydata(quick: bool) -> None:
     """The default study on letters (12x12 and 28x28), RGB shapes, photo crops and photo thumbnails, ``data`` and
     ``sizes`` changed only: does every network copy at N = 8 and make new images at N = 2,000? (``ANYDATA``: a
     comma-separated subset of the names; ``thumbnails32`` and ``shapes32``, 32x32 RGB, run only when named;
-    ``ANYDATA_SEED``: another draw of the images; ``ANYDATA_SIZES``: other sizes, the largest the image count.)"""
+    ``ANYDATA_SEED``: another draw of the images; ``ANYDATA_SIZES``: other sizes, the largest the image count;
+    ``ANYDATA_GL_TEST=union``: GL's union copy test, ``gl_test``, the one other change.)"""
     import tempfile
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
@@ -630,12 +632,14 @@ def bench_anydata(quick: bool) -> None:
     seed = int(os.environ.get("ANYDATA_SEED", "0"))  # another draw of each dataset's images
     sizes = [int(v) for v in os.environ.get("ANYDATA_SIZES", f"8,{n}").split(",")]  # e.g. 4,2000
     small, n = sizes[0], sizes[-1]  # the data: as many images as the largest size
+    gl_test = os.environ.get("ANYDATA_GL_TEST", "similarity")  # union: a copy by similarity or by RMS distance
     for name, make in makers + extra:
         if name not in (only.split(",") if only else dict(makers)):
             continue
         with tempfile.TemporaryDirectory() as tmp:
             path = write_npz(Path(tmp) / f"{name}.npz", make(n, seed=seed))
-            cfg = StudyConfig.from_dict({**default_study().to_dict(), "data": str(path), "sizes": sizes})
+            cfg = StudyConfig.from_dict({**default_study().to_dict(), "data": str(path), "sizes": sizes,
+                                         "gl_test": gl_test})
             t0 = time.perf_counter()
             res = run_study(cfg, Path(tmp) / "study", executor=ExecutorConfig())  # as `reprodiff study` runs it
             gl = {(r["n"], r["model"]): r["gl"] for r in res["gl"]}
@@ -643,9 +647,10 @@ def bench_anydata(quick: bool) -> None:
             cells = ", ".join(f"{m.name} {gl[(small, m.name)]:.2f} -> {gl[(n, m.name)]:.2f}" for m in cfg.models)
             a, b = (m.name for m in cfg.models[:2])
             rp = {r["n"]: r["rp"] for r in res["rp"] if (r["a"], r["b"]) == (a, b)}
-            t = res["similarity"]["gl_thresholds"]
+            t, d = res["similarity"]["gl_thresholds"], res["similarity"].get("gl_distance_thresholds")
+            union = f", RMS {d[str(small)]:.1f} -> {d[str(n)]:.1f} (union)" if d else ""
             print(f"== {name}: GL at N = {small} -> {n}: {cells}; {'shown' if ok else 'NOT shown'} (GL thresholds "
-                  f"{t[str(small)]:.3f} -> {t[str(n)]:.3f}); RP {a}/{b} {rp[small]:.2f} -> {rp[n]:.2f} "
+                  f"{t[str(small)]:.3f} -> {t[str(n)]:.3f}{union}); RP {a}/{b} {rp[small]:.2f} -> {rp[n]:.2f} "
                   f"[{time.perf_counter() - t0:.0f} s] ==")
             if not ok:
                 diagnose_memorization(Path(tmp) / "study", res, missed_only=True)
