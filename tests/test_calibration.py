@@ -158,11 +158,11 @@ def _rms_brute_force(q: torch.Tensor, r: torch.Tensor, exclude_self: bool = Fals
 
 def test_nearest_rms_is_the_brute_force_minimum_in_uint8_levels_in_any_chunking() -> None:
     q, r = _images(23, 1).clamp(-1, 1), _images(40, 2).clamp(-1, 1)
-    for chunk in (1, 5, 256):
-        d, k = nearest_rms(q, r, chunk=chunk)
+    for chunk, ref_chunk in ((1, 7), (5, 40), (256, 4096), (9, 3)):
+        d, k = nearest_rms(q, r, chunk=chunk, ref_chunk=ref_chunk)
         want_d, want_k = _rms_brute_force(q, r)
         assert torch.equal(d, want_d) and torch.equal(k, want_k)  # exact: float64 sums of integers
-        d, k = nearest_rms(r, r, exclude_self=True, chunk=chunk)
+        d, k = nearest_rms(r, r, exclude_self=True, chunk=chunk, ref_chunk=ref_chunk)
         want_d, want_k = _rms_brute_force(r, r, exclude_self=True)
         assert torch.equal(d, want_d) and torch.equal(k, want_k) and bool((d > 0).all())
     assert nearest_rms(r[:3], r)[0].eq(0).all()  # an image is 0 levels from itself

@@ -183,30 +183,40 @@ def nearest_in(queries: Tensor, reference: Tensor, *, exclude_self: bool = False
 
 
 def nearest_rms(queries: Tensor, reference: Tensor, *, exclude_self: bool = False,
-                chunk: int = 256) -> tuple[Tensor, Tensor]:
+                chunk: int = 256, ref_chunk: int = 4096) -> tuple[Tensor, Tensor]:
     """Each image of ``queries`` ``[Q, C, H, W]`` in [-1, 1]: the RMS distance in uint8 levels (of the images a
     PNG would hold, ``data.to_uint8``) to its nearest image of ``reference`` ``[R, C, H, W]``, and that image's
-    index (``[Q]`` float64, ``[Q]`` long), exact (float64 sums of integer products), in row chunks;
-    ``exclude_self``: ``queries`` are the first ``Q`` images of ``reference`` and image ``i`` is not compared with
-    itself (leave-one-out)."""
+    index (``[Q]`` float64, ``[Q]`` long; the first on a tie), exact (float64 sums of integer products), in chunks
+    of ``chunk`` queries and ``ref_chunk`` reference images (the reference is held as uint8); ``exclude_self``:
+    ``queries`` are the first ``Q`` images of ``reference`` and image ``i`` is not compared with itself
+    (leave-one-out)."""
     if queries.ndim != 4 or reference.ndim != 4 or queries.shape[1:] != reference.shape[1:] or not len(queries):
         raise ValueError(f"need query images [Q, C, H, W] shaped like the reference's {list(reference.shape[1:])}, "
                          f"got {list(queries.shape)}")
     if reference.shape[0] < (2 if exclude_self else 1):
         raise ValueError(f"need at least {2 if exclude_self else 1} reference images, got {reference.shape[0]}")
-    q = to_uint8(queries.detach().cpu()).flatten(1).double()
-    r = to_uint8(reference.detach().cpu()).flatten(1).double()
-    r2 = r.square().sum(1)  # integers below 2^53: every sum and product here is exact in float64
+    q = to_uint8(queries.detach().cpu()).flatten(1)
+    r = to_uint8(reference.detach().cpu()).flatten(1)
     dist, index = [], []
     for i0 in range(0, q.shape[0], chunk):
-        qc = q[i0 : i0 + chunk]
-        d2 = qc.square().sum(1, keepdim=True) + r2 - 2 * qc @ r.T  # [chunk, R]
-        if exclude_self:
-            rows = torch.arange(d2.shape[0])
-            d2[rows, rows + i0] = math.inf
-        v, k = d2.min(1)
-        dist.append((v / q.shape[1]).sqrt())
-        index.append(k)
+        qc = q[i0 : i0 + chunk].double()
+        q2 = qc.square().sum(1)
+        best = torch.full((qc.shape[0],), math.inf, dtype=torch.float64)
+        arg = torch.zeros(qc.shape[0], dtype=torch.long)
+        for j0 in range(0, r.shape[0], ref_chunk):
+            rc = r[j0 : j0 + ref_chunk].double()
+            # integers below 2^53: every sum and product here is exact in float64, whatever the summation order
+            d2 = q2[:, None] + rc.square().sum(1) - 2 * qc @ rc.T  # [chunk, ref_chunk]
+            if exclude_self:
+                rows = torch.arange(qc.shape[0])
+                cols = rows + i0 - j0
+                inside = (cols >= 0) & (cols < rc.shape[0])
+                d2[rows[inside], cols[inside]] = math.inf
+            v, k = d2.min(1)
+            better = v < best  # strict: the first reference image wins a tie, as in one pass
+            best, arg = torch.where(better, v, best), torch.where(better, k + j0, arg)
+        dist.append((best / q.shape[1]).sqrt())
+        index.append(arg)
     return torch.cat(dist), torch.cat(index)
 
 
