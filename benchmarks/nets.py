@@ -213,7 +213,7 @@ class Recorder:
 @torch.no_grad()
 def handover(net: Denoiser, train: torch.Tensor, threshold: float, *, seed: int = 100000, count: int = 256,
              steps: int = 18, sampler: str = "heun", switches: tuple[float, ...] = HANDOVER_SIGMAS,
-             features: Any = None) -> dict[str, Any]:
+             features: Any = None, distance_threshold: float | None = None) -> dict[str, Any]:
     """Where along the ODE (``sampler``, EDM's grid of ``steps``) a network's samples stop being copies of its
     ``train`` images ``[N, C, H, W]``. GL (share with similarity <= ``threshold`` to every training image, in
     ``features``, default ``pixel``) of: the network; D*; for each ``s`` in ``switches``, D* above ``s`` and the
@@ -225,8 +225,10 @@ def handover(net: Denoiser, train: torch.Tensor, threshold: float, *, seed: int 
     ``D(x, sigma)`` lies from the training image nearest the final sample -- the length (L2 over the channels) of
     its per-channel mean offset (colour) and the RMS of the rest (uint8 levels, medians over samples): where a
     network's samples pick up their colour cast (the U-ViT's on RGB crops) or their noise (the MLP's below sigma ~
-    0.05)."""
+    0.05). ``distance_threshold``: GL by the union test (a study's ``gl_test = "union"``): a sample nearer than
+    this RMS distance (uint8 levels) to a training image is a copy too."""
     from reprodiff import sampling
+    from reprodiff.calibration import nearest_rms
     from reprodiff.metrics import gl_score
 
     star = EmpiricalOptimalDenoiser(train)
@@ -234,7 +236,8 @@ def handover(net: Denoiser, train: torch.Tensor, threshold: float, *, seed: int 
 
     def run(D: Denoiser) -> float:
         x = sampling.sample(D, seed, count, shape, sampler=sampler, steps=steps)
-        return gl_score(x, train, features=features or "pixel", threshold=threshold).value
+        union = None if distance_threshold is None else (nearest_rms(x, train)[0], distance_threshold)
+        return gl_score(x, train, features=features or "pixel", threshold=threshold, copy_distance=union).value
 
     out: dict[str, Any] = {"net": run(net), "D*": run(star), "switches": {}, "trajectory": {}}
     for s in switches:

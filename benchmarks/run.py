@@ -668,9 +668,12 @@ def diagnose_memorization(study_dir: Path, res: dict, *, missed_only: bool = Fal
         if r["regime"] != "memorization" or (missed_only and r["reached"]):
             continue
         net, _, data = load_model(study_dir / "runs" / f"{r['model']}-n{r['n']}")
+        t_dist = r.get("distance_threshold")  # GL's union test where the study used it
         h = handover(net, data.images, r["threshold"], seed=cfg["seed"], count=cfg["count"],
-                     steps=cfg["sampler_steps"], sampler=r["sampler"])
-        print(format_handover(h, f"{r['model']} at N = {r['n']} ({r['sampler']}, GL threshold {r['threshold']:.3f})"))
+                     steps=cfg["sampler_steps"], sampler=r["sampler"], distance_threshold=t_dist)
+        union = "" if t_dist is None else f" or RMS < {t_dist:.1f}"
+        print(format_handover(h, f"{r['model']} at N = {r['n']} ({r['sampler']}, GL threshold {r['threshold']:.3f}"
+                                 f"{union})"))
 
 
 def bench_handover(quick: bool) -> None:
