@@ -745,17 +745,10 @@ def score_gl(path: Path, x: Tensor, feats: Tensor, train_feats: Tensor, cfg: Sco
     training images and the distance threshold of the union copy test (``calibration`` module docstring); the
     file then also holds each sample's ``distance`` (RMS, uint8 levels) to its nearest training image by
     distance, ``nearest_by_distance``, and ``new``, whether it counts as new."""
-    extra: dict[str, Tensor] = {}
-    copy_distance = None
-    if union is not None:
-        train_images, t_dist = union
-        dist, by_dist = nearest_rms(x, train_images)
-        copy_distance = (dist, t_dist)
-        extra = {"distance": dist, "nearest_by_distance": by_dist}
+    dist, by_dist = nearest_rms(x, union[0]) if union is not None else (None, None)
     gl = metrics.gl_score(feats, train_feats, threshold=threshold, n_boot=cfg.n_boot, seed=cfg.seed, features=None,
-                          copy_distance=copy_distance)
-    if extra and gl.hits is not None:
-        extra["new"] = gl.hits
+                          copy_distance=None if union is None else (dist, union[1]))
+    extra = {} if union is None else {"distance": dist, "nearest_by_distance": by_dist, "new": gl.hits}
     save_npz(path, samples=x, images=to_uint8(x), nearest=gl.nearest, similarity=gl.similarities, **extra)
     return gl
 
