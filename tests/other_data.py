@@ -59,14 +59,15 @@ def shapes(n: int, size: int = 16, seed: int = 0) -> np.ndarray:
     return out
 
 
-def photo_crops(n: int, size: int = 8, seed: int = 0) -> np.ndarray:
-    """``n`` uint8 RGB crops ``[n, size, size, 3]`` of scikit-learn's bundled sample photos, each downscaled 4x
-    first (so a crop holds some structure), at random positions."""
+def photo_crops(n: int, size: int = 8, seed: int = 0, reduce: int = 4) -> np.ndarray:
+    """``n`` uint8 RGB crops ``[n, size, size, 3]`` of scikit-learn's bundled sample photos, each downscaled
+    ``reduce`` times first (4: a crop holds some structure; 1: crops of the photos as they are, mostly smooth
+    regions), at random positions."""
     from PIL import Image
     from sklearn.datasets import load_sample_images
 
     rng = np.random.default_rng(seed)
-    photos = [np.asarray(Image.fromarray(p).reduce(4)) for p in load_sample_images().images]
+    photos = [np.asarray(Image.fromarray(p).reduce(reduce)) for p in load_sample_images().images]
     out = np.zeros((n, size, size, 3), np.uint8)
     for i in range(n):
         p = photos[int(rng.integers(len(photos)))]
