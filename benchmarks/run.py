@@ -625,8 +625,8 @@ def bench_anydata(quick: bool) -> None:
     thumbnails2 = functools.partial(photo_thumbnails, photos=2)  # scikit-learn's two photos alone
     makers = (("letters", letters), ("letters28", letters28), ("shapes", shapes), ("photos", photo_crops),
               ("thumbnails", photo_thumbnails), ("thumbnails2", thumbnails2))
-    # run only when named: CIFAR-sized (32x32 RGB), 7-13 minutes each on 2 cores (the U-ViT's 64 tokens), and
-    # 13x13 letters
+    # run only when named: CIFAR-sized (32x32 RGB), 7-13 minutes each on 2 cores (the U-ViT's 64 tokens), 13x13
+    # letters and the photos' crops at full resolution
     extra = (("thumbnails32", functools.partial(photo_thumbnails, size=32)),
              ("shapes32", functools.partial(shapes, size=32)),
              ("letters13", functools.partial(letters, size=13)),  # a prime side: the U-ViT pads it (nets/uvit.py)
