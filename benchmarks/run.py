@@ -33,7 +33,8 @@ anydata   the default study with only `data` and `sizes` changed, on data unlike
           thresholds calibrated on the data (GL's per N). Minutes per dataset; ANYDATA=thumbnails,photos runs
           those alone; ANYDATA=thumbnails32,shapes32 the 32x32 RGB ones (CIFAR-sized, 7-13 minutes each),
           ANYDATA=letters13 letters of a prime side (the U-ViT pads them to its patch), ANYDATA=rawcrops 8x8
-          crops of the photos not downscaled (mostly smooth regions); ANYDATA_SEED=s another
+          crops of the photos not downscaled (mostly smooth regions), ANYDATA=skcrops crops of scikit-image's
+          photos (needs scikit-image, not a dependency; photos no default was tuned on); ANYDATA_SEED=s another
           draw of the images, ANYDATA_SIZES=4,2000 other sizes (the largest is the number of images),
           ANYDATA_GL_TEST=union GL's union copy test (gl_test).
 handover  HANDOVER=DIR: for each network of the finished regime study in DIR at its smallest N, where along the
@@ -610,13 +611,14 @@ def bench_anydata(quick: bool) -> None:
     """The default study on letters (12x12 and 28x28), RGB shapes, photo crops and photo thumbnails, ``data`` and
     ``sizes`` changed only: does every network copy at N = 8 and make new images at N = 2,000? (``ANYDATA``: a
     comma-separated subset of the names; ``thumbnails32`` and ``shapes32``, 32x32 RGB, ``letters13`` and
-    ``rawcrops`` (8x8 crops of the photos at full resolution) run only when named;
+    ``rawcrops`` (8x8 crops of the photos at full resolution) and ``skcrops`` (8x8 crops of scikit-image's photos,
+    which no default was tuned on; needs scikit-image) run only when named;
     ``ANYDATA_SEED``: another draw of the images; ``ANYDATA_SIZES``: other sizes, the largest the image count;
     ``ANYDATA_GL_TEST=union``: GL's union copy test, ``gl_test``, the one other change.)"""
     import tempfile
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-    from other_data import letters, photo_crops, photo_thumbnails, shapes, write_npz
+    from other_data import letters, photo_crops, photo_thumbnails, shapes, skimage_crops, write_npz
     from reprodiff.executors import ExecutorConfig
     from reprodiff.studies.regime import StudyConfig, default_study, run_study
 
@@ -626,11 +628,12 @@ def bench_anydata(quick: bool) -> None:
     makers = (("letters", letters), ("letters28", letters28), ("shapes", shapes), ("photos", photo_crops),
               ("thumbnails", photo_thumbnails), ("thumbnails2", thumbnails2))
     # run only when named: CIFAR-sized (32x32 RGB), 7-13 minutes each on 2 cores (the U-ViT's 64 tokens), 13x13
-    # letters and the photos' crops at full resolution
+    # letters, the photos' crops at full resolution and crops of scikit-image's photos
     extra = (("thumbnails32", functools.partial(photo_thumbnails, size=32)),
              ("shapes32", functools.partial(shapes, size=32)),
              ("letters13", functools.partial(letters, size=13)),  # a prime side: the U-ViT pads it (nets/uvit.py)
-             ("rawcrops", functools.partial(photo_crops, reduce=1)))  # crops of the photos not downscaled
+             ("rawcrops", functools.partial(photo_crops, reduce=1)),  # crops of the photos not downscaled
+             ("skcrops", skimage_crops))  # scikit-image's five RGB photos (other_data.SKIMAGE_PHOTOS)
     only = os.environ.get("ANYDATA", "")  # e.g. ANYDATA=thumbnails,photos: those alone
     seed = int(os.environ.get("ANYDATA_SEED", "0"))  # another draw of each dataset's images
     sizes = [int(v) for v in os.environ.get("ANYDATA_SIZES", f"8,{n}").split(",")]  # e.g. 4,2000

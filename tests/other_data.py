@@ -1,7 +1,8 @@
 """Datasets unlike the digits, built offline for the any-dataset check: 12x12 grayscale letters rendered with
 PIL's bundled font (random glyph, jitter, scale and stroke), 16x16 RGB shapes (a disc, square, triangle or
 cross in one colour on another), 8x8 RGB crops of scikit-learn's two bundled photos and 16x16 RGB thumbnails
-of regions of them and of matplotlib's bundled photo. All are written as the ``.npz`` a user would bring
+of regions of them and of matplotlib's bundled photo; and, where scikit-image is installed (it is not a
+dependency), 8x8 RGB crops of its five bundled photos, which no default was tuned on. All are written as the ``.npz`` a user would bring
 (uint8 ``images``)."""
 
 from __future__ import annotations
@@ -66,8 +67,29 @@ def photo_crops(n: int, size: int = 8, seed: int = 0, reduce: int = 4) -> np.nda
     from PIL import Image
     from sklearn.datasets import load_sample_images
 
-    rng = np.random.default_rng(seed)
     photos = [np.asarray(Image.fromarray(p).reduce(reduce)) for p in load_sample_images().images]
+    return _crops(photos, n, size, seed)
+
+
+SKIMAGE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry")
+
+
+def skimage_crops(n: int, size: int = 8, seed: int = 0, reduce: int = 4) -> np.ndarray:
+    """As ``photo_crops``, from other photos: the five RGB photos bundled with scikit-image (``SKIMAGE_PHOTOS``;
+    scikit-image is not a dependency of reprodiff, so this raises a one-line error where it is not installed)."""
+    from PIL import Image
+
+    try:
+        import skimage.data
+    except ImportError:
+        raise SystemExit("skimage_crops needs scikit-image: pip install scikit-image") from None
+    photos = [np.asarray(Image.fromarray(getattr(skimage.data, name)()).reduce(reduce)) for name in SKIMAGE_PHOTOS]
+    return _crops(photos, n, size, seed)
+
+
+def _crops(photos: list[np.ndarray], n: int, size: int, seed: int) -> np.ndarray:
+    """``n`` ``size x size`` windows at random positions of photos chosen at random (one generator: ``seed``)."""
+    rng = np.random.default_rng(seed)
     out = np.zeros((n, size, size, 3), np.uint8)
     for i in range(n):
         p = photos[int(rng.integers(len(photos)))]
