@@ -2,8 +2,8 @@
 PIL's bundled font (random glyph, jitter, scale and stroke), 16x16 RGB shapes (a disc, square, triangle or
 cross in one colour on another), 8x8 RGB crops of scikit-learn's two bundled photos and 16x16 RGB thumbnails
 of regions of them and of matplotlib's bundled photo; and, where scikit-image is installed (it is not a
-dependency), 8x8 RGB crops of its five bundled photos, which no default was tuned on. All are written as the ``.npz`` a user would bring
-(uint8 ``images``)."""
+dependency), 8x8 RGB crops of its five bundled photos, which no default was tuned on. All are written as the
+``.npz`` a user would bring (uint8 ``images``)."""
 
 from __future__ import annotations
 
