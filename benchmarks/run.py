@@ -33,10 +33,12 @@ anydata   the default study with only `data` and `sizes` changed, on data unlike
           thresholds calibrated on the data (GL's per N). Minutes per dataset; ANYDATA=thumbnails,photos runs
           those alone; ANYDATA=thumbnails32,shapes32 the 32x32 RGB ones (CIFAR-sized, 7-13 minutes each),
           ANYDATA=letters13 letters of a prime side (the U-ViT pads them to its patch), ANYDATA=rawcrops 8x8
-          crops of the photos not downscaled (mostly smooth regions), ANYDATA=skcrops crops of scikit-image's
-          photos (needs scikit-image, not a dependency; photos no default was tuned on); ANYDATA_SEED=s another
+          crops of the photos not downscaled (mostly smooth regions), ANYDATA=skcrops,skgrey 8x8 RGB crops of
+          scikit-image's photos and 12x12 crops of its grayscale ones (needs scikit-image, not a dependency;
+          photos no default was tuned on); ANYDATA_SEED=s another
           draw of the images, ANYDATA_SIZES=4,2000 other sizes (the largest is the number of images),
-          ANYDATA_GL_TEST=union GL's union copy test (gl_test).
+          ANYDATA_GL_TEST=similarity GL's copy test by similarity alone (the paper's; the default study's is
+          the union, gl_test).
 handover  HANDOVER=DIR: for each network of the finished regime study in DIR at its smallest N, where along the
           sampling ODE its samples stop being copies: GL with D* above a noise level and the network below it,
           and the median distance of its samples to the nearest training image (and the
@@ -611,10 +613,12 @@ def bench_anydata(quick: bool) -> None:
     """The default study on letters (12x12 and 28x28), RGB shapes, photo crops and photo thumbnails, ``data`` and
     ``sizes`` changed only: does every network copy at N = 8 and make new images at N = 2,000? (``ANYDATA``: a
     comma-separated subset of the names; ``thumbnails32`` and ``shapes32``, 32x32 RGB, ``letters13`` and
-    ``rawcrops`` (8x8 crops of the photos at full resolution) and ``skcrops`` (8x8 crops of scikit-image's photos,
-    which no default was tuned on; needs scikit-image) run only when named;
+    ``rawcrops`` (8x8 crops of the photos at full resolution), ``skcrops`` and ``skgrey`` (8x8 RGB crops of
+    scikit-image's photos and 12x12 crops of its grayscale ones, which no default was tuned on; need scikit-image)
+    run only when named;
     ``ANYDATA_SEED``: another draw of the images; ``ANYDATA_SIZES``: other sizes, the largest the image count;
-    ``ANYDATA_GL_TEST=union``: GL's union copy test, ``gl_test``, the one other change.)"""
+    ``ANYDATA_GL_TEST=similarity``: GL's copy test by similarity alone (the paper's, ``gl_test``; the default
+    study's is the union), the one other change.)"""
     import tempfile
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
@@ -633,12 +637,13 @@ def bench_anydata(quick: bool) -> None:
              ("shapes32", functools.partial(shapes, size=32)),
              ("letters13", functools.partial(letters, size=13)),  # a prime side: the U-ViT pads it (nets/uvit.py)
              ("rawcrops", functools.partial(photo_crops, reduce=1)),  # crops of the photos not downscaled
-             ("skcrops", skimage_crops))  # scikit-image's five RGB photos (other_data.SKIMAGE_PHOTOS)
+             ("skcrops", skimage_crops),  # scikit-image's five RGB photos (other_data.SKIMAGE_PHOTOS)
+             ("skgrey", functools.partial(skimage_crops, size=12, reduce=2, grey=True)))  # its grayscale ones
     only = os.environ.get("ANYDATA", "")  # e.g. ANYDATA=thumbnails,photos: those alone
     seed = int(os.environ.get("ANYDATA_SEED", "0"))  # another draw of each dataset's images
     sizes = [int(v) for v in os.environ.get("ANYDATA_SIZES", f"8,{n}").split(",")]  # e.g. 4,2000
     small, n = sizes[0], sizes[-1]  # the data: as many images as the largest size
-    gl_test = os.environ.get("ANYDATA_GL_TEST", "similarity")  # union: a copy by similarity or by RMS distance
+    gl_test = os.environ.get("ANYDATA_GL_TEST", default_study().gl_test)  # the default study's: the union
     for name, make in makers + extra:
         if name not in (only.split(",") if only else dict(makers)):
             continue

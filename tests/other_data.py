@@ -2,8 +2,8 @@
 PIL's bundled font (random glyph, jitter, scale and stroke), 16x16 RGB shapes (a disc, square, triangle or
 cross in one colour on another), 8x8 RGB crops of scikit-learn's two bundled photos and 16x16 RGB thumbnails
 of regions of them and of matplotlib's bundled photo; and, where scikit-image is installed (it is not a
-dependency), 8x8 RGB crops of its five bundled photos, which no default was tuned on. All are written as the
-``.npz`` a user would bring (uint8 ``images``)."""
+dependency), 8x8 RGB crops of its five bundled photos and 12x12 crops of its eight grayscale ones, which no
+default was tuned on. All are written as the ``.npz`` a user would bring (uint8 ``images``)."""
 
 from __future__ import annotations
 
@@ -72,25 +72,28 @@ def photo_crops(n: int, size: int = 8, seed: int = 0, reduce: int = 4) -> np.nda
 
 
 SKIMAGE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry")
+SKIMAGE_GREY = ("camera", "coins", "moon", "page", "text", "brick", "grass", "gravel")
 
 
-def skimage_crops(n: int, size: int = 8, seed: int = 0, reduce: int = 4) -> np.ndarray:
-    """As ``photo_crops``, from other photos: the five RGB photos bundled with scikit-image (``SKIMAGE_PHOTOS``;
-    scikit-image is not a dependency of reprodiff, so this raises a one-line error where it is not installed)."""
+def skimage_crops(n: int, size: int = 8, seed: int = 0, reduce: int = 4, grey: bool = False) -> np.ndarray:
+    """As ``photo_crops``, from other photos: the five RGB photos bundled with scikit-image (``SKIMAGE_PHOTOS``),
+    or with ``grey`` its eight grayscale ones (``SKIMAGE_GREY``; crops ``[n, size, size]``). scikit-image is not a
+    dependency of reprodiff, so this raises a one-line error where it is not installed."""
     from PIL import Image
 
     try:
         import skimage.data
     except ImportError:
         raise SystemExit("skimage_crops needs scikit-image: pip install scikit-image") from None
-    photos = [np.asarray(Image.fromarray(getattr(skimage.data, name)()).reduce(reduce)) for name in SKIMAGE_PHOTOS]
+    names = SKIMAGE_GREY if grey else SKIMAGE_PHOTOS
+    photos = [np.asarray(Image.fromarray(getattr(skimage.data, name)()).reduce(reduce)) for name in names]
     return _crops(photos, n, size, seed)
 
 
 def _crops(photos: list[np.ndarray], n: int, size: int, seed: int) -> np.ndarray:
     """``n`` ``size x size`` windows at random positions of photos chosen at random (one generator: ``seed``)."""
     rng = np.random.default_rng(seed)
-    out = np.zeros((n, size, size, 3), np.uint8)
+    out = np.zeros((n, size, size, *photos[0].shape[2:]), np.uint8)
     for i in range(n):
         p = photos[int(rng.integers(len(photos)))]
         y, x = rng.integers(0, p.shape[0] - size), rng.integers(0, p.shape[1] - size)

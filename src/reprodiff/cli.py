@@ -118,8 +118,9 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("--study", required=True, help="a folder written by 'reprodiff study'")
     rp.add_argument("--threshold", type=float, help="score a finished regime study again at this similarity "
                     "threshold first (no training or sampling; features from their cache)")
-    rp.add_argument("--gl-threshold", type=float, help="with --threshold: GL's own threshold (default: the "
-                    "study's gl_threshold, e.g. \"auto\", per size; where it has none, GL follows --threshold)")
+    rp.add_argument("--gl-threshold", type=float, help="with --threshold: GL's own threshold, by similarity alone "
+                    "(default: the study's gl_threshold, e.g. \"auto\", per size, and its copy test; where it has "
+                    "none, GL follows --threshold)")
     rp.add_argument("--format", choices=["html", "latex"], default="html",
                     help="html: report.html and its figures (PNG, SVG, PDF); latex: results_tables.tex, the score "
                          "tables as booktabs tables (default: html)")

@@ -158,8 +158,13 @@ def test_union_gl_test_scores_each_sample_by_either_threshold_and_records_both(t
     again = rescore(tmp_path, 0.9)  # RP at another threshold; GL's union test calibrated per size as before
     assert again["similarity"]["gl_distance_thresholds"] == sim["gl_distance_thresholds"]
     assert [r["gl"] for r in again["gl"]] == [r["gl"] for r in res["gl"]]
-    with pytest.raises(ConfigError, match="rescore without --gl-threshold"):
-        rescore(tmp_path, 0.9, 0.95)
+    fixed = rescore(tmp_path, 0.9, 0.95)  # one GL threshold given: the similarity test alone, at it
+    assert "gl_test" not in json.loads((tmp_path / "study.json").read_text())
+    assert "gl_test" not in fixed["similarity"] and not fixed["similarity"].get("gl_distance_thresholds")
+    with np.load(tmp_path / "similarities.npz") as f:
+        for r in fixed["gl"]:
+            assert r["threshold"] == 0.95 and r.get("distance_threshold") is None
+            assert r["gl"] == 1 - (f[f"gl/{r['n']}/heun/{r['model']}"] > 0.95).mean()
 
 
 def test_new_sample_sources_name_the_training_image_nearest_most_new_samples(tmp_path) -> None:
