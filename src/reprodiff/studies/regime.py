@@ -255,7 +255,7 @@ def rescore(out: str | os.PathLike[str], threshold: float, gl_threshold: float |
                               "threshold in its config and run it again: its scores are recomputed, not its models)")
         old = StudyConfig.from_dict(raw)
         if old.gl_test == "union" and gl_threshold is not None:  # GL by similarity alone, at that threshold
-            old = replace(old, gl_test="similarity", gl_threshold=gl_threshold)
+            old = replace(old, gl_test="similarity")
         gl = AUTO if old.gl_test == "union" else old.gl_threshold if gl_threshold is None else gl_threshold
         cfg = replace(old, threshold=threshold, gl_threshold=gl)
         record = folder_config(cfg)
