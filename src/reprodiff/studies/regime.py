@@ -159,10 +159,8 @@ SMALL_MLP = {"name": "mlp", "hidden": 256, "depth": 4}
 # At the smallest size each run trains on past its 800 steps until it has memorized its training images (the fit
 # check, training/fit.py), at most 6,400 (U-ViT, batch 24) and 19,200 (MLP, batch 64) steps -- the U-ViT's cap is
 # the 153,600 images of the 4,800 steps at batch 32 it had before; the MLP's is what it needs on 8x8 RGB photo crops
-# (fitted at 6,200-17,920 steps; with the old cap of 4,800 GL at N = 8 was 0.28 / 0.02 / 0.59 on three draws, now
-# 0.19 / 0.00 / 0.08). Its 19,200 steps take ~250 s there (13 ms a step), the U-ViT's 6,400 ~200 s: where the
-# MLP never passes its check the study takes longer (16x16 thumbnails of two photos: 347 s for 207, GL 0.00 either
-# way; docs/MEASUREMENTS.md, "Any dataset"); on the digits it fits at 880 steps. The U-ViT's bar is 0.01: at 0.02
+# (fitted at up to 17,920 steps there; on the digits at 880), at the cost of a longer study where it never passes
+# its check (docs/MEASUREMENTS.md, "Any dataset", which has the numbers). The U-ViT's bar is 0.01: at 0.02
 # the adaLN net stopped at 1,520-1,680 steps on 12x12 letters and 16x16 RGB shapes at N = 8 with 15-25% of its
 # samples new (its level-0 ratio falls faster than its samples become copies); at 0.01 it fits the digits at N = 4
 # at 1,200 steps. The MLP's is 0.005 (a quarter of 0.02: half the error at each level, one level lower): on 8x8 RGB
