@@ -34,8 +34,9 @@ anydata   the default study with only `data` and `sizes` changed, on data unlike
           those alone; ANYDATA=thumbnails32,shapes32 the 32x32 RGB ones (CIFAR-sized, 7-13 minutes each),
           ANYDATA=letters13 letters of a prime side (the U-ViT pads them to its patch), ANYDATA=rawcrops 8x8
           crops of the photos not downscaled (mostly smooth regions), ANYDATA=skcrops,skgrey 8x8 RGB crops of
-          scikit-image's photos and 12x12 crops of its grayscale ones (needs scikit-image, not a dependency;
-          photos no default was tuned on); ANYDATA_SEED=s another
+          scikit-image's photos and 12x12 crops of its grayscale ones, ANYDATA=skthumbs12,skcrops10,skdark
+          12x12 RGB thumbnails and 10x10 RGB crops of its seven RGB photos and 8x8 crops of the two with a dark
+          background (all need scikit-image, not a dependency; photos no default was tuned on); ANYDATA_SEED=s another
           draw of the images, ANYDATA_SIZES=4,2000 other sizes (the largest is the number of images),
           ANYDATA_GL_TEST=similarity GL's copy test by similarity alone (the paper's; the default study's is
           the union, gl_test).
@@ -614,15 +615,26 @@ def bench_anydata(quick: bool) -> None:
     ``sizes`` changed only: does every network copy at N = 8 and make new images at N = 2,000? (``ANYDATA``: a
     comma-separated subset of the names; ``thumbnails32`` and ``shapes32``, 32x32 RGB, ``letters13`` and
     ``rawcrops`` (8x8 crops of the photos at full resolution), ``skcrops`` and ``skgrey`` (8x8 RGB crops of
-    scikit-image's photos and 12x12 crops of its grayscale ones, which no default was tuned on; need scikit-image)
-    run only when named;
+    scikit-image's photos and 12x12 crops of its grayscale ones), ``skthumbs12``, ``skcrops10`` and ``skdark``
+    (12x12 RGB thumbnails and 10x10 RGB crops of its seven RGB photos, 8x8 crops of the two with a dark
+    background) -- photos no default was tuned on; need scikit-image -- run only when named;
     ``ANYDATA_SEED``: another draw of the images; ``ANYDATA_SIZES``: other sizes, the largest the image count;
     ``ANYDATA_GL_TEST=similarity``: GL's copy test by similarity alone (the paper's, ``gl_test``; the default
     study's is the union), the one other change.)"""
     import tempfile
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-    from other_data import letters, photo_crops, photo_thumbnails, shapes, skimage_crops, write_npz
+    from other_data import (
+        SKIMAGE_DARK,
+        SKIMAGE_PHOTOS,
+        letters,
+        photo_crops,
+        photo_thumbnails,
+        shapes,
+        skimage_crops,
+        skimage_thumbnails,
+        write_npz,
+    )
     from reprodiff.executors import ExecutorConfig
     from reprodiff.studies.regime import StudyConfig, default_study, run_study
 
@@ -638,7 +650,10 @@ def bench_anydata(quick: bool) -> None:
              ("letters13", functools.partial(letters, size=13)),  # a prime side: the U-ViT pads it (nets/uvit.py)
              ("rawcrops", functools.partial(photo_crops, reduce=1)),  # crops of the photos not downscaled
              ("skcrops", skimage_crops),  # scikit-image's five RGB photos (other_data.SKIMAGE_PHOTOS)
-             ("skgrey", functools.partial(skimage_crops, size=12, reduce=2, grey=True)))  # its grayscale ones
+             ("skgrey", functools.partial(skimage_crops, size=12, reduce=2, grey=True)),  # its grayscale ones
+             ("skthumbs12", skimage_thumbnails),  # 12x12 RGB thumbnails of its seven RGB photos
+             ("skcrops10", functools.partial(skimage_crops, size=10, photos=SKIMAGE_PHOTOS + SKIMAGE_DARK)),
+             ("skdark", functools.partial(skimage_crops, photos=SKIMAGE_DARK)))  # two photos of a dark background
     only = os.environ.get("ANYDATA", "")  # e.g. ANYDATA=thumbnails,photos: those alone
     seed = int(os.environ.get("ANYDATA_SEED", "0"))  # another draw of each dataset's images
     sizes = [int(v) for v in os.environ.get("ANYDATA_SIZES", f"8,{n}").split(",")]  # e.g. 4,2000

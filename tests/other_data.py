@@ -2,8 +2,8 @@
 PIL's bundled font (random glyph, jitter, scale and stroke), 16x16 RGB shapes (a disc, square, triangle or
 cross in one colour on another), 8x8 RGB crops of scikit-learn's two bundled photos and 16x16 RGB thumbnails
 of regions of them and of matplotlib's bundled photo; and, where scikit-image is installed (it is not a
-dependency), 8x8 RGB crops of its five bundled photos and 12x12 crops of its eight grayscale ones, which no
-default was tuned on. All are written as the ``.npz`` a user would bring (uint8 ``images``)."""
+dependency), crops and thumbnails of its bundled photos (RGB and grayscale), which no default was tuned on.
+All are written as the ``.npz`` a user would bring (uint8 ``images``)."""
 
 from __future__ import annotations
 
@@ -73,21 +73,35 @@ def photo_crops(n: int, size: int = 8, seed: int = 0, reduce: int = 4) -> np.nda
 
 SKIMAGE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry")
 SKIMAGE_GREY = ("camera", "coins", "moon", "page", "text", "brick", "grass", "gravel")
+SKIMAGE_DARK = ("retina", "hubble_deep_field")  # RGB photos mostly of a dark background
 
 
-def skimage_crops(n: int, size: int = 8, seed: int = 0, reduce: int = 4, grey: bool = False) -> np.ndarray:
-    """As ``photo_crops``, from other photos: the five RGB photos bundled with scikit-image (``SKIMAGE_PHOTOS``),
-    or with ``grey`` its eight grayscale ones (``SKIMAGE_GREY``; crops ``[n, size, size]``). scikit-image is not a
-    dependency of reprodiff, so this raises a one-line error where it is not installed."""
-    from PIL import Image
-
+def _skimage_photos(names: tuple[str, ...]) -> list[np.ndarray]:
+    """scikit-image's bundled photos by name (``skimage.data.<name>()``); scikit-image is not a dependency of
+    reprodiff, so this raises a one-line error where it is not installed."""
     try:
         import skimage.data
     except ImportError:
-        raise SystemExit("skimage_crops needs scikit-image: pip install scikit-image") from None
-    names = SKIMAGE_GREY if grey else SKIMAGE_PHOTOS
-    photos = [np.asarray(Image.fromarray(getattr(skimage.data, name)()).reduce(reduce)) for name in names]
-    return _crops(photos, n, size, seed)
+        raise SystemExit("scikit-image's photos need scikit-image: pip install scikit-image") from None
+    return [np.asarray(getattr(skimage.data, name)()) for name in names]
+
+
+def skimage_crops(n: int, size: int = 8, seed: int = 0, reduce: int = 4, grey: bool = False,
+                  photos: tuple[str, ...] | None = None) -> np.ndarray:
+    """As ``photo_crops``, from other photos: the five RGB photos bundled with scikit-image (``SKIMAGE_PHOTOS``),
+    with ``grey`` its eight grayscale ones (``SKIMAGE_GREY``; crops ``[n, size, size]``), or the RGB ones named
+    in ``photos`` (e.g. ``SKIMAGE_DARK``)."""
+    from PIL import Image
+
+    names = photos or (SKIMAGE_GREY if grey else SKIMAGE_PHOTOS)
+    return _crops([np.asarray(Image.fromarray(p).reduce(reduce)) for p in _skimage_photos(names)], n, size, seed)
+
+
+def skimage_thumbnails(n: int, size: int = 12, seed: int = 0,
+                       photos: tuple[str, ...] = SKIMAGE_PHOTOS + SKIMAGE_DARK) -> np.ndarray:
+    """As ``photo_thumbnails``, from scikit-image's RGB photos (by default all seven: ``SKIMAGE_PHOTOS`` and
+    ``SKIMAGE_DARK``)."""
+    return _thumbnails([p[..., :3] for p in _skimage_photos(photos)], n, size, seed)
 
 
 def _crops(photos: list[np.ndarray], n: int, size: int, seed: int) -> np.ndarray:
@@ -109,12 +123,19 @@ def photo_thumbnails(n: int, size: int = 16, seed: int = 0, photos: int = 3) -> 
     from PIL import Image
     from sklearn.datasets import load_sample_images
 
-    rng = np.random.default_rng(seed)
     sources = list(load_sample_images().images)
     if photos > len(sources):
         with Image.open(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)) as im:
             sources.append(np.asarray(im.convert("RGB")))
-    sources = sources[:photos]
+    return _thumbnails(sources[:photos], n, size, seed)
+
+
+def _thumbnails(sources: list[np.ndarray], n: int, size: int, seed: int) -> np.ndarray:
+    """``n`` square regions of random side (48 pixels up to half the photo's shorter side) and position of
+    photos chosen at random (one generator: ``seed``), each box-filtered down to ``size x size``."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
     out = np.zeros((n, size, size, 3), np.uint8)
     for i in range(n):
         p = sources[int(rng.integers(len(sources)))]
