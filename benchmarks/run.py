@@ -626,7 +626,7 @@ def bench_anydata(quick: bool) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
     from other_data import (
         SKIMAGE_DARK,
-        SKIMAGE_PHOTOS,
+        SKIMAGE_RGB,
         letters,
         photo_crops,
         photo_thumbnails,
@@ -652,7 +652,7 @@ def bench_anydata(quick: bool) -> None:
              ("skcrops", skimage_crops),  # scikit-image's five RGB photos (other_data.SKIMAGE_PHOTOS)
              ("skgrey", functools.partial(skimage_crops, size=12, reduce=2, grey=True)),  # its grayscale ones
              ("skthumbs12", skimage_thumbnails),  # 12x12 RGB thumbnails of its seven RGB photos
-             ("skcrops10", functools.partial(skimage_crops, size=10, photos=SKIMAGE_PHOTOS + SKIMAGE_DARK)),
+             ("skcrops10", functools.partial(skimage_crops, size=10, photos=SKIMAGE_RGB)),
              ("skdark", functools.partial(skimage_crops, photos=SKIMAGE_DARK)))  # two photos of a dark background
     only = os.environ.get("ANYDATA", "")  # e.g. ANYDATA=thumbnails,photos: those alone
     seed = int(os.environ.get("ANYDATA_SEED", "0"))  # another draw of each dataset's images

@@ -74,6 +74,7 @@ def photo_crops(n: int, size: int = 8, seed: int = 0, reduce: int = 4) -> np.nda
 SKIMAGE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry")
 SKIMAGE_GREY = ("camera", "coins", "moon", "page", "text", "brick", "grass", "gravel")
 SKIMAGE_DARK = ("retina", "hubble_deep_field")  # RGB photos mostly of a dark background
+SKIMAGE_RGB = SKIMAGE_PHOTOS + SKIMAGE_DARK  # all seven of its RGB photos
 
 
 def _skimage_photos(names: tuple[str, ...]) -> list[np.ndarray]:
@@ -98,9 +99,8 @@ def skimage_crops(n: int, size: int = 8, seed: int = 0, reduce: int = 4, grey: b
 
 
 def skimage_thumbnails(n: int, size: int = 12, seed: int = 0,
-                       photos: tuple[str, ...] = SKIMAGE_PHOTOS + SKIMAGE_DARK) -> np.ndarray:
-    """As ``photo_thumbnails``, from scikit-image's RGB photos (by default all seven: ``SKIMAGE_PHOTOS`` and
-    ``SKIMAGE_DARK``)."""
+                       photos: tuple[str, ...] = SKIMAGE_RGB) -> np.ndarray:
+    """As ``photo_thumbnails``, from scikit-image's RGB photos (by default all seven, ``SKIMAGE_RGB``)."""
     return _thumbnails([p[..., :3] for p in _skimage_photos(photos)], n, size, seed)
 
 
