@@ -3,7 +3,7 @@
 from . import data, kernels, metrics, optimal, sampling, similarity
 from .denoiser import Denoiser, MicroBatched
 from .kernels import EDM, EDMX0, VE, VP, SubVP, make_kernel
-from .optimal import EmpiricalOptimalDenoiser
+from .optimal import EmpiricalOptimalDenoiser, GaussianDenoiser
 from .precond import Precond
 
 __version__ = "0.1.0"
@@ -15,6 +15,7 @@ __all__ = [
     "VP",
     "Denoiser",
     "EmpiricalOptimalDenoiser",
+    "GaussianDenoiser",
     "MicroBatched",
     "Precond",
     "SubVP",

@@ -1,4 +1,5 @@
-"""The empirical optimal denoiser of a finite training set (the paper's memorization-regime model).
+"""The empirical optimal denoiser of a finite training set (the paper's memorization-regime model), and the
+optimal denoiser of the Gaussian with that set's mean and covariance (its linear counterpart).
 
 ``D*(x, sigma) = sum_j w_j y_j``,  ``w = softmax_j(-||x - y_j||^2 / (2 sigma^2))``: the minimiser of the
 denoising score-matching loss on the empirical distribution (Zhang et al. 2023, Sec. 4; Karras et al.
@@ -20,7 +21,7 @@ from torch import Tensor
 
 from .denoiser import check_denoiser_inputs
 
-__all__ = ["EmpiricalOptimalDenoiser"]
+__all__ = ["EmpiricalOptimalDenoiser", "GaussianDenoiser"]
 
 
 class EmpiricalOptimalDenoiser:
@@ -104,3 +105,46 @@ class EmpiricalOptimalDenoiser:
         """Index ``[B]`` of the training image nearest to each row of ``x`` in L2 (``D*``'s limit as
         sigma -> 0)."""
         return self.denoise(x, torch.ones(x.shape[0], dtype=torch.float64, device=x.device))[1]
+
+
+class GaussianDenoiser:
+    """The optimal denoiser of ``N(mu, Sigma)``, the Gaussian with the mean and covariance of ``train_images``
+    ``[N, C, H, W]``; a ``Denoiser``:
+
+        ``D(x, sigma) = mu + Sigma (Sigma + sigma^2 I)^-1 (x - mu) = mu + U diag(lam / (lam + sigma^2)) U^T (x - mu)``
+
+    (the Wiener filter; ``Sigma = U diag(lam) U^T``, the covariance over the ``N`` images, divided by ``N``). It is
+    also the best *affine* denoiser of the training images themselves: it minimises the denoising loss
+    ``E ||D(y + sigma n) - y||^2`` over them at every sigma among maps ``x -> A x + b``. Li, Dai & Qu 2024
+    (arXiv 2410.24060) find trained diffusion denoisers close to it in the generalization regime, where D*
+    (:class:`EmpiricalOptimalDenoiser`) is the memorization regime's; its probability-flow ODE is closed form,
+    ``x(sigma) = mu + U diag(sqrt((lam + sigma^2) / (lam + sigma_0^2))) U^T (x(sigma_0) - mu)``, and it ends in the
+    affine hull of the training images. Computed in float64 on ``device``; calls return ``x``'s dtype.
+    """
+
+    def __init__(self, train_images: Tensor, *, device: torch.device | str | None = None) -> None:
+        if not isinstance(train_images, Tensor) or train_images.ndim < 2:
+            raise ValueError("train_images must be a tensor [N, C, H, W]")
+        if train_images.shape[0] == 0:
+            raise ValueError("the training set is empty; the Gaussian denoiser needs at least one image")
+        if not bool(torch.isfinite(train_images).all()):
+            raise ValueError("train_images contain NaN or Inf")
+        self.image_shape = tuple(train_images.shape[1:])
+        Y = train_images.detach().reshape(train_images.shape[0], -1)
+        Y = Y.to(device=device or train_images.device, dtype=torch.float64)
+        self.mean = Y.mean(0)  # [P]
+        centred = Y - self.mean
+        lam, U = torch.linalg.eigh(centred.T @ centred / Y.shape[0])  # ascending eigenvalues
+        # Sigma has rank <= N - 1; eigh leaves its null directions (where N <= P) at +-(rounding), which at tiny
+        # sigma would pass noise off the images' affine hull: zero them below numpy's matrix_rank tolerance
+        tol = float(lam.max()) * lam.numel() * torch.finfo(torch.float64).eps
+        self.eigenvalues = torch.where(lam > tol, lam, torch.zeros_like(lam))  # [P]
+        self.eigenvectors = U  # [P, P], columns
+
+    def __call__(self, x: Tensor, sigma: Tensor, cond: Tensor | None = None) -> Tensor:
+        check_denoiser_inputs(x, sigma, self.image_shape)
+        dev = self.mean.device
+        z = x.reshape(x.shape[0], -1).to(dev, torch.float64) - self.mean  # [B, P]
+        gain = self.eigenvalues / (self.eigenvalues + sigma.to(dev, torch.float64)[:, None] ** 2)  # [B, P]
+        out = self.mean + ((z @ self.eigenvectors) * gain) @ self.eigenvectors.T
+        return out.reshape(x.shape).to(x.device, x.dtype)
