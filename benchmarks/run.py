@@ -47,6 +47,10 @@ handover  HANDOVER=DIR: for each network of the finished regime study in DIR at 
           and at every level how far its denoised estimate D(x, sigma) lies from the training image its sample
           ends nearest, in colour and in the rest (a colour cast set or a noise left where);
           anydata prints it for every network that misses the memorization regime.
+gaussian  GAUSSIAN=DIR: each model of the finished regime study in DIR against the Gaussian model of its training
+          images at every N (optimal.GaussianDenoiser: the Wiener filter of their mean and covariance, Li, Dai &
+          Qu 2024), sampled from the study's noise: RP (the study's threshold and features) and the median RMS
+          distance between the two samples of each seed -- what the networks share at the generalization end.
 draws     the default study four times -- as shipped, another subset of the digits (`subset_seed = 1`), other
           sampling noise (`seed = 200000`), other network seeds (10 and 11) -- with RP between its two networks at
           every N and whether each run meets issue 15's U-curve (RP >= 0.6 at both ends, its interior minimum
@@ -713,6 +717,58 @@ def bench_handover(quick: bool) -> None:
     diagnose_memorization(Path(folder), res)
 
 
+def bench_gaussian(quick: bool) -> None:
+    """``GAUSSIAN=DIR``: every model of the finished regime study in DIR (``reprodiff study --out DIR``) against the
+    Gaussian model of the same N training images (``optimal.GaussianDenoiser``), sampled with the study's sampler
+    from its noise: RP at the study's threshold on its features, and the median RMS distance between the two
+    samples of each seed (uint8 levels). Trained denoisers approach it in the generalization regime (Li, Dai & Qu
+    2024) as they approach D* in the memorization regime."""
+    import numpy as np
+
+    from reprodiff import metrics
+    from reprodiff.data import subset
+    from reprodiff.optimal import GaussianDenoiser
+    from reprodiff.studies import base
+    from reprodiff.studies.base import OPTIMAL
+    from reprodiff.studies.regime import NOISE_SEED_OFFSET, StudyConfig
+
+    folder = Path(os.environ.get("GAUSSIAN", ""))
+    if not os.environ.get("GAUSSIAN") or not (folder / "results.json").is_file():
+        print("gaussian: set GAUSSIAN=DIR, the folder of a finished regime study (reprodiff study --out DIR)")
+        return
+    res = json.loads((folder / "results.json").read_text())
+    if res.get("kind", "regime") != "regime":
+        raise SystemExit(f"gaussian: {folder} holds a {res['kind']} study; it needs a regime study")
+    cfg = StudyConfig.from_dict(res["config"])
+    features, threshold = base.scoring_features(cfg, "cpu"), float(res["similarity"]["threshold"])
+    data = base.load_data(cfg)
+    shape = tuple(data.images.shape[1:])
+    models = list(res["models"])
+    for s in cfg.samplers:
+        noise_seed = cfg.seed + NOISE_SEED_OFFSET if s in sampling.STOCHASTIC_SAMPLERS else None
+        print(f"{s}, {cfg.sampler_steps} steps: each model against the Gaussian model of the same training images, "
+              f"from the same noise (RP at {threshold:.3f}; median RMS between the two samples, uint8 levels)")
+        pairs = sorted({(r["a"], r["b"]) for r in res["rp"] if r["sampler"] == s}, key=lambda p: (OPTIMAL in p, p))
+        print(f"{'N':>6}" + "".join(f"{m + ' RP':>16}{'RMS':>7}" for m in models)
+              + "   the study's RP " + ", ".join(f"{a}/{b}" for a, b in pairs))
+        for n in cfg.sizes:
+            G = GaussianDenoiser(subset(data, n, cfg.subset_seed).images)
+            g = sampling.sample(G, cfg.seed, cfg.count, shape, sampler=s, steps=cfg.sampler_steps,
+                                noise_seed=noise_seed)
+            paths = {r["model"]: r["path"] for r in res["samples"] if r["n"] == n and r["sampler"] == s}
+            line = f"{n:>6}"
+            for m in models:
+                if m not in paths:
+                    line += f"{'-':>16}{'-':>7}"
+                    continue
+                x = torch.from_numpy(np.load(folder / paths[m])["samples"])
+                rp = metrics.rp_score(x, g, features=features, threshold=threshold).value
+                rms = float(((x - g).flatten(1).pow(2).mean(1).sqrt() * 127.5).median())
+                line += f"{rp:>16.2f}{rms:>7.1f}"
+            study_rp = {(r["a"], r["b"]): r["rp"] for r in res["rp"] if r["sampler"] == s and r["n"] == n}
+            print(line + "   " + ", ".join(f"{study_rp[p]:.2f}" if p in study_rp else "-" for p in pairs))
+
+
 def u_curve(res: dict, a: str, b: str) -> tuple[bool, str]:
     """Issue 15's U-curve on a finished regime study's results: RP between ``a`` and ``b`` at least 0.6 at the
     smallest and the largest N, its lowest value in between at most 0.6 times the lower end with a 95% interval
@@ -764,7 +820,7 @@ def bench_draws(quick: bool) -> None:
 BENCHES: dict[str, Callable[[bool], None]] = {
     "optimal": bench_optimal, "samplers": bench_samplers, "train": bench_train, "regime": bench_regime,
     "study": bench_study, "invert": bench_invert, "checkpoint": bench_checkpoint, "nets": bench_nets,
-    "anydata": bench_anydata, "handover": bench_handover, "draws": bench_draws,
+    "anydata": bench_anydata, "handover": bench_handover, "draws": bench_draws, "gaussian": bench_gaussian,
 }
 
 if __name__ == "__main__":
