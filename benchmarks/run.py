@@ -732,8 +732,9 @@ def bench_gaussian(quick: bool) -> None:
     from reprodiff.studies.base import OPTIMAL
     from reprodiff.studies.regime import NOISE_SEED_OFFSET, StudyConfig
 
-    folder = Path(os.environ.get("GAUSSIAN", ""))
-    if not os.environ.get("GAUSSIAN") or not (folder / "results.json").is_file():
+    given = os.environ.get("GAUSSIAN", "")
+    folder = Path(given)
+    if not given or not (folder / "results.json").is_file():
         print("gaussian: set GAUSSIAN=DIR, the folder of a finished regime study (reprodiff study --out DIR)")
         return
     res = json.loads((folder / "results.json").read_text())

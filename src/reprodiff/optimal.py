@@ -24,6 +24,16 @@ from .denoiser import check_denoiser_inputs
 __all__ = ["EmpiricalOptimalDenoiser", "GaussianDenoiser"]
 
 
+def _check_train_images(train_images: Tensor, what: str) -> None:
+    """A one-line ``ValueError`` unless ``train_images`` is a non-empty, finite ``[N, C, H, W]`` tensor."""
+    if not isinstance(train_images, Tensor) or train_images.ndim < 2:
+        raise ValueError("train_images must be a tensor [N, C, H, W]")
+    if train_images.shape[0] == 0:
+        raise ValueError(f"the training set is empty; {what} needs at least one image")
+    if not bool(torch.isfinite(train_images).all()):
+        raise ValueError("train_images contain NaN or Inf")
+
+
 class EmpiricalOptimalDenoiser:
     """Exact ``D*`` over ``train_images`` ``[N, C, H, W]``; a ``Denoiser``.
 
@@ -44,12 +54,7 @@ class EmpiricalOptimalDenoiser:
         device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float32,
     ) -> None:
-        if not isinstance(train_images, Tensor) or train_images.ndim < 2:
-            raise ValueError("train_images must be a tensor [N, C, H, W]")
-        if train_images.shape[0] == 0:
-            raise ValueError("the training set is empty; the optimal denoiser needs at least one image")
-        if not bool(torch.isfinite(train_images).all()):
-            raise ValueError("train_images contain NaN or Inf")
+        _check_train_images(train_images, "the optimal denoiser")
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
         self.image_shape = tuple(train_images.shape[1:])
@@ -123,12 +128,7 @@ class GaussianDenoiser:
     """
 
     def __init__(self, train_images: Tensor, *, device: torch.device | str | None = None) -> None:
-        if not isinstance(train_images, Tensor) or train_images.ndim < 2:
-            raise ValueError("train_images must be a tensor [N, C, H, W]")
-        if train_images.shape[0] == 0:
-            raise ValueError("the training set is empty; the Gaussian denoiser needs at least one image")
-        if not bool(torch.isfinite(train_images).all()):
-            raise ValueError("train_images contain NaN or Inf")
+        _check_train_images(train_images, "the Gaussian denoiser")
         self.image_shape = tuple(train_images.shape[1:])
         Y = train_images.detach().reshape(train_images.shape[0], -1)
         Y = Y.to(device=device or train_images.device, dtype=torch.float64)
