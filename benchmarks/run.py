@@ -730,7 +730,7 @@ def bench_gaussian(quick: bool) -> None:
     from reprodiff.optimal import GaussianDenoiser
     from reprodiff.studies import base
     from reprodiff.studies.base import OPTIMAL
-    from reprodiff.studies.regime import NOISE_SEED_OFFSET, StudyConfig
+    from reprodiff.studies.regime import StudyConfig, sampler_noise_seed
 
     given = os.environ.get("GAUSSIAN", "")
     folder = Path(given)
@@ -746,7 +746,6 @@ def bench_gaussian(quick: bool) -> None:
     shape = tuple(data.images.shape[1:])
     models = list(res["models"])
     for s in cfg.samplers:
-        noise_seed = cfg.seed + NOISE_SEED_OFFSET if s in sampling.STOCHASTIC_SAMPLERS else None
         print(f"{s}, {cfg.sampler_steps} steps: each model against the Gaussian model of the same training images, "
               f"from the same noise (RP at {threshold:.3f}; median RMS between the two samples, uint8 levels)")
         pairs = sorted({(r["a"], r["b"]) for r in res["rp"] if r["sampler"] == s}, key=lambda p: (OPTIMAL in p, p))
@@ -755,7 +754,7 @@ def bench_gaussian(quick: bool) -> None:
         for n in cfg.sizes:
             G = GaussianDenoiser(subset(data, n, cfg.subset_seed).images)
             g = sampling.sample(G, cfg.seed, cfg.count, shape, sampler=s, steps=cfg.sampler_steps,
-                                noise_seed=noise_seed)
+                                noise_seed=sampler_noise_seed(cfg, s))
             paths = {r["model"]: r["path"] for r in res["samples"] if r["n"] == n and r["sampler"] == s}
             line = f"{n:>6}"
             for m in models:

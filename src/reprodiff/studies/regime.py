@@ -45,7 +45,7 @@ NOISE_AGREEMENT = 0.9  # encoding.compare_encodings' default: two noises "agree"
 NOISE_SEED_OFFSET = 1_000_000  # a stochastic sampler's per-step noise: seed + this, apart from the initial noise
 
 __all__ = ["KIND", "StudyConfig", "default_study", "effective_sampler", "plan_tasks", "rescore", "run_study",
-           "study_shape", "summarize"]
+           "sampler_noise_seed", "study_shape", "summarize"]
 
 
 @dataclass(frozen=True)
@@ -343,6 +343,12 @@ def effective_sampler(cfg: StudyConfig, name: str, sampler: str) -> tuple[str, i
     return own or sampler, steps or cfg.sampler_steps
 
 
+def sampler_noise_seed(cfg: StudyConfig, sampler: str) -> int | None:
+    """The seed of ``sampler``'s per-step noise in this study: ``cfg.seed + NOISE_SEED_OFFSET`` for a stochastic
+    sampler (a stream apart from the initial noise), ``None`` for a deterministic one."""
+    return cfg.seed + NOISE_SEED_OFFSET if sampler in sampling.STOCHASTIC_SAMPLERS else None
+
+
 def _trained(cfg: StudyConfig, name: str) -> bool:
     spec = _spec(cfg, name)
     return spec is not None and spec.source == "train"
@@ -565,10 +571,8 @@ def _sample_task(cfg: StudyConfig, out: str, shape: tuple[int, ...], name: str, 
     device = str(resolve_device(cfg.device))
     D = _denoiser(cfg, folder, name, n, device)
     try:
-        stochastic = eff in sampling.STOCHASTIC_SAMPLERS  # its per-step noise: a stream apart from the study's
         base.cached_samples(folder / "samples" / f"{key}.npz", D, cfg.seed, cfg.count, shape, sampler=eff,
-                            steps=steps, device=device, progress=progress,
-                            noise_seed=cfg.seed + NOISE_SEED_OFFSET if stochastic else None)
+                            steps=steps, device=device, progress=progress, noise_seed=sampler_noise_seed(cfg, eff))
     except TrainingError as e:
         plan.save_failure(folder, f"sample/{key}", {"n": n, "model": name, "error": f"{eff}: {e}"})
         return f"sample {key}: failed: {e}"
