@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 
 import numpy as np
@@ -384,7 +385,11 @@ def test_a_model_may_sample_with_multistep_consistency(tmp_path) -> None:
 
 def test_memorize_trains_only_the_smallest_size_on_and_a_rerun_trains_nothing(tmp_path) -> None:
     """``memorize``: at the smallest size the run trains past ``steps`` until fitted, at most ``memorize_steps``
-    (a target no run meets: to the cap); the other sizes train ``steps``; the finished runs count as done."""
+    (a target no run meets: to the cap), annealing its learning rate over the cap's second half (``lr_decay =
+    "wsd"``); the other sizes train ``steps``; the finished runs count as done."""
+    from reprodiff.studies.base import model_train_config
+    from reprodiff.training.train import DataConfig, lr_at
+
     mlp = ModelSpec("mlp", {"name": "mlp", "hidden": 32, "depth": 1}, steps=6, batch_size=8, memorize=1e-9,
                     memorize_steps=10)
     cfg = tiny_study(models=(mlp,), encode_count=0)
@@ -392,7 +397,10 @@ def test_memorize_trains_only_the_smallest_size_on_and_a_rerun_trains_nothing(tm
     logs = {n: [json.loads(x) for x in (tmp_path / "runs" / f"mlp-n{n}" / "log.jsonl").read_text().splitlines()]
             for n in (8, 16)}
     assert max(r["step"] for r in logs[8]) == 10 and max(r["step"] for r in logs[16]) == 6
-    assert [r["step"] for r in logs[8] if "fit_ratio" in r] == [6, 7, 8, 9, 10]  # from `steps` on, every steps // 20
+    # checked from `steps` on, every steps // 20, up to the cooldown of its learning rate (here at once) and at the end
+    assert [r["step"] for r in logs[8] if "fit_ratio" in r] == [6, 10]
+    small = model_train_config(mlp, 0, DataConfig(n=8), "cpu", smallest=True)  # its learning rate: "wsd"'s
+    assert [r["lr"] for r in logs[8] if "lr" in r] == [lr_at(small, s) for s in range(10)]
     assert not any("fit_ratio" in r for r in logs[16])
     memo = next(r for r in first["regimes"] if r["regime"] == "memorization")  # how the smallest N's run ended
     assert memo["run"] == {"steps": 10, "memorize": 1e-9, "memorize_steps": 10, "fitted": False}
@@ -406,13 +414,16 @@ def test_memorize_trains_only_the_smallest_size_on_and_a_rerun_trains_nothing(tm
 
 def test_memorize_is_checked_and_belongs_to_the_regime_study() -> None:
     from reprodiff.studies.base import model_train_config
-    from reprodiff.training.train import DataConfig
+    from reprodiff.training.train import DataConfig, cooldown_start
 
     spec = ModelSpec("m", {"name": "mlp"}, steps=100, memorize=0.02)
     small = model_train_config(spec, 0, DataConfig(n=4), "cpu", smallest=True)
     assert (small.steps, small.fit_min_steps, small.fit_target, small.fit_every) == (400, 100, 0.02, 5)
+    assert (small.lr_decay, cooldown_start(small)) == ("wsd", 200)  # anneals over the cap's second half
     large = model_train_config(spec, 0, DataConfig(n=64), "cpu", smallest=False)
-    assert (large.steps, large.fit_target) == (100, 0.0)
+    assert (large.steps, large.fit_target, large.lr_decay) == (100, 0.0, "constant")
+    own = dataclasses.replace(spec, train={"lr_decay": "constant"})  # the model's own schedule wins
+    assert model_train_config(own, 0, DataConfig(n=4), "cpu", smallest=True).lr_decay == "constant"
     with pytest.raises(ConfigError, match="memorize is an option of the regime study"):
         model_train_config(spec, 0, DataConfig(n=4), "cpu")
     with pytest.raises(ValueError, match="memorize must be in"):

@@ -3,6 +3,7 @@ resumed bit-identically."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 
@@ -140,6 +141,35 @@ def test_a_run_with_fit_min_steps_trains_at_least_that_long_and_is_the_plain_run
     assert not on["fitted"] and on["steps"] == 60 and not ended_fitted(tmp_path / "on")
     with pytest.raises(ValueError, match="fit_min_steps must be in"):
         fit_run(fit_min_steps=500)
+
+
+def test_a_wsd_run_checks_its_fit_until_its_cooldown_and_then_anneals_to_its_end(tmp_path) -> None:
+    """``lr_decay = "wsd"``: constant learning rate until ``cooldown_start`` (the last ``lr_cooldown`` of the
+    steps, never before ``fit_min_steps``), then a cosine to 0 at ``steps``; the fit check may end the run up to the
+    cooldown's start, after it only at the end (``training/train.py``)."""
+    from reprodiff.checkpoint import read_safetensors
+    from reprodiff.training.train import cooldown_start, lr_at
+
+    cfg = fit_run(fit_target=1e-6, fit_min_steps=20, steps=60, lr_decay="wsd", lr_cooldown=0.5)  # never fits
+    assert cooldown_start(cfg) == 30 and cooldown_start(fit_run(lr_decay="wsd", fit_min_steps=350)) == 350
+    assert cooldown_start(fit_run(lr_decay="cosine")) == 400 and cooldown_start(fit_run()) == 400
+    lrs = [lr_at(cfg, s) for s in range(60)]
+    assert lrs[2:31] == [cfg.lr] * 29  # after the warm-up, constant up to and at the cooldown's start
+    assert all(a > b for a, b in itertools.pairwise(lrs[30:])) and lrs[45] == pytest.approx(cfg.lr / 2)
+    assert lrs[59] < 0.01 * cfg.lr and lr_at(cfg, 60) == 0.0
+    r = train(cfg, tmp_path / "capped")
+    log = [json.loads(line) for line in (tmp_path / "capped" / "log.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in log if "fit_ratio" in x] == [20, 30, 60] and r["steps"] == 60 and not r["fitted"]
+    assert [x["lr"] for x in log if "lr" in x] == [lr_at(cfg, s - 1) for s in range(10, 61, 10)]
+    fitted = train(fit_run(fit_target=0.99, fit_min_steps=20, steps=60, lr_decay="wsd"), tmp_path / "fitted")
+    assert fitted["fitted"] and fitted["steps"] == 20  # fitted before its cooldown: ends there, at full rate ...
+    train(fit_run(fit_target=0.99, fit_min_steps=20, steps=60), tmp_path / "constant")
+    a, b = (read_safetensors(tmp_path / d / "ema.safetensors")[0] for d in ("fitted", "constant"))
+    assert all(torch.equal(a[k], b[k]) for k in a)  # ... bit-identical to the constant-rate run
+    with pytest.raises(ValueError, match="lr_cooldown is a share of steps"):
+        fit_run(lr_decay="wsd", lr_cooldown=0.0)
+    with pytest.raises(ValueError, match="lr_decay must be one of"):
+        fit_run(lr_decay="linear")
 
 
 def spoil_late(monkeypatch, after: int, scale: float = 0.3) -> None:

@@ -61,9 +61,9 @@ class InterruptError(Exception):
     pass
 
 
-@pytest.mark.parametrize("stop_at", [3, 4, 9])
-def test_interrupted_run_resumes_bit_identical(tmp_path, stop_at: int) -> None:
-    cfg = tiny(net={**TINY_NETS["unet"], "dropout": 0.2}, lr_decay="cosine")
+@pytest.mark.parametrize(("stop_at", "decay"), [(3, "cosine"), (4, "cosine"), (9, "cosine"), (9, "wsd")])
+def test_interrupted_run_resumes_bit_identical(tmp_path, stop_at: int, decay: str) -> None:
+    cfg = tiny(net={**TINY_NETS["unet"], "dropout": 0.2}, lr_decay=decay)  # wsd: resumed in its cooldown
     train(cfg, tmp_path / "ref")
 
     def crash(step: int, loss: float) -> None:

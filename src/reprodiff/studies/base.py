@@ -278,8 +278,11 @@ class ModelSpec:
     the study's *smallest* size only: the run trains ``steps`` and then on until it has memorized its training
     images (the fit check at ``memorize``, checked every ``steps // 20`` steps), at most ``memorize_steps``
     (0: ``4 * steps``) -- so that data harder than the digits still reach the memorization regime at the
-    smallest N without hand-tuned steps; where the fit holds at ``steps`` the run is exactly the plain one, and a
-    run that reaches the cap unfitted keeps the EMA of its check closest to passing (``training/train.py``).
+    smallest N without hand-tuned steps; where the fit holds at ``steps`` the run is exactly the plain one. A run
+    not fitted by half its cap anneals its learning rate to 0 over the other half and ends at the cap
+    (``lr_decay = "wsd"``, ``lr_cooldown = 0.5``; ``train`` may set others): copying takes the precision a constant
+    rate does not reach (docs/MEASUREMENTS.md, "The learning rate's cooldown"). A run that reaches the cap unfitted
+    keeps the EMA of its check closest to passing (``training/train.py``).
 
     ``source = "diffusers"`` with ``path`` (a local ``save_pretrained`` folder of a ``UNet2DModel`` and its
     scheduler, see ``adapters/diffusers.py``) brings in an outside checkpoint instead: it is not trained, it is
@@ -387,7 +390,7 @@ def model_train_config(spec: ModelSpec, index: int, data: DataConfig, device: st
     fit = {"fit_target": spec.fit_target, "fit_every": max(1, spec.steps // 20)} if spec.fit_target else {}
     if spec.memorize and smallest:
         fit = {"fit_target": spec.memorize, "fit_every": max(1, spec.steps // 20), "fit_min_steps": spec.steps,
-               "steps": spec.memorize_steps or 4 * spec.steps}
+               "steps": spec.memorize_steps or 4 * spec.steps, "lr_decay": "wsd"}
     settings = {"steps": spec.steps} | options | fit | spec.train | extra
     return TrainConfig(
         data=data, net=spec.net, kernel=spec.kernel, objective=spec.objective, batch_size=spec.batch_size,

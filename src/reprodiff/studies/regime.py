@@ -165,7 +165,8 @@ SMALL_MLP = {"name": "mlp", "hidden": 256, "depth": 4}
 # samples new (its level-0 ratio falls faster than its samples become copies); at 0.01 it fits the digits at N = 4
 # at 1,200 steps. The MLP's is 0.005 (a quarter of 0.02: half the error at each level, one level lower): on 8x8 RGB
 # photo crops at N = 4 it stopped at 1,680 steps with 33% of its samples new at 0.02, and trained on to copy (4% new) at
-# 0.005 (docs/MEASUREMENTS.md, "The fit check's bars").
+# 0.005 (docs/MEASUREMENTS.md, "The fit check's bars"). A run not fitted by half its cap anneals its learning rate to 0
+# at the cap (``studies.base.model_train_config``: "wsd"; docs/MEASUREMENTS.md, "The learning rate's cooldown").
 MEMORIZE = 0.01
 MEMORIZE_MLP = 0.005
 

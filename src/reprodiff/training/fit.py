@@ -100,16 +100,22 @@ class FitCheck:
     and at each halving of it down to that bar -- ``fit_ratio <= target * 4**k`` at ``sigma / 2**k``
     (module docstring)?"""
 
-    def __init__(self, images: Tensor, target: float, every: int, first: int = 0) -> None:
+    def __init__(self, images: Tensor, target: float, every: int, first: int = 0, *, until: int | None = None,
+                 end: int | None = None) -> None:
         self.images = images[:FIT_IMAGES]
         self.sigma = fit_sigma(images)
         self.sigmas = [self.sigma / 2**k for k in range(fit_levels(target))]
         self.bars = [target * 4.0**k for k in range(len(self.sigmas))]  # fit_ratio's bar at each level
         self.noise = sampling.noise(FIT_SEED, self.images.shape[0], tuple(images.shape[1:])).to(images.device)
-        self.target, self.every, self.first = target, every, first
+        self.target, self.every, self.first, self.until, self.end = target, every, first, until, end
 
     def due(self, step: int) -> bool:
-        return step > 0 and step >= self.first and (step - self.first) % self.every == 0
+        """A check at ``step``: every ``every`` steps from ``first`` on, up to ``until`` (None: no end), and at
+        ``end`` (a run's last step, e.g. after its learning rate's cooldown; None: none there)."""
+        if step == self.end and step > 0:
+            return True
+        on_grid = step > 0 and step >= self.first and (step - self.first) % self.every == 0
+        return on_grid and (self.until is None or step <= self.until)
 
     def ratio(self, D: Denoiser) -> float:
         """``fit_ratio`` at ``fit_sigma`` alone."""

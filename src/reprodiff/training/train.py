@@ -44,6 +44,7 @@ __all__ = ["DataConfig", "EMAUpdate", "FinetuneConfig", "TrainConfig", "Training
            "train_step"]
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+LR_DECAYS = ("constant", "cosine", "wsd")
 
 
 @dataclass(frozen=True)
@@ -94,13 +95,17 @@ class TrainConfig(TomlConfig):
 
     ``augment`` is EDM's augmentation probability ``p`` (``training/augment.py``; 0 = off; the net needs
     ``augment_dim = 9``); ``ema_rampup`` is EDM's ``ema_rampup_ratio`` (the EMA half-life is at most this
-    share of the images seen so far; 0 = off).
+    share of the images seen so far; 0 = off). ``lr_decay``: after the ``lr_warmup`` ramp the learning rate
+    stays (``constant``), follows a cosine to 0 at ``steps`` (``cosine``), or stays until the last ``lr_cooldown``
+    share of ``steps`` and follows a cosine to 0 over that (``wsd``, warmup-stable-decay: :func:`lr_at`).
 
     ``fit_target`` > 0 ends a run early, once its EMA denoiser has *memorized* its training images
-    (:class:`FitCheck`, checked every ``fit_every`` steps from ``fit_min_steps`` on); ``steps`` is then the cap.
+    (:class:`FitCheck`, checked every ``fit_every`` steps from ``fit_min_steps`` on; with ``wsd`` only up to its
+    cooldown's start and at ``steps``); ``steps`` is then the cap.
     With ``fit_min_steps`` a run trains at least that long and then on until fitted: with the constant learning
-    rate and an objective whose draws do not depend on the total steps (``dsm``; not consistency training's
-    schedule) its first ``fit_min_steps`` steps are those of a run of that length.
+    rate (or ``wsd``, whose cooldown never starts before ``fit_min_steps``) and an objective whose draws do not
+    depend on the total steps (``dsm``; not consistency training's schedule) its first ``fit_min_steps`` steps
+    are those of a run of that length.
 
     ``precision`` ``bf16`` autocasts the network (CPU or GPU), ``fp16`` needs CUDA; ``compile`` runs
     the network through ``torch.compile``. Both trade bit-exactness with fp32 eager for speed. On the CPU runs
@@ -117,6 +122,7 @@ class TrainConfig(TomlConfig):
     lr: float = 2e-3
     lr_warmup: int = 100
     lr_decay: str = "constant"
+    lr_cooldown: float = 0.5
     ema_halflife: float = 2000.0
     ema_rampup: float = 0.0
     augment: float = 0.0
@@ -150,8 +156,10 @@ class TrainConfig(TomlConfig):
         if self.augment > 0 and self.net.get("augment_dim") != AUGMENT_DIM:
             raise ValueError(f"augment = {self.augment} feeds the net {AUGMENT_DIM} augmentation labels: set "
                              f"net.augment_dim = {AUGMENT_DIM}")
-        if self.lr_decay not in ("constant", "cosine"):
-            raise ValueError(f"lr_decay must be 'constant' or 'cosine', got {self.lr_decay!r}")
+        if self.lr_decay not in LR_DECAYS:
+            raise ValueError(f"lr_decay must be one of {LR_DECAYS}, got {self.lr_decay!r}")
+        if not 0.0 < self.lr_cooldown <= 1.0:
+            raise ValueError(f"lr_cooldown is a share of steps and must be in (0, 1], got {self.lr_cooldown}")
         if not 0.0 <= self.label_dropout < 1.0:
             raise ValueError(f"label_dropout must be in [0, 1), got {self.label_dropout}")
         if self.label_dropout and not self.data.conditional:
@@ -263,11 +271,26 @@ def ema_beta_at(cfg: TrainConfig, step: int) -> float:
 
 
 def lr_at(cfg: TrainConfig, step: int) -> float:
-    """Linear warm-up over ``lr_warmup`` steps, then constant or cosine decay to 0."""
+    """Linear warm-up over ``lr_warmup`` steps, then constant, cosine decay to 0 over the run, or constant until
+    :func:`cooldown_start` and a cosine decay to 0 from there to ``steps`` ("wsd": warmup-stable-decay, Hu et al.
+    2024, arXiv 2404.06395; Hägele et al. 2024, arXiv 2405.18392)."""
     lr = cfg.lr * min(1.0, (step + 1) / max(1, cfg.lr_warmup))
     if cfg.lr_decay == "cosine":
         lr *= 0.5 * (1 + math.cos(math.pi * min(step, cfg.steps) / cfg.steps))
+    elif cfg.lr_decay == "wsd" and step >= (start := cooldown_start(cfg)):
+        lr *= 0.5 * (1 + math.cos(math.pi * min(step - start, cfg.steps - start) / max(1, cfg.steps - start)))
     return lr
+
+
+def cooldown_start(cfg: TrainConfig) -> int:
+    """The step where a "wsd" run's cooldown begins: the last ``lr_cooldown`` share of ``steps``, never before
+    ``fit_min_steps`` (a run that fits there is the plain run of that length); ``steps`` for the other
+    schedules. A fit check ends a "wsd" run only up to this step and at ``steps``: once annealing, it anneals to
+    the end (stopped part-way, the U-ViT's samples at N = 8 on photo crops were new up to 1.7 times as often;
+    docs/MEASUREMENTS.md, "The learning rate's cooldown")."""
+    if cfg.lr_decay != "wsd":
+        return cfg.steps
+    return max(cfg.fit_min_steps, cfg.steps - round(cfg.lr_cooldown * cfg.steps))
 
 
 def train_step(model: Precond, objective: Objective, opt: torch.optim.Optimizer, y: Tensor,
@@ -460,8 +483,8 @@ def _loop(cfg: TrainConfig, out: Path, data: Dataset, num_classes: int, device: 
             raise ConfigError(f"{out} was trained on other images than {cfg.data.name!r} holds now (its data "
                               "changed since); restore them, or train into another --out")
     _trim_log(out / "log.jsonl", start, dist.main)
-    fit = FitCheck(data.images.to(device), cfg.fit_target, cfg.fit_every, cfg.fit_min_steps) \
-        if cfg.fit_target > 0 else None
+    fit = FitCheck(data.images.to(device), cfg.fit_target, cfg.fit_every, cfg.fit_min_steps,
+                   until=cooldown_start(cfg), end=cfg.steps) if cfg.fit_target > 0 else None
     best = _read_best(out, start) if fit is not None else None  # (step, score) of the closest check so far
     last_check: tuple[int, float] | None = None  # (step, score) of the latest check
     if fit is not None and fit.due(start):
