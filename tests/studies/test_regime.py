@@ -412,6 +412,29 @@ def test_memorize_trains_only_the_smallest_size_on_and_a_rerun_trains_nothing(tm
     assert (tmp_path / "runs" / "mlp-n8" / "ema.safetensors").stat().st_mtime_ns == stamp
 
 
+def test_a_memorize_run_fitted_before_its_cooldown_anneals_there_and_a_rerun_trains_nothing(tmp_path,
+                                                                                           capsys) -> None:
+    """A run at the smallest size that passes its fit check at step ``s`` before its cooldown (half its 80-step
+    cap) anneals its learning rate from there for as long again (``train.cooldown_end``), is checked once more at
+    ``2 s``, and counts as done: a rerun of the study trains nothing."""
+    mlp = ModelSpec("mlp", {"name": "mlp", "hidden": 64, "depth": 2}, steps=20, batch_size=16, memorize=0.99,
+                    memorize_steps=80, train={"lr_warmup": 2})
+    cfg = tiny_study(models=(mlp,), encode_count=0, sizes=(4, 16))
+    first = run_study(cfg, tmp_path)
+    log = [json.loads(x) for x in (tmp_path / "runs" / "mlp-n4" / "log.jsonl").read_text().splitlines()]
+    checks = [(r["step"], r["fitted"], r.get("annealed_from")) for r in log if "fit_ratio" in r]
+    s = checks[-2][0]  # the check that passed
+    assert checks[-2:] == [(s, True, None), (2 * s, True, s)] and 20 <= s <= 40 and max(r["step"] for r in log) == 2 * s
+    assert not any(fitted for _, fitted, _ in checks[:-2])
+    memo = next(r for r in first["regimes"] if r["regime"] == "memorization")
+    assert memo["run"] == {"steps": 2 * s, "memorize": 0.99, "memorize_steps": 80, "fitted": True}
+    assert (f"train mlp N=4: {2 * s} steps ({32 * s:,} images), memorized (fit check at 0.99 passed at {s} steps; "
+            "learning rate then annealed to 0)") in capsys.readouterr().err
+    stamp = (tmp_path / "runs" / "mlp-n4" / "ema.safetensors").stat().st_mtime_ns
+    assert run_study(cfg, tmp_path)["gl"] == first["gl"]
+    assert (tmp_path / "runs" / "mlp-n4" / "ema.safetensors").stat().st_mtime_ns == stamp
+
+
 def test_memorize_is_checked_and_belongs_to_the_regime_study() -> None:
     from reprodiff.studies.base import model_train_config
     from reprodiff.training.train import DataConfig, cooldown_start

@@ -145,10 +145,11 @@ def test_a_run_with_fit_min_steps_trains_at_least_that_long_and_is_the_plain_run
 
 def test_a_wsd_run_checks_its_fit_until_its_cooldown_and_then_anneals_to_its_end(tmp_path) -> None:
     """``lr_decay = "wsd"``: constant learning rate until ``cooldown_start`` (the last ``lr_cooldown`` of the
-    steps, never before ``fit_min_steps``), then a cosine to 0 at ``steps``; the fit check may end the run up to the
-    cooldown's start, after it only at the end (``training/train.py``)."""
-    from reprodiff.checkpoint import read_safetensors
-    from reprodiff.training.train import cooldown_start, lr_at
+    steps, never before ``fit_min_steps``), then a cosine to 0 at ``steps``; the fit check is due up to the
+    cooldown's start, after it only at the end. A check that passes before begins the cooldown there, as long as
+    ``lr_cooldown`` of the run (``cooldown_end``), and the run ends annealed (``training/train.py``)."""
+    from reprodiff.training.runs import ended_early, ended_fitted
+    from reprodiff.training.train import cooldown_end, cooldown_start, lr_at
 
     cfg = fit_run(fit_target=1e-6, fit_min_steps=20, steps=60, lr_decay="wsd", lr_cooldown=0.5)  # never fits
     assert cooldown_start(cfg) == 30 and cooldown_start(fit_run(lr_decay="wsd", fit_min_steps=350)) == 350
@@ -161,15 +162,61 @@ def test_a_wsd_run_checks_its_fit_until_its_cooldown_and_then_anneals_to_its_end
     log = [json.loads(line) for line in (tmp_path / "capped" / "log.jsonl").read_text().splitlines()]
     assert [x["step"] for x in log if "fit_ratio" in x] == [20, 30, 60] and r["steps"] == 60 and not r["fitted"]
     assert [x["lr"] for x in log if "lr" in x] == [lr_at(cfg, s - 1) for s in range(10, 61, 10)]
-    fitted = train(fit_run(fit_target=0.99, fit_min_steps=20, steps=60, lr_decay="wsd"), tmp_path / "fitted")
-    assert fitted["fitted"] and fitted["steps"] == 20  # fitted before its cooldown: ends there, at full rate ...
-    train(fit_run(fit_target=0.99, fit_min_steps=20, steps=60), tmp_path / "constant")
-    a, b = (read_safetensors(tmp_path / d / "ema.safetensors")[0] for d in ("fitted", "constant"))
-    assert all(torch.equal(a[k], b[k]) for k in a)  # ... bit-identical to the constant-rate run
+    early = fit_run(fit_target=0.99, fit_min_steps=20, steps=60, lr_decay="wsd")
+    assert [cooldown_end(early, s) for s in (20, 25, 30)] == [40, 50, 60] and cooldown_end(cfg, 30) == 60
+    assert cooldown_end(fit_run(fit_target=0.99, steps=60, lr_decay="wsd", lr_cooldown=0.25), 30) == 40
+    fitted = train(early, tmp_path / "fitted")  # fitted at its first check, before its cooldown: anneals 20 -> 40
+    assert fitted["fitted"] and (fitted["steps"], fitted["annealed_from"]) == (40, 20)
+    assert ended_fitted(tmp_path / "fitted") and ended_early(tmp_path / "fitted")
+    assert not ended_early(tmp_path / "capped")  # ended at its cap
+    log = [json.loads(line) for line in (tmp_path / "fitted" / "log.jsonl").read_text().splitlines()]
+    checks = [x for x in log if "fit_ratio" in x]
+    assert [(x["step"], x["fitted"], x.get("annealed_from")) for x in checks] == [(20, True, None), (40, True, 20)]
+    lrs = [x["lr"] for x in log if "lr" in x]
+    assert lrs == [lr_at(early, s - 1, 20) for s in (10, 20, 30, 40)] and lrs[:2] == [early.lr] * 2
+    assert lr_at(early, 29, 20) == pytest.approx(early.lr * 0.5 * (1 + math.cos(math.pi * 9 / 20)))
+    train(fit_run(fit_target=0.99, fit_min_steps=20, steps=60), tmp_path / "constant")  # a constant rate: ends at 20
+    constant = [json.loads(line) for line in (tmp_path / "constant" / "log.jsonl").read_text().splitlines()]
+    assert [x for x in constant if "fit_ratio" in x] == checks[:1]  # bit-identical up to the check at 20
+    assert [x["loss"] for x in constant if "loss" in x] == [x["loss"] for x in log if "loss" in x][:2]
+    lines = (tmp_path / "fitted" / "log.jsonl").read_text().replace('"fitted": true, "annealed_from"',
+                                                                     '"fitted": false, "annealed_from"')
+    (tmp_path / "fitted" / "log.jsonl").write_text(lines)  # as if its last check had failed: ended early, unfitted
+    assert ended_early(tmp_path / "fitted") and not ended_fitted(tmp_path / "fitted")
     with pytest.raises(ValueError, match="lr_cooldown is a share of steps"):
         fit_run(lr_decay="wsd", lr_cooldown=0.0)
     with pytest.raises(ValueError, match="lr_decay must be one of"):
         fit_run(lr_decay="linear")
+
+
+@pytest.mark.parametrize("kill", [25, 35])
+def test_a_run_killed_in_the_cooldown_its_fit_began_resumes_bit_identically(tmp_path, kill: int) -> None:
+    """Killed inside the cooldown that a passed fit check began at step 20 (after its re-saved checkpoint at 20, or
+    after the one at 30), a resumed run anneals from 20 as the uninterrupted one did and ends with the same
+    weights at step 40."""
+    from reprodiff.checkpoint import read_safetensors
+
+    cfg = fit_run(fit_target=0.99, fit_min_steps=20, steps=60, lr_decay="wsd")
+    whole = train(cfg, tmp_path / "whole")
+
+    class KilledError(Exception):
+        pass
+
+    def stop(step: int, loss: float) -> None:
+        if step == kill:
+            raise KilledError
+
+    with pytest.raises(KilledError):
+        train(cfg, tmp_path / "killed", callback=stop)
+    resumed = train(cfg, tmp_path / "killed")
+    assert resumed["resumed_from"] == (20 if kill < 30 else 30)
+    assert {k: resumed[k] for k in ("steps", "fitted", "annealed_from")} == {k: whole[k] for k in ("steps", "fitted",
+                                                                                                  "annealed_from")}
+    for name in ("ema.safetensors", "model.safetensors"):
+        a, b = (read_safetensors(tmp_path / d / name)[0] for d in ("whole", "killed"))
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    again = train(cfg, tmp_path / "killed")  # finished: trained again, it ends where it was
+    assert (again["steps"], again["resumed_from"], again["fitted"]) == (40, 40, True)
 
 
 def spoil_late(monkeypatch, after: int, scale: float = 0.3) -> None:

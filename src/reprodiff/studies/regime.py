@@ -32,7 +32,7 @@ from ..executors import ExecutorConfig, LocalExecutor, Task, executor_from_confi
 from ..files import folder_lock, save_json, save_npz
 from ..optimal import EmpiricalOptimalDenoiser
 from ..similarity import FeatureMap
-from ..training.runs import ended_fitted, weights_at, weights_step
+from ..training.runs import ended_early, ended_fitted, weights_at, weights_step
 from ..training.train import DataConfig, TrainConfig, TrainingError, resolve_device, train
 from . import base, plan
 from .base import FAILURES, OPTIMAL, SCHEMA, Kind, ModelSpec, StudyFields
@@ -482,7 +482,7 @@ class _TrainDone:
 
     def __call__(self) -> bool:
         key, run = f"train/{self.name}-n{self.n}", Path(self.out) / "runs" / f"{self.name}-n{self.n}"
-        return plan.read_failure(Path(self.out), key) is not None or weights_at(run, self.steps) or ended_fitted(run)
+        return plan.read_failure(Path(self.out), key) is not None or weights_at(run, self.steps) or ended_early(run)
 
 
 @dataclass(frozen=True)
@@ -542,10 +542,15 @@ def _train_task(cfg: StudyConfig, out: str, i: int, n: int, progress: bool = Fal
         plan.save_failure(folder, f"train/{spec.name}-n{n}", {"n": n, "model": spec.name, "error": str(e)})
         return f"train {spec.name} N={n}: failed: {e}"
     steps = int(r["steps"])
-    fitted = f", memorized (fit check at {tc.fit_target:g} passed)" if r.get("fitted") else ""
+    fitted = ""
     if r.get("selected_step"):  # capped unfitted: the EMA of its closest check is the model (training/train.py)
         fitted = f", not memorized; keeps the EMA of step {r['selected_step']} (its closest fit check)"
-    elif tc.fit_target > 0 and not r.get("fitted"):
+    elif r.get("annealed_from"):  # passed at a constant rate, then annealed (training/train.py: cooldown_end)
+        fitted = (f", memorized (fit check at {tc.fit_target:g} passed at {r['annealed_from']} steps; learning rate "
+                  f"then annealed to 0{'' if r.get('fitted') else ', failed at the end'})")
+    elif r.get("fitted"):
+        fitted = f", memorized (fit check at {tc.fit_target:g} passed)"
+    elif tc.fit_target > 0:
         fitted = f", not memorized by its cap (fit check at {tc.fit_target:g})"
     return (f"train {spec.name} N={n}: {steps} steps ({steps * tc.batch_size:,} images){fitted}, "
             f"loss {r['last_loss']:.4g}")

@@ -12,7 +12,7 @@ from ..checkpoint import read_safetensors
 from ..config import ConfigError
 from ..files import append_line
 
-__all__ = ["append_log", "ema_beta", "ended_fitted", "existing_config", "weights_at", "weights_step"]
+__all__ = ["append_log", "ema_beta", "ended_early", "ended_fitted", "existing_config", "weights_at", "weights_step"]
 
 
 def existing_config(out: Path) -> dict[str, Any] | None:
@@ -43,25 +43,40 @@ def weights_step(out: Path) -> int | None:
 
 
 def ended_fitted(out: Path) -> bool:
-    """Whether the run ended early, fitted: its ``log.jsonl`` records a passed fit check (``fitted``; in logs
-    written before that field, ``fit_ratio`` at most the config's ``fit_target``) at the step of the weights on
-    disk (``training/fit.py``)."""
+    """Whether the run ended fitted: its ``log.jsonl`` records a passed fit check (``fitted``; in logs written
+    before that field, ``fit_ratio`` at most the config's ``fit_target``) at the step of the weights on disk
+    (``training/fit.py``)."""
+    rec = _last_check(out)
+    return rec is not None and (bool(rec["fitted"]) if "fitted" in rec else
+                                float(rec["fit_ratio"]) <= float((existing_config(out) or {})["fit_target"]))
+
+
+def ended_early(out: Path) -> bool:
+    """Whether the run ended before its ``steps`` by its fit check: fitted, or at the end of the cooldown that a
+    passed check began (``annealed_from`` in the check's record; ``train.cooldown_end``), passed or not."""
+    rec = _last_check(out)
+    return rec is not None and (ended_fitted(out) or "annealed_from" in rec)
+
+
+def _last_check(out: Path) -> dict[str, Any] | None:
+    """The fit check's record in ``log.jsonl`` at the step of the weights on disk (None: none there, or the run
+    has no fit check)."""
     try:
         target = float((existing_config(out) or {}).get("fit_target", 0.0))
         lines = (out / "log.jsonl").read_text().splitlines()
     except (ValueError, OSError, ConfigError):
-        return False
+        return None
     step = weights_step(out)
     if target <= 0 or step is None:
-        return False
+        return None
     for line in lines:
         try:
             rec = json.loads(line)
         except json.JSONDecodeError:
             continue
         if isinstance(rec, dict) and rec.get("step") == step and "fit_ratio" in rec:
-            return bool(rec["fitted"]) if "fitted" in rec else float(rec["fit_ratio"]) <= target
-    return False
+            return rec
+    return None
 
 
 def ema_beta(batch_size: int, halflife: float) -> float:

@@ -270,27 +270,40 @@ def ema_beta_at(cfg: TrainConfig, step: int) -> float:
     return ema_beta(cfg.batch_size, halflife)
 
 
-def lr_at(cfg: TrainConfig, step: int) -> float:
+def lr_at(cfg: TrainConfig, step: int, anneal_from: int | None = None) -> float:
     """Linear warm-up over ``lr_warmup`` steps, then constant, cosine decay to 0 over the run, or constant until
-    :func:`cooldown_start` and a cosine decay to 0 from there to ``steps`` ("wsd": warmup-stable-decay, Hu et al.
-    2024, arXiv 2404.06395; Hägele et al. 2024, arXiv 2405.18392)."""
+    :func:`cooldown_start` -- or ``anneal_from``, the step where a fit check passed before it -- and a cosine decay
+    to 0 from there to :func:`cooldown_end` ("wsd": warmup-stable-decay, Hu et al. 2024, arXiv 2404.06395; Hägele
+    et al. 2024, arXiv 2405.18392)."""
     lr = cfg.lr * min(1.0, (step + 1) / max(1, cfg.lr_warmup))
     if cfg.lr_decay == "cosine":
         lr *= 0.5 * (1 + math.cos(math.pi * min(step, cfg.steps) / cfg.steps))
-    elif cfg.lr_decay == "wsd" and step >= (start := cooldown_start(cfg)):
-        lr *= 0.5 * (1 + math.cos(math.pi * min(step - start, cfg.steps - start) / max(1, cfg.steps - start)))
+    elif cfg.lr_decay == "wsd" and step >= (start := cooldown_start(cfg) if anneal_from is None else anneal_from):
+        end = cooldown_end(cfg, start)
+        lr *= 0.5 * (1 + math.cos(math.pi * min(step - start, end - start) / max(1, end - start)))
     return lr
 
 
 def cooldown_start(cfg: TrainConfig) -> int:
-    """The step where a "wsd" run's cooldown begins: the last ``lr_cooldown`` share of ``steps``, never before
-    ``fit_min_steps`` (a run that fits there is the plain run of that length); ``steps`` for the other
-    schedules. A fit check ends a "wsd" run only up to this step and at ``steps``: once annealing, it anneals to
-    the end (stopped part-way, the U-ViT's samples at N = 8 on photo crops were new up to 1.7 times as often;
-    docs/MEASUREMENTS.md, "The learning rate's cooldown")."""
+    """The step where a "wsd" run's cooldown begins unless a fit check passes before: the last ``lr_cooldown``
+    share of ``steps``, never before ``fit_min_steps`` (a run that fits there is the plain run of that length);
+    ``steps`` for the other schedules. A fit check of a "wsd" run is due only up to this step and at the
+    cooldown's end: once annealing, a run anneals to 0 (stopped part-way, the U-ViT's samples at N = 8 on photo
+    crops were new up to 1.7 times as often; docs/MEASUREMENTS.md, "The learning rate's cooldown")."""
     if cfg.lr_decay != "wsd":
         return cfg.steps
     return max(cfg.fit_min_steps, cfg.steps - round(cfg.lr_cooldown * cfg.steps))
+
+
+def cooldown_end(cfg: TrainConfig, start: int) -> int:
+    """Where a "wsd" cooldown begun at ``start`` ends: at ``steps`` from :func:`cooldown_start`; from a fit check
+    that passed earlier, once the cooldown is the same ``lr_cooldown`` share of the run (``start * lr_cooldown /
+    (1 - lr_cooldown)`` steps on: as many as ``start`` at 0.5), at most at ``steps``. A run that fits at a
+    constant rate copies its training images only as precisely as Adam's steps let it; annealed, it settles
+    (docs/MEASUREMENTS.md, "The learning rate's cooldown")."""
+    if start >= cooldown_start(cfg) or cfg.lr_cooldown >= 1.0:
+        return cfg.steps
+    return min(cfg.steps, start + round(start * cfg.lr_cooldown / (1.0 - cfg.lr_cooldown)))
 
 
 def train_step(model: Precond, objective: Objective, opt: torch.optim.Optimizer, y: Tensor,
@@ -475,25 +488,59 @@ def _loop(cfg: TrainConfig, out: Path, data: Dataset, num_classes: int, device: 
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8, fused=_fused_adam(device, params))
     objective = make_objective(**cfg.objective)
-    start = 0
+    start, anneal_from = 0, None  # anneal_from: the step where a passed fit check began a "wsd" cooldown
     digest = data_digest(data)
     if resuming:
         start, extra = load_state(out / "training.safetensors", net=model.net, ema=ema.net, opt=opt)
         if extra.get("data_sha256", digest) != digest:  # states written before the digest: not checked
             raise ConfigError(f"{out} was trained on other images than {cfg.data.name!r} holds now (its data "
                               "changed since); restore them, or train into another --out")
+        anneal_from = extra.get("anneal_from")
     _trim_log(out / "log.jsonl", start, dist.main)
     fit = FitCheck(data.images.to(device), cfg.fit_target, cfg.fit_every, cfg.fit_min_steps,
                    until=cooldown_start(cfg), end=cfg.steps) if cfg.fit_target > 0 else None
+    end = cfg.steps if anneal_from is None else cooldown_end(cfg, anneal_from)  # where the run ends
     best = _read_best(out, start) if fit is not None else None  # (step, score) of the closest check so far
     last_check: tuple[int, float] | None = None  # (step, score) of the latest check
-    if fit is not None and fit.due(start):
-        ratios = fit.ratios(ema.eval())
-        if fit.passed(ratios):  # finished: fitted at start
+
+    def finish(done: int, loss: float, fitted: bool) -> dict[str, Any]:
+        """The run's summary at its last step ``done``; a capped or annealed run whose last check is spoilt keeps
+        the EMA of its closest check (``_keep_best``)."""
+        summary = {"out": str(out), "steps": done, "resumed_from": start, "last_loss": loss, "fitted": fitted,
+                   **({} if anneal_from is None else {"annealed_from": anneal_from})}
+        if fitted and dist.main:
+            (out / BEST_EMA).unlink(missing_ok=True)  # only a run that ends unfitted selects
+        elif not fitted and best is not None and last_check is not None and last_check[1] > SPOILT * best[1]:
             if dist.main:
-                (out / BEST_EMA).unlink(missing_ok=True)
-            return {"out": str(out), "steps": start, "resumed_from": start, "last_loss": float("nan"), "fitted": True}
-        last_check = (start, fit.score(ratios))
+                _keep_best(out, done, best, last_check)
+            summary["selected_step"] = best[0]
+        return summary
+
+    def check(done: int, loss: float) -> dict[str, Any] | None:
+        """The fit check due at ``done``: the summary where the run ends there (fitted at a constant rate; at
+        the end of its cooldown), else None -- a "wsd" run that passes before its cooldown begins it there
+        (:func:`cooldown_end`)."""
+        nonlocal anneal_from, end, best, last_check
+        assert fit is not None
+        fitted, score = _fitted(fit, ema, done, out, dist.main, anneal_from)
+        last_check = (done, score)
+        if done >= end or (fitted and anneal_from is None and cooldown_end(cfg, done) <= done):
+            return finish(done, loss, fitted)
+        if best is None or score < best[1]:
+            best = (done, score)
+            if dist.main:
+                write_safetensors(out / BEST_EMA, ema.net.state_dict(), {"step": str(done), "fit_score": repr(score)})
+        if fitted and anneal_from is None and cfg.lr_decay == "wsd":
+            anneal_from, end = done, cooldown_end(cfg, done)
+            if dist.main:  # the resumable state says so: a resumed run anneals as this one does
+                save_checkpoint(out, done, model, ema, opt, digest, anneal_from)
+        elif fitted:  # fitted at a constant rate (or a cosine): ends here
+            return finish(done, loss, True)
+        return None
+
+    at_start = fit is not None and start > 0 and (start >= end if anneal_from is not None else fit.due(start))
+    if at_start and (ended := check(start, float("nan"))) is not None:  # finished: fitted or annealed at start
+        return ended
     if dist.main and start > 0 and not weights_at(out, start):  # killed between the two checkpoint writes
         save_weights(out, start, model, ema)
     wrapped: nn.Module = model
@@ -513,6 +560,7 @@ def _loop(cfg: TrainConfig, out: Path, data: Dataset, num_classes: int, device: 
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not (progress and dist.main),
                desc=f"training {out.name}", unit="step", **bar_options())
     model.train()
+    done = start
     for step in bar:
         g = step_generator(cfg.seed, step)
         idx = batch_indices(cfg.seed, step, len(data), cfg.batch_size)[rows].to(device)
@@ -528,7 +576,7 @@ def _loop(cfg: TrainConfig, out: Path, data: Dataset, num_classes: int, device: 
             y, aug_labels = apply_augment(y, {k: v[..., rows] for k, v in params.items()})
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(int(g.initial_seed()) ^ dist.rank)  # dropout masks depend on (seed, step, rank)
-            loss_t = train_step(wrapped, objective, opt, y, cond, draws, lr=lr_at(cfg, step),
+            loss_t = train_step(wrapped, objective, opt, y, cond, draws, lr=lr_at(cfg, step, anneal_from),
                                 grad_clip=cfg.grad_clip, autocast=autocast, scaler=scaler,
                                 augment_labels=aug_labels)
         loss = float(loss_t)
@@ -538,36 +586,25 @@ def _loop(cfg: TrainConfig, out: Path, data: Dataset, num_classes: int, device: 
         update_ema(beta if not cfg.ema_rampup else ema_beta_at(cfg, step))
         losses.append(loss)
         done = step + 1
-        if dist.main and (done % cfg.log_every == 0 or done == cfg.steps):
+        if dist.main and (done % cfg.log_every == 0 or done in (cfg.steps, end)):
             rate = len(losses) * cfg.batch_size / (time.perf_counter() - t0)
             append_log(out / "log.jsonl", {"step": done, "loss": sum(losses) / len(losses),
-                                            "lr": lr_at(cfg, step), "images_per_s": rate})
+                                            "lr": lr_at(cfg, step, anneal_from), "images_per_s": rate})
             bar.set_postfix(loss=f"{sum(losses) / len(losses):.4f}")
             losses, t0 = [], time.perf_counter()
-        if dist.main and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
-            save_checkpoint(out, done, model, ema, opt, digest)
+        if dist.main and (done % cfg.checkpoint_every == 0 or done in (cfg.steps, end)):
+            save_checkpoint(out, done, model, ema, opt, digest, anneal_from)
         if callback is not None:
             callback(done, loss)
-        if fit is not None and fit.due(done):
-            fitted, score = _fitted(fit, ema, done, out, dist.main)
-            if fitted:
-                if done % cfg.checkpoint_every and done != cfg.steps:
-                    save_checkpoint(out, done, model, ema, opt, digest)
-                if dist.main:
-                    (out / BEST_EMA).unlink(missing_ok=True)  # only a run that ends unfitted selects
-                return {"out": str(out), "steps": done, "resumed_from": start, "last_loss": loss, "fitted": True}
-            last_check = (done, score)
-            if best is None or score < best[1]:
-                best = (done, score)
-                if dist.main:
-                    write_safetensors(out / BEST_EMA, ema.net.state_dict(), {"step": str(done),
-                                                                             "fit_score": repr(score)})
-    summary = {"out": str(out), "steps": cfg.steps, "resumed_from": start, "last_loss": loss, "fitted": False}
-    if best is not None and last_check is not None and last_check[1] > SPOILT * best[1]:
-        if dist.main:
-            _keep_best(out, cfg.steps, best, last_check)
-        summary["selected_step"] = best[0]
-    return summary
+        if fit is not None and (done == end if anneal_from is not None else fit.due(done)):
+            if (ended := check(done, loss)) is not None:
+                if dist.main and done % cfg.checkpoint_every and done not in (cfg.steps, end):
+                    save_checkpoint(out, done, model, ema, opt, digest, anneal_from)  # the weights it ends with
+                return ended
+            bar.total = end
+        if done >= end:
+            break
+    return finish(done, loss, False)
 
 
 def _fused_adam(device: torch.device, params: list[nn.Parameter]) -> bool | None:
@@ -578,15 +615,18 @@ def _fused_adam(device: torch.device, params: list[nn.Parameter]) -> bool | None
     return True if ok else None
 
 
-def _fitted(fit: FitCheck, ema: Precond, step: int, out: Path, main: bool) -> tuple[bool, float]:
+def _fitted(fit: FitCheck, ema: Precond, step: int, out: Path, main: bool,
+            anneal_from: int | None = None) -> tuple[bool, float]:
     """The fit check at ``step`` (EMA weights, eval mode), logged as ``{"step", "fit_ratio", "fit_sigma",
-    "fit_ratios", "fitted"}`` (``fit_ratio`` at ``fit_sigma``; ``fit_ratios`` at it and its halvings);
-    returns whether it passed and its ``FitCheck.score``."""
+    "fit_ratios", "fitted"}`` (``fit_ratio`` at ``fit_sigma``; ``fit_ratios`` at it and its halvings; and
+    ``annealed_from`` at the end of a cooldown that a passed check began); returns whether it passed and its
+    ``FitCheck.score``."""
     ratios = fit.ratios(ema.eval())
     fitted = fit.passed(ratios)
     if main:
         append_log(out / "log.jsonl", {"step": step, "fit_ratio": ratios[0], "fit_sigma": fit.sigma,
-                                       "fit_ratios": ratios, "fitted": fitted})
+                                       "fit_ratios": ratios, "fitted": fitted,
+                                       **({} if anneal_from is None else {"annealed_from": anneal_from})})
     return fitted, fit.score(ratios)
 
 
@@ -628,11 +668,13 @@ def _keep_best(out: Path, steps: int, best: tuple[int, float], last: tuple[int, 
 
 
 def save_checkpoint(out: Path, step: int, model: Precond, ema: Precond, opt: torch.optim.Optimizer,
-                    digest: str = "") -> None:
+                    digest: str = "", anneal_from: int | None = None) -> None:
     """The resumable state first (one atomic file, with ``digest``, the training data's :func:`data_digest`, so
-    that a resume on changed data is refused), then the weights that sampling reads."""
+    that a resume on changed data is refused, and ``anneal_from``, where a passed fit check began the cooldown),
+    then the weights that sampling reads."""
+    extra = ({"data_sha256": digest} if digest else {}) | ({} if anneal_from is None else {"anneal_from": anneal_from})
     save_training_state(out / "training.safetensors", step=step, net=model.net, ema=ema.net, opt=opt,
-                        extra={"data_sha256": digest} if digest else None)
+                        extra=extra or None)
     save_weights(out, step, model, ema)
 
 
