@@ -221,7 +221,7 @@ def test_regime_rows_check_gl_at_both_ends_and_say_what_to_change() -> None:
         rows = regime_rows(results, sims, {"mlp": {"steps": 2160, "memorize": 0.02, "memorize_steps": 4800, **run}})
         assert rows[2]["run"]["steps"] == 2160 and rows[3]["run"] is None  # the memorization row carries it
         return regime_lines(rows)[2]
-    assert "passed the fit check (memorize = 0.02) at 2,160 steps and stopped" in hint(fitted=True)
+    assert "passed the fit check (memorize = 0.02) and ended at 2,160 steps" in hint(fitted=True)
     assert "a stricter memorize (e.g. 0.005" in hint(fitted=True)
     assert "reached memorize_steps (2,160 steps) before passing the fit check" in hint(fitted=False)
     assert "raise memorize_steps" in hint(fitted=False)
@@ -246,10 +246,10 @@ def test_regime_rows_check_gl_at_both_ends_and_say_what_to_change() -> None:
     assert "0% of the real images" in regime_lines(far)[2] and "near-copies" not in regime_lines(far)[2]
     assert regime_lines(far)[2].endswith("its samples are not (yet) copies of training images under this similarity")
     fitted_run = {"mlp": {"steps": 2160, "memorize": 0.02, "memorize_steps": 4800, "fitted": True}}
-    assert "and stopped, but its near-copies are not yet near enough to count as copies under this similarity: a " \
-        "stricter memorize" in regime_lines(regime_rows(results, near_dups, fitted_run))[2]
-    assert "and stopped, but its samples are not copies of training images under this similarity: a stricter" \
-        in regime_lines(regime_rows(results, sims, fitted_run))[2]
+    assert "and ended at 2,160 steps, but its near-copies are not yet near enough to count as copies under this " \
+        "similarity: a stricter memorize" in regime_lines(regime_rows(results, near_dups, fitted_run))[2]
+    assert "and ended at 2,160 steps, but its samples are not copies of training images under this similarity: a " \
+        "stricter" in regime_lines(regime_rows(results, sims, fitted_run))[2]
     # Most samples copies (median above the threshold): the miss is a tail, not near-duplicates setting the bar;
     # and where the new samples lie -- here nearest the flattest training image -- says why a correlation misses.
     tail = {**sims, "gl/8/heun/mlp": torch.tensor([0.70, 0.96, 0.97, 0.98]), "real/8": torch.tensor([0.5, 0.6])}

@@ -217,6 +217,13 @@ def test_a_run_killed_in_the_cooldown_its_fit_began_resumes_bit_identically(tmp_
         assert all(torch.equal(a[k], b[k]) for k in a)
     again = train(cfg, tmp_path / "killed")  # finished: trained again, it ends where it was
     assert (again["steps"], again["resumed_from"], again["fitted"]) == (40, 40, True)
+    from reprodiff.checkpoint import write_safetensors
+
+    state = tmp_path / "killed" / "training.safetensors"
+    tensors, meta = read_safetensors(state)
+    write_safetensors(state, tensors, {**meta, "extra": json.dumps({**json.loads(meta["extra"]), "anneal_from": 99})})
+    with pytest.raises(ConfigError, match=r"its anneal_from \(99\) is not a step up to its own \(40\)"):
+        train(cfg, tmp_path / "killed")  # a damaged state: one line, not a schedule from a step never trained
 
 
 def spoil_late(monkeypatch, after: int, scale: float = 0.3) -> None:

@@ -278,11 +278,12 @@ class ModelSpec:
     the study's *smallest* size only: the run trains ``steps`` and then on until it has memorized its training
     images (the fit check at ``memorize``, checked every ``steps // 20`` steps), at most ``memorize_steps``
     (0: ``4 * steps``) -- so that data harder than the digits still reach the memorization regime at the
-    smallest N without hand-tuned steps; where the fit holds at ``steps`` the run is exactly the plain one. A run
-    not fitted by half its cap anneals its learning rate to 0 over the other half and ends at the cap
-    (``lr_decay = "wsd"``, ``lr_cooldown = 0.5``; ``train`` may set others): copying takes the precision a constant
-    rate does not reach (docs/MEASUREMENTS.md, "The learning rate's cooldown"). A run that reaches the cap unfitted
-    keeps the EMA of its check closest to passing (``training/train.py``).
+    smallest N without hand-tuned steps; up to the step where the fit holds the run is exactly the plain one.
+    Then it anneals its learning rate to 0 (``lr_decay = "wsd"``, ``lr_cooldown = 0.5``; ``train`` may set
+    others): a run that passes at step ``s`` before half its cap anneals from ``s`` to ``2 s`` and ends there, one
+    not fitted by half its cap over the other half, ending at the cap: copying takes the precision a constant rate
+    does not reach (docs/MEASUREMENTS.md, "The learning rate's cooldown"). A run whose last check is spoilt keeps
+    the EMA of its check closest to passing (``training/train.py``).
 
     ``source = "diffusers"`` with ``path`` (a local ``save_pretrained`` folder of a ``UNet2DModel`` and its
     scheduler, see ``adapters/diffusers.py``) brings in an outside checkpoint instead: it is not trained, it is

@@ -157,17 +157,19 @@ UVIT = {"name": "uvit", "patch_size": "auto", "embed_dim": 96, "depth": 4, "num_
         "time_cond": "adaln"}
 SMALL_MLP = {"name": "mlp", "hidden": 256, "depth": 4}
 # At the smallest size each run trains on past its 800 steps until it has memorized its training images (the fit
-# check, training/fit.py), at most 9,600 (U-ViT, batch 24) and 19,200 (MLP, batch 64) steps -- the U-ViT's cap is
-# what its cooldown needs to copy 8x8 RGB photo crops (annealed from 4,800; at 6,400 11-13% of its samples stayed
-# new, at 9,600 4-7%: docs/MEASUREMENTS.md, "The learning rate's cooldown"); the MLP's is what it needs on those crops
-# (fitted at up to 17,920 steps there; on the digits at 880), at the cost of a longer study where it never passes
-# its check (docs/MEASUREMENTS.md, "Any dataset", which has the numbers). The U-ViT's bar is 0.01: at 0.02
-# the adaLN net stopped at 1,520-1,680 steps on 12x12 letters and 16x16 RGB shapes at N = 8 with 15-25% of its
-# samples new (its level-0 ratio falls faster than its samples become copies); at 0.01 it fits the digits at N = 4
-# at 1,200 steps. The MLP's is 0.005 (a quarter of 0.02: half the error at each level, one level lower): on 8x8 RGB
-# photo crops at N = 4 it stopped at 1,680 steps with 33% of its samples new at 0.02, and trained on to copy (4% new) at
-# 0.005 (docs/MEASUREMENTS.md, "The fit check's bars"). A run not fitted by half its cap anneals its learning rate to 0
-# at the cap (``studies.base.model_train_config``: "wsd"; docs/MEASUREMENTS.md, "The learning rate's cooldown").
+# check, training/fit.py), at most 9,600 (U-ViT, batch 24) and 19,200 (MLP, batch 64) steps -- the U-ViT's cap is what
+# its cooldown needs to copy 8x8 RGB photo crops (annealed from 4,800; at 6,400 11-13% of its samples stayed new, at
+# 9,600 4-7%: docs/MEASUREMENTS.md, "The learning rate's cooldown"); the MLP's is what it needs on those crops (it
+# passed its check at up to 17,920 steps there at a constant rate; on the digits at 880), at the cost of a longer
+# study where it never passes its check (docs/MEASUREMENTS.md, "Any dataset", which has the numbers). The U-ViT's bar
+# is 0.01: at 0.02 the adaLN net stopped at 1,520-1,680 steps on 12x12 letters and 16x16 RGB shapes at N = 8 with
+# 15-25% of its samples new (its level-0 ratio falls faster than its samples become copies); at 0.01 it passes on the
+# digits at N = 4 at 1,200-1,280 steps. The MLP's is 0.005 (a quarter of 0.02: half the error at each level, one level
+# lower): on 8x8 RGB photo crops at N = 4 it stopped at 1,680 steps with 33% of its samples new at 0.02, and trained
+# on to copy (4% new) at 0.005 (docs/MEASUREMENTS.md, "The fit check's bars"). Then each run anneals its learning rate
+# to 0: from the step s where it passed to 2 s, or, not fitted by half its cap, from there to the cap
+# (``studies.base.model_train_config``: "wsd"; docs/MEASUREMENTS.md, "The learning rate's cooldown": passed at a
+# constant rate and stopped, the MLP on photo crops left 19% of its samples new, annealed 7%).
 MEMORIZE = 0.01
 MEMORIZE_MLP = 0.005
 

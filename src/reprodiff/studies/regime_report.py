@@ -15,6 +15,7 @@ import html
 import json
 import math
 import os
+import textwrap
 from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
@@ -345,7 +346,7 @@ def _memorize_hint(run: dict[str, Any] | None, *, near_copies: bool = False) -> 
         return (f"its run trained {steps} without a fit check: set memorize (e.g. 0.02) to train the smallest N on "
                 f"until it has fitted its training images, or add a smaller N: {why}")
     if run["fitted"]:
-        return (f"its run passed the fit check (memorize = {run['memorize']:g}) at {steps} and stopped, but "
+        return (f"its run passed the fit check (memorize = {run['memorize']:g}) and ended at {steps}, but "
                 f"{why if near_copies else not_copies.format('')}: "
                 f"a stricter memorize (e.g. {run['memorize'] / 4:g}: half the error at each noise level, and one "
                 f"level lower) trains on, up to memorize_steps ({run['memorize_steps']:,}); or add a smaller N "
@@ -433,6 +434,12 @@ def _gl_panel(ax: Axes, study: Study, sampler: str) -> None:
     _style_axes(ax, study.sizes, f"Generalizability (sampler {sampler})", "GL: share of samples not copies", missing)
 
 
+def _suptitle(fig: Figure, text: str) -> None:
+    """``fig``'s title, wrapped to its width (~10 characters an inch at the default size): the thresholds' text
+    of a calibrated study is longer than one line of a 12-inch figure."""
+    fig.suptitle(textwrap.fill(text, max(40, int(10 * fig.get_figwidth()))))
+
+
 def plot_rp_gl(study: Study) -> Figure:
     """The paper's Fig. 2: per sampler a row of two panels, RP of every pair (vs D* dashed) and GL
     of every model against n on a log2 axis, with CI error bars and bands and the chance level."""
@@ -441,7 +448,7 @@ def plot_rp_gl(study: Study) -> Figure:
     for row, sampler in zip(axes, study.samplers, strict=True):
         _rp_panel(row[0], study, sampler)
         _gl_panel(row[1], study, sampler)
-    fig.suptitle(f"RP and GL vs training-set size ({_similarity_text(study, short=True)})")
+    _suptitle(fig, f"RP and GL vs training-set size ({_similarity_text(study, short=True)})")
     return fig
 
 
@@ -532,7 +539,7 @@ def plot_rp_matrix(study: Study, max_cols: int = 4) -> Figure:
             ax.set_axis_on()
             im = _heatmap(ax, study, n, sampler)
     fig.colorbar(im, ax=axes, shrink=0.8, label="RP")
-    fig.suptitle(f"RP of every model pair ({_similarity_text(study, short=True)}); grey: missing")
+    _suptitle(fig, f"RP of every model pair ({_similarity_text(study, short=True)}); grey: missing")
     return fig
 
 
@@ -634,7 +641,7 @@ def plot_rp_nfe(study: Study) -> Figure | None:
             _nfe_panel(axes[i][j], rows, samplers, f"{_label(a)} vs {_label(b)}, n = {n}")
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), fontsize=8, frameon=False)
-    fig.suptitle(f"RP against NFE ({_similarity_text(study, short=True)})")
+    _suptitle(fig, f"RP against NFE ({_similarity_text(study, short=True)})")
     return fig
 
 

@@ -100,8 +100,9 @@ class TrainConfig(TomlConfig):
     share of ``steps`` and follows a cosine to 0 over that (``wsd``, warmup-stable-decay: :func:`lr_at`).
 
     ``fit_target`` > 0 ends a run early, once its EMA denoiser has *memorized* its training images
-    (:class:`FitCheck`, checked every ``fit_every`` steps from ``fit_min_steps`` on; with ``wsd`` only up to its
-    cooldown's start and at ``steps``); ``steps`` is then the cap.
+    (:class:`FitCheck`, checked every ``fit_every`` steps from ``fit_min_steps`` on); ``steps`` is then the cap.
+    With ``wsd`` the check is due up to the cooldown's start and at the end: a run that passes before its cooldown
+    begins the cooldown there and ends annealed (:func:`cooldown_end`), one that does not trains to ``steps``.
     With ``fit_min_steps`` a run trains at least that long and then on until fitted: with the constant learning
     rate (or ``wsd``, whose cooldown never starts before ``fit_min_steps``) and an objective whose draws do not
     depend on the total steps (``dsm``; not consistency training's schedule) its first ``fit_min_steps`` steps
@@ -496,6 +497,9 @@ def _loop(cfg: TrainConfig, out: Path, data: Dataset, num_classes: int, device: 
             raise ConfigError(f"{out} was trained on other images than {cfg.data.name!r} holds now (its data "
                               "changed since); restore them, or train into another --out")
         anneal_from = extra.get("anneal_from")
+        if anneal_from is not None and not (type(anneal_from) is int and 0 < anneal_from <= start):
+            raise ConfigError(f"{out / 'training.safetensors'}: its anneal_from ({anneal_from!r}) is not a step up to "
+                              f"its own ({start}); the file is damaged: train into another --out")
     _trim_log(out / "log.jsonl", start, dist.main)
     fit = FitCheck(data.images.to(device), cfg.fit_target, cfg.fit_every, cfg.fit_min_steps,
                    until=cooldown_start(cfg), end=cfg.steps) if cfg.fit_target > 0 else None
@@ -604,6 +608,7 @@ def _loop(cfg: TrainConfig, out: Path, data: Dataset, num_classes: int, device: 
             bar.total = end
         if done >= end:
             break
+    bar.close()
     return finish(done, loss, False)
 
 
