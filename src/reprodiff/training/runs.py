@@ -45,10 +45,13 @@ def weights_step(out: Path) -> int | None:
 def ended_fitted(out: Path) -> bool:
     """Whether the run ended fitted: its ``log.jsonl`` records a passed fit check (``fitted``; in logs written
     before that field, ``fit_ratio`` at most the config's ``fit_target``) at the step of the weights on disk
-    (``training/fit.py``)."""
+    (``training/fit.py``), and not one that began a cooldown there (``anneal_to``: killed right after it, the run
+    has not ended)."""
     rec = _last_check(out)
-    return rec is not None and (bool(rec["fitted"]) if "fitted" in rec else
-                                float(rec["fit_ratio"]) <= float((existing_config(out) or {})["fit_target"]))
+    if rec is None or "anneal_to" in rec:  # passed, and began its cooldown there: the run goes on
+        return False
+    return bool(rec["fitted"]) if "fitted" in rec else float(rec["fit_ratio"]) <= float(
+        (existing_config(out) or {})["fit_target"])
 
 
 def ended_early(out: Path) -> bool:
@@ -59,8 +62,8 @@ def ended_early(out: Path) -> bool:
 
 
 def _last_check(out: Path) -> dict[str, Any] | None:
-    """The fit check's record in ``log.jsonl`` at the step of the weights on disk (None: none there, or the run
-    has no fit check)."""
+    """The (latest) fit check's record in ``log.jsonl`` at the step of the weights on disk (None: none there, or
+    the run has no fit check)."""
     try:
         target = float((existing_config(out) or {}).get("fit_target", 0.0))
         lines = (out / "log.jsonl").read_text().splitlines()
@@ -69,14 +72,15 @@ def _last_check(out: Path) -> dict[str, Any] | None:
     step = weights_step(out)
     if target <= 0 or step is None:
         return None
+    last = None
     for line in lines:
         try:
             rec = json.loads(line)
         except json.JSONDecodeError:
             continue
         if isinstance(rec, dict) and rec.get("step") == step and "fit_ratio" in rec:
-            return rec
-    return None
+            last = rec  # the latest: a run resumed at a check's step checks there again
+    return last
 
 
 def ema_beta(batch_size: int, halflife: float) -> float:

@@ -526,20 +526,24 @@ def _loop(cfg: TrainConfig, out: Path, data: Dataset, num_classes: int, device: 
         (:func:`cooldown_end`)."""
         nonlocal anneal_from, end, best, last_check
         assert fit is not None
-        fitted, score = _fitted(fit, ema, done, out, dist.main, anneal_from)
+        ratios = fit.ratios(ema.eval())
+        fitted, score = fit.passed(ratios), fit.score(ratios)
+        ends = done >= end or (fitted and (anneal_from is not None or cfg.lr_decay != "wsd"
+                                           or cooldown_end(cfg, done) <= done))
+        begins = fitted and not ends  # a "wsd" run fitted before its cooldown: anneals from here
+        _log_check(fit, ratios, done, out, dist.main, annealed_from=anneal_from,
+                   anneal_to=cooldown_end(cfg, done) if begins else None)
         last_check = (done, score)
-        if done >= end or (fitted and anneal_from is None and cooldown_end(cfg, done) <= done):
+        if ends:
             return finish(done, loss, fitted)
         if best is None or score < best[1]:
             best = (done, score)
             if dist.main:
                 write_safetensors(out / BEST_EMA, ema.net.state_dict(), {"step": str(done), "fit_score": repr(score)})
-        if fitted and anneal_from is None and cfg.lr_decay == "wsd":
+        if begins:
             anneal_from, end = done, cooldown_end(cfg, done)
             if dist.main:  # the resumable state says so: a resumed run anneals as this one does
                 save_checkpoint(out, done, model, ema, opt, digest, anneal_from)
-        elif fitted:  # fitted at a constant rate (or a cosine): ends here
-            return finish(done, loss, True)
         return None
 
     at_start = fit is not None and start > 0 and (start >= end if anneal_from is not None else fit.due(start))
@@ -620,19 +624,17 @@ def _fused_adam(device: torch.device, params: list[nn.Parameter]) -> bool | None
     return True if ok else None
 
 
-def _fitted(fit: FitCheck, ema: Precond, step: int, out: Path, main: bool,
-            anneal_from: int | None = None) -> tuple[bool, float]:
-    """The fit check at ``step`` (EMA weights, eval mode), logged as ``{"step", "fit_ratio", "fit_sigma",
-    "fit_ratios", "fitted"}`` (``fit_ratio`` at ``fit_sigma``; ``fit_ratios`` at it and its halvings; and
-    ``annealed_from`` at the end of a cooldown that a passed check began); returns whether it passed and its
-    ``FitCheck.score``."""
-    ratios = fit.ratios(ema.eval())
-    fitted = fit.passed(ratios)
+def _log_check(fit: FitCheck, ratios: list[float], step: int, out: Path, main: bool, *,
+               annealed_from: int | None = None, anneal_to: int | None = None) -> None:
+    """The fit check at ``step`` in ``log.jsonl``: ``{"step", "fit_ratio", "fit_sigma", "fit_ratios", "fitted"}``
+    (``fit_ratio`` at ``fit_sigma``; ``fit_ratios`` at it and its halvings), with ``anneal_to`` where a passed
+    check begins the cooldown (the run goes on: ``runs.ended_fitted`` does not count it) and ``annealed_from`` at
+    the end of that cooldown."""
     if main:
         append_log(out / "log.jsonl", {"step": step, "fit_ratio": ratios[0], "fit_sigma": fit.sigma,
-                                       "fit_ratios": ratios, "fitted": fitted,
-                                       **({} if anneal_from is None else {"annealed_from": anneal_from})})
-    return fitted, fit.score(ratios)
+                                       "fit_ratios": ratios, "fitted": fit.passed(ratios),
+                                       **({} if annealed_from is None else {"annealed_from": annealed_from}),
+                                       **({} if anneal_to is None else {"anneal_to": anneal_to})})
 
 
 BEST_EMA = "ema_best.safetensors"  # a fit-checked run: the EMA weights of its closest check so far
