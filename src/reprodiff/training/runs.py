@@ -48,22 +48,19 @@ def ended_fitted(out: Path) -> bool:
     (``training/fit.py``), and not one that began a cooldown there (``anneal_to``: killed right after it, the run
     has not ended)."""
     rec = _last_check(out)
-    if rec is None or "anneal_to" in rec:  # passed, and began its cooldown there: the run goes on
-        return False
-    return bool(rec["fitted"]) if "fitted" in rec else float(rec["fit_ratio"]) <= float(
-        (existing_config(out) or {})["fit_target"])
+    return rec is not None and rec["fitted"] and "anneal_to" not in rec
 
 
 def ended_early(out: Path) -> bool:
     """Whether the run ended before its ``steps`` by its fit check: fitted, or at the end of the cooldown that a
     passed check began (``annealed_from`` in the check's record; ``train.cooldown_end``), passed or not."""
     rec = _last_check(out)
-    return rec is not None and (ended_fitted(out) or "annealed_from" in rec)
+    return rec is not None and ("annealed_from" in rec or (rec["fitted"] and "anneal_to" not in rec))
 
 
 def _last_check(out: Path) -> dict[str, Any] | None:
-    """The (latest) fit check's record in ``log.jsonl`` at the step of the weights on disk (None: none there, or
-    the run has no fit check)."""
+    """The (latest) fit check's record in ``log.jsonl`` at the step of the weights on disk, with ``fitted`` (a bool;
+    read off ``fit_target`` in logs written before that field); None: none there, or the run has no fit check."""
     try:
         target = float((existing_config(out) or {}).get("fit_target", 0.0))
         lines = (out / "log.jsonl").read_text().splitlines()
@@ -80,6 +77,8 @@ def _last_check(out: Path) -> dict[str, Any] | None:
             continue
         if isinstance(rec, dict) and rec.get("step") == step and "fit_ratio" in rec:
             last = rec  # the latest: a run resumed at a check's step checks there again
+    if last is not None:
+        last["fitted"] = bool(last["fitted"]) if "fitted" in last else float(last["fit_ratio"]) <= target
     return last
 
 

@@ -531,7 +531,7 @@ def _loop(cfg: TrainConfig, out: Path, data: Dataset, num_classes: int, device: 
         ends = done >= end or (fitted and (anneal_from is not None or cfg.lr_decay != "wsd"
                                            or cooldown_end(cfg, done) <= done))
         begins = fitted and not ends  # a "wsd" run fitted before its cooldown: anneals from here
-        _log_check(fit, ratios, done, out, dist.main, annealed_from=anneal_from,
+        _log_check(fit, ratios, fitted, done, out, dist.main, annealed_from=anneal_from,
                    anneal_to=cooldown_end(cfg, done) if begins else None)
         last_check = (done, score)
         if ends:
@@ -624,7 +624,7 @@ def _fused_adam(device: torch.device, params: list[nn.Parameter]) -> bool | None
     return True if ok else None
 
 
-def _log_check(fit: FitCheck, ratios: list[float], step: int, out: Path, main: bool, *,
+def _log_check(fit: FitCheck, ratios: list[float], fitted: bool, step: int, out: Path, main: bool, *,
                annealed_from: int | None = None, anneal_to: int | None = None) -> None:
     """The fit check at ``step`` in ``log.jsonl``: ``{"step", "fit_ratio", "fit_sigma", "fit_ratios", "fitted"}``
     (``fit_ratio`` at ``fit_sigma``; ``fit_ratios`` at it and its halvings), with ``anneal_to`` where a passed
@@ -632,7 +632,7 @@ def _log_check(fit: FitCheck, ratios: list[float], step: int, out: Path, main: b
     the end of that cooldown."""
     if main:
         append_log(out / "log.jsonl", {"step": step, "fit_ratio": ratios[0], "fit_sigma": fit.sigma,
-                                       "fit_ratios": ratios, "fitted": fit.passed(ratios),
+                                       "fit_ratios": ratios, "fitted": fitted,
                                        **({} if annealed_from is None else {"annealed_from": annealed_from}),
                                        **({} if anneal_to is None else {"anneal_to": anneal_to})})
 
