@@ -219,13 +219,18 @@ def test_regime_rows_check_gl_at_both_ends_and_say_what_to_change() -> None:
     # How the smallest N's run ended says which knob to turn: no fit check, fitted and stopped, or capped.
     def hint(**run):
         rows = regime_rows(results, sims, {"mlp": {"steps": 2160, "memorize": 0.02, "memorize_steps": 4800, **run}})
-        assert rows[2]["run"]["steps"] == 2160 and rows[3]["run"] is None  # the memorization row carries it
+        assert rows[2]["run"]["steps"] == run.get("steps", 2160) and rows[3]["run"] is None  # the memorization row
         return regime_lines(rows)[2]
     assert "passed the fit check (memorize = 0.02) and ended at 2,160 steps" in hint(fitted=True)
     assert "a stricter memorize (e.g. 0.005" in hint(fitted=True)
     assert "reached memorize_steps (2,160 steps) before passing the fit check" in hint(fitted=False)
     assert "raise memorize_steps" in hint(fitted=False)
     assert "without a fit check: set memorize" in hint(memorize=0.0, memorize_steps=0, fitted=False)
+    # Fitted, but the run ended at its cap (passed there, or its anneal cut off by it): a stricter memorize would
+    # not train it longer, a higher cap would.
+    capped = hint(fitted=True, steps=4800)
+    assert "passed the fit check (memorize = 0.02) and ended at its cap, memorize_steps (4,800 steps)" in capped
+    assert "raise memorize_steps (e.g. to 9,600" in capped and "stricter" not in capped
     # Beside the real images GL's threshold was read from (real/N): samples nearer their training images than most
     # of those are near-copies that the data's near-duplicates outrank; a miss says so, with the share.
     near_dups = {**sims, "real/8": torch.tensor([0.5, 0.6, 0.7, 0.93, 0.95, 0.97])}

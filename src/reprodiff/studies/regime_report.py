@@ -334,7 +334,8 @@ def _regime_hint(r: dict[str, Any]) -> str:
 
 def _memorize_hint(run: dict[str, Any] | None, *, near_copies: bool = False) -> str:
     """What to change where a network did not memorize at the smallest N, by how its run there ended
-    (``regime_rows``' ``run``; training/fit.py): no fit check, the fit check passed, or the cap came first.
+    (``regime_rows``' ``run``; training/fit.py): no fit check, the fit check passed (before its cap, or only with
+    the run ending at it), or the cap came first.
     ``near_copies``: its samples are already nearer their training images than most real images are."""
     not_copies = "its samples are not{} copies of training images under this similarity"
     why = ("its near-copies are not yet near enough to count as copies under this similarity" if near_copies
@@ -345,6 +346,13 @@ def _memorize_hint(run: dict[str, Any] | None, *, near_copies: bool = False) -> 
     if not run["memorize"]:
         return (f"its run trained {steps} without a fit check: set memorize (e.g. 0.02) to train the smallest N on "
                 f"until it has fitted its training images, or add a smaller N: {why}")
+    if run["fitted"] and run["memorize_steps"] and run["steps"] >= run["memorize_steps"]:
+        # ended at its cap: a stricter memorize alone cannot train it longer (docs/MEASUREMENTS.md, "Any dataset":
+        # full-resolution photo crops, where both caps doubled took GL at N = 8 from 0.20 / 0.13 to 0.07 / 0.08)
+        return (f"its run passed the fit check (memorize = {run['memorize']:g}) and ended at its cap, memorize_steps "
+                f"({steps}), but {why if near_copies else not_copies.format('')}: raise memorize_steps (e.g. to "
+                f"{2 * run['memorize_steps']:,}: a longer run at the constant learning rate and a longer anneal), "
+                f"or add a smaller N")
     if run["fitted"]:
         return (f"its run passed the fit check (memorize = {run['memorize']:g}) and ended at {steps}, but "
                 f"{why if near_copies else not_copies.format('')}: "
