@@ -230,7 +230,7 @@ def test_regime_rows_check_gl_at_both_ends_and_say_what_to_change() -> None:
     # not train it longer, a higher cap would.
     capped = hint(fitted=True, steps=4800)
     assert "passed the fit check (memorize = 0.02) and ended at its cap, memorize_steps (4,800 steps)" in capped
-    assert "raise memorize_steps (e.g. to 9,600" in capped and "stricter" not in capped
+    assert "raise memorize_steps (e.g. double it, to 9,600)" in capped and "stricter" not in capped
     # Beside the real images GL's threshold was read from (real/N): samples nearer their training images than most
     # of those are near-copies that the data's near-duplicates outrank; a miss says so, with the share.
     near_dups = {**sims, "real/8": torch.tensor([0.5, 0.6, 0.7, 0.93, 0.95, 0.97])}

@@ -347,12 +347,12 @@ def _memorize_hint(run: dict[str, Any] | None, *, near_copies: bool = False) -> 
         return (f"its run trained {steps} without a fit check: set memorize (e.g. 0.02) to train the smallest N on "
                 f"until it has fitted its training images, or add a smaller N: {why}")
     if run["fitted"] and run["memorize_steps"] and run["steps"] >= run["memorize_steps"]:
-        # ended at its cap: a stricter memorize alone cannot train it longer (docs/MEASUREMENTS.md, "Any dataset":
-        # full-resolution photo crops, where both caps doubled took GL at N = 8 from 0.20 / 0.13 to 0.07 / 0.08)
+        # ended at its cap: a stricter memorize alone cannot train it longer (docs/MEASUREMENTS.md, "A run that
+        # fits before its cooldown anneals too": on full-resolution photo crops both caps doubled took GL at N = 8
+        # from 0.20 / 0.13 to 0.07 / 0.08)
         return (f"its run passed the fit check (memorize = {run['memorize']:g}) and ended at its cap, memorize_steps "
-                f"({steps}), but {why if near_copies else not_copies.format('')}: raise memorize_steps (e.g. to "
-                f"{2 * run['memorize_steps']:,}: a longer run at the constant learning rate and a longer anneal), "
-                f"or add a smaller N")
+                f"({steps}), but {why if near_copies else not_copies.format('')}: raise memorize_steps (e.g. "
+                f"double it, to {2 * run['memorize_steps']:,}), or add a smaller N")
     if run["fitted"]:
         return (f"its run passed the fit check (memorize = {run['memorize']:g}) and ended at {steps}, but "
                 f"{why if near_copies else not_copies.format('')}: "
