@@ -346,7 +346,7 @@ def _memorize_hint(run: dict[str, Any] | None, *, near_copies: bool = False) -> 
     if not run["memorize"]:
         return (f"its run trained {steps} without a fit check: set memorize (e.g. 0.02) to train the smallest N on "
                 f"until it has fitted its training images, or add a smaller N: {why}")
-    if run["fitted"] and run["memorize_steps"] and run["steps"] >= run["memorize_steps"]:
+    if run["fitted"] and run["steps"] >= run["memorize_steps"]:
         # ended at its cap: a stricter memorize alone cannot train it longer (docs/MEASUREMENTS.md, "A run that
         # fits before its cooldown anneals too": on full-resolution photo crops both caps doubled took GL at N = 8
         # from 0.20 / 0.13 to 0.07 / 0.08)
