@@ -48,14 +48,19 @@ def ended_fitted(out: Path) -> bool:
     (``training/fit.py``), and not one that began a cooldown there (``anneal_to``: killed right after it, the run
     has not ended)."""
     rec = _last_check(out)
-    return rec is not None and rec["fitted"] and "anneal_to" not in rec
+    return rec is not None and _fitted_end(rec)
 
 
 def ended_early(out: Path) -> bool:
     """Whether the run ended before its ``steps`` by its fit check: fitted, or at the end of the cooldown that a
     passed check began (``annealed_from`` in the check's record; ``train.cooldown_end``), passed or not."""
     rec = _last_check(out)
-    return rec is not None and ("annealed_from" in rec or (rec["fitted"] and "anneal_to" not in rec))
+    return rec is not None and ("annealed_from" in rec or _fitted_end(rec))
+
+
+def _fitted_end(rec: dict[str, Any]) -> bool:
+    """A check's record that ends its run fitted: passed, and not the one that began a cooldown (``anneal_to``)."""
+    return bool(rec["fitted"]) and "anneal_to" not in rec
 
 
 def _last_check(out: Path) -> dict[str, Any] | None:
